@@ -1,0 +1,47 @@
+"""Shared pieces of the CLI: library errors become one-line click errors; the list of commands."""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, List
+
+import click
+
+from medseg_mem.errors import MedsegError
+
+
+def library_errors(func: Callable) -> Callable:
+    """Decorate a command so a :class:`MedsegError` becomes a click error (exit code 1, no traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except MedsegError as error:
+            raise click.ClickException(str(error)) from error
+
+    return wrapper
+
+
+def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list at the call site
+    """All subcommands; each module imports only click and light modules at import time."""
+    from medseg_mem.cli import prepare
+
+    commands = [prepare.prepare]
+    for name in ("run", "compare", "plan", "predict"):
+        module = _optional(name)
+        if module is not None:
+            commands.append(getattr(module, name))
+    return commands
+
+
+def _optional(name: str):
+    """Import ``medseg_mem.cli.<name>`` if it exists yet (commands land one issue at a time)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"medseg_mem.cli.{name}")
+    except ModuleNotFoundError as error:
+        if error.name == f"medseg_mem.cli.{name}":
+            return None
+        raise

@@ -1,0 +1,19 @@
+"""One source of truth for the names users type: variants, losses, readers, guidance encodings, default paths.
+
+Kept free of torch/MONAI imports so the CLI can build its ``--help`` instantly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+VARIANT_NAMES = ("full", "patch", "cascade")
+LOSS_NAMES = ("dice", "dice_ce")
+READER_NAMES = ("nibabel", "itk")
+GUIDANCE_NAMES = ("label", "onehot")
+DEVICE_NAMES = ("auto", "cpu", "cuda")
+
+DEFAULT_WORKDIR = Path("medseg-work")
+DEFAULT_PREPARED = DEFAULT_WORKDIR / "prepared"
+DEFAULT_RESULTS = DEFAULT_WORKDIR / "results.csv"
+DEFAULT_RUNS = DEFAULT_WORKDIR / "runs"
