@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from medseg_mem.errors import OptionError
-from medseg_mem.names import DEFAULT_PREPARED, READER_NAMES
+from medseg_mem.names import DEFAULT_PREPARED, DEFAULT_RESULTS, DEFAULT_RUNS, DEVICE_NAMES, GUIDANCE_NAMES, LOSS_NAMES, READER_NAMES
 
 Spacing = Union[Tuple[float, float, float], str, None]
 
@@ -47,3 +47,95 @@ class PrepareConfig:
             raise OptionError("--spacing", "must be three positive numbers like 1,1,1.5", self.spacing)
         if self.seed < 0:
             raise OptionError("--seed", "must be >= 0", self.seed)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Network and variant settings shared by training, evaluation, planning and prediction.
+
+    Args:
+        channels: width of each U-Net level (spec: 32, 64, 128, 256, 512); its length is the depth.
+        slab_size: slab thickness along the last axis for ``patch`` and the cascade's stage 2 (spec: 16).
+        downsample: stage-1 resampling factor of ``cascade`` (thesis: 0.3 brain, 0.2 liver).
+        guidance: how stage 1's segmentation enters stage 2: ``"label"`` (one channel, class index / (K-1),
+            as the thesis) or ``"onehot"`` (one channel per foreground class, as nnU-Net).
+    """
+
+    channels: Tuple[int, ...] = (32, 64, 128, 256, 512)
+    slab_size: int = 16
+    downsample: float = 0.3
+    guidance: str = "label"
+
+    def __post_init__(self) -> None:
+        if len(self.channels) < 2 or min(self.channels) < 1:
+            raise OptionError("--channels", "must list at least two positive widths like 32,64,128,256,512", self.channels)
+        if self.slab_size < 1:
+            raise OptionError("--slab-size", "must be a positive number of voxels", self.slab_size)
+        if not 0 < self.downsample < 1:
+            raise OptionError("--downsample", "must lie strictly between 0 and 1", self.downsample)
+        if self.guidance not in GUIDANCE_NAMES:
+            raise OptionError("--guidance", f"must be one of {', '.join(GUIDANCE_NAMES)}", self.guidance)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Training options of ``medseg-mem run`` (one set for every stage of every variant).
+
+    Args:
+        steps: optimisation steps per stage.
+        batch_size: samples per step (volumes for whole-volume stages, slabs for slab stages).
+        val_every: validate (per-class Dice on the val split) every this many steps; the best checkpoint is kept.
+        lr: Adam learning rate (thesis: 3e-4).
+        loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net; default) or ``"dice"`` (thesis).
+        batch_dice: compute Dice over the whole batch instead of per sample (MONAI ``DiceLoss(batch=True)``).
+        skip_empty_slabs: slab stages draw slabs that contain foreground (thesis, liver); else any slab.
+        seed: seeds weights and sampling so a run is repeatable.
+        device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+    """
+
+    steps: int = 300
+    batch_size: int = 2
+    val_every: int = 50
+    lr: float = 3e-4
+    loss: str = "dice_ce"
+    batch_dice: bool = True
+    skip_empty_slabs: bool = False
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for option, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--val-every", self.val_every)):
+            if int(value) < 1:
+                raise OptionError(option, "must be a positive whole number", value)
+        if not self.lr > 0:
+            raise OptionError("--lr", "must be positive", self.lr)
+        if self.loss not in LOSS_NAMES:
+            raise OptionError("--loss", f"must be one of {', '.join(LOSS_NAMES)}", self.loss)
+        if self.device not in DEVICE_NAMES:
+            raise OptionError("--device", f"must be one of {', '.join(DEVICE_NAMES)}", self.device)
+        if self.seed < 0:
+            raise OptionError("--seed", "must be >= 0", self.seed)
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What ``medseg-mem run`` was asked to do.
+
+    Args:
+        variants: variant names, or ``("all",)``.
+        data_dir: a prepared dataset (``medseg-mem prepare``'s output).
+        results: the results CSV rows are appended to.
+        runs_dir: checkpoints go to ``runs_dir/<run id>/<stage>/{best,last}.pt``.
+        resume: a run id under ``runs_dir`` to continue from its last checkpoints (its saved settings are used).
+        overrides: option values given by the user, applied on top of the dataset's default profile
+            (``TrainConfig``/``ModelConfig`` field names; see :mod:`medseg_mem.run_settings`).
+        progress: show progress bars.
+    """
+
+    variants: Tuple[str, ...] = ("all",)
+    data_dir: Path = DEFAULT_PREPARED
+    results: Path = DEFAULT_RESULTS
+    runs_dir: Path = DEFAULT_RUNS
+    resume: Optional[str] = None
+    overrides: Tuple[Tuple[str, object], ...] = ()
+    progress: bool = True

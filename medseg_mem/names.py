@@ -17,3 +17,6 @@ DEFAULT_WORKDIR = Path("medseg-work")
 DEFAULT_PREPARED = DEFAULT_WORKDIR / "prepared"
 DEFAULT_RESULTS = DEFAULT_WORKDIR / "results.csv"
 DEFAULT_RUNS = DEFAULT_WORKDIR / "runs"
+
+#: ``dataset.json`` name of the embedded default task (medseg_mem.data.synthetic); it has its own run profile.
+EMBEDDED_DATASET = "SyntheticRods"

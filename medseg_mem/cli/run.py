@@ -1,0 +1,87 @@
+"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.run.run_variants`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Tuple
+
+import click
+
+from medseg_mem.cli.common import library_errors
+from medseg_mem.errors import did_you_mean
+from medseg_mem.names import (
+    DEFAULT_PREPARED,
+    DEFAULT_RESULTS,
+    DEFAULT_RUNS,
+    DEVICE_NAMES,
+    GUIDANCE_NAMES,
+    LOSS_NAMES,
+    VARIANT_NAMES,
+)
+
+
+def parse_variants(ctx, param, values: Tuple[str, ...]) -> Tuple[str, ...]:
+    """Split ``full,patch`` and repeated options; unknown names get "did you mean"."""
+    names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    for name in names:
+        if name != "all" and name not in VARIANT_NAMES:
+            raise click.BadParameter(f"unknown variant {name!r}; {did_you_mean(name, VARIANT_NAMES + ('all',))}")
+    return tuple(names) or ("all",)
+
+
+def parse_channels(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """``32,64,128,256,512`` -> a tuple of at least two positive widths."""
+    if value is None:
+        return None
+    try:
+        widths = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        widths = ()
+    if len(widths) < 2 or min(widths) < 1:
+        raise click.BadParameter(f"must list at least two positive widths like 32,64,128,256,512; got {value!r}")
+    return widths
+
+
+def overrides(**options) -> Tuple[Tuple[str, object], ...]:
+    """The options the user set (``None`` = use the dataset's profile default)."""
+    return tuple((name, value) for name, value in options.items() if value is not None)
+
+
+@click.command()
+@click.option("--variant", "variants", multiple=True, callback=parse_variants,
+              help="full, patch, cascade or all (repeat or comma-separate). Default: all.")
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_PREPARED, show_default=True,
+              help="Prepared dataset (output of `medseg-mem prepare`).")
+@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+              help="Results CSV to append to.")
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=DEFAULT_RUNS, show_default=True,
+              help="Folder for run checkpoints (<runs>/<run id>/<stage>/best.pt).")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per stage [profile: 300].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [profile: 2].")
+@click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps [profile: 50].")
+@click.option("--loss", type=click.Choice(LOSS_NAMES), help="dice_ce (default) or dice (thesis).")
+@click.option("--batch-dice/--no-batch-dice", default=None, help="Dice over the whole batch [default: on].")
+@click.option("--channels", callback=parse_channels,
+              help="U-Net widths per level [spec 32,64,128,256,512; embedded default 8,16,32,64,128].")
+@click.option("--slab-size", type=click.IntRange(min=1), help="Slab thickness along the last axis [16].")
+@click.option("--downsample", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              help="Cascade stage-1 scale factor [0.3].")
+@click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), help="Cascade guidance encoding [label].")
+@click.option("--skip-empty-slabs/--any-slab", default=None, help="Slab stages train on slabs with foreground.")
+@click.option("--seed", type=click.IntRange(min=0), help="Seed for weights and sampling [0].")
+@click.option("--device", type=click.Choice(DEVICE_NAMES), help="auto (cuda if available), cpu or cuda.")
+@click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoints.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+@library_errors
+def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None:
+    """Train each variant, keep the best checkpoint on validation, evaluate on test, append to the CSV.
+
+    Works in ./medseg-work/ by default, after `medseg-mem prepare`.
+    """
+    from medseg_mem.config import RunRequest
+    from medseg_mem.run import run_variants
+
+    if resume and any(value is not None for value in options.values()):
+        raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
+    request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet)
+    run_variants(request, echo=click.echo)

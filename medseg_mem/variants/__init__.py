@@ -1,0 +1,6 @@
+"""The three variants compared by medseg-mem; see :mod:`medseg_mem.variants.registry`."""
+
+from medseg_mem.variants.base import Stage, Variant
+from medseg_mem.variants.registry import REGISTRY, get_variant, resolve_variants
+
+__all__ = ["Stage", "Variant", "REGISTRY", "get_variant", "resolve_variants"]

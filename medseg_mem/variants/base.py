@@ -1,0 +1,87 @@
+"""What a variant is: a list of training stages plus a recipe that segments a whole volume.
+
+A :class:`Stage` is one U-Net to train: which input it sees (full or reduced resolution, guided or not),
+whether it works on slabs, and whether its Dice loss includes the background. The trainer trains stages
+and never asks which variant it serves; a new variant is one new module that subclasses :class:`Variant`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, List, Mapping, Tuple
+
+import torch
+from torch import nn
+
+from medseg_mem.config import ModelConfig
+from medseg_mem.inference.slab import SlabInferer
+from medseg_mem.resample import (
+    encode_guidance,
+    guidance_channels,
+    resample_image,
+    resample_label,
+    round_trip_label,
+    scaled_size,
+)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One network of a variant.
+
+    Args:
+        name: unique within its variant; names the checkpoint folder.
+        slab: trained on slabs cut along the last axis and inferred with :class:`SlabInferer`.
+        include_background: whether the Dice loss counts the background channel (thesis: yes for slab stages,
+            whose slabs may hold no foreground; no for whole-volume stages).
+        scale: input resolution relative to the prepared volume (``None`` = the model's ``downsample``).
+        guided: the input is the image concatenated with guidance derived from a label map.
+    """
+
+    name: str
+    slab: bool
+    include_background: bool
+    scale: float | None = 1.0
+    guided: bool = False
+
+    def factor(self, model: ModelConfig) -> float:
+        return model.downsample if self.scale is None else self.scale
+
+    def in_channels(self, image_channels: int, num_classes: int, model: ModelConfig) -> int:
+        extra = guidance_channels(model.guidance, num_classes) if self.guided else 0
+        return image_channels + extra
+
+    def inputs(
+        self, image: torch.Tensor, label: torch.Tensor, model: ModelConfig, num_classes: int
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Training/validation pair ``(x, y)`` of this stage from a batched image and ground-truth label."""
+        factor = self.factor(model)
+        if factor != 1.0:
+            size = scaled_size(image.shape[2:], factor)
+            image, label = resample_image(image, size), resample_label(label, size, num_classes)
+        if self.guided:
+            guide = round_trip_label(label, model.downsample, num_classes)
+            image = torch.cat([image, encode_guidance(guide, model.guidance, num_classes)], dim=1)
+        return image, label
+
+    def forward(self, net: nn.Module, x: torch.Tensor, model: ModelConfig) -> torch.Tensor:
+        """Logits of the whole (stage-resolution) volume ``x``: slab-wise or in one pass."""
+        if self.slab:
+            return SlabInferer(slab_size=model.slab_size)(x, net)
+        return net(x)
+
+
+class Variant:
+    """Base class: subclasses set ``name`` and ``description`` and implement :meth:`stages` and :meth:`segment`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+
+    def stages(self) -> List[Stage]:
+        raise NotImplementedError
+
+    def segment(
+        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
+    ) -> torch.Tensor:
+        """Class probabilities ``(1, K, X, Y, Z)`` for a batched full-resolution image ``(1, C, X, Y, Z)``."""
+        raise NotImplementedError
