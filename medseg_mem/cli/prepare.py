@@ -1,0 +1,102 @@
+"""``medseg-mem prepare``: check and preprocess an MSD task (or the embedded default) into a prepared folder.
+
+Imports only click and light modules at import time; the library (torch, MONAI, nibabel) loads when the
+command runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import click
+
+from medseg_mem.cli.common import library_errors
+from medseg_mem.names import DEFAULT_PREPARED, READER_NAMES
+
+
+class SpacingParam(click.ParamType):
+    """``median`` or three positive numbers ``X,Y,Z`` in mm."""
+
+    name = "median|X,Y,Z"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        text = str(value).strip()
+        if text.lower() == "median":
+            return "median"
+        parts = [p.strip() for p in text.split(",")]
+        try:
+            numbers = tuple(float(p) for p in parts)
+        except ValueError:
+            numbers = ()
+        if len(numbers) != 3 or not all(n > 0 and n != float("inf") for n in numbers):
+            self.fail(f"must be 'median' or three positive numbers in mm like 1,1,1.5; got {value!r}", param, ctx)
+        return numbers
+
+
+@click.command("prepare")
+@click.argument("task_dir", required=False, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=DEFAULT_PREPARED,
+    show_default=True,
+    help="Folder the prepared dataset appears in (atomically).",
+)
+@click.option(
+    "--reader",
+    type=click.Choice(READER_NAMES),
+    default="nibabel",
+    show_default=True,
+    help="MONAI image reader.",
+)
+@click.option(
+    "--spacing",
+    type=SpacingParam(),
+    default=None,
+    metavar="median|X,Y,Z",
+    help="Resample to 'median' (the dataset's median spacing, as nnU-Net) or X,Y,Z mm. Default: keep the native grid.",
+)
+@click.option("--crop-foreground", is_flag=True, help="Crop each case to the bounding box of its nonzero voxels.")
+@click.option(
+    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the 60/20/20 split (and of the embedded default task)."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an output folder that holds something else.")
+@library_errors
+def prepare(
+    task_dir: Optional[Path],
+    out_dir: Path,
+    reader: str,
+    spacing,
+    crop_foreground: bool,
+    seed: int,
+    overwrite: bool,
+) -> None:
+    """Check and preprocess an MSD task folder into a prepared dataset.
+
+    TASK_DIR is a Medical Segmentation Decathlon task folder (dataset.json, imagesTr/, labelsTr/). Without it,
+    the embedded default task (two rods told apart only by their length) is written beside the output folder
+    and prepared. Every problem of the task is reported at once; nothing is written until all cases pass.
+
+    \b
+    Examples:
+      medseg-mem prepare                                  # embedded default -> ./medseg-work/prepared
+      medseg-mem prepare ../data/Task04_Hippocampus --out medseg-work/hippocampus --spacing median
+    """
+    from medseg_mem.config import PrepareConfig
+    from medseg_mem.data.prepare import prepare as run_prepare
+
+    config = PrepareConfig(
+        task_dir=task_dir,
+        out_dir=out_dir,
+        reader=reader,
+        spacing=spacing,
+        crop_foreground=crop_foreground,
+        seed=seed,
+        overwrite=overwrite,
+    )
+    summary = run_prepare(config)
+    click.echo(summary.line())

@@ -1,0 +1,295 @@
+"""Read and check a Medical Segmentation Decathlon (MSD) task folder, reporting ALL problems at once.
+
+An MSD task folder holds ``dataset.json``, ``imagesTr/`` and ``labelsTr/``. Cases are listed from
+``dataset.json`` ``training`` (never by globbing: real archives hold stray ``.DS_Store`` / ``._*`` files).
+Images are 3D, or 4D with the channels on the last axis, one channel per ``modality`` entry. Labels are 3D
+with integer values declared in ``labels`` (they may be stored as float, as in Task04_Hippocampus).
+
+Checking happens in two stages, both collecting every problem instead of stopping at the first one:
+
+* :func:`read_task` checks ``dataset.json`` and the listed paths (present, inside the task folder);
+* :func:`load_case` loads one case with the pipeline's loading steps and :func:`check_loaded` checks it
+  (readable NIfTI, same grid for image and label, channel count, finite intensities, declared labels).
+
+Example:
+    >>> task = read_task(Path("Task04_Hippocampus"))  # doctest: +SKIP
+    >>> task.class_names, len(task.cases)  # doctest: +SKIP
+    (['background', 'Anterior', 'Posterior'], 260)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from medseg_mem.errors import DatasetError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+REQUIRED_KEYS = ("training", "labels", "modality")
+MAX_LABEL = 255  # prepared labels are uint8
+
+
+@dataclass(frozen=True)
+class CaseEntry:
+    """One training pair listed in ``dataset.json``.
+
+    Args:
+        case_id: the image file name without ``.nii.gz`` / ``.nii``.
+        image: absolute path of the image file (inside the task folder).
+        label: absolute path of the label file.
+        image_rel: the image path relative to the task folder (used in messages and the manifest).
+        label_rel: the label path relative to the task folder.
+    """
+
+    case_id: str
+    image: Path
+    label: Path
+    image_rel: str
+    label_rel: str
+
+
+@dataclass(frozen=True)
+class MSDTask:
+    """A checked MSD task: its folder, name, classes, channels and training cases."""
+
+    root: Path
+    name: str
+    class_names: List[str]
+    modalities: List[str]
+    cases: List[CaseEntry]
+
+
+def case_id_of(file_name: str) -> str:
+    """Return the case id of an image file name: the name without ``.nii.gz`` or ``.nii``."""
+    for suffix in NIFTI_SUFFIXES:
+        if file_name.endswith(suffix):
+            return file_name[: -len(suffix)]
+    return file_name
+
+
+def read_task(task_dir: Path) -> MSDTask:
+    """Read ``dataset.json`` of an MSD task folder and check every listed path.
+
+    Args:
+        task_dir: the task folder (``dataset.json``, ``imagesTr/``, ``labelsTr/``).
+
+    Returns:
+        the :class:`MSDTask` with one :class:`CaseEntry` per ``training`` entry, in the listed order.
+
+    Raises:
+        DatasetError: listing every problem found: missing folder or ``dataset.json``, invalid JSON, missing or
+            malformed ``training`` / ``labels`` / ``modality``, an empty training list, a listed file that does not
+            exist or points outside the task folder, duplicate case ids.
+    """
+    task_dir = Path(task_dir)
+    where = str(task_dir)
+    if not task_dir.is_dir():
+        hint = "pass an MSD task folder holding dataset.json, imagesTr/ and labelsTr/"
+        raise DatasetError([f"no such folder; {hint}"], where=where)
+    meta = _read_json(task_dir / "dataset.json", where)
+    problems: List[str] = []
+    class_names = _numbered_names(meta.get("labels"), "labels", problems, example='{"0": "background", "1": "tumour"}')
+    modalities = _numbered_names(meta.get("modality"), "modality", problems, example='{"0": "MRI"}')
+    if len(class_names) - 1 > MAX_LABEL:
+        problems.append(f"dataset.json: 'labels' declares {len(class_names)} classes; at most {MAX_LABEL + 1} fit")
+    cases = _cases(task_dir, meta.get("training"), problems)
+    if problems:
+        raise DatasetError(problems, where=where)
+    name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else task_dir.name
+    return MSDTask(task_dir, name, class_names, modalities, cases)
+
+
+def _read_json(path: Path, where: str) -> dict:
+    if not path.is_file():
+        raise DatasetError([f"{path.name}: file not found; an MSD task folder needs a dataset.json"], where=where)
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError([f"{path.name}: invalid JSON ({error}); fix the syntax"], where=where) from error
+    if not isinstance(meta, dict):
+        raise DatasetError([f"{path.name}: must hold a JSON object; got {type(meta).__name__}"], where=where)
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        keys = ", ".join(repr(k) for k in missing)
+        raise DatasetError([f"{path.name}: missing key(s) {keys}; an MSD dataset.json needs {REQUIRED_KEYS}"], where)
+    return meta
+
+
+def _numbered_names(value: object, key: str, problems: List[str], example: str) -> List[str]:
+    """Parse ``{"0": name, "1": name, ...}`` into a list indexed by the number; report gaps and bad keys."""
+    if not isinstance(value, dict) or not value:
+        problems.append(f"dataset.json: {key!r} must be a non-empty object like {example}; got {value!r}")
+        return []
+    numbered: Dict[int, str] = {}
+    for raw_key, name in value.items():
+        try:
+            numbered[int(raw_key)] = str(name)
+        except (TypeError, ValueError):
+            problems.append(f"dataset.json: {key!r} key {raw_key!r} is not an integer; use keys like {example}")
+    if numbered and sorted(numbered) != list(range(len(numbered))):
+        problems.append(f"dataset.json: {key!r} keys must be 0, 1, ..., {len(numbered) - 1}; got {sorted(numbered)}")
+    return [numbered[i] for i in sorted(numbered)]
+
+
+def _cases(task_dir: Path, training: object, problems: List[str]) -> List[CaseEntry]:
+    if not isinstance(training, list):
+        problems.append(f"dataset.json: 'training' must be a list of {{'image': ..., 'label': ...}}; got {training!r}")
+        return []
+    if not training:
+        problems.append("dataset.json: 'training' is empty; list at least one {'image': ..., 'label': ...} pair")
+        return []
+    root = task_dir.resolve()
+    cases: List[CaseEntry] = []
+    seen: Dict[str, int] = {}
+    for index, entry in enumerate(training):
+        where = f"dataset.json: training[{index}]"
+        if not isinstance(entry, dict) or not {"image", "label"} <= set(entry):
+            problems.append(f"{where} must be an object with 'image' and 'label' paths; got {entry!r}")
+            continue
+        image = _listed_file(root, entry["image"], f"{where} image", problems)
+        label = _listed_file(root, entry["label"], f"{where} label", problems)
+        if image is None or label is None:
+            continue
+        case_id = case_id_of(image.name)
+        if case_id in seen:
+            problems.append(f"{where}: case id {case_id!r} repeats training[{seen[case_id]}]; list each case once")
+            continue
+        seen[case_id] = index
+        cases.append(CaseEntry(case_id, image, label, _rel(image, root), _rel(label, root)))
+    return cases
+
+
+def _listed_file(root: Path, value: object, where: str, problems: List[str]) -> Optional[Path]:
+    """Resolve one listed path; it must be a relative NIfTI path to an existing file inside ``root``."""
+    if not isinstance(value, str) or not value:
+        problems.append(f"{where} must be a relative path string; got {value!r}")
+        return None
+    if os.path.isabs(value):
+        problems.append(f"{where} {value!r} is an absolute path; list files relative to the task folder")
+        return None
+    if not value.endswith(NIFTI_SUFFIXES):
+        problems.append(f"{where} {value!r} is not a NIfTI file name; expected .nii.gz or .nii")
+        return None
+    path = (root / value).resolve()
+    if not path.is_relative_to(root):
+        problems.append(f"{where} {value!r} leads outside the task folder (to {path}); keep the data inside {root}")
+        return None
+    if not path.is_file():
+        problems.append(f"{where} {value!r}: file not found; fix the path in dataset.json or add the file")
+        return None
+    return path
+
+
+def _rel(path: Path, root: Path) -> str:
+    return path.relative_to(root).as_posix()
+
+
+def load_case(pipeline, settings: dict, case: CaseEntry, task: MSDTask) -> Tuple[Optional[dict], List[str]]:
+    """Run the loading steps of ``pipeline`` on one case and check the result.
+
+    Each file is read with exactly the reader named in ``settings`` (no silent fallback to another reader,
+    which could read a truncated file as garbage).
+
+    Args:
+        pipeline: the Compose from :func:`~medseg_mem.data.transforms.build_preprocessing` (``with_label=True``).
+        settings: its preprocessing settings.
+        case: the case to load.
+        task: the task it belongs to (declared labels and modalities).
+
+    Returns:
+        ``(data, problems)``: the loaded channel-first dict (``None`` when unreadable) and the problems found.
+    """
+    from medseg_mem.data.transforms import load_steps, make_reader
+
+    data = {"image": str(case.image), "label": str(case.label)}
+    problems: List[str] = []
+    for step, (key, rel) in enumerate((("image", case.image_rel), ("label", case.label_rel))):
+        try:
+            data = pipeline.transforms[step](data, make_reader(settings["reader"]))
+        except Exception as error:  # noqa: BLE001 - a corrupt file surfaces as many exception types
+            problems.append(f"{rel}: cannot be read as NIfTI ({_reason(error)}); re-export or replace the file")
+    if problems:
+        return None, problems
+    for step in range(2, load_steps(with_label=True)):
+        data = pipeline.transforms[step](data)
+    problems += check_loaded(data, case, task)
+    return (None if problems else data), problems
+
+
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
+def check_loaded(data: dict, case: CaseEntry, task: MSDTask) -> List[str]:
+    """Check one loaded, channel-first case; return one message per problem (empty when fine).
+
+    Checks: the image has one channel per ``modality``; the label is a single 3D volume on the image's grid
+    (same shape and affine); the image holds no NaN/inf; every label value is an integer declared in
+    ``labels``.
+    """
+    image, label = data["image"], data["label"]
+    if image.ndim != 4:
+        return [f"{case.image_rel}: has {image.ndim - 1} dimensions; expected a 3D or 4D (channel-last) image"]
+    problems: List[str] = []
+    if image.shape[0] != len(task.modalities):
+        problems.append(
+            f"{case.image_rel}: has {image.shape[0]} channel(s) but dataset.json 'modality' names "
+            f"{len(task.modalities)} ({', '.join(task.modalities)}); fix 'modality' or the image"
+        )
+    problems += _grid_problems(image, label, case)
+    problems += _finite_problems(image, case)
+    problems += _label_problems(label, case, task)
+    return problems
+
+
+def _grid_problems(image, label, case: CaseEntry) -> List[str]:
+    if label.ndim != 4 or label.shape[0] != 1:
+        return [f"{case.label_rel}: has shape {_shape(label.shape)}; expected a single 3D label volume"]
+    problems = []
+    if tuple(image.shape[1:]) != tuple(label.shape[1:]):
+        problems.append(
+            f"{case.label_rel}: shape {_shape(label.shape[1:])} differs from its image {case.image_rel} "
+            f"{_shape(image.shape[1:])}; image and label must share one voxel grid"
+        )
+    image_affine, label_affine = np.asarray(image.affine), np.asarray(label.affine)
+    if not np.allclose(image_affine, label_affine, rtol=1e-4, atol=1e-3):
+        problems.append(
+            f"{case.label_rel}: affine differs from its image {case.image_rel} "
+            f"(max difference {np.abs(image_affine - label_affine).max():.4g}); resample the label onto the image grid"
+        )
+    return problems
+
+
+def _finite_problems(image, case: CaseEntry) -> List[str]:
+    bad = int((~np.isfinite(np.asarray(image))).sum())
+    if bad:
+        return [f"{case.image_rel}: holds {bad} NaN/inf value(s); fix the image or drop the case from dataset.json"]
+    return []
+
+
+def _label_problems(label, case: CaseEntry, task: MSDTask) -> List[str]:
+    values = np.unique(np.asarray(label))
+    problems = []
+    fractional = values[values != np.round(values)]
+    if fractional.size:
+        shown = ", ".join(f"{v:g}" for v in fractional[:5])
+        problems.append(f"{case.label_rel}: holds non-integer label value(s) {shown}; labels must be whole numbers")
+    declared = np.arange(len(task.class_names))
+    undeclared = np.setdiff1d(values[values == np.round(values)], declared)
+    if undeclared.size:
+        shown = ", ".join(f"{v:g}" for v in undeclared[:10])
+        problems.append(
+            f"{case.label_rel}: label value(s) {shown} not declared in dataset.json 'labels' "
+            f"(0..{len(task.class_names) - 1}); declare them or fix the label"
+        )
+    return problems
+
+
+def _shape(shape) -> str:
+    return "x".join(str(int(s)) for s in shape)

@@ -1,0 +1,266 @@
+"""The prepared-dataset format: what ``medseg-mem prepare`` writes and what training and prediction read.
+
+Layout of a prepared folder (default ``./medseg-work/prepared``)::
+
+    manifest.json   format tag "medseg-mem-prepared/1", dataset name, source folder, class_names (indexed by
+                    label value), modalities, in_channels, the full preprocessing settings (incl. CT
+                    statistics) and per case: id, source image/label paths, original and prepared shape, spacing
+    split.json      {"seed": s, "train": [...], "val": [...], "test": [...]}  (60/20/20, deterministic)
+    cases/<id>.npz  image float32 (C, X, Y, Z), label uint8 (1, X, Y, Z), affine float64 4x4 (prepared grid),
+                    original_affine 4x4, original_shape (spatial); loadable with allow_pickle=False
+
+The folder appears atomically: it is written into a hidden sibling staging folder, then renamed into place
+(:func:`publish_folder`).
+
+Example:
+    >>> data = PreparedDataset.open(Path("medseg-work/prepared"))  # doctest: +SKIP
+    >>> case = data.load(data.ids("train")[0])  # doctest: +SKIP
+    >>> case.image.shape, case.label.dtype  # doctest: +SKIP
+    ((1, 32, 32, 96), dtype('uint8'))
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from medseg_mem.errors import DatasetError, MedsegError, look_up_option
+
+FORMAT = "medseg-mem-prepared/1"
+SPLITS = ("train", "val", "test")
+HOLDOUT_FRACTION = 0.2  # each of val and test; train gets the rest (60/20/20, thesis 2.1)
+CASE_KEYS = ("image", "label", "affine", "original_affine", "original_shape")
+MANIFEST_KEYS = ("format", "name", "source", "class_names", "modalities", "in_channels", "preprocessing", "cases")
+HINT = "run `medseg-mem prepare` first"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One prepared case: ``image`` float32 (C, X, Y, Z), ``label`` uint8 (1, X, Y, Z), ``affine`` 4x4."""
+
+    case_id: str
+    image: np.ndarray
+    label: np.ndarray
+    affine: np.ndarray
+
+
+def make_split(case_ids: Sequence[str], seed: int) -> Dict[str, object]:
+    """Split case ids 60/20/20 into train/val/test, deterministically from ``seed``.
+
+    The ids are sorted first, so the split does not depend on the order of ``dataset.json``. With 3 or more
+    cases, val and test hold at least one case each.
+
+    Example:
+        >>> split = make_split([f"c{i}" for i in range(10)], seed=0)
+        >>> [len(split[k]) for k in ("train", "val", "test")]
+        [6, 2, 2]
+    """
+    ids = sorted(case_ids)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    n_hold = max(1, int(np.floor(HOLDOUT_FRACTION * len(ids) + 0.5))) if len(ids) >= 3 else 0
+    n_train = len(ids) - 2 * n_hold
+    return {
+        "seed": int(seed),
+        "train": sorted(order[:n_train]),
+        "val": sorted(order[n_train : n_train + n_hold]),
+        "test": sorted(order[n_train + n_hold :]),
+    }
+
+
+def save_case(folder: Path, case_id: str, arrays: Dict[str, np.ndarray]) -> Path:
+    """Write ``cases/<case_id>.npz`` (uncompressed ``np.savez``) under ``folder``; return its path."""
+    path = Path(folder) / "cases" / f"{case_id}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{key: arrays[key] for key in CASE_KEYS})
+    return path
+
+
+def write_json(path: Path, content: dict) -> None:
+    """Write ``content`` as indented JSON (stable key order, so reruns give identical files)."""
+    Path(path).write_text(json.dumps(content, indent=1) + "\n", encoding="utf-8")
+
+
+def describe_occupant(out_dir: Path, source: Path) -> Optional[str]:
+    """Say what ``out_dir`` holds that a new prepared dataset of ``source`` must not silently replace.
+
+    Returns ``None`` when the folder is absent, empty, or a prepared dataset of the same ``source`` folder
+    (derived data, safe to regenerate); otherwise a short description such as ``"3 other file(s) (notes.txt, ...)"``.
+    """
+    out_dir = Path(out_dir)
+    if not out_dir.exists() and not out_dir.is_symlink():
+        return None
+    if not out_dir.is_dir():
+        return "a file, not a folder"
+    entries = sorted(p.name for p in out_dir.iterdir())
+    if not entries:
+        return None
+    manifest = _read_manifest_quietly(out_dir / "manifest.json")
+    if manifest is not None and manifest.get("format") == FORMAT:
+        if manifest.get("source") == str(Path(source).resolve()):
+            return None
+        return f"a prepared dataset of another source ({manifest.get('source')})"
+    return f"{len(entries)} other file(s) ({', '.join(entries[:3])}{', ...' if len(entries) > 3 else ''})"
+
+
+def _read_manifest_quietly(path: Path) -> Optional[dict]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def staging_folder(dest: Path) -> Path:
+    """Create and return an empty hidden sibling folder of ``dest`` to write into before :func:`publish_folder`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets normal permissions
+    return staging
+
+
+def publish_folder(staging: Path, dest: Path) -> None:
+    """Move the finished ``staging`` folder to ``dest`` by renaming, replacing what ``dest`` held."""
+    dest = Path(dest)
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    if old is not None:
+        remove_path(old)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a folder tree, a file or a link (used for staging leftovers and replaced outputs)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+class PreparedDataset:
+    """Read access to a prepared folder: metadata, the split and one case at a time.
+
+    Args:
+        root: the prepared folder.
+        manifest: the parsed ``manifest.json``.
+        split: the parsed ``split.json``.
+
+    Use :meth:`open` rather than the constructor; it checks the folder.
+
+    Example:
+        >>> data = PreparedDataset.open(Path("medseg-work/prepared"))  # doctest: +SKIP
+        >>> data.num_classes, data.in_channels, len(data.ids("val"))  # doctest: +SKIP
+        (3, 1, 10)
+    """
+
+    def __init__(self, root: Path, manifest: dict, split: dict) -> None:
+        self.root = Path(root)
+        self.manifest = manifest
+        self.split = split
+        self.name: str = manifest["name"]
+        self.class_names: List[str] = list(manifest["class_names"])
+        self.num_classes: int = len(self.class_names)
+        self.in_channels: int = int(manifest["in_channels"])
+        self.modalities: List[str] = list(manifest["modalities"])
+        self._case_ids = [case["id"] for case in manifest["cases"]]
+
+    @classmethod
+    def open(cls, root: Path) -> "PreparedDataset":
+        """Open and check a prepared folder.
+
+        Raises:
+            DatasetError: naming the folder and telling to run ``medseg-mem prepare`` first, when the folder,
+                ``manifest.json`` or ``split.json`` is missing or malformed.
+        """
+        root = Path(root)
+        if not root.is_dir():
+            raise DatasetError([f"no prepared dataset here; {HINT}"], where=str(root))
+        manifest = _load_json(root / "manifest.json", root)
+        split = _load_json(root / "split.json", root)
+        problems = _manifest_problems(manifest) + _split_problems(split, manifest)
+        if problems:
+            raise DatasetError(problems + [f"the folder is damaged or from another tool; {HINT}"], where=str(root))
+        return cls(root, manifest, split)
+
+    def ids(self, split: str) -> List[str]:
+        """Case ids of ``split`` (``"train"``, ``"val"`` or ``"test"``).
+
+        Raises:
+            MedsegError: for an unknown split name.
+        """
+        look_up_option(split, SPLITS, "split")
+        return list(self.split[split])
+
+    def load(self, case_id: str) -> Case:
+        """Load one case from ``cases/<case_id>.npz``.
+
+        Raises:
+            MedsegError: when ``case_id`` is not in the manifest.
+            DatasetError: when its file is missing or unreadable.
+        """
+        if case_id not in self._case_ids:
+            close = difflib.get_close_matches(case_id, self._case_ids, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise MedsegError(f"case {case_id!r} is not in {self.root / 'manifest.json'}{hint}")
+        path = self.root / "cases" / f"{case_id}.npz"
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                image, label, affine = arrays["image"], arrays["label"], arrays["affine"]
+        except (OSError, ValueError, KeyError) as error:
+            raise DatasetError([f"cases/{case_id}.npz cannot be read ({error}); {HINT}"], str(self.root)) from error
+        return Case(case_id, image, label, affine)
+
+    def __len__(self) -> int:
+        return len(self._case_ids)
+
+    def __repr__(self) -> str:
+        sizes = "/".join(str(len(self.split[s])) for s in SPLITS)
+        return f"PreparedDataset({str(self.root)!r}, name={self.name!r}, cases={len(self)}, split={sizes})"
+
+
+def _load_json(path: Path, root: Path) -> dict:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise DatasetError([f"{path.name} not found; {HINT}"], where=str(root)) from error
+    except (OSError, ValueError) as error:
+        raise DatasetError([f"{path.name} is not valid JSON ({error}); {HINT}"], where=str(root)) from error
+    if not isinstance(content, dict):
+        raise DatasetError([f"{path.name} must hold a JSON object; {HINT}"], where=str(root))
+    return content
+
+
+def _manifest_problems(manifest: dict) -> List[str]:
+    if manifest.get("format") != FORMAT:
+        return [f"manifest.json: format is {manifest.get('format')!r}, expected {FORMAT!r}"]
+    missing = [key for key in MANIFEST_KEYS if key not in manifest]
+    if missing:
+        return [f"manifest.json: missing key(s) {', '.join(missing)}"]
+    if not isinstance(manifest["cases"], list) or not all(isinstance(c, dict) and "id" in c for c in manifest["cases"]):
+        return ["manifest.json: 'cases' must be a list of objects with an 'id'"]
+    return []
+
+
+def _split_problems(split: dict, manifest: dict) -> List[str]:
+    problems = [f"split.json: missing list {name!r}" for name in SPLITS if not isinstance(split.get(name), list)]
+    if problems or not isinstance(manifest.get("cases"), list):
+        return problems
+    known = {case.get("id") for case in manifest["cases"] if isinstance(case, dict)}
+    unknown = sorted({i for name in SPLITS for i in split[name]} - known)
+    if unknown:
+        problems.append(f"split.json: case id(s) {', '.join(map(str, unknown[:5]))} are not in manifest.json")
+    return problems

@@ -1,0 +1,138 @@
+"""Shared fixtures: tiny MSD tasks written on the fly, the prepared embedded default, folder checksums.
+
+``make_msd_task(root, n_cases=4, shape=(8, 8, 6), channels=1, ...)`` writes a tiny valid MSD task (3D, or 4D
+channel-last when ``channels > 1``) under ``root`` and returns its folder; ``prepared_default`` writes and
+prepares the embedded default task once per session (12 cases of 32x32x96) and returns the prepared folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+import numpy as np
+import pytest
+
+MRI_MODALITIES = {1: {"0": "MRI"}, 4: {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}
+TINY_LABELS = {"0": "background", "1": "left", "2": "right"}
+
+
+def save_nifti(array: np.ndarray, path: Path, affine: Optional[np.ndarray] = None) -> Path:
+    """Save ``array`` as NIfTI with ``affine`` (identity by default), keeping its dtype."""
+    import nibabel as nib
+
+    image = nib.Nifti1Image(array, np.eye(4) if affine is None else affine)
+    image.set_data_dtype(array.dtype)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(image, str(path))
+    return path
+
+
+def tiny_case(rng: np.random.Generator, shape: Sequence[int], channels: int, n_labels: int):
+    """A positive image (channels on the last axis when > 1) and a label holding every class."""
+    spatial = tuple(shape)
+    image = rng.normal(100.0, 10.0, size=spatial + ((channels,) if channels > 1 else ()))
+    image *= rng.uniform(0.5, 3.0, size=(channels,) if channels > 1 else 1)
+    label = np.zeros(spatial, dtype=np.uint8)
+    for value in range(1, n_labels):
+        x = rng.integers(0, spatial[0] - 2)
+        label[x : x + 2, value - 1 :: n_labels, 1:-1] = value
+    return np.abs(image).astype(np.float32) + 1.0, label
+
+
+def _make_msd_task(
+    root: Path,
+    n_cases: int = 4,
+    shape: Sequence[int] = (8, 8, 6),
+    channels: int = 1,
+    modality: Optional[Dict[str, str]] = None,
+    labels: Optional[Dict[str, str]] = None,
+    name: str = "Task99_Tiny",
+    seed: int = 0,
+    affine: Optional[np.ndarray] = None,
+) -> Path:
+    task = Path(root) / name
+    (task / "imagesTr").mkdir(parents=True)
+    (task / "labelsTr").mkdir()
+    labels = labels or TINY_LABELS
+    rng = np.random.default_rng(seed)
+    training = []
+    for index in range(n_cases):
+        case_id = f"tiny_{index:03d}"
+        image, label = tiny_case(rng, shape, channels, len(labels))
+        save_nifti(image, task / "imagesTr" / f"{case_id}.nii.gz", affine)
+        save_nifti(label, task / "labelsTr" / f"{case_id}.nii.gz", affine)
+        training.append({"image": f"./imagesTr/{case_id}.nii.gz", "label": f"./labelsTr/{case_id}.nii.gz"})
+    meta = {
+        "name": name.split("_", 1)[-1],
+        "tensorImageSize": "4D" if channels > 1 else "3D",
+        "modality": modality or MRI_MODALITIES.get(channels, {str(c): "MRI" for c in range(channels)}),
+        "labels": labels,
+        "numTraining": n_cases,
+        "training": training,
+    }
+    (task / "dataset.json").write_text(json.dumps(meta, indent=1))
+    (task / "imagesTr" / ".DS_Store").write_bytes(b"\x00\x01junk")  # as in real archives: never globbed
+    return task
+
+
+@pytest.fixture
+def write_nifti():
+    """Factory ``write_nifti(array, path, affine=None) -> path`` saving a NIfTI that keeps ``array``'s dtype."""
+    return save_nifti
+
+
+@pytest.fixture
+def make_msd_task():
+    """Factory ``make_msd_task(root, n_cases=4, shape=(8, 8, 6), channels=1, modality=None, ...) -> Path``."""
+    return _make_msd_task
+
+
+def edit_dataset_json(task: Path, **changes) -> dict:
+    """Apply key changes to ``task/dataset.json`` (a value of ``None`` deletes the key); return the result."""
+    path = Path(task) / "dataset.json"
+    meta = json.loads(path.read_text())
+    for key, value in changes.items():
+        if value is None:
+            meta.pop(key, None)
+        else:
+            meta[key] = value
+    path.write_text(json.dumps(meta, indent=1))
+    return meta
+
+
+@pytest.fixture
+def edit_json():
+    """Factory ``edit_json(task, key=value, ...)`` rewriting ``dataset.json`` (``None`` deletes a key)."""
+    return edit_dataset_json
+
+
+def tree_checksums(folder: Path) -> Dict[str, str]:
+    """SHA-256 of every file under ``folder`` (links included by their target), keyed by relative path."""
+    folder = Path(folder)
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def checksums():
+    """Factory ``checksums(folder) -> {relative path: sha256}``."""
+    return tree_checksums
+
+
+@pytest.fixture(scope="session")
+def prepared_default(tmp_path_factory) -> Path:
+    """The embedded default task (12 cases of 32x32x96), written and prepared once per session."""
+    from medseg_mem.config import PrepareConfig
+    from medseg_mem.data.prepare import prepare
+    from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
+
+    base = tmp_path_factory.mktemp("default")
+    task = write_default_task(base / TASK_FOLDER, seed=0, n_cases=12)
+    prepare(PrepareConfig(task_dir=task, out_dir=base / "prepared", seed=0), progress=False)
+    return base / "prepared"
