@@ -1,0 +1,98 @@
+"""The comparison report: thesis-style tables (Markdown and CSV) and a memory/accuracy plot from the results CSV.
+
+Example:
+    >>> from medseg_mem.report import compare
+    >>> report = compare(Path("medseg-work/results.csv"))  # doctest: +SKIP
+    >>> print(report.text)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional
+
+import pandas as pd
+
+from medseg_mem import __version__
+from medseg_mem.errors import MedsegError
+from medseg_mem.report.format import format_bytes, format_table, render_group
+from medseg_mem.report.tables import GROUP_KEYS, Group, build_groups
+from medseg_mem.results import read_results
+
+__all__ = ["CompareReport", "compare", "comparison_frame", "format_bytes", "format_table"]
+
+#: Leading columns of ``comparison.csv``; the ``dice_<class>`` columns and the rest follow.
+CSV_LEAD = (*GROUP_KEYS, "source", "variant", "n_runs", "run_id", "timestamp", "mean_dice")
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """What :func:`compare` wrote.
+
+    Args:
+        results_csv: the results file read.
+        markdown_path, csv_path, png_path: ``comparison.md``, ``comparison.csv``, ``comparison.png``.
+        text: the tables as padded Markdown (also the body of ``comparison.md``).
+    """
+
+    results_csv: Path
+    markdown_path: Path
+    csv_path: Path
+    png_path: Path
+    text: str
+
+
+def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
+    """Write the comparison tables and plot of a results CSV.
+
+    Args:
+        results_csv: a results CSV written by :func:`medseg_mem.results.append_rows`.
+        out_dir: where ``comparison.md``, ``comparison.csv`` and ``comparison.png`` go; default: next to
+            ``results_csv``. Created when missing.
+
+    Raises:
+        MedsegError: the results file is missing, malformed or has no rows; ``out_dir`` is not a folder.
+    """
+    from medseg_mem.report.plot import plot_comparison  # matplotlib only when a plot is drawn
+
+    results_csv = Path(results_csv)
+    results = read_results(results_csv)
+    if results.empty:
+        raise MedsegError(f"results file {results_csv} has no rows yet; run `medseg-mem run` first")
+    out_dir = Path(out_dir) if out_dir is not None else results_csv.parent
+    if out_dir.exists() and not out_dir.is_dir():
+        raise MedsegError(f"--out {out_dir} is a file; pass a folder for the comparison files")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = build_groups(results)
+    text = "\n\n".join(render_group(group) for group in groups)
+    paths = [out_dir / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
+    paths[0].write_text(_markdown(results_csv, results, text), encoding="utf-8")
+    comparison_frame(groups).to_csv(paths[1], index=False)
+    plot_comparison(groups, paths[2], title=f"medseg-mem comparison — {results_csv.name}")
+    return CompareReport(results_csv, *paths, text=text)
+
+
+def comparison_frame(groups: List[Group]) -> pd.DataFrame:
+    """Return every group's table stacked into one machine-readable frame (Dice as fractions, memory in bytes)."""
+    frames = [group.table.assign(dataset=group.dataset, source=group.source) for group in groups]
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(CSV_LEAD))
+    for column in CSV_LEAD:
+        if column not in frame:
+            frame[column] = ""
+    dice = [c for c in frame.columns if c.startswith("dice_")]
+    rest = [c for c in frame.columns if c not in CSV_LEAD and c not in dice]
+    return frame[[*CSV_LEAD, *dice, *rest]]
+
+
+def _markdown(results_csv: Path, results: pd.DataFrame, text: str) -> str:
+    """Return the body of ``comparison.md``: a title, where the numbers come from, the tables, the plot."""
+    runs = results["run_id"].nunique()
+    return (
+        "# medseg-mem comparison\n\n"
+        f"From `{results_csv}` ({len(results)} rows, {runs} runs), medseg-mem {__version__}. "
+        "Dice in percent on the test split; *mean Dice % (fg)* averages the foreground classes; "
+        "each row is the latest run of its variant. Memory and time are compared only within one table "
+        "(same dataset, device and memory method).\n\n"
+        f"{text}\n\n![mean Dice against peak memory](comparison.png)\n"
+    )
