@@ -1,0 +1,61 @@
+"""Real-data benchmark: the three variants on MSD Task04_Hippocampus, trained and tested on one device.
+
+Prepares ``../shared/data/Task04_Hippocampus`` (read-only) into a work folder, then runs ``full``, ``patch`` and
+``cascade`` with the settings below and appends per-class test Dice, peak inference memory (with its method)
+and inference time to ``benchmarks/results/hippocampus_<device>.csv``; prints the comparison table.
+
+Example (CPU, ~20 min per variant on 2 cores)::
+
+    python benchmarks/hippocampus.py --steps 800 --channels 16,32,64,128,256 --batch-size 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from medseg_mem.config import PrepareConfig, RunRequest
+from medseg_mem.data.prepare import prepare
+from medseg_mem.run import resolve_device, run_variants
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+
+
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", type=Path, default=TASK, help="MSD Task04_Hippocampus folder")
+    parser.add_argument("--work", type=Path, default=Path("medseg-work/hippocampus"), help="prepared data + runs")
+    parser.add_argument("--variants", default="full,patch,cascade")
+    parser.add_argument("--steps", type=int, default=800, help="training steps per stage")
+    parser.add_argument("--val-every", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--channels", default="16,32,64,128,256", help="U-Net widths (spec: 32,64,128,256,512)")
+    parser.add_argument("--loss", default="dice_ce", choices=("dice", "dice_ce"))
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    parser.add_argument("--results", type=Path, default=None, help="default: benchmarks/results/hippocampus_<device>.csv")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = arguments()
+    if not args.task.is_dir():
+        raise SystemExit(f"{args.task}: not found; this benchmark needs ../shared/data/Task04_Hippocampus")
+    prepared = args.work / "prepared"
+    if not (prepared / "manifest.json").is_file():
+        prepare(PrepareConfig(task_dir=args.task, out_dir=prepared))
+    device = resolve_device(args.device)
+    results = args.results or ROOT / "benchmarks" / "results" / f"hippocampus_{device.type}.csv"
+    overrides = (
+        ("steps", args.steps), ("val_every", args.val_every), ("batch_size", args.batch_size),
+        ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("device", device.type),
+    )  # fmt: skip
+    request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides)
+    started = time.perf_counter()
+    run_variants(request)
+    print(f"benchmark finished in {time.perf_counter() - started:.0f} s on {device}; rows in {results}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,72 @@
+"""``medseg-mem run`` in-process: bad options get one-line errors; a tiny end-to-end run appends to the CSV."""
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from medseg_mem.cli import main
+
+TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["run", *args])
+
+
+def error_lines(result):
+    return [line for line in result.output.splitlines() if line.startswith("Error")]
+
+
+def test_unknown_variant_suggests_and_lists_valid_names():
+    result = invoke("--variant", "pach")
+    assert result.exit_code == 2
+    assert "did you mean 'patch'" in result.output and "full, patch, cascade" in result.output
+    assert len(error_lines(result)) == 1 and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("steps", ["0", "-3", "many"])
+def test_bad_steps(steps):
+    result = invoke("--steps", steps)
+    assert result.exit_code == 2 and "--steps" in result.output
+
+
+def test_bad_channels():
+    result = invoke("--channels", "32")
+    assert result.exit_code == 2 and "--channels" in result.output
+
+
+def test_missing_prepared_folder_names_it_and_the_fix(tmp_path):
+    result = invoke("--data", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r.csv"))
+    assert result.exit_code == 1
+    assert "nowhere" in result.output and "medseg-mem prepare" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_malformed_results_csv_is_refused_before_training(tmp_path, prepared_default):
+    results = tmp_path / "results.csv"
+    results.write_text("this is not, a results file\n1,2\n")
+    result = invoke("--data", str(prepared_default), "--results", str(results), *TINY)
+    assert result.exit_code == 1 and "results.csv" in result.output
+    assert results.read_text() == "this is not, a results file\n1,2\n"
+
+
+def test_resume_refuses_other_training_options(tmp_path):
+    result = invoke("--resume", "someid", "--steps", "5")
+    assert result.exit_code == 2 and "--resume" in result.output
+
+
+def test_tiny_run_of_all_variants_appends_rows_and_resumes(tmp_path, prepared_default):
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(runs)]
+    result = invoke("--variant", "all", *args, *TINY)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(results)
+    assert sorted(table.variant.unique()) == ["cascade", "full", "patch"]
+    assert len(table) == 3 * 2 and set(table.class_name) == {"long_rod", "short_rod"}
+    assert table.dice.between(0, 1).all() and (table.peak_memory_bytes > 0).all()
+    assert table.memory_method.str.len().gt(0).all() and (table.device == "cpu").all()
+    run_id = table.run_id[table.variant == "cascade"].iloc[0]
+    assert (runs / run_id / "stage1" / "best.pt").is_file() and (runs / run_id / "stage2" / "best.pt").is_file()
+    again = invoke("--resume", run_id, *args[:-2], "--runs", str(runs), "--quiet")
+    assert again.exit_code == 0, again.output
+    assert len(pd.read_csv(results)) == 3 * 2 + 2
