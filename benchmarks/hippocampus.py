@@ -6,7 +6,7 @@ and inference time to ``benchmarks/results/hippocampus_<device>.csv``; prints th
 
 Example (CPU, ~20 min per variant on 2 cores)::
 
-    python benchmarks/hippocampus.py --steps 800 --channels 16,32,64,128,256 --batch-size 4
+    python benchmarks/hippocampus.py --steps 800 --channels 16,32,64,128,256 --batch-size 4 --lr 1e-3
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--channels", default="16,32,64,128,256", help="U-Net widths (spec: 32,64,128,256,512)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (thesis: 3e-4)")
     parser.add_argument("--loss", default="dice_ce", choices=("dice", "dice_ce"))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--results", type=Path, default=None, help="default: benchmarks/results/hippocampus_<device>.csv")
@@ -49,7 +50,7 @@ def main() -> None:
     results = args.results or ROOT / "benchmarks" / "results" / f"hippocampus_{device.type}.csv"
     overrides = (
         ("steps", args.steps), ("val_every", args.val_every), ("batch_size", args.batch_size),
-        ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("device", device.type),
+        ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("lr", args.lr), ("device", device.type),
     )  # fmt: skip
     request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides)
     started = time.perf_counter()

@@ -6,13 +6,12 @@ what it holds is validated before use, and a file of the wrong kind gets an erro
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
+from medseg_mem.atomic import replacing
 from medseg_mem.errors import MedsegError
 
 FORMAT = "medseg-mem-checkpoint/1"
@@ -21,17 +20,9 @@ REQUIRED = ("format", "variant", "stage", "step", "state_dict", "model")
 
 def save_checkpoint(path: Path, payload: Dict[str, Any]) -> Path:
     """Write ``payload`` (plus the format tag) to ``path`` atomically: temp file in the same folder, then rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
+    with replacing(path, suffix=".pt") as temp:
         torch.save({"format": FORMAT, **payload}, temp)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:

@@ -15,11 +15,11 @@ import numbers
 import os
 import re
 import secrets
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Mapping, Sequence
 
+from medseg_mem.atomic import write_text_atomic
 from medseg_mem.errors import MedsegError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,7 +91,7 @@ def append_rows(path: Path, rows: Sequence[Mapping]) -> Path:
     with _folder_lock(path.parent):
         old_text = _read_text(path) if path.exists() else ""
         header = _existing_header(path, old_text) if old_text.strip() else list(RESULT_COLUMNS)
-        _write_atomically(path, _new_text(old_text, header, records))
+        write_text_atomic(path, _new_text(old_text, header, records))
     return path
 
 
@@ -214,41 +214,6 @@ def _with_columns(old_text: str, header: List[str], records: List[dict]) -> str:
     """Return the whole file rewritten with ``header``: old values kept, new columns empty, new rows appended."""
     old_rows = list(csv.DictReader(io.StringIO(old_text)))
     return _csv_text(header, old_rows + records, with_header=True)
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file in the same folder, fsync it, then ``os.replace`` it onto ``path``."""
-    mode = path.stat().st_mode & 0o777 if path.exists() else _default_mode()
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, mode)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _default_mode() -> int:
-    """Return the permission bits a new file gets under the current umask."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename durable where the platform allows fsync on a folder."""
-    with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 @contextlib.contextmanager

@@ -1,7 +1,9 @@
 """Which settings a run uses: the dataset's default profile, the user's overrides, and the saved run record.
 
-Profiles: the embedded default (``SyntheticRods``, 32x32x96 volumes) trains narrow U-Nets (8..128 channels) so
-``run --variant all`` finishes in minutes on a 2-core CPU; every other dataset gets the spec widths (32..512).
+Profiles: the embedded default (``SyntheticRods``, 32x32x96 volumes) trains narrow U-Nets (8..128 channels) with
+Adam at 3e-3 so ``run --variant all`` finishes in minutes on a 2-core CPU (at the thesis's 3e-4 the narrow nets'
+cross-entropy was still at 0.78 after 120 steps; at 3e-3 it was at 0.02 after 150); every other dataset gets the
+spec widths (32..512) and the thesis's learning rate 3e-4.
 Both default to Dice + cross-entropy with batch Dice: plain Dice let one hippocampus class collapse to ~0.05
 Dice in early experiments, while cross-entropy gives every voxel a gradient from the first step.
 """
@@ -19,7 +21,7 @@ from medseg_mem.errors import MedsegError
 from medseg_mem.names import EMBEDDED_DATASET
 
 EMBEDDED_MODEL = ModelConfig(channels=(8, 16, 32, 64, 128))
-EMBEDDED_TRAIN = TrainConfig(steps=300, batch_size=2, val_every=50)
+EMBEDDED_TRAIN = TrainConfig(steps=300, batch_size=2, val_every=50, lr=3e-3)
 REAL_MODEL = ModelConfig()
 REAL_TRAIN = TrainConfig(steps=300, batch_size=2, val_every=50)
 

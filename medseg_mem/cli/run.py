@@ -59,6 +59,7 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--steps", type=click.IntRange(min=1), help="Training steps per stage [profile: 300].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [profile: 2].")
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps [profile: 50].")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [3e-4; embedded default 3e-3].")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="dice_ce (default) or dice (thesis).")
 @click.option("--batch-dice/--no-batch-dice", default=None, help="Dice over the whole batch [default: on].")
 @click.option("--channels", callback=parse_channels,

@@ -72,7 +72,8 @@ class Stage:
 
 
 class Variant:
-    """Base class: subclasses set ``name`` and ``description`` and implement :meth:`stages` and :meth:`segment`."""
+    """Base class: subclasses set ``name`` and ``description``, implement :meth:`stages`, and override
+    :meth:`segment` when they have more than one stage."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
@@ -83,5 +84,9 @@ class Variant:
     def segment(
         self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
     ) -> torch.Tensor:
-        """Class probabilities ``(1, K, X, Y, Z)`` for a batched full-resolution image ``(1, C, X, Y, Z)``."""
-        raise NotImplementedError
+        """Class probabilities ``(1, K, X, Y, Z)`` for a batched full-resolution image ``(1, C, X, Y, Z)``.
+
+        The default serves single-stage variants: the stage's own forward pass, then softmax.
+        """
+        (stage,) = self.stages()
+        return torch.softmax(stage.forward(nets[stage.name], image, model), dim=1)

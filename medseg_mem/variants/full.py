@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import List, Mapping
+from typing import List
 
-import torch
-from torch import nn
-
-from medseg_mem.config import ModelConfig
 from medseg_mem.variants.base import Stage, Variant
 
 
@@ -18,8 +14,3 @@ class FullVariant(Variant):
     def stages(self) -> List[Stage]:
         return [Stage("full", slab=False, include_background=False)]
 
-    def segment(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
-    ) -> torch.Tensor:
-        (stage,) = self.stages()
-        return torch.softmax(stage.forward(nets[stage.name], image, model), dim=1)

@@ -6,12 +6,8 @@ axis reaches a prediction. Dice loss includes the background (thesis 2.4.1: a sl
 
 from __future__ import annotations
 
-from typing import List, Mapping
+from typing import List
 
-import torch
-from torch import nn
-
-from medseg_mem.config import ModelConfig
 from medseg_mem.variants.base import Stage, Variant
 
 
@@ -22,8 +18,3 @@ class PatchVariant(Variant):
     def stages(self) -> List[Stage]:
         return [Stage("patch", slab=True, include_background=True)]
 
-    def segment(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
-    ) -> torch.Tensor:
-        (stage,) = self.stages()
-        return torch.softmax(stage.forward(nets[stage.name], image, model), dim=1)
