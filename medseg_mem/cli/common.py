@@ -25,23 +25,6 @@ def library_errors(func: Callable) -> Callable:
 
 def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list at the call site
     """All subcommands; each module imports only click and light modules at import time."""
-    from medseg_mem.cli import prepare
+    from medseg_mem.cli import compare, plan, predict, prepare, run
 
-    commands = [prepare.prepare]
-    for name in ("run", "compare", "plan", "predict"):
-        module = _optional(name)
-        if module is not None:
-            commands.append(getattr(module, name))
-    return commands
-
-
-def _optional(name: str):
-    """Import ``medseg_mem.cli.<name>`` if it exists yet (commands land one issue at a time)."""
-    import importlib
-
-    try:
-        return importlib.import_module(f"medseg_mem.cli.{name}")
-    except ModuleNotFoundError as error:
-        if error.name == f"medseg_mem.cli.{name}":
-            return None
-        raise
+    return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict]

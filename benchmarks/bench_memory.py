@@ -1,0 +1,211 @@
+"""Memory benchmark: peak memory and time of each variant's inference, against the planner's prediction.
+
+Random-weight spec U-Nets (widths 32..512, depth 5; 4 classes for 4-channel inputs, 3 for 1-channel) segment
+one random volume per case under ``torch.inference_mode()``. Each (case, variant) runs in its own measured
+process (:func:`medseg_mem.memory.measure.measure_peak`), which also times ``--repeats`` runs and keeps the
+median. The slab inferer is compared with MONAI's ``SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=0)``.
+Rows are written to a results CSV (schema of :mod:`medseg_mem.results`, Dice left empty) after every case.
+
+Usage:
+    python benchmarks/bench_memory.py --device cpu --sizes small,brats --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+CASES = {
+    "small": ((4, 128, 128, 80), 4),
+    "brats": ((4, 240, 240, 160), 4),
+    "liver": ((1, 512, 512, 208), 3),
+}
+CHANNELS = (32, 64, 128, 256, 512)
+SAFETY = 0.85  # run a case only if its planned peak is below this share of the available memory
+
+
+def variant_setup(shape, classes, variant_name, repeats, timing_file, device):
+    """Build random-weight networks and a random image; the returned callable segments it ``repeats`` times."""
+    import torch
+
+    from medseg_mem.config import ModelConfig
+    from medseg_mem.models.unet import UNet3D
+    from medseg_mem.variants import get_variant
+
+    torch.manual_seed(0)
+    model, variant = ModelConfig(channels=CHANNELS), get_variant(variant_name)
+    nets = {s.name: UNet3D(s.in_channels(shape[0], classes, model), classes, CHANNELS).eval().to(device)
+            for s in variant.stages()}  # fmt: skip
+    image = torch.randn((1, *shape), device=device)
+    return _timed(lambda: variant.segment(nets, image, model, classes), repeats, timing_file, device)
+
+
+def inferer_setup(shape, classes, inferer_name, repeats, timing_file, device):
+    """One U-Net on slabs of 16 with our :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``."""
+    import torch
+    from monai.inferers import SlidingWindowInferer
+
+    from medseg_mem.inference import SlabInferer
+    from medseg_mem.models.unet import UNet3D
+
+    torch.manual_seed(0)
+    net = UNet3D(shape[0], classes, CHANNELS).eval().to(device)
+    image = torch.randn((1, *shape), device=device)
+    if inferer_name == "slab":
+        inferer = SlabInferer(slab_size=16)
+    else:
+        inferer = SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=0, sw_batch_size=1, padding_mode="constant")
+    return _timed(lambda: inferer(image, net), repeats, timing_file, device)
+
+
+def _timed(segment, repeats, timing_file, device):
+    """Wrap ``segment`` so each call's seconds are written to ``timing_file`` (no output kept between runs)."""
+    import torch
+
+    def run():
+        seconds = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            output = segment()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds.append(time.perf_counter() - start)
+            del output
+        Path(timing_file).write_text(json.dumps(seconds))
+
+    return run
+
+
+def measure(setup, args, device):
+    """``(MemoryReading, median seconds)`` of one setup, run in a measured process."""
+    from medseg_mem.memory.measure import measure_peak
+
+    with tempfile.TemporaryDirectory() as folder:
+        timing_file = str(Path(folder) / "seconds.json")
+        reading = measure_peak(setup, (*args, timing_file, device), device)
+        seconds = json.loads(Path(timing_file).read_text())
+    return reading, statistics.median(seconds)
+
+
+def base_row(case, variant, device, reading, seconds, inferer):
+    """A results row with the run-level columns filled; planner columns are added by the caller."""
+    import medseg_mem
+    from medseg_mem.results import new_run_id, utc_timestamp
+
+    shape, _ = CASES[case]
+    return dict(
+        run_id=new_run_id(variant), timestamp=utc_timestamp(), dataset="bench-" + "x".join(map(str, shape)),
+        variant=variant, class_name="", class_index=-1, dice=None, peak_memory_bytes=reading.peak_bytes,
+        memory_method=reading.method, device=device, inference_seconds_per_case=round(seconds, 3), train_steps=0,
+        train_seconds=0, seed=0, channels="-".join(map(str, CHANNELS)), loss="", slab_size=16, downsample=0.3,
+        n_test_cases=1, package_version=medseg_mem.__version__, source="benchmark", planned_bytes=None,
+        planner_error=None, inferer=inferer,
+    )  # fmt: skip
+
+
+def write_rows(path: Path, rows) -> None:
+    """Append ``rows`` to the CSV at ``path`` with pandas, atomically (temp file in the folder + os.replace)."""
+    import pandas as pd
+
+    from medseg_mem.results import RESULT_COLUMNS
+
+    frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
+    if path.exists():
+        frame = pd.concat([pd.read_csv(path, dtype=str, keep_default_na=False), frame.astype(object)])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(handle)
+    frame.to_csv(temp, index=False)
+    os.replace(temp, path)
+
+
+def run_variants(case, args, calibration, budget, out):
+    """Plan, then measure, every variant of ``case``; infeasible ones are reported and skipped."""
+    from medseg_mem.config import ModelConfig
+    from medseg_mem.memory.planner import plan_variant
+    from medseg_mem.memory.units import format_bytes
+
+    shape, classes = CASES[case]
+    repeats = args.repeats if case == "small" or args.device != "cpu" else 1
+    for variant in ("full", "patch", "cascade"):
+        plan = plan_variant(variant, shape, classes, ModelConfig(channels=CHANNELS), calibration=calibration,
+                            budget_bytes=budget)  # fmt: skip
+        if plan.predicted_bytes > SAFETY * budget:
+            print(f"{case:6} {variant:8} skipped: planned {format_bytes(plan.predicted_bytes)} > "
+                  f"{SAFETY:.0%} of {format_bytes(budget)} available", flush=True)  # fmt: skip
+            continue
+        reading, seconds = measure(variant_setup, (shape, classes, variant, repeats), args.device)
+        error = abs(plan.predicted_bytes - reading.peak_bytes) / reading.peak_bytes
+        row = base_row(case, variant, args.device, reading, seconds, "" if variant == "full" else "slab")
+        row.update(planned_bytes=plan.predicted_bytes, planner_error=round(error, 4))
+        write_rows(out, [row])
+        print(f"{case:6} {variant:8} peak {format_bytes(reading.peak_bytes):>9} ({reading.method})  "
+              f"time {seconds:7.2f} s  planned {format_bytes(plan.predicted_bytes):>9}  error {error:6.1%}",
+              flush=True)  # fmt: skip
+
+
+def compare_inferers(case, args, out):
+    """Our slab inferer against MONAI's sliding window on the same U-Net: time and memory ratios."""
+    from medseg_mem.memory.units import format_bytes
+
+    shape, classes = CASES[case]
+    repeats = args.repeats if case == "small" or args.device != "cpu" else 1
+    results = {}
+    for name in ("slab", "monai-sliding-window"):
+        reading, seconds = measure(inferer_setup, (shape, classes, name, repeats), args.device)
+        row = base_row(case, "patch", args.device, reading, seconds, name)
+        row["dataset"] = row["dataset"].replace("bench-", "bench-inferer-")
+        write_rows(out, [row])
+        results[name] = (reading.peak_bytes, seconds)
+        print(f"{case:6} inferer {name:21} peak {format_bytes(reading.peak_bytes):>9}  time {seconds:7.2f} s",
+              flush=True)  # fmt: skip
+    (ours_mem, ours_time), (monai_mem, monai_time) = results["slab"], results["monai-sliding-window"]
+    print(f"{case:6} slab / MONAI: memory {ours_mem / monai_mem:.3f}, time {ours_time / monai_time:.3f}", flush=True)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--sizes", default="small,brats,liver", help=f"comma-separated subset of {', '.join(CASES)}")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per case (1 for big cases on CPU)")
+    parser.add_argument("--compare", default="small,brats", help="cases for the slab vs MONAI comparison ('' none)")
+    parser.add_argument("--out", type=Path, help="results CSV [benchmarks/results/memory_<device>.csv]")
+    parser.add_argument("--liver-depth", type=int, default=208, help="last axis of the liver-like case")
+    parser.add_argument("--calibration", type=Path, default=Path("medseg-work/planner-calibration.json"))
+    args = parser.parse_args(argv)
+    sizes = [s for s in args.sizes.split(",") if s]
+    unknown = [s for s in sizes + args.compare.split(",") if s and s not in CASES]
+    if unknown or args.repeats < 1:
+        parser.error(f"--sizes/--compare must name cases from {', '.join(CASES)} and --repeats must be >= 1")
+    CASES["liver"] = ((1, 512, 512, args.liver_depth), 3)
+    run(args, sizes, [s for s in args.compare.split(",") if s])
+
+
+def run(args, sizes, compare) -> None:
+    import torch
+
+    from medseg_mem.memory.calibration import cached_calibration
+    from medseg_mem.memory.planner import default_budget
+    from medseg_mem.memory.units import format_bytes
+
+    out = args.out or Path(f"benchmarks/results/memory_{args.device}.csv")
+    budget, source = default_budget(args.device)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, budget {format_bytes(budget)} ({source})")
+    calibration = cached_calibration(args.calibration, CHANNELS, args.device, announce=print)
+    print(f"calibration {calibration.key}: multiplier {calibration.multiplier:.3f}, "
+          f"offset {format_bytes(calibration.offset_bytes)}", flush=True)  # fmt: skip
+    start = time.perf_counter()
+    for case in sizes:
+        run_variants(case, args, calibration, budget, out)
+        if case in compare:
+            compare_inferers(case, args, out)
+    print(f"done in {time.perf_counter() - start:.0f} s; rows in {out}")
+
+
+if __name__ == "__main__":
+    main()

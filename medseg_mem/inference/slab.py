@@ -1,0 +1,159 @@
+"""Slab-wise inference: run a network on fixed-depth slabs cut along one spatial axis and stitch them back.
+
+This is the inference half of the ``patch`` variant (thesis 3.3): the volume is cut into non-overlapping slabs
+of ``slab_size`` voxels along one axis, the last slab is zero-padded to full size, the network sees
+``sw_batch_size`` slabs at a time and the predictions are written straight into the output volume.
+Unlike :class:`monai.inferers.SlidingWindowInferer` no importance or count map is kept, so the only
+full-size tensors are the input and the output.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable, List
+
+import torch
+from monai.inferers import Inferer
+from torch.nn import functional as F
+
+from medseg_mem.errors import OptionError
+
+SPATIAL_AXES = (0, 1, 2, -1, -2, -3)
+
+
+def slab_starts(length: int, slab_size: int) -> List[int]:
+    """Start index of every slab that covers an axis of ``length`` voxels.
+
+    Args:
+        length: voxels along the axis (>= 1).
+        slab_size: voxels per slab (>= 1); the last slab may reach past the end.
+
+    Raises:
+        OptionError: if ``length`` or ``slab_size`` is not a positive integer.
+
+    Example:
+        >>> slab_starts(35, 16)
+        [0, 16, 32]
+    """
+    _check_positive_int("length", length)
+    _check_positive_int("slab_size", slab_size)
+    return list(range(0, length, slab_size))
+
+
+def cut_slab(tensor: torch.Tensor, start: int, slab_size: int, axis: int) -> torch.Tensor:
+    """Return ``slab_size`` voxels of ``tensor`` from ``start`` along ``axis``, zero-padded past the end.
+
+    Args:
+        tensor: any tensor, e.g. ``(B, C, X, Y, Z)``.
+        start: first index along ``axis`` (0 <= start < size).
+        slab_size: voxels in the returned slab.
+        axis: tensor dimension to cut (negative values count from the end).
+
+    Raises:
+        OptionError: if ``start`` is outside the axis or ``slab_size`` is not positive.
+
+    Example:
+        >>> cut_slab(torch.ones(1, 1, 2, 2, 5), 4, 3, axis=-1)[0, 0, 0, 0].tolist()
+        [1.0, 0.0, 0.0]
+    """
+    _check_positive_int("slab_size", slab_size)
+    axis = axis % tensor.dim()
+    length = tensor.shape[axis]
+    if not 0 <= start < length:
+        raise OptionError("start", f"must be in [0, {length}) for an axis of {length} voxels", start)
+    slab = tensor.narrow(axis, start, min(slab_size, length - start))
+    missing = slab_size - slab.shape[axis]
+    if missing == 0:
+        return slab
+    pad = [0, 0] * (tensor.dim() - 1 - axis) + [0, missing]
+    return F.pad(slab, pad)
+
+
+class SlabInferer(Inferer):
+    """Inference on non-overlapping slabs along one spatial axis, in the style of MONAI's inferers.
+
+    Args:
+        slab_size: voxels per slab along ``spatial_axis`` (spec: 16).
+        spatial_axis: spatial axis to cut, counted over ``(X, Y, Z)``: 0, 1, 2 or -1 (the last, default).
+        sw_batch_size: slabs per network call.
+
+    Raises:
+        OptionError: if an argument breaks its rule (the message names it, the rule and the value).
+
+    Example:
+        >>> inferer = SlabInferer(slab_size=16)
+        >>> inferer(torch.zeros(1, 1, 8, 8, 35), lambda x: x + 1).shape
+        torch.Size([1, 1, 8, 8, 35])
+    """
+
+    def __init__(self, slab_size: int = 16, spatial_axis: int = -1, sw_batch_size: int = 1) -> None:
+        _check_positive_int("slab_size", slab_size)
+        _check_positive_int("sw_batch_size", sw_batch_size)
+        if isinstance(spatial_axis, bool) or spatial_axis not in SPATIAL_AXES:
+            raise OptionError("spatial_axis", "must be one of 0, 1, 2 or -1 (the last spatial axis)", spatial_axis)
+        self.slab_size = int(slab_size)
+        self.spatial_axis = int(spatial_axis) % 3
+        self.sw_batch_size = int(sw_batch_size)
+
+    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
+        """Run ``network`` slab by slab on ``inputs`` ``(B, C, X, Y, Z)``; return ``(B, K, X, Y, Z)``.
+
+        Args:
+            inputs: a batch of 3D images.
+            network: maps ``(n * B, C, ...slab...)`` to ``(n * B, K, ...slab...)``.
+            args: extra positional arguments for ``network``.
+            kwargs: extra keyword arguments for ``network``.
+
+        Raises:
+            OptionError: if ``inputs`` is not 5D.
+            ValueError: if the network output does not keep the slab's batch and spatial size.
+        """
+        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 5:
+            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+            raise OptionError("inputs", "must be a 5D tensor (B, C, X, Y, Z)", shape)
+        axis = 2 + self.spatial_axis
+        length = inputs.shape[axis]
+        starts = slab_starts(length, self.slab_size)
+        output = None
+        for first in range(0, len(starts), self.sw_batch_size):
+            group = starts[first : first + self.sw_batch_size]
+            prediction = self._run_group(inputs, group, axis, network, *args, **kwargs)
+            if output is None:
+                output = self._allocate(inputs, prediction)
+            self._stitch(output, prediction, group, inputs.shape[0], axis)
+        return output
+
+    def _run_group(self, inputs, group, axis, network, *args, **kwargs) -> torch.Tensor:
+        """Cut the slabs starting at ``group``, batch them along dim 0 and run the network once."""
+        slabs = [cut_slab(inputs, start, self.slab_size, axis) for start in group]
+        batch = slabs[0] if len(slabs) == 1 else torch.cat(slabs, dim=0)
+        prediction = network(batch, *args, **kwargs)
+        if not isinstance(prediction, torch.Tensor):
+            raise TypeError(f"network must return a tensor; got {type(prediction).__name__}")
+        expected = (batch.shape[0], *batch.shape[2:])
+        if (prediction.shape[0], *prediction.shape[2:]) != expected:
+            raise ValueError(
+                f"network output must keep the slab batch and spatial size {expected}; got {tuple(prediction.shape)}"
+            )
+        return prediction
+
+    @staticmethod
+    def _allocate(inputs: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
+        """The output volume ``(B, K, X, Y, Z)`` with the prediction's channels, dtype and device."""
+        shape = list(inputs.shape)
+        shape[1] = prediction.shape[1]
+        return prediction.new_zeros(shape)
+
+    def _stitch(self, output, prediction, group, batch_size, axis) -> None:
+        """Copy each slab's prediction (its padding cropped) into ``output``."""
+        length = output.shape[axis]
+        for index, start in enumerate(group):
+            keep = min(self.slab_size, length - start)
+            piece = prediction[index * batch_size : (index + 1) * batch_size].narrow(axis, 0, keep)
+            output.narrow(axis, start, keep).copy_(piece)
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    """Raise :class:`OptionError` unless ``value`` is an int >= 1 (bool excluded)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise OptionError(name, "must be an integer >= 1", value)

@@ -1,0 +1,185 @@
+"""Peak memory of one inference, measured the same way on every device.
+
+``peak_bytes`` is the most memory held while the inference runs, counting what ``setup`` left resident
+(model weights, the input volume) but not the runtime (the Python interpreter, torch's libraries, the
+CUDA context) nor anything that existed before ``setup`` ran.
+
+* CUDA (in-process): ``memory_allocated()`` before ``setup`` is the baseline; after ``setup`` the peak
+  counter is reset with ``reset_peak_memory_stats()``, the inference runs, and the reading is
+  ``max_memory_allocated() - baseline``.
+* CPU (a fresh process from the ``spawn`` context, so nothing else the caller allocated is counted): glibc
+  is first told to serve blocks of 1 MiB and more with ``mmap`` and to return freed memory at once, so the
+  resident set follows the live tensors and readings repeat (:func:`~medseg_mem.memory.rss.pin_glibc_allocator`).
+  After ``setup`` the bytes of all live CPU tensors are summed (weights, input), ``VmRSS`` is taken as the
+  baseline - so modules that ``setup`` imported are not counted - and the kernel's peak-RSS counter is reset
+  by writing ``5`` to ``/proc/self/clear_refs``; the inference runs, and the reading is
+  ``tensors + VmHWM - baseline``. Where that write is refused, a thread samples ``VmRSS`` every millisecond
+  instead (a lower bound); without ``/proc``, ``ru_maxrss`` is used (only exact when the inference is the
+  process's peak).
+
+Every inference runs under :func:`torch.inference_mode`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import multiprocessing
+import pickle
+import signal
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Tuple
+
+from medseg_mem.errors import OptionError
+from medseg_mem.memory import rss
+
+CUDA_METHOD = "cuda.max_memory_allocated"
+
+
+@dataclass(frozen=True)
+class MemoryReading:
+    """One peak-memory measurement.
+
+    Args:
+        peak_bytes: peak bytes held during the inference (see the module docstring for what counts).
+        method: how it was measured, e.g. ``"cuda.max_memory_allocated"`` or ``"proc.clear_refs+VmHWM"``.
+        device: ``"cpu"`` or the CUDA device it ran on.
+    """
+
+    peak_bytes: int
+    method: str
+    device: str
+
+
+class MeasurementError(RuntimeError):
+    """The measured setup or inference failed (the message carries the child's traceback on CPU)."""
+
+
+def measure_peak(setup: Callable[..., Callable[[], Any]], args: Tuple = (), device: str = "cpu") -> MemoryReading:
+    """Measure the peak memory of the inference that ``setup(*args)`` prepares.
+
+    Args:
+        setup: a top-level (picklable) function; called with ``args`` it builds the model(s) and input on
+            ``device`` and returns a zero-argument callable that runs the inference.
+        args: picklable arguments for ``setup``.
+        device: ``"cpu"`` (measured in a spawned process) or ``"cuda"``/``"cuda:N"`` (in this process).
+
+    Raises:
+        OptionError: for an unknown ``device`` or a ``setup`` that cannot be pickled.
+        MeasurementError: if ``setup`` or the inference raised, or the measuring process died.
+
+    Example:
+        >>> reading = measure_peak(allocate_setup, (50_000_000,), "cpu")  # doctest: +SKIP
+        >>> reading.method
+        'proc.clear_refs+VmHWM'
+    """
+    if not isinstance(device, str) or not (device == "cpu" or device.split(":")[0] == "cuda"):
+        raise OptionError("device", "must be 'cpu', 'cuda' or 'cuda:N'", device)
+    if device == "cpu":
+        return _measure_cpu(setup, tuple(args))
+    return _measure_cuda(setup, tuple(args), device)
+
+
+def _measure_cuda(setup: Callable, args: Tuple, device: str) -> MemoryReading:
+    """Measure in this process with the CUDA caching allocator's counters."""
+    import torch
+
+    torch.cuda.set_device(torch.device(device))
+    gc.collect()
+    torch.cuda.synchronize()
+    baseline = torch.cuda.memory_allocated()
+    try:
+        run = setup(*args)
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            result = run()
+        torch.cuda.synchronize()
+    except Exception as error:
+        raise MeasurementError(f"setup {_name(setup)} failed on {device}: {type(error).__name__}: {error}") from error
+    peak = torch.cuda.max_memory_allocated() - baseline
+    del result, run
+    return MemoryReading(int(peak), CUDA_METHOD, str(torch.device(device)))
+
+
+def _measure_cpu(setup: Callable, args: Tuple) -> MemoryReading:
+    """Measure in a fresh ``spawn`` process with the parent's torch thread count."""
+    import torch
+
+    try:
+        pickle.dumps((setup, args))
+    except Exception as error:
+        raise OptionError("setup", "must be a picklable top-level function with picklable args", _name(setup)) from error
+    context = multiprocessing.get_context("spawn")
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_child, args=(sender, setup, args, torch.get_num_threads()), daemon=True)
+    process.start()
+    sender.close()
+    try:
+        status, payload, method = receiver.recv()
+    except EOFError:
+        status, payload, method = "died", None, ""
+    finally:
+        process.join()
+        receiver.close()
+    return _reading_from_child(setup, status, payload, method, process.exitcode)
+
+
+def _reading_from_child(setup, status, payload, method, exitcode) -> MemoryReading:
+    """Turn the child's message into a reading, or raise :class:`MeasurementError`."""
+    if status == "ok":
+        return MemoryReading(int(payload), method, "cpu")
+    if status == "error":
+        raise MeasurementError(f"setup {_name(setup)} failed in the measuring process:\n{payload}")
+    raise MeasurementError(
+        f"the measuring process for {_name(setup)} died with exit code {exitcode} before reporting "
+        "(-9: killed, usually for memory; otherwise see its stderr above, e.g. a script without a __main__ guard)"
+    )
+
+
+def _child(sender, setup: Callable, args: Tuple, threads: int) -> None:
+    """Spawned-process body: setup, baseline, reset the peak, infer, report ``(status, bytes, method)``."""
+    try:
+        import torch
+
+        _die_with_parent()
+        torch.set_num_threads(threads)
+        suffix = rss.PINNED_SUFFIX if rss.pin_glibc_allocator() else ""
+        run = setup(*args)
+        gc.collect()
+        resident = resident_tensor_bytes()
+        baseline = rss.current_bytes()
+        with rss.PeakTracker() as tracker, torch.inference_mode():
+            result = run()
+        del result
+        sender.send(("ok", resident + max(0, tracker.peak_bytes - baseline), tracker.method + suffix))
+    except BaseException as error:  # report everything, including KeyboardInterrupt/SystemExit in user code
+        sender.send(("error", "".join(traceback.format_exception(type(error), error, error.__traceback__)), ""))
+    finally:
+        sender.close()
+
+
+def resident_tensor_bytes() -> int:
+    """Bytes of the distinct CPU storages behind every tensor object alive now (weights, inputs, buffers)."""
+    import torch
+
+    storages = {}
+    for obj in gc.get_objects():
+        if issubclass(type(obj), torch.Tensor) and obj.device.type == "cpu" and obj.layout == torch.strided:
+            storage = obj.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+    return sum(storages.values())
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to terminate this process if the measuring parent dies (best effort, no-op elsewhere)."""
+    try:
+        ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _name(setup: Any) -> str:
+    """A readable name for a setup callable."""
+    return getattr(setup, "__qualname__", None) or repr(setup)

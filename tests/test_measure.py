@@ -1,0 +1,58 @@
+"""Peak-memory measurement: CPU readings in a spawned process grow with what the inference allocates."""
+
+import pytest
+import torch
+
+from medseg_mem.errors import OptionError
+from medseg_mem.memory.measure import MeasurementError, MemoryReading, measure_peak
+
+
+def allocate_setup(n_bytes):
+    """Inference that fills a tensor of ``n_bytes`` (touched, so it is resident)."""
+
+    def run():
+        return torch.ones(n_bytes // 4, dtype=torch.float32)
+
+    return run
+
+
+def failing_setup(message):
+    def run():
+        raise ValueError(message)
+
+    return run
+
+
+def test_cpu_reading_grows_with_allocation():
+    small = measure_peak(allocate_setup, (50_000_000,), "cpu")
+    large = measure_peak(allocate_setup, (200_000_000,), "cpu")
+    assert isinstance(small, MemoryReading) and small.device == "cpu"
+    assert small.method == large.method and small.method.startswith('proc.')
+    assert abs((large.peak_bytes - small.peak_bytes) - 150_000_000) <= 15_000_000
+    assert 45_000_000 <= small.peak_bytes <= 70_000_000
+
+
+def test_child_errors_surface_clearly():
+    with pytest.raises(MeasurementError, match="ValueError: boom in the child"):
+        measure_peak(failing_setup, ("boom in the child",), "cpu")
+
+
+def test_bad_arguments():
+    with pytest.raises(OptionError, match="device must be"):
+        measure_peak(allocate_setup, (10,), "tpu")
+    with pytest.raises(OptionError, match="setup must be a picklable"):
+        measure_peak(lambda: (lambda: None), (), "cpu")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_reading():
+    reading = measure_peak(cuda_setup, (100_000_000,), "cuda")
+    assert reading.method == "cuda.max_memory_allocated"
+    assert 100_000_000 <= reading.peak_bytes <= 110_000_000
+
+
+def cuda_setup(n_bytes):
+    def run():
+        return torch.ones(n_bytes // 4, device="cuda")
+
+    return run
