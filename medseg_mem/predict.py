@@ -1,0 +1,234 @@
+"""``medseg-mem predict``: segment new scans with a trained run and write label maps in each scan's own grid.
+
+Per scan: load it with the run's MONAI pipeline (:func:`~medseg_mem.data.transforms.build_preprocessing`, the
+very transforms ``prepare`` applied at training time: RAS orientation, optional resampling and cropping,
+normalisation), check its channels against the run's modalities, segment it with the whole variant under
+:func:`torch.inference_mode`, map the class probabilities back onto the input grid with MONAI ``Invertd``
+(orientation, spacing and crop undone), take the argmax and write ``<name>_seg.nii.gz`` (uint8, the input's
+shape and header). A scan that cannot be read or does not fit the run is reported by name and skipped; the
+others are still written.
+
+Example:
+    >>> summary = predict(Path("medseg-work/runs/<run id>"), [Path("scans/")], Path("predictions"))  # doctest: +SKIP
+    >>> print(summary.line())  # doctest: +SKIP
+    predicted 10 of 10 scan(s) with patch (run ...) on cpu into predictions, 3.2 s
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from medseg_mem.data.transforms import build_preprocessing, load_steps, make_reader
+from medseg_mem.errors import MedsegError
+from medseg_mem.predict_checkpoint import TrainedRun, open_trained_run
+from medseg_mem.predict_io import collect_inputs, plan_outputs, write_label_map
+from medseg_mem.run import load_networks, resolve_device
+from medseg_mem.variants import get_variant
+
+AFFINE_TOLERANCE = 1e-3  # mm; the restored grid must match the input's to this precision
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What :func:`predict` did.
+
+    Args:
+        written: the label maps written, in input order.
+        failed: ``(scan, reason)`` for every scan that could not be segmented.
+        checkpoint: the ``--checkpoint`` used.
+        variant: the run's variant.
+        device: where the networks ran.
+        out_dir: the output folder.
+        seconds: wall time of the whole call.
+    """
+
+    written: Tuple[Path, ...]
+    failed: Tuple[Tuple[Path, str], ...]
+    checkpoint: Path
+    variant: str
+    device: str
+    out_dir: Path
+    seconds: float
+
+    @property
+    def ok(self) -> bool:
+        """True when every scan was written."""
+        return not self.failed
+
+    def line(self) -> str:
+        """One human-readable summary line."""
+        total = len(self.written) + len(self.failed)
+        return (
+            f"predicted {len(self.written)} of {total} scan(s) with {self.variant} ({self.checkpoint}) on "
+            f"{self.device} into {self.out_dir}, {self.seconds:.1f} s"
+        )
+
+
+class Segmenter:
+    """A trained run ready to segment scans: networks on ``device`` and the run's preprocessing pipeline.
+
+    Args:
+        trained: the run, from :func:`~medseg_mem.predict_checkpoint.open_trained_run`.
+        device: where the networks run.
+
+    Example:
+        >>> segmenter = Segmenter(open_trained_run(Path("runs/<id>")), torch.device("cpu"))  # doctest: +SKIP
+        >>> labels = segmenter(Path("scan.nii.gz"))  # uint8, the scan's spatial shape  # doctest: +SKIP
+    """
+
+    def __init__(self, trained: TrainedRun, device: torch.device) -> None:
+        self.trained = trained
+        self.device = device
+        self.variant = get_variant(trained.variant)
+        self.nets = load_networks(trained.paths, device)
+        self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
+
+    def __call__(self, scan: Path) -> np.ndarray:
+        """Labels of ``scan`` in its own voxel grid (file order), uint8.
+
+        Raises:
+            MedsegError: the scan cannot be read, does not match the run, or is too large for the device.
+        """
+        data = self.preprocess(scan)
+        probabilities = self.probabilities(data["image"], scan)
+        return restore_grid(self.pipeline, data, probabilities, scan)
+
+    def preprocess(self, scan: Path) -> dict:
+        """Load and check ``scan``, then apply the rest of the run's pipeline."""
+        data = load_scan(self.pipeline, self.trained.preprocessing["reader"], scan)
+        check_scan(data["image"], scan, self.trained.modalities)
+        data = self.pipeline(data, start=load_steps(with_label=False))
+        if min(data["image"].shape[1:]) == 0:
+            raise MedsegError(f"{scan}: no nonzero voxels left after --crop-foreground; is the scan empty?")
+        return data
+
+    def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
+        """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU."""
+        batch = image.as_tensor()[None].float().to(self.device)
+        try:
+            with torch.inference_mode():
+                out = self.variant.segment(self.nets, batch, self.trained.model, self.trained.num_classes)
+                return out[0].float().cpu().clone()
+        except torch.cuda.OutOfMemoryError as error:
+            raise MedsegError(
+                f"{scan}: out of memory on {self.device} ({self.trained.variant}); try --device cpu, or "
+                "`medseg-mem plan` for a variant that fits"
+            ) from error
+
+
+def load_scan(pipeline, reader: str, scan: Path) -> dict:
+    """Run the pipeline's loading steps on ``scan`` with exactly the run's reader (no fallback reader).
+
+    Raises:
+        MedsegError: naming the scan, when it cannot be read as NIfTI.
+    """
+    data = {"image": str(scan)}
+    try:
+        data = pipeline.transforms[0](data, make_reader(reader))
+        for step in range(1, load_steps(with_label=False)):
+            data = pipeline.transforms[step](data)
+    except Exception as error:  # noqa: BLE001 - a corrupt file surfaces as many exception types
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise MedsegError(f"{scan}: cannot be read as NIfTI ({reason}); re-export or replace the file") from error
+    return data
+
+
+def check_scan(image, scan: Path, modalities: Sequence[str]) -> None:
+    """The loaded ``(C, X, Y, Z)`` image is 3D, finite and has one channel per modality of the run.
+
+    Raises:
+        MedsegError: naming the scan, what was found and what the run expects.
+    """
+    if image.ndim != 4:
+        raise MedsegError(
+            f"{scan}: has {image.ndim - 1} spatial dimension(s); expected a 3D scan (or 4D with channels last)"
+        )
+    if image.shape[0] != len(modalities):
+        raise MedsegError(
+            f"{scan}: has {image.shape[0]} channel(s), the checkpoint expects {len(modalities)} "
+            f"({', '.join(modalities)}); pass scans with those modalities, channels on the 4th axis"
+        )
+    if not bool(torch.isfinite(image.as_tensor()).all()):
+        raise MedsegError(f"{scan}: contains NaN or infinite values; fix the scan before predicting")
+
+
+def restore_grid(pipeline, data: dict, probabilities: torch.Tensor, scan: Path) -> np.ndarray:
+    """Undo the pipeline's spatial steps on ``probabilities`` (``Invertd``), then argmax to uint8 labels.
+
+    Raises:
+        MedsegError: when the restored grid does not match the scan's (shape or affine).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import Invertd
+
+    image = data["image"]
+    inverter = Invertd("pred", transform=pipeline, orig_keys="image", nearest_interp=False)
+    restored = inverter({"image": image, "pred": MetaTensor(probabilities)})["pred"]
+    _check_restored(restored, image.meta, scan)
+    return restored.as_tensor().argmax(dim=0).numpy().astype(np.uint8)
+
+
+def _check_restored(restored, meta: dict, scan: Path) -> None:
+    shape = tuple(int(s) for s in np.asarray(meta["spatial_shape"]).ravel())
+    affine = np.asarray(meta["original_affine"], dtype=np.float64)
+    same_affine = np.allclose(np.asarray(restored.affine, dtype=np.float64), affine, atol=AFFINE_TOLERANCE)
+    if tuple(restored.shape[1:]) != shape or not same_affine:
+        raise MedsegError(f"{scan}: the prediction could not be mapped back onto the scan's grid {shape}")
+
+
+def predict(
+    checkpoint: Path,
+    inputs: Sequence[Path],
+    out_dir: Path,
+    overwrite: bool = False,
+    device: str = "auto",
+    progress: bool = True,
+) -> PredictSummary:
+    """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
+
+    Args:
+        checkpoint: a run folder (``medseg-work/runs/<run id>``) or any ``.pt`` in it.
+        inputs: NIfTI files (3D, or 4D with channels last) and folders of them.
+        out_dir: where ``<name>_seg.nii.gz`` files go (created when missing).
+        overwrite: replace existing output files instead of refusing.
+        device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+        progress: show a progress bar over the scans on stderr.
+
+    Returns:
+        a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
+        are written all the same.
+
+    Raises:
+        MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), or an
+            unusable device; nothing is written then.
+    """
+    start = time.perf_counter()
+    trained = open_trained_run(Path(checkpoint))
+    jobs = plan_outputs(collect_inputs([Path(p) for p in inputs]), Path(out_dir), overwrite)
+    torch_device = resolve_device(device)
+    segmenter = Segmenter(trained, torch_device)
+    written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)
+    return PredictSummary(
+        tuple(written), tuple(failed), Path(checkpoint), trained.variant, str(torch_device), Path(out_dir),
+        time.perf_counter() - start,
+    )  # fmt: skip
+
+
+def _segment_all(segmenter: Segmenter, jobs, num_classes: int, progress: bool):
+    from tqdm.auto import tqdm
+
+    written: List[Path] = []
+    failed: List[Tuple[Path, str]] = []
+    for scan, target in tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress):
+        try:
+            written.append(write_label_map(segmenter(scan), scan, target, num_classes))
+        except MedsegError as error:
+            failed.append((scan, str(error)))
+    return written, failed

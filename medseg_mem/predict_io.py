@@ -1,0 +1,172 @@
+"""Files of ``medseg-mem predict``: which scans to read, where each label map goes, and how it is written.
+
+Inputs are NIfTI files (``*.nii``, ``*.nii.gz``, 3D or 4D channel-last) or folders of them (not recursive,
+sorted, hidden files skipped). Each input ``<name>.nii[.gz]`` gets ``<out>/<name>_seg.nii.gz``: uint8 labels
+in the input's own voxel grid, written with a copy of the input's header (so shape, affine, qform and sform
+are those of the input and the map overlays in 3D Slicer or ITK-SNAP), atomically (temp file, then rename).
+
+Example:
+    >>> scans = collect_inputs([Path("scans/")])  # doctest: +SKIP
+    >>> jobs = plan_outputs(scans, Path("predictions"), overwrite=False)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from medseg_mem.errors import MedsegError
+
+NIFTI_SUFFIXES = (".nii.gz", ".nii")
+OUTPUT_SUFFIX = "_seg.nii.gz"
+NIFTI_INTENT_LABEL = "label"
+SHOWN = 5  # names listed in an error before "..."
+
+
+def is_nifti(path: Path) -> bool:
+    """True for a ``*.nii`` or ``*.nii.gz`` name (case-insensitive) that is not hidden."""
+    name = Path(path).name
+    return not name.startswith(".") and name.lower().endswith(NIFTI_SUFFIXES)
+
+
+def scan_name(path: Path) -> str:
+    """``case_001.nii.gz`` -> ``case_001`` (the NIfTI suffix removed)."""
+    name = Path(path).name
+    for suffix in NIFTI_SUFFIXES:
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+def output_path(out_dir: Path, scan: Path) -> Path:
+    """Where the label map of ``scan`` is written: ``<out_dir>/<name>_seg.nii.gz``."""
+    return Path(out_dir) / f"{scan_name(scan)}{OUTPUT_SUFFIX}"
+
+
+def collect_inputs(inputs: Sequence[Path]) -> List[Path]:
+    """Expand ``inputs`` (NIfTI files and folders of them) into a list of scans, in the order given.
+
+    Args:
+        inputs: files and folders named by the user.
+
+    Raises:
+        MedsegError: nothing given, a path that does not exist, a file that is not NIfTI, or a folder
+            without NIfTI files; the message names the path.
+    """
+    if not inputs:
+        raise MedsegError("INPUT: give at least one NIfTI file or folder of NIfTI files to segment")
+    scans: List[Path] = []
+    for item in map(Path, inputs):
+        scans += _folder_scans(item) if item.is_dir() else [_checked_file(item)]
+    return _unique(scans)
+
+
+def _unique(paths: Sequence[Path]) -> List[Path]:
+    """``paths`` without repeats of the same file (first mention kept)."""
+    seen, unique = set(), []
+    for path in paths:
+        if path.resolve() not in seen:
+            seen.add(path.resolve())
+            unique.append(path)
+    return unique
+
+
+def _folder_scans(folder: Path) -> List[Path]:
+    scans = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    if not scans:
+        raise MedsegError(f"INPUT {folder}: the folder holds no *.nii or *.nii.gz files; point at the scans' folder")
+    return scans
+
+
+def _checked_file(path: Path) -> Path:
+    if not path.exists():
+        raise MedsegError(f"INPUT {path}: no such file or folder")
+    if not is_nifti(path):
+        raise MedsegError(f"INPUT {path}: not a NIfTI file (*.nii or *.nii.gz); convert it first, e.g. with SimpleITK")
+    return path
+
+
+def plan_outputs(scans: Sequence[Path], out_dir: Path, overwrite: bool) -> List[Tuple[Path, Path]]:
+    """Pair every scan with its output file, refusing collisions and (without ``overwrite``) existing files.
+
+    Raises:
+        MedsegError: two scans share a name (both would write one file), a scan is its own output, or
+            outputs exist already and ``overwrite`` is False.
+    """
+    jobs = [(scan, output_path(out_dir, scan)) for scan in scans]
+    _check_collisions(jobs)
+    existing = [target.name for _, target in jobs if target.exists()]
+    if existing and not overwrite:
+        raise MedsegError(
+            f"--out {out_dir}: {len(existing)} output(s) exist already ({_listed(existing)}); "
+            "pass --overwrite to replace them or choose another --out"
+        )
+    return jobs
+
+
+def _check_collisions(jobs: Sequence[Tuple[Path, Path]]) -> None:
+    seen = {}
+    for scan, target in jobs:
+        if target.resolve() == scan.resolve():
+            raise MedsegError(f"INPUT {scan}: is its own output file; choose another --out")
+        if target in seen:
+            raise MedsegError(
+                f"INPUT {seen[target]} and {scan}: both would be written to {target}; "
+                "predict them into different --out folders"
+            )
+        seen[target] = scan
+
+
+def _listed(names: Sequence[str]) -> str:
+    return ", ".join(names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
+
+
+def write_label_map(labels: np.ndarray, source: Path, target: Path, num_classes: int) -> Path:
+    """Write ``labels`` (the scan's spatial shape, file voxel order) as uint8 NIfTI with ``source``'s header.
+
+    Args:
+        labels: integer class indices, shape = the source's first three dimensions.
+        source: the scan the labels belong to (its header supplies affine, qform, sform, units).
+        target: the ``.nii.gz`` file to create or replace (atomically).
+        num_classes: number of classes, stored as the display range ``cal_min``/``cal_max``.
+
+    Raises:
+        MedsegError: when ``labels`` does not have the source's spatial shape.
+    """
+    import nibabel as nib
+
+    header = nib.load(str(source)).header.copy()
+    if tuple(labels.shape) != tuple(header.get_data_shape()[:3]):
+        raise MedsegError(f"{source}: prediction shape {labels.shape} differs from the scan's {header.get_data_shape()}"
+                          "; this is a bug, please report it")
+    image = nib.Nifti1Image(np.ascontiguousarray(labels, dtype=np.uint8), None, header=header)
+    _label_header(image.header, num_classes)
+    return _save_atomic(image, Path(target))
+
+
+def _label_header(header, num_classes: int) -> None:
+    """Mark the header as a label map: uint8, no intensity scaling, display range 0..K-1."""
+    header.set_data_dtype(np.uint8)
+    header.set_slope_inter(None, None)
+    header.set_intent(NIFTI_INTENT_LABEL)
+    header["cal_min"], header["cal_max"] = 0, max(0, num_classes - 1)
+    header["descrip"] = b"medseg-mem segmentation"
+
+
+def _save_atomic(image, target: Path) -> Path:
+    import nibabel as nib
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.nii.gz", dir=target.parent)
+    os.close(handle)
+    try:
+        nib.save(image, temp)
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+    return target
