@@ -60,6 +60,10 @@ def train(
 
     Raises:
         MedsegError: bad settings, an unusable task folder, or a ``model_dir`` holding something else.
+
+    Example:
+        >>> train("patch", work_dir="scratch", steps=20, channels="4,8")  # doctest: +SKIP
+        PosixPath('scratch/models/patch')
     """
     from medseg_mem.config import RunRequest
     from medseg_mem.run import run_variants
@@ -106,6 +110,9 @@ def infer(
 
     Raises:
         MedsegError: no trained run in ``model_dir`` ("run train.json first"), no inputs, or a scan that failed.
+
+    Example:
+        >>> infer("patch", "scratch/models/patch", "scratch/out", data_dir="scratch/prepared")  # doctest: +SKIP
     """
     from medseg_mem.predict import predict
 

@@ -38,7 +38,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we accept"
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        reason = first if any(ch.isalpha() for ch in first) else type(error).__name__
         raise MedsegError(f"checkpoint {path}: cannot be read safely ({reason}); is it a medseg-mem checkpoint?") from error
     return validate_checkpoint(payload, path)
 

@@ -111,16 +111,16 @@ class Segmenter:
 
     def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
         """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU."""
-        batch = image.as_tensor()[None].float().to(self.device)
+        batch, trained = image.as_tensor()[None].float().to(self.device), self.trained
         try:
             with torch.inference_mode():
-                out = self.variant.segment(self.nets, batch, self.trained.model, self.trained.num_classes)
-                return out[0].float().cpu().clone()
+                out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes)[0].float().cpu()
         except torch.cuda.OutOfMemoryError as error:
             raise MedsegError(
                 f"{scan}: out of memory on {self.device} ({self.trained.variant}); try --device cpu, or "
                 "`medseg-mem plan` for a variant that fits"
             ) from error
+        return out.clone()  # a normal tensor again (not an inference tensor) for MONAI's inverse transforms
 
 
 def load_scan(pipeline, reader: str, scan: Path) -> dict:
