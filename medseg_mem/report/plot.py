@@ -21,8 +21,9 @@ MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
 _UNITS = ((1024**4, "TiB"), (1024**3, "GiB"), (1024**2, "MiB"), (1024, "KiB"), (1, "B"))
 #: Use a log memory axis when the largest value is more than this many times the smallest.
 LOG_RATIO = 20.0
-#: Label offsets (points) and alignment by variant position, so labels of nearby points do not overlap.
-_LABEL_OFFSETS = (((7, 6), "left"), ((7, -14), "left"), ((-7, 6), "right"))
+#: Label offsets (points) and alignment by variant position, so labels of nearby points do not overlap; a thin
+#: leader line and the variant's colour tie each label to its point.
+_LABEL_OFFSETS = (((14, 12), "left"), ((14, -18), "left"), ((-14, 12), "right"))
 
 
 def plot_comparison(groups: Sequence[Group], path: Path, title: str = "") -> Path:
@@ -88,7 +89,8 @@ def _draw_panel(ax, source: str, members: List[Group], style: _Style) -> None:
                    edgecolors="black", linewidths=0.5, zorder=3)  # fmt: skip
         label = row["variant"] if source == "run" else _benchmark_label(row)
         offset, align = _LABEL_OFFSETS[style.index[row["variant"]] % len(_LABEL_OFFSETS)]
-        ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", ha=align, fontsize=9)
+        ax.annotate(label, (x, y), xytext=offset, textcoords="offset points", ha=align, fontsize=9,
+                    color=style.colour[row["variant"]], arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "grey"})
     if memory and min(memory) > 0 and max(memory) / min(memory) > LOG_RATIO:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
