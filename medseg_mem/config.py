@@ -57,14 +57,15 @@ class ModelConfig:
         channels: width of each U-Net level (spec: 32, 64, 128, 256, 512); its length is the depth.
         slab_size: slab thickness along the last axis for ``patch`` and the cascade's stage 2 (spec: 16).
         downsample: stage-1 resampling factor of ``cascade`` (thesis: 0.3 brain, 0.2 liver).
-        guidance: how stage 1's segmentation enters stage 2: ``"label"`` (one channel, class index / (K-1),
-            as the thesis) or ``"onehot"`` (one channel per foreground class, as nnU-Net).
+        guidance: how stage 1's segmentation enters stage 2: ``"onehot"`` (one channel per foreground class, as
+            nnU-Net; default, see docs/method.md for the measurement behind it) or ``"label"`` (one channel,
+            class index / (K-1), as the thesis).
     """
 
     channels: Tuple[int, ...] = (32, 64, 128, 256, 512)
     slab_size: int = 16
     downsample: float = 0.3
-    guidance: str = "label"
+    guidance: str = "onehot"
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or min(self.channels) < 1:

@@ -62,7 +62,7 @@ def render_table(plans, header: str) -> str:
 @click.option("--slab", type=click.IntRange(min=1), default=16, show_default=True, help="Slab thickness (voxels).")
 @click.option("--downsample", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3,
               show_default=True, help="Cascade stage-1 scale factor.")
-@click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), default="label", show_default=True,
+@click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), default="onehot", show_default=True,
               help="How stage 1's segmentation enters the cascade's stage 2.")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per inference, or samples per training step.")

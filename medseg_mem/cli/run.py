@@ -67,7 +67,7 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--slab-size", type=click.IntRange(min=1), help="Slab thickness along the last axis [16].")
 @click.option("--downsample", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Cascade stage-1 scale factor [0.3].")
-@click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), help="Cascade guidance encoding [label].")
+@click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), help="Cascade guidance encoding [onehot].")
 @click.option("--skip-empty-slabs/--any-slab", default=None, help="Slab stages train on slabs with foreground.")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed for weights and sampling [0].")
 @click.option("--device", type=click.Choice(DEVICE_NAMES), help="auto (cuda if available), cpu or cuda.")

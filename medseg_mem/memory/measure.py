@@ -71,8 +71,8 @@ def measure_peak(setup: Callable[..., Callable[[], Any]], args: Tuple = (), devi
 
     Example:
         >>> reading = measure_peak(allocate_setup, (50_000_000,), "cpu")  # doctest: +SKIP
-        >>> reading.method
-        'proc.clear_refs+VmHWM'
+        >>> reading.method  # doctest: +SKIP
+        'proc.clear_refs+VmHWM+glibc-mmap-1MiB'
     """
     if not isinstance(device, str) or not (device == "cpu" or device.split(":")[0] == "cuda"):
         raise OptionError("device", "must be 'cpu', 'cuda' or 'cuda:N'", device)
@@ -110,7 +110,8 @@ def _measure_cpu(setup: Callable, args: Tuple) -> MemoryReading:
     try:
         pickle.dumps((setup, args))
     except Exception as error:
-        raise OptionError("setup", "must be a picklable top-level function with picklable args", _name(setup)) from error
+        rule = "must be a picklable top-level function with picklable args"
+        raise OptionError("setup", rule, _name(setup)) from error
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
     process = context.Process(target=_child, args=(sender, setup, args, torch.get_num_threads()), daemon=True)

@@ -62,7 +62,9 @@ class LiveSetTracer(TorchDispatchMode):
         8192.0
     """
 
-    def __init__(self, existing: Iterable[torch.Tensor] = (), networks: Iterable[torch.nn.Module] = (), all_inside=False):
+    def __init__(
+        self, existing: Iterable[torch.Tensor] = (), networks: Iterable[torch.nn.Module] = (), all_inside: bool = False
+    ) -> None:
         super().__init__()
         self.trace = Trace()
         self._ignored = {storage_key(t) for t in existing}
