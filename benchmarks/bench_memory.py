@@ -26,6 +26,7 @@ CASES = {
     "liver": ((1, 512, 512, 208), 3),
 }
 CHANNELS = (32, 64, 128, 256, 512)
+INFERERS = ("slab", "monai-sliding-window")
 SAFETY = 0.85  # run a case only if its planned peak is below this share of the available memory
 
 
@@ -47,20 +48,56 @@ def variant_setup(shape, classes, variant_name, repeats, timing_file, device):
 
 def inferer_setup(shape, classes, inferer_name, repeats, timing_file, device):
     """One U-Net on slabs of 16 with our :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``."""
-    import torch
-    from monai.inferers import SlidingWindowInferer
+    net, image = _net_and_image(shape, classes, device)
+    inferer = _inferer(inferer_name)
+    return _timed(lambda: inferer(image, net), repeats, timing_file, device)
 
-    from medseg_mem.inference import SlabInferer
+
+def paired_setup(shape, classes, repeats, timing_file, device):
+    """Both inferers on the same U-Net, alternating, so load from other jobs hits both alike.
+
+    The callable writes ``{"slab": [seconds...], "monai-sliding-window": [seconds...]}`` to ``timing_file``.
+    """
+    import torch
+
+    net, image = _net_and_image(shape, classes, device)
+    inferers = {name: _inferer(name) for name in INFERERS}
+
+    def run():
+        seconds = {name: [] for name in INFERERS}
+        for index in range(2 * repeats):
+            name = INFERERS[index % 2] if (index // 2) % 2 == 0 else INFERERS[1 - index % 2]
+            start = time.perf_counter()
+            output = inferers[name](image, net)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - start)
+            del output
+        Path(timing_file).write_text(json.dumps(seconds))
+
+    return run
+
+
+def _net_and_image(shape, classes, device):
+    """A random-weight spec U-Net in eval mode and a random image ``(1, *shape)``."""
+    import torch
+
     from medseg_mem.models.unet import UNet3D
 
     torch.manual_seed(0)
     net = UNet3D(shape[0], classes, CHANNELS).eval().to(device)
-    image = torch.randn((1, *shape), device=device)
-    if inferer_name == "slab":
-        inferer = SlabInferer(slab_size=16)
-    else:
-        inferer = SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=0, sw_batch_size=1, padding_mode="constant")
-    return _timed(lambda: inferer(image, net), repeats, timing_file, device)
+    return net, torch.randn((1, *shape), device=device)
+
+
+def _inferer(name):
+    """``slab``: ours; ``monai-sliding-window``: MONAI with the same non-overlapping 16-voxel slabs."""
+    from monai.inferers import SlidingWindowInferer
+
+    from medseg_mem.inference import SlabInferer
+
+    if name == "slab":
+        return SlabInferer(slab_size=16)
+    return SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=0, sw_batch_size=1, padding_mode="constant")
 
 
 def _timed(segment, repeats, timing_file, device):
@@ -83,13 +120,18 @@ def _timed(segment, repeats, timing_file, device):
 
 def measure(setup, args, device):
     """``(MemoryReading, median seconds)`` of one setup, run in a measured process."""
+    reading, seconds = measure_with_timings(setup, args, device)
+    return reading, statistics.median(seconds)
+
+
+def measure_with_timings(setup, args, device):
+    """``(MemoryReading, what the setup's callable wrote to its timing file)``."""
     from medseg_mem.memory.measure import measure_peak
 
     with tempfile.TemporaryDirectory() as folder:
         timing_file = str(Path(folder) / "seconds.json")
         reading = measure_peak(setup, (*args, timing_file, device), device)
-        seconds = json.loads(Path(timing_file).read_text())
-    return reading, statistics.median(seconds)
+        return reading, json.loads(Path(timing_file).read_text())
 
 
 def base_row(case, variant, device, reading, seconds, inferer):
@@ -150,22 +192,28 @@ def run_variants(case, args, calibration, budget, out):
 
 
 def compare_inferers(case, args, out):
-    """Our slab inferer against MONAI's sliding window on the same U-Net: time and memory ratios."""
+    """Our slab inferer against MONAI's sliding window on the same U-Net: memory and time ratios.
+
+    Memory: each inferer in its own measured process. Time: both in one process, alternating
+    (slab, MONAI, MONAI, slab, ...), medians of ``repeats`` runs each.
+    """
     from medseg_mem.memory.units import format_bytes
 
     shape, classes = CASES[case]
     repeats = args.repeats if case == "small" or args.device != "cpu" else 1
-    results = {}
-    for name in ("slab", "monai-sliding-window"):
-        reading, seconds = measure(inferer_setup, (shape, classes, name, repeats), args.device)
-        row = base_row(case, "patch", args.device, reading, seconds, name)
+    _, paired = measure_with_timings(paired_setup, (shape, classes, repeats), args.device)
+    medians = {name: statistics.median(paired[name]) for name in INFERERS}
+    peaks = {}
+    for name in INFERERS:
+        reading, _ = measure(inferer_setup, (shape, classes, name, 1), args.device)
+        row = base_row(case, "patch", args.device, reading, medians[name], name)
         row["dataset"] = row["dataset"].replace("bench-", "bench-inferer-")
         write_rows(out, [row])
-        results[name] = (reading.peak_bytes, seconds)
-        print(f"{case:6} inferer {name:21} peak {format_bytes(reading.peak_bytes):>9}  time {seconds:7.2f} s",
+        peaks[name] = reading.peak_bytes
+        print(f"{case:6} inferer {name:21} peak {format_bytes(reading.peak_bytes):>9}  time {medians[name]:7.2f} s",
               flush=True)  # fmt: skip
-    (ours_mem, ours_time), (monai_mem, monai_time) = results["slab"], results["monai-sliding-window"]
-    print(f"{case:6} slab / MONAI: memory {ours_mem / monai_mem:.3f}, time {ours_time / monai_time:.3f}", flush=True)
+    memory, seconds = (peaks["slab"] / peaks[INFERERS[1]]), (medians["slab"] / medians[INFERERS[1]])
+    print(f"{case:6} slab / MONAI: memory {memory:.3f}, time {seconds:.3f}", flush=True)
 
 
 def main(argv=None) -> None:
@@ -200,8 +248,9 @@ def run(args, sizes, compare) -> None:
     print(f"calibration {calibration.key}: multiplier {calibration.multiplier:.3f}, "
           f"offset {format_bytes(calibration.offset_bytes)}", flush=True)  # fmt: skip
     start = time.perf_counter()
-    for case in sizes:
-        run_variants(case, args, calibration, budget, out)
+    for case in dict.fromkeys(sizes + compare):
+        if case in sizes:
+            run_variants(case, args, calibration, budget, out)
         if case in compare:
             compare_inferers(case, args, out)
     print(f"done in {time.perf_counter() - start:.0f} s; rows in {out}")

@@ -25,7 +25,8 @@ def plan(*args):
 
 
 def test_table(calibration_file):
-    result = plan("--shape", "1,64,64,48", "--classes", "3", "--budget", "8GB", "--calibration", calibration_file, *TINY)
+    result = plan("--shape", "1,64,64,48", "--classes", "3", "--budget", "8GB",
+                  "--calibration", calibration_file, *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "budget 8.0 GB (--budget)" in lines[0]
