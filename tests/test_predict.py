@@ -35,14 +35,14 @@ TILTED = np.array([[0.0, 0.0, -1.5, 40.0], [-1.5, 0.0, 0.0, -20.0], [0.0, 2.0, 0
 def make_run(root: Path, variant: str = "patch", settings=None, modalities: Sequence[str] = ("MRI",), **meta) -> Path:
     """A run folder with randomly initialised (untrained) networks for every stage of ``variant``."""
     run_dir = Path(root) / f"run-{variant}"
-    model = ModelConfig(channels=(2, 4), slab_size=4)
+    model = ModelConfig(channels=(2, 4), slab_size=4, downsample=0.5)
     settings = settings or make_settings(list(modalities))
     run_dir.mkdir(parents=True)
     (run_dir / "run.json").write_text(json.dumps({"run_id": run_dir.name, "variant": variant}))
     for stage in get_variant(variant).stages():
         in_channels = stage.in_channels(len(modalities), len(CLASSES), model)
         net = build_network(in_channels, len(CLASSES), model)
-        spec = {"channels": [2, 4], "slab_size": 4, "downsample": 0.5, "guidance": "label",
+        spec = {"channels": [2, 4], "slab_size": 4, "downsample": model.downsample, "guidance": model.guidance,
                 "in_channels": in_channels, "num_classes": len(CLASSES)}  # fmt: skip
         info = {"dataset": "Tiny", "class_names": list(CLASSES), "modalities": list(modalities),
                 "preprocessing": settings, **meta.get(stage.name, {})}  # fmt: skip
