@@ -12,13 +12,12 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from medseg_mem.atomic import replacing
 from medseg_mem.errors import MedsegError
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -160,13 +159,6 @@ def _label_header(header, num_classes: int) -> None:
 def _save_atomic(image, target: Path) -> Path:
     import nibabel as nib
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp.nii.gz", dir=target.parent)
-    os.close(handle)
-    try:
+    with replacing(target, suffix=".tmp.nii.gz") as temp:
         nib.save(image, temp)
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
     return target
