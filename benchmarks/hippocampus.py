@@ -17,7 +17,8 @@ from pathlib import Path
 
 from medseg_mem.config import PrepareConfig, RunRequest
 from medseg_mem.data.prepare import prepare
-from medseg_mem.run import resolve_device, run_variants
+from medseg_mem.device import resolve_device
+from medseg_mem.training.run import run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"

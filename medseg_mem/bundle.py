@@ -1,7 +1,7 @@
 """What the MONAI bundles in ``bundles/{full,patch,cascade}`` call through ``_target_``: train, then infer.
 
 ``configs/train.json`` calls :func:`train`: prepare the embedded default task when the prepared folder is
-missing, train the bundle's variant with :func:`medseg_mem.run.run_variants` (so the run also lands in the
+missing, train the bundle's variant with :func:`medseg_mem.training.run.run_variants` (so the run also lands in the
 results CSV), then copy the run's ``run.json`` and every stage's ``best.pt`` to ``model_dir``.
 ``configs/inference.json`` calls :func:`infer`: :func:`medseg_mem.predict.predict` with ``model_dir`` on the
 prepared dataset's test images (or every NIfTI in ``input_dir``). Every path defaults to ``work_dir``
@@ -66,7 +66,7 @@ def train(
         PosixPath('scratch/models/patch')
     """
     from medseg_mem.config import RunRequest
-    from medseg_mem.run import run_variants
+    from medseg_mem.training.run import run_variants
 
     work_dir = Path(work_dir)
     data_dir = Path(data_dir) if data_dir else work_dir / "prepared"

@@ -10,7 +10,17 @@ from pathlib import Path
 from typing import Optional, Tuple, Union
 
 from medseg_mem.errors import OptionError
-from medseg_mem.names import DEFAULT_PREPARED, DEFAULT_RESULTS, DEFAULT_RUNS, DEVICE_NAMES, GUIDANCE_NAMES, LOSS_NAMES, READER_NAMES
+from medseg_mem.names import (
+    DEFAULT_PREPARED,
+    DEFAULT_RESULTS,
+    DEFAULT_RUNS,
+    DEVICE_NAMES,
+    GUIDANCE_NAMES,
+    LOSS_NAMES,
+    PRECISION_NAMES,
+    READER_NAMES,
+    SYNTHETIC_NAMES,
+)
 
 Spacing = Union[Tuple[float, float, float], str, None]
 
@@ -26,8 +36,12 @@ class PrepareConfig:
         spacing: ``None`` keeps the native voxel grid (thesis), ``"median"`` resamples to the dataset's median
             spacing (nnU-Net), or three positive floats in mm.
         crop_foreground: crop each case to the bounding box of its nonzero image voxels.
-        seed: seed of the deterministic 60/20/20 train/val/test split (and of the embedded default).
+        seed: seed of the deterministic 60/20/20 train/val/test split (and of a generated task).
         overwrite: replace an output folder that holds something else.
+        synthetic: with no ``task_dir``, which generated task to write and prepare: ``"rods"`` (the embedded
+            default) or ``"brats-like"`` (a capacity task of BraTS-sized 4-channel volumes).
+        cases: number of cases of a generated task (``None``: the task's default).
+        shape: spatial shape ``(X, Y, Z)`` of a generated task's volumes (``None``: the task's default).
     """
 
     task_dir: Optional[Path] = None
@@ -37,6 +51,9 @@ class PrepareConfig:
     crop_foreground: bool = False
     seed: int = 0
     overwrite: bool = False
+    synthetic: str = "rods"
+    cases: Optional[int] = None
+    shape: Optional[Tuple[int, int, int]] = None
 
     def __post_init__(self) -> None:
         if self.reader not in READER_NAMES:
@@ -47,6 +64,15 @@ class PrepareConfig:
             raise OptionError("--spacing", "must be three positive numbers like 1,1,1.5", self.spacing)
         if self.seed < 0:
             raise OptionError("--seed", "must be >= 0", self.seed)
+        if self.synthetic not in SYNTHETIC_NAMES:
+            raise OptionError("--synthetic", f"must be one of {', '.join(SYNTHETIC_NAMES)}", self.synthetic)
+        if self.task_dir is not None and (self.cases is not None or self.shape is not None or self.synthetic != "rods"):
+            rule = "only apply to a generated task (no TASK_DIR)"
+            raise OptionError("--synthetic/--cases/--shape", rule, str(self.task_dir))
+        if self.cases is not None and self.cases < 1:
+            raise OptionError("--cases", "must be a positive number of cases", self.cases)
+        if self.shape is not None and (len(self.shape) != 3 or min(self.shape) < 1):
+            raise OptionError("--shape", "must be three positive sizes X,Y,Z like 240,240,155", self.shape)
 
 
 @dataclass(frozen=True)
@@ -90,8 +116,14 @@ class TrainConfig:
         loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net; default) or ``"dice"`` (thesis).
         batch_dice: compute Dice over the whole batch instead of per sample (MONAI ``DiceLoss(batch=True)``).
         skip_empty_slabs: slab stages draw slabs that contain foreground (thesis, liver); else any slab.
-        seed: seeds weights and sampling so a run is repeatable.
+        seed: seeds weights and sampling so a run is repeatable (same seed, same machine: identical weights).
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
+        precision: ``"fp32"``, or autocast to ``"bf16"`` / ``"fp16"`` (fp16 with a gradient scaler).
+        checkpointing: recompute each U-Net level's activations in the backward pass instead of storing them
+            (activation checkpointing): less training memory for about a third more compute.
+        workers: DataLoader worker processes (0: load in the training process).
+        cache_bytes: host memory for cached training inputs; cases beyond it are read from disk per sample.
+        deterministic: also ask torch for deterministic algorithms (``torch.use_deterministic_algorithms``).
     """
 
     steps: int = 300
@@ -103,8 +135,19 @@ class TrainConfig:
     skip_empty_slabs: bool = False
     seed: int = 0
     device: str = "auto"
+    precision: str = "fp32"
+    checkpointing: bool = False
+    workers: int = 0
+    cache_bytes: int = 2**30
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISION_NAMES:
+            raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", self.precision)
+        if isinstance(self.workers, bool) or int(self.workers) < 0:
+            raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", self.workers)
+        if isinstance(self.cache_bytes, bool) or int(self.cache_bytes) < 0:
+            raise OptionError("--cache", "must be a size >= 0 like 4GB or 512MiB", self.cache_bytes)
         for option, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--val-every", self.val_every)):
             if int(value) < 1:
                 raise OptionError(option, "must be a positive whole number", value)
@@ -129,7 +172,7 @@ class RunRequest:
         runs_dir: checkpoints go to ``runs_dir/<run id>/<stage>/{best,last}.pt``.
         resume: a run id under ``runs_dir`` to continue from its last checkpoints (its saved settings are used).
         overrides: option values given by the user, applied on top of the dataset's default profile
-            (``TrainConfig``/``ModelConfig`` field names; see :mod:`medseg_mem.run_settings`).
+            (``TrainConfig``/``ModelConfig`` field names; see :mod:`medseg_mem.training.settings`).
         progress: show progress bars.
     """
 

@@ -12,6 +12,10 @@ LOSS_NAMES = ("dice", "dice_ce")
 READER_NAMES = ("nibabel", "itk")
 GUIDANCE_NAMES = ("label", "onehot")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
+#: Training precision (autocast dtype); ``fp32`` trains without autocast.
+PRECISION_NAMES = ("fp32", "bf16", "fp16")
+#: Generated tasks ``prepare --synthetic`` writes: the embedded default, and a BraTS-sized capacity task.
+SYNTHETIC_NAMES = ("rods", "brats-like")
 
 DEFAULT_WORKDIR = Path("medseg-work")
 DEFAULT_PREPARED = DEFAULT_WORKDIR / "prepared"

@@ -38,7 +38,7 @@ def no_memory_probe(monkeypatch):
     """Stub the spawned memory probe; one torch thread (tiny volumes: a second thread only contends)."""
     import torch
 
-    monkeypatch.setattr("medseg_mem.run.measure_variant_memory", lambda *a, **k: MemoryReading(0, "stub", "cpu"))
+    monkeypatch.setattr("medseg_mem.training.run.measure_variant_memory", lambda *a, **k: MemoryReading(0, "stub", "cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -22,9 +22,9 @@ from medseg_mem.config import ModelConfig
 from medseg_mem.data.transforms import make_settings
 from medseg_mem.errors import MedsegError
 from medseg_mem.predict import predict
-from medseg_mem.predict_checkpoint import open_trained_run
-from medseg_mem.predict_io import collect_inputs, plan_outputs
-from medseg_mem.train import build_network
+from medseg_mem.predict.trained_run import open_trained_run
+from medseg_mem.predict.files import collect_inputs, plan_outputs
+from medseg_mem.models.build import build_network
 from medseg_mem.variants import get_variant
 
 CLASSES = ("background", "bright", "other")

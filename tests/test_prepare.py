@@ -25,12 +25,13 @@ def test_prepares_a_3d_task(make_msd_task, tmp_path):
     assert summary.n_cases == 5 and summary.class_names == ("background", "left", "right")
     assert summary.min_shape == summary.max_shape == (8, 8, 6) and summary.split_sizes == (3, 1, 1)
     assert "prepared 5 cases of Tiny" in summary.line() and "shapes 8x8x6" in summary.line()
-    with np.load(tmp_path / "out" / "cases" / "tiny_000.npz", allow_pickle=False) as arrays:
-        assert arrays["image"].shape == (1, 8, 8, 6) and arrays["image"].dtype == np.float32
-        assert arrays["label"].shape == (1, 8, 8, 6) and arrays["label"].dtype == np.uint8
-        assert arrays["affine"].shape == (4, 4) and arrays["affine"].dtype == np.float64
-        assert arrays["original_affine"].shape == (4, 4)
-        assert list(arrays["original_shape"]) == [8, 8, 6]
+    arrays = {p.stem: np.load(p, allow_pickle=False) for p in (tmp_path / "out" / "cases" / "tiny_000").glob("*.npy")}
+    assert sorted(arrays) == ["affine", "image", "label", "original_affine", "original_shape"]
+    assert arrays["image"].shape == (1, 8, 8, 6) and arrays["image"].dtype == np.float32
+    assert arrays["label"].shape == (1, 8, 8, 6) and arrays["label"].dtype == np.uint8
+    assert arrays["affine"].shape == (4, 4) and arrays["affine"].dtype == np.float64
+    assert arrays["original_affine"].shape == (4, 4)
+    assert list(arrays["original_shape"]) == [8, 8, 6]
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["format"] == FORMAT and manifest["source"] == str(task.resolve())
     assert manifest["class_names"] == ["background", "left", "right"] and manifest["in_channels"] == 1
@@ -58,6 +59,9 @@ def test_prepared_dataset_api(make_msd_task, tmp_path):
     assert sorted(ids) == [f"tiny_{i:03d}" for i in range(10)]
     case = data.load(ids[0])
     assert case.case_id == ids[0] and set(np.unique(case.label)) <= {0, 1, 2}
+    assert isinstance(case.image, np.memmap) and isinstance(case.label, np.memmap)  # streamed, not read whole
+    assert not isinstance(data.load(ids[0], mmap=False).image, np.memmap)
+    assert data.shape(ids[0]) == (8, 8, 6) and data.largest("train") in data.ids("train")
     with pytest.raises(MedsegError, match="split: unknown name 'training'; did you mean 'train'"):
         data.ids("training")
     with pytest.raises(MedsegError, match="case 'tiny_0001' is not in .*manifest.json; did you mean"):
@@ -219,3 +223,16 @@ def test_embedded_default_is_written_beside_the_output(tmp_path, monkeypatch):
     assert (summary.task_dir / "dataset.json").is_file() and summary.n_cases == 6
     assert Path(PreparedDataset.open(tmp_path / "work" / "prepared").manifest["source"]) == summary.task_dir.resolve()
     prepare(PrepareConfig(task_dir=None, out_dir=tmp_path / "work" / "prepared"), progress=False)  # again: fine
+
+
+def test_old_format_gets_one_line_to_prepare_again(make_msd_task, tmp_path):
+    task = make_msd_task(tmp_path, n_cases=3)
+    run(task, tmp_path / "out")
+    manifest_path = tmp_path / "out" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format": "medseg-mem-prepared/1"}))
+    with pytest.raises(DatasetError) as raised:
+        PreparedDataset.open(tmp_path / "out")
+    message = str(raised.value)
+    assert "\n" not in message and "older medseg-mem" in message
+    assert f"medseg-mem prepare {task.resolve()}" in message and "--overwrite" in message

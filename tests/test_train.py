@@ -5,67 +5,93 @@ import pickle
 import pytest
 import torch
 
-import medseg_mem.train as train_module
+import medseg_mem.training.loop as train_module
 from medseg_mem.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.errors import MedsegError
-from medseg_mem.train import StageJob, train_stage
+from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.training.loop import StageJob, train_stage
+from medseg_mem.training.sampling import StageData
 from medseg_mem.variants import get_variant
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)
 
 
-def pairs(n=3, size=(8, 8, 20)):
-    generator = torch.Generator().manual_seed(1)
-    out = []
-    for _ in range(n):
-        label = torch.zeros(1, *size, dtype=torch.long)
-        label[:, 2:5, 2:5, 3:15], label[:, 5:7, 5:7, 8:12] = 1, 2
-        out.append((torch.randn(1, *size, generator=generator) + label.float(), label))
-    return out
+@pytest.fixture(scope="module")
+def tiny_prepared(tmp_path_factory):
+    """A prepared tiny 3-class task (6 cases of 8x8x20): training streams from it as from any prepared folder."""
+    from conftest import _make_msd_task
+
+    from medseg_mem.config import PrepareConfig
+    from medseg_mem.data.prepare import prepare
+
+    root = tmp_path_factory.mktemp("tiny")
+    task = _make_msd_task(root, n_cases=6, shape=(8, 8, 20))
+    prepare(PrepareConfig(task_dir=task, out_dir=root / "prepared"), progress=False)
+    return PreparedDataset.open(root / "prepared")
 
 
-def job(folder, variant="patch", steps=6, val_every=2):
+def job(folder, dataset, variant="patch", steps=6, val_every=2, **train):
     stage = get_variant(variant).stages()[0]
-    data = pairs()
-    return StageJob(variant, stage, 1, K, MODEL, TrainConfig(steps=steps, val_every=val_every, batch_size=2),
-                    data, data[:1], folder, torch.device("cpu"))  # fmt: skip
+    config = TrainConfig(steps=steps, val_every=val_every, batch_size=2, **train)
+    data = StageData(dataset, stage, MODEL, config)
+    return StageJob(variant, stage, 1, K, MODEL, config, data, folder, torch.device("cpu"))
 
 
-def test_trains_and_keeps_the_best_checkpoint(tmp_path):
-    outcome = train_stage(job(tmp_path), progress=False)
+def test_trains_and_keeps_the_best_checkpoint(tmp_path, tiny_prepared):
+    outcome = train_stage(job(tmp_path, tiny_prepared), progress=False)
     assert outcome.steps == 6 and len(outcome.history) == 3
     best = max(outcome.history, key=lambda h: h["mean_dice"])
     assert outcome.best_step == best["step"] and outcome.best_score == pytest.approx(best["mean_dice"])
     saved = load_checkpoint(outcome.best_path)
     assert saved["step"] == outcome.best_step and saved["variant"] == "patch" and saved["stage"] == "patch"
+    assert saved["training"]["precision"] == "fp32" and saved["training"]["checkpointing"] is False
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
-def test_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path, monkeypatch):
-    reference = train_stage(job(tmp_path / "straight"), progress=False)
+def test_resume_continues_an_interrupted_run_bit_for_bit(tmp_path, tiny_prepared, monkeypatch):
+    reference = train_stage(job(tmp_path / "straight", tiny_prepared), progress=False)
     calls = {"n": 0}
-    real_draw = train_module.draw_batch
+    real_step = train_module.train_step
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 5:  # dies during step 5, after last.pt was written at step 4
             raise KeyboardInterrupt
-        return real_draw(*args, **kwargs)
+        return real_step(*args, **kwargs)
 
-    monkeypatch.setattr(train_module, "draw_batch", interrupted)
+    monkeypatch.setattr(train_module, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_stage(job(tmp_path / "resumed"), progress=False)
+        train_stage(job(tmp_path / "resumed", tiny_prepared), progress=False)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
-    monkeypatch.setattr(train_module, "draw_batch", real_draw)
-    resumed = train_stage(job(tmp_path / "resumed"), progress=False)
+    monkeypatch.setattr(train_module, "train_step", real_step)
+    resumed = train_stage(job(tmp_path / "resumed", tiny_prepared), progress=False)
     assert [h["step"] for h in resumed.history] == [2, 4, 6]
     final_straight = load_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
     final_resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]
     for name, tensor in final_straight.items():
-        assert torch.allclose(tensor.float(), final_resumed[name].float(), atol=1e-5), name
-    assert resumed.best_score == pytest.approx(reference.best_score, abs=1e-5)
+        assert torch.equal(tensor, final_resumed[name]), name
+    assert resumed.best_score == reference.best_score
+
+
+def test_same_seed_same_weights_other_seed_other_weights(tmp_path, tiny_prepared):
+    weights = {}
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        train_stage(job(tmp_path / name, tiny_prepared, variant="full", steps=2, seed=seed), progress=False)
+        weights[name] = load_checkpoint(tmp_path / name / "last.pt")["state_dict"]
+    assert all(torch.equal(weights["a"][k], weights["b"][k]) for k in weights["a"])
+    assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
+
+
+@pytest.mark.parametrize("precision,checkpointing", [("bf16", False), ("fp32", True), ("bf16", True), ("fp16", False)])
+def test_memory_levers_train_and_are_recorded(tmp_path, tiny_prepared, precision, checkpointing):
+    options = dict(precision=precision, checkpointing=checkpointing)
+    outcome = train_stage(job(tmp_path, tiny_prepared, variant="full", steps=2, **options), progress=False)
+    saved = load_checkpoint(outcome.best_path)
+    assert saved["training"]["precision"] == precision and saved["training"]["checkpointing"] is checkpointing
+    assert all(torch.isfinite(t.float()).all() for t in saved["state_dict"].values())
+    assert all(t.dtype != torch.bfloat16 for t in saved["state_dict"].values())  # master weights stay fp32
 
 
 class Evil:

@@ -1,4 +1,4 @@
-"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.run.run_variants`."""
+"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.training.run.run_variants`."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from medseg_mem.names import (
     DEVICE_NAMES,
     GUIDANCE_NAMES,
     LOSS_NAMES,
+    PRECISION_NAMES,
     VARIANT_NAMES,
 )
 
@@ -40,6 +41,21 @@ def parse_channels(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]
     if len(widths) < 2 or min(widths) < 1:
         raise click.BadParameter(f"must list at least two positive widths like 32,64,128,256,512; got {value!r}")
     return widths
+
+
+def parse_cache(ctx, param, value: Optional[str]) -> Optional[int]:
+    """``4GB``, ``512MiB`` or ``0`` -> bytes of host memory for cached training inputs."""
+    if value is None:
+        return None
+    from medseg_mem.errors import OptionError
+    from medseg_mem.memory.units import parse_bytes
+
+    if str(value).strip() == "0":
+        return 0
+    try:
+        return parse_bytes(value, option="--cache")
+    except OptionError as error:
+        raise click.BadParameter(f"must be a size like 4GB, 512MiB or 0 (no cache); got {value!r}") from error
 
 
 def overrides(**options) -> Tuple[Tuple[str, object], ...]:
@@ -69,7 +85,18 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               help="Cascade stage-1 scale factor [0.3].")
 @click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), help="Cascade guidance encoding [onehot].")
 @click.option("--skip-empty-slabs/--any-slab", default=None, help="Slab stages train on slabs with foreground.")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES),
+              help="Training precision: fp32, or autocast to bf16 / fp16 (less memory) [fp32].")
+@click.option("--checkpointing/--no-checkpointing", default=None,
+              help="Activation checkpointing: recompute each U-Net level in the backward pass (less training "
+                   "memory, ~1/3 more compute) [off].")
+@click.option("--workers", type=click.IntRange(min=0), help="DataLoader worker processes; 0 loads in the training "
+              "process [0].")
+@click.option("--cache", "cache_bytes", callback=parse_cache, metavar="SIZE",
+              help="Host memory for cached training inputs, e.g. 4GB; cases beyond it are read per sample [1GiB].")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed for weights and sampling [0].")
+@click.option("--deterministic/--no-deterministic", default=None,
+              help="Also make torch refuse nondeterministic algorithms (the same seed already repeats a CPU run).")
 @click.option("--device", type=click.Choice(DEVICE_NAMES), help="auto (cuda if available), cpu or cuda.")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoints.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -80,7 +107,7 @@ def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None
     Works in ./medseg-work/ by default, after `medseg-mem prepare`.
     """
     from medseg_mem.config import RunRequest
-    from medseg_mem.run import run_variants
+    from medseg_mem.training.run import run_variants
 
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")

@@ -2,12 +2,16 @@
 
 Layout of a prepared folder (default ``./medseg-work/prepared``)::
 
-    manifest.json   format tag "medseg-mem-prepared/1", dataset name, source folder, class_names (indexed by
+    manifest.json   format tag "medseg-mem-prepared/2", dataset name, source folder, class_names (indexed by
                     label value), modalities, in_channels, the full preprocessing settings (incl. CT
                     statistics) and per case: id, source image/label paths, original and prepared shape, spacing
     split.json      {"seed": s, "train": [...], "val": [...], "test": [...]}  (60/20/20, deterministic)
-    cases/<id>.npz  image float32 (C, X, Y, Z), label uint8 (1, X, Y, Z), affine float64 4x4 (prepared grid),
-                    original_affine 4x4, original_shape (spatial); loadable with allow_pickle=False
+    cases/<id>/     one uncompressed ``.npy`` per array, so training memory-maps them and reads only what a
+                    sample needs: image.npy float32 (C, X, Y, Z), label.npy uint8 (1, X, Y, Z), affine.npy
+                    float64 4x4 (prepared grid), original_affine.npy 4x4, original_shape.npy (spatial)
+
+Format 1 (``cases/<id>.npz``, which cannot be memory-mapped) is refused with a one-line error that says to run
+``prepare`` again.
 
 The folder appears atomically: it is written into a hidden sibling staging folder, then renamed into place
 (:func:`publish_folder`).
@@ -15,7 +19,7 @@ The folder appears atomically: it is written into a hidden sibling staging folde
 Example:
     >>> data = PreparedDataset.open(Path("medseg-work/prepared"))  # doctest: +SKIP
     >>> case = data.load(data.ids("train")[0])  # doctest: +SKIP
-    >>> case.image.shape, case.label.dtype  # doctest: +SKIP
+    >>> case.image.shape, case.label.dtype  # memory-mapped, read on access  # doctest: +SKIP
     ((1, 32, 32, 96), dtype('uint8'))
 """
 
@@ -35,7 +39,8 @@ import numpy as np
 
 from medseg_mem.errors import DatasetError, MedsegError, look_up_option
 
-FORMAT = "medseg-mem-prepared/1"
+FORMAT = "medseg-mem-prepared/2"
+OLD_FORMATS = ("medseg-mem-prepared/1",)
 SPLITS = ("train", "val", "test")
 HOLDOUT_FRACTION = 0.2  # each of val and test; train gets the rest (60/20/20, thesis 2.1)
 CASE_KEYS = ("image", "label", "affine", "original_affine", "original_shape")
@@ -45,7 +50,11 @@ HINT = "run `medseg-mem prepare` first"
 
 @dataclass(frozen=True)
 class Case:
-    """One prepared case: ``image`` float32 (C, X, Y, Z), ``label`` uint8 (1, X, Y, Z), ``affine`` 4x4."""
+    """One prepared case: ``image`` float32 (C, X, Y, Z), ``label`` uint8 (1, X, Y, Z), ``affine`` 4x4.
+
+    ``image`` and ``label`` are read-only memory maps when loaded with ``mmap=True``: slicing them reads only
+    the bytes needed, and nothing stays resident once they are dropped.
+    """
 
     case_id: str
     image: np.ndarray
@@ -77,10 +86,11 @@ def make_split(case_ids: Sequence[str], seed: int) -> Dict[str, object]:
 
 
 def save_case(folder: Path, case_id: str, arrays: Dict[str, np.ndarray]) -> Path:
-    """Write ``cases/<case_id>.npz`` (uncompressed ``np.savez``) under ``folder``; return its path."""
-    path = Path(folder) / "cases" / f"{case_id}.npz"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{key: arrays[key] for key in CASE_KEYS})
+    """Write ``cases/<case_id>/<key>.npy`` for every key of :data:`CASE_KEYS` under ``folder``; return the folder."""
+    path = Path(folder) / "cases" / case_id
+    path.mkdir(parents=True, exist_ok=True)
+    for key in CASE_KEYS:
+        np.save(path / f"{key}.npy", arrays[key], allow_pickle=False)
     return path
 
 
@@ -177,6 +187,7 @@ class PreparedDataset:
         self.in_channels: int = int(manifest["in_channels"])
         self.modalities: List[str] = list(manifest["modalities"])
         self._case_ids = [case["id"] for case in manifest["cases"]]
+        self._records = {case["id"]: case for case in manifest["cases"]}
 
     @classmethod
     def open(cls, root: Path) -> "PreparedDataset":
@@ -191,6 +202,7 @@ class PreparedDataset:
             raise DatasetError([f"no prepared dataset here; {HINT}"], where=str(root))
         manifest = _load_json(root / "manifest.json", root)
         split = _load_json(root / "split.json", root)
+        _refuse_old_format(manifest, root)
         problems = _manifest_problems(manifest) + _split_problems(split, manifest)
         if problems:
             raise DatasetError(problems + [f"the folder is damaged or from another tool; {HINT}"], where=str(root))
@@ -205,24 +217,36 @@ class PreparedDataset:
         look_up_option(split, SPLITS, "split")
         return list(self.split[split])
 
-    def load(self, case_id: str) -> Case:
-        """Load one case from ``cases/<case_id>.npz``.
+    def load(self, case_id: str, mmap: bool = True) -> Case:
+        """Open one case from ``cases/<case_id>/``: image and label memory-mapped (``mmap``) or read whole.
 
         Raises:
             MedsegError: when ``case_id`` is not in the manifest.
-            DatasetError: when its file is missing or unreadable.
+            DatasetError: when one of its files is missing or unreadable.
         """
         if case_id not in self._case_ids:
             close = difflib.get_close_matches(case_id, self._case_ids, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise MedsegError(f"case {case_id!r} is not in {self.root / 'manifest.json'}{hint}")
-        path = self.root / "cases" / f"{case_id}.npz"
+        mode = "r" if mmap else None
+        image, label = self._array(case_id, "image", mode), self._array(case_id, "label", mode)
+        return Case(case_id, image, label, self._array(case_id, "affine", None))
+
+    def _array(self, case_id: str, key: str, mmap_mode) -> np.ndarray:
+        path = self.root / "cases" / case_id / f"{key}.npy"
         try:
-            with np.load(path, allow_pickle=False) as arrays:
-                image, label, affine = arrays["image"], arrays["label"], arrays["affine"]
-        except (OSError, ValueError, KeyError) as error:
-            raise DatasetError([f"cases/{case_id}.npz cannot be read ({error}); {HINT}"], str(self.root)) from error
-        return Case(case_id, image, label, affine)
+            return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+        except (OSError, ValueError) as error:
+            where = f"cases/{case_id}/{key}.npy"
+            raise DatasetError([f"{where} cannot be read ({error}); {HINT}"], str(self.root)) from error
+
+    def shape(self, case_id: str) -> tuple:
+        """Prepared spatial shape ``(X, Y, Z)`` of a case, from the manifest (nothing is read)."""
+        return tuple(int(s) for s in self._records[case_id]["prepared_shape"])
+
+    def largest(self, split: str) -> str:
+        """Id of the case of ``split`` with the most voxels (for memory measurement)."""
+        return max(self.ids(split), key=lambda case_id: int(np.prod(self.shape(case_id))))
 
     def __len__(self) -> int:
         return len(self._case_ids)
@@ -242,6 +266,17 @@ def _load_json(path: Path, root: Path) -> dict:
     if not isinstance(content, dict):
         raise DatasetError([f"{path.name} must hold a JSON object; {HINT}"], where=str(root))
     return content
+
+
+def _refuse_old_format(manifest: dict, root: Path) -> None:
+    """A folder of an older format gets one line saying how to rewrite it (its source is still known)."""
+    if manifest.get("format") in OLD_FORMATS:
+        source = manifest.get("source", "TASK_DIR")
+        problem = (
+            f"prepared by an older medseg-mem (format {manifest['format']}, cases that cannot be memory-mapped); "
+            f"run `medseg-mem prepare {source} --out {root} --overwrite` to rewrite it as {FORMAT}"
+        )
+        raise DatasetError([problem], where=str(root))
 
 
 def _manifest_problems(manifest: dict) -> List[str]:

@@ -15,14 +15,7 @@ from torch import nn
 
 from medseg_mem.config import ModelConfig
 from medseg_mem.inference.slab import SlabInferer
-from medseg_mem.resample import (
-    encode_guidance,
-    guidance_channels,
-    resample_image,
-    resample_label,
-    round_trip_label,
-    scaled_size,
-)
+from medseg_mem.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
 
 
 @dataclass(frozen=True)
@@ -54,15 +47,25 @@ class Stage:
     def inputs(
         self, image: torch.Tensor, label: torch.Tensor, model: ModelConfig, num_classes: int
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Training/validation pair ``(x, y)`` of this stage from a batched image and ground-truth label."""
+        """Whole-volume pair ``(x, y)`` of this stage from a batched image and ground-truth label (validation).
+
+        Guided stages get the ground truth downsampled by ``model.downsample`` and upsampled again (the blur of
+        a good stage-1 output), made by :func:`~medseg_mem.resample.guidance_range` as training samples are.
+        """
         factor = self.factor(model)
         if factor != 1.0:
             size = scaled_size(image.shape[2:], factor)
             image, label = resample_image(image, size), resample_label(label, size, num_classes)
         if self.guided:
-            guide = round_trip_label(label, model.downsample, num_classes)
-            image = torch.cat([image, encode_guidance(guide, model.guidance, num_classes)], dim=1)
+            low = self.low_label(label, model, num_classes)
+            guide = guidance_range(low, label.shape[2:], 0, label.shape[-1], model.guidance, num_classes)
+            image = torch.cat([image, guide], dim=1)
         return image, label
+
+    @staticmethod
+    def low_label(label: torch.Tensor, model: ModelConfig, num_classes: int) -> torch.Tensor:
+        """The label at the cascade's stage-1 resolution, which a guided stage's training guidance comes from."""
+        return resample_label(label, scaled_size(label.shape[2:], model.downsample), num_classes).to(torch.uint8)
 
     def forward(self, net: nn.Module, x: torch.Tensor, model: ModelConfig) -> torch.Tensor:
         """Logits of the whole (stage-resolution) volume ``x``: slab-wise or in one pass."""

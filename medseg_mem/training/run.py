@@ -1,33 +1,35 @@
 """``medseg-mem run``: train every stage of each chosen variant, evaluate on the test split, append to the CSV.
 
-Flow per variant: build each stage's training/validation pairs from the prepared cases, train the stage
-(best checkpoint kept on validation Dice), evaluate the whole variant with the best checkpoints on the test
-split (per-class Dice on the reconstructed full volume, seconds per case), measure peak inference memory
+Flow per variant: train each stage on samples streamed from the prepared cases
+(:class:`~medseg_mem.training.sampling.StageData`; best checkpoint kept on validation Dice), evaluate the whole
+variant with the best checkpoints on the test split one case at a time (per-class Dice on the reconstructed full
+volume, seconds per case), measure peak inference memory on the largest test case
 (:func:`medseg_mem.memory.measure.measure_peak`), and append one row per foreground class to the results CSV.
+No split is ever loaded whole: host memory does not grow with the number of cases.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Tuple
 
+import numpy as np
 import torch
 
 from medseg_mem import __version__
-from medseg_mem.checkpoint import load_checkpoint
 from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.data.prepared import SPLITS, PreparedDataset
+from medseg_mem.device import resolve_device
 from medseg_mem.errors import MedsegError
 from medseg_mem.evaluate import Evaluation, evaluate_variant
 from medseg_mem.memory.measure import MemoryReading, measure_peak
+from medseg_mem.models.build import load_networks
 from medseg_mem.results import append_rows, new_run_id, read_results, utc_timestamp
-from medseg_mem.run_settings import load_run_record, resolve_settings, write_run_record
-from medseg_mem.train import StageJob, build_network, train_stage
+from medseg_mem.training.loop import StageJob, train_stage
+from medseg_mem.training.sampling import CaseStream, StageData, open_case
+from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
 from medseg_mem.variants import get_variant, resolve_variants
-
-Tensors = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -40,36 +42,7 @@ class VariantResult:
     train_seconds: float
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise MedsegError("--device cuda: no CUDA device is available here; use --device cpu or auto")
-    return torch.device(name)
-
-
-def load_split(dataset: PreparedDataset, split: str) -> Tensors:
-    """Batched ``(image (1,C,X,Y,Z) float, label (1,1,X,Y,Z) long)`` tensors of every case in ``split``."""
-    cases = []
-    for case_id in dataset.ids(split):
-        case = dataset.load(case_id)
-        cases.append((torch.from_numpy(case.image).float()[None], torch.from_numpy(case.label).long()[None]))
-    if not cases:
-        raise MedsegError(f"{dataset.root}: the {split} split is empty; prepare a dataset with more cases")
-    return cases
-
-
-def stage_pairs(stage, cases: Tensors, model: ModelConfig, num_classes: int):
-    """Unbatched ``(x, y)`` pairs a stage trains or validates on."""
-    pairs = []
-    for image, label in cases:
-        x, y = stage.inputs(image, label, model, num_classes)
-        pairs.append((x[0], y[0]))
-    return pairs
-
-
-def train_variant(name, run_dir, dataset, splits, model, train, device, progress) -> Tuple[Dict[str, Path], int, float]:
+def train_variant(name, run_dir, dataset, model, train, device, progress) -> Tuple[Dict[str, Path], int, float]:
     """Train each stage of variant ``name``; return best checkpoint paths, total steps, total seconds."""
     variant, num_classes = get_variant(name), dataset.num_classes
     best, steps, seconds = {}, 0, 0.0
@@ -81,8 +54,7 @@ def train_variant(name, run_dir, dataset, splits, model, train, device, progress
             num_classes=num_classes,
             model=model,
             train=train,
-            train_pairs=stage_pairs(stage, splits["train"], model, num_classes),
-            val_pairs=stage_pairs(stage, splits["val"], model, num_classes),
+            data=StageData(dataset, stage, model, train, stage_index=index, progress=progress),
             folder=run_dir / stage.name,
             device=device,
             meta=checkpoint_meta(dataset),
@@ -105,18 +77,6 @@ def checkpoint_meta(dataset: PreparedDataset) -> dict:
     }
 
 
-def load_networks(paths: Dict[str, Path], device: torch.device) -> Dict[str, torch.nn.Module]:
-    """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``)."""
-    nets = {}
-    for stage, path in paths.items():
-        saved = load_checkpoint(path, map_location=device)
-        spec = saved["model"]
-        net = build_network(spec["in_channels"], spec["num_classes"], ModelConfig(channels=tuple(spec["channels"])))
-        net.load_state_dict(saved["state_dict"])
-        nets[stage] = net.to(device).eval()
-    return nets
-
-
 def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str):
     """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
     torch_device = torch.device(device)
@@ -130,10 +90,10 @@ def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelCo
     return infer
 
 
-def measure_variant_memory(name, paths, cases: Tensors, model, num_classes, device) -> MemoryReading:
+def measure_variant_memory(name, paths, dataset: PreparedDataset, model, num_classes, device) -> MemoryReading:
     """Peak inference memory of the whole variant on the largest test case."""
-    image = max((image for image, _ in cases), key=lambda t: t.numel())
-    args = (name, {k: str(v) for k, v in paths.items()}, image.numpy(), model, num_classes, device.type)
+    image = np.array(open_case(dataset, dataset.largest("test"))[0])[None]
+    args = (name, {k: str(v) for k, v in paths.items()}, image, model, num_classes, device.type)
     return measure_peak(memory_setup, args, device.type)
 
 
@@ -148,6 +108,7 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "slab_size": model.slab_size if result.variant != "full" else "",
         "downsample": model.downsample if result.variant == "cascade" else "",
         "n_test_cases": result.evaluation.n_cases, "package_version": __version__, "source": "run",
+        "precision": train.precision, "checkpointing": train.checkpointing,
     }  # fmt: skip
     names = dataset.class_names[1:]
     return [
@@ -165,16 +126,24 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     if request.results.exists():
         read_results(request.results)  # refuse a malformed CSV before hours of training, not after
     dataset = PreparedDataset.open(request.data_dir)
+    check_splits(dataset)
     jobs = planned_runs(request, dataset)
     device = resolve_device(jobs[0][2].device)
-    splits = {split: load_split(dataset, split) for split in ("train", "val", "test")}
-    echo(f"{dataset.name}: {', '.join(f'{s} {len(c)}' for s, c in splits.items())} cases; device {device}")
-    results = [run_one(run_id, name, model, train, dataset, splits, request, device, echo)
+    sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
+    echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
+    results = [run_one(run_id, name, model, train, dataset, request, device, echo)
                for run_id, name, train, model in jobs]  # fmt: skip
     from medseg_mem.report import format_table
 
     echo(format_table(read_results(request.results).query("dataset == @dataset.name")))
     return results
+
+
+def check_splits(dataset: PreparedDataset) -> None:
+    """Every split must hold a case before training starts, not after."""
+    for split in SPLITS:
+        if not dataset.ids(split):
+            raise MedsegError(f"{dataset.root}: the {split} split is empty; prepare a dataset with more cases")
 
 
 def planned_runs(request: RunRequest, dataset: PreparedDataset):
@@ -186,15 +155,16 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset):
     return [(new_run_id(name), name, train, model) for name in resolve_variants(list(request.variants))]
 
 
-def run_one(run_id, name, model, train, dataset, splits, request, device, echo) -> VariantResult:
+def run_one(run_id, name, model, train, dataset, request, device, echo) -> VariantResult:
     run_dir = request.runs_dir / run_id
     write_run_record(run_dir, {"run_id": run_id, "variant": name, "data_dir": str(request.data_dir)}, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
-         f"loss {train.loss}")  # fmt: skip
-    paths, steps, seconds = train_variant(name, run_dir, dataset, splits, model, train, device, request.progress)
+         f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}, seed {train.seed}")
+    paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress)
     nets = load_networks(paths, device)
-    evaluation = evaluate_variant(get_variant(name), nets, splits["test"], model, dataset.num_classes, device)
-    memory = measure_variant_memory(name, paths, splits["test"], model, dataset.num_classes, device)
+    test = CaseStream(dataset, "test")
+    evaluation = evaluate_variant(get_variant(name), nets, test, model, dataset.num_classes, device)
+    memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device)
     result = VariantResult(run_id, name, evaluation, memory, steps, seconds)
     append_rows(request.results, result_rows(result, dataset, model, train, device))
     dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))

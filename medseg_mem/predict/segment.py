@@ -27,9 +27,10 @@ import torch
 
 from medseg_mem.data.transforms import build_preprocessing, load_steps, make_reader
 from medseg_mem.errors import MedsegError
-from medseg_mem.predict_checkpoint import TrainedRun, open_trained_run
-from medseg_mem.predict_io import collect_inputs, plan_outputs, write_label_map
-from medseg_mem.run import load_networks, resolve_device
+from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
+from medseg_mem.predict.files import collect_inputs, plan_outputs, write_label_map
+from medseg_mem.device import resolve_device
+from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
 
 AFFINE_TOLERANCE = 1e-3  # mm; the restored grid must match the input's to this precision
@@ -75,7 +76,7 @@ class Segmenter:
     """A trained run ready to segment scans: networks on ``device`` and the run's preprocessing pipeline.
 
     Args:
-        trained: the run, from :func:`~medseg_mem.predict_checkpoint.open_trained_run`.
+        trained: the run, from :func:`~medseg_mem.predict.trained_run.open_trained_run`.
         device: where the networks run.
 
     Example:

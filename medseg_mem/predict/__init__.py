@@ -1,0 +1,10 @@
+"""Prediction: a trained run -> label maps in each scan's own geometry.
+
+Modules: :mod:`~medseg_mem.predict.trained_run` (resolve ``--checkpoint``, load and cross-check every stage),
+:mod:`~medseg_mem.predict.files` (inputs, outputs, writing label maps), :mod:`~medseg_mem.predict.segment`
+(the pipeline and :func:`predict`).
+"""
+
+from medseg_mem.predict.segment import PredictSummary, Segmenter, predict
+
+__all__ = ["PredictSummary", "Segmenter", "predict"]

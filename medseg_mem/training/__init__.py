@@ -1,0 +1,1 @@
+"""Training: one loop for any stage, streaming samples, precision, checkpoints, resume and seeding."""

@@ -1,0 +1,57 @@
+"""What a training checkpoint holds, and how a stage resumes from its ``last.pt``."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Tuple
+
+import torch
+
+from medseg_mem.checkpoint import load_checkpoint
+
+FRESH = {"best_score": -1.0, "best_step": 0, "history": [], "train_seconds": 0.0}
+KEPT = ("best_score", "best_step", "history", "train_seconds")
+
+
+def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Dict[str, Any]:
+    """Weights, optimizer (and fp16 scaler) state, progress, and the settings to rebuild and describe the net."""
+    return {
+        "variant": job.variant,
+        "stage": job.stage.name,
+        "step": step,
+        "state_dict": net.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
+        "model": {
+            "channels": list(job.model.channels),
+            "slab_size": job.model.slab_size,
+            "downsample": job.model.downsample,
+            "guidance": job.model.guidance,
+            "in_channels": job.in_channels,
+            "num_classes": job.num_classes,
+        },
+        "training": {
+            "seed": job.train.seed,
+            "precision": job.train.precision,
+            "checkpointing": job.train.checkpointing,
+            "batch_size": job.train.batch_size,
+            "lr": job.train.lr,
+            "loss": job.train.loss,
+        },
+        "meta": job.meta,
+        **state,
+    }
+
+
+def resume_state(job, net, optimizer, scaler) -> Tuple[int, Dict[str, Any]]:
+    """Start fresh (step 0), or continue from ``last.pt`` in the stage folder: weights, optimizer, scaler,
+    step and history. Sampling needs no saved state: sample ``i`` depends only on the seed and ``i``."""
+    last = job.folder / "last.pt"
+    if not last.exists():
+        return 0, {key: (list(value) if isinstance(value, list) else value) for key, value in FRESH.items()}
+    saved = load_checkpoint(last)
+    net.load_state_dict(saved["state_dict"])
+    optimizer.load_state_dict(saved["optimizer"])
+    if scaler is not None and saved.get("scaler"):
+        scaler.load_state_dict(saved["scaler"])
+    torch.set_rng_state(saved["torch_rng"])
+    return int(saved["step"]), {key: saved[key] for key in KEPT}

@@ -1,0 +1,117 @@
+"""One training loop for any stage: streamed batches, precision, validation, best/last checkpoints, resume.
+
+The loop never asks which variant it serves: a :class:`StageJob` says what to train and where its data comes
+from (:class:`~medseg_mem.training.sampling.StageData`). The best checkpoint (highest mean validation Dice over
+the foreground classes) is what evaluation uses; ``last.pt`` is the resume point, written after every validation.
+Everything random is seeded from the run's seed before the network is built, so the same seed on the same
+machine gives the same weights bit for bit.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss, DiceLoss
+from tqdm.auto import tqdm
+
+from medseg_mem.checkpoint import save_checkpoint
+from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.evaluate import dice_per_class
+from medseg_mem.models.build import build_network
+from medseg_mem.training.checkpoints import payload, resume_state
+from medseg_mem.training.precision import grad_scaler
+from medseg_mem.training.seeding import seed_everything
+from medseg_mem.training.step import train_step
+from medseg_mem.variants.base import Stage
+
+
+@dataclass
+class StageJob:
+    """Everything needed to train one stage. ``meta`` is stored in checkpoints (classes, preprocessing …).
+
+    ``data`` provides ``batches(first_step)`` (training batches from that step on) and ``validation()``
+    (whole-volume val pairs), e.g. a :class:`~medseg_mem.training.sampling.StageData`.
+    """
+
+    variant: str
+    stage: Stage
+    in_channels: int
+    num_classes: int
+    model: ModelConfig
+    train: TrainConfig
+    data: Any
+    folder: Path
+    device: torch.device
+    meta: Dict[str, Any] = field(default_factory=dict)
+    seed_offset: int = 0
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    best_path: Path
+    best_score: float
+    best_step: int
+    steps: int
+    seconds: float
+    history: List[Dict[str, Any]]
+
+
+def make_loss(stage: Stage, train: TrainConfig) -> torch.nn.Module:
+    """Dice (thesis) or Dice + cross-entropy (nnU-Net), on softmax outputs, background per the stage."""
+    options = dict(include_background=stage.include_background, to_onehot_y=True, softmax=True, batch=train.batch_dice)
+    return DiceCELoss(**options) if train.loss == "dice_ce" else DiceLoss(**options)
+
+
+def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
+    """Mean Dice per foreground class of this stage's own output on the validation cases (one at a time)."""
+    net.eval()
+    scores = []
+    with torch.inference_mode():
+        for x, y in job.data.validation():
+            logits = job.stage.forward(net, x.to(job.device), job.model)
+            scores.append(dice_per_class(logits.argmax(dim=1, keepdim=True).cpu(), y, job.num_classes))
+    net.train()
+    return torch.cat(scores).mean(dim=0).tolist()
+
+
+def train_stage(job: StageJob, progress: bool = True) -> StageOutcome:
+    """Train one stage for ``job.train.steps`` steps (continuing from ``last.pt`` if present)."""
+    seed_everything(job.train.seed, job.seed_offset, job.train.deterministic)
+    net = build_network(job.in_channels, job.num_classes, job.model, job.train.checkpointing).to(job.device)
+    optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
+    scaler = grad_scaler(job.train.precision, job.device)
+    step, state = resume_state(job, net, optimizer, scaler)
+    loss_fn, precision = make_loss(job.stage, job.train), job.train.precision
+    bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}", disable=not progress)
+    started, net = time.perf_counter() - state["train_seconds"], net.train()
+    for x, y in job.data.batches(step):
+        loss = train_step(net, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
+        step += 1
+        bar.update(1)
+        if step % job.train.val_every == 0 or step == job.train.steps:
+            state["train_seconds"] = time.perf_counter() - started
+            record_validation(job, (net, optimizer, scaler), step, state, loss.item())
+            bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
+    bar.close()
+    return StageOutcome(
+        job.folder / "best.pt", state["best_score"], state["best_step"], step, state["train_seconds"], state["history"]
+    )
+
+
+def record_validation(job: StageJob, trained, step: int, state: Dict[str, Any], loss: float) -> None:
+    """Validate, keep the best checkpoint, then write the resume point (both atomically).
+
+    ``trained`` is ``(net, optimizer, scaler)``.
+    """
+    dice = validate(job, trained[0])
+    mean = float(np.mean(dice))
+    state["history"].append({"step": step, "loss": loss, "dice": dice, "mean_dice": mean})
+    if mean > state["best_score"]:
+        state["best_score"], state["best_step"] = mean, step
+        save_checkpoint(job.folder / "best.pt", payload(job, *trained, step, state))
+    save_checkpoint(job.folder / "last.pt", payload(job, *trained, step, {**state, "torch_rng": torch.get_rng_state()}))

@@ -1,0 +1,253 @@
+"""Training samples streamed from a prepared dataset: memory-mapped cases, a bounded cache, a DataLoader.
+
+No split is ever held in memory. A case is a pair of memory-mapped arrays
+(:meth:`~medseg_mem.data.prepared.PreparedDataset.load`), opened per sample and dropped with it, so a slab
+sample reads one slab's worth of data and nothing stays resident afterwards. What costs compute per case is
+cached by a MONAI :class:`~monai.data.CacheDataset`, up to ``TrainConfig.cache_bytes`` (whatever does not fit is
+recomputed per sample): the cascade's stage 1 caches its downsampled volume, stage 2 the downsampled label its
+guidance is made from. Stage 2's guidance is then made per sample, for the sample's slab only
+(:func:`~medseg_mem.resample.guidance_range`). Labels stay uint8 until the loss.
+
+Sample ``i`` of a stage draws its case and slab from ``numpy.random.default_rng([seed, stage, i])``: a run gives
+the same samples with any number of ``--workers``, and a resumed run continues with exactly the samples an
+uninterrupted run would have drawn. Slabs are cut on the slab inferer's grid (starts 0, s, 2s, ..., the last
+slab zero-padded), so training sees exactly the inputs inference will see.
+
+Example:
+    >>> data = StageData(PreparedDataset.open(Path("medseg-work/prepared")), stage, model, train)  # doctest: +SKIP
+    >>> for x, y in data.batches(first_step=0):  # (B, C, X, Y, 16) float32, (B, 1, X, Y, 16) uint8  # doctest: +SKIP
+    ...     ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as SequenceBase
+from typing import Dict, Iterator, List, Sequence, Tuple
+
+import numpy as np
+import torch
+from monai.data import CacheDataset, DataLoader
+from monai.transforms import MapTransform, Randomizable, Transform
+from torch.nn import functional as F
+
+from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.inference.slab import slab_starts
+from medseg_mem.resample import guidance_range, scaled_size
+from medseg_mem.variants.base import Stage
+
+Pair = Tuple[torch.Tensor, torch.Tensor]
+
+
+def open_case(dataset: PreparedDataset, case_id: str) -> Tuple[np.ndarray, np.ndarray]:
+    """``(image, label)`` of a case as read-only memory maps (nothing is read until sliced)."""
+    case = dataset.load(case_id, mmap=True)
+    return case.image, case.label
+
+
+def as_tensor(array) -> torch.Tensor:
+    """A tensor owning a copy of (a slice of) a memory map, so the map can be dropped; tensors pass through."""
+    return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.array(array))
+
+
+class StageInputsd(Transform):
+    """Deterministic per-case inputs of a stage (what the cache holds): ``{"case": id}`` -> the same dict plus
+
+    * ``image``/``label`` at the stage's resolution for a downsampled stage (cascade stage 1),
+    * ``low_label`` (the label at stage-1 resolution, uint8) for a guided stage (cascade stage 2),
+    * nothing for full-resolution stages: they read the memory-mapped case per sample.
+    """
+
+    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig) -> None:
+        self.dataset, self.stage, self.model = dataset, stage, model
+
+    def __call__(self, data: Dict) -> Dict:
+        if self.stage.factor(self.model) != 1.0:
+            image, label = open_case(self.dataset, data["case"])
+            x, y = self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model, self.num_classes)
+            return {**data, "image": x[0], "label": y[0].to(torch.uint8)}
+        if self.stage.guided:
+            label = as_tensor(open_case(self.dataset, data["case"])[1])[None]
+            return {**data, "low_label": self.stage.low_label(label, self.model, self.num_classes)[0]}
+        return dict(data)
+
+    @property
+    def num_classes(self) -> int:
+        return self.dataset.num_classes
+
+    def cached_bytes(self, shape: Sequence[int]) -> int:
+        """Bytes one cached item of a case of spatial ``shape`` holds (0 when only its id is cached)."""
+        low = int(np.prod(scaled_size(shape, self.model.downsample)))
+        if self.stage.factor(self.model) != 1.0:
+            return low * (4 * self.dataset.in_channels + 1)
+        return low if self.stage.guided else 0
+
+
+class RandStageSampled(Randomizable, MapTransform):
+    """One training sample ``(x, y)`` of a stage from a cached item: the whole volume, or (slab stages) one
+    random slab on the inference grid, with the stage's guidance channels made for that slab only.
+
+    Args:
+        dataset: the prepared dataset the memory-mapped cases are read from.
+        stage: the stage being trained.
+        model: slab size, guidance encoding and downsampling.
+        skip_empty: slab stages draw among the slabs that hold foreground (all slabs when none does).
+    """
+
+    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig, skip_empty: bool) -> None:
+        MapTransform.__init__(self, keys=("image", "label"))
+        self.dataset, self.stage, self.model, self.skip_empty = dataset, stage, model, skip_empty
+        self._start = 0
+
+    def randomize(self, starts: Sequence[int]) -> None:
+        self._start = int(starts[self.R.randint(len(starts))])
+
+    def __call__(self, data: Dict) -> Pair:
+        image, label = (data["image"], data["label"]) if "image" in data else open_case(self.dataset, data["case"])
+        depth = self.model.slab_size if self.stage.slab else label.shape[-1]
+        if self.stage.slab:
+            self.randomize(self.candidates(label))
+        else:
+            self._start = 0
+        x, y = as_tensor(slab_of(image, self._start, depth)), as_tensor(slab_of(label, self._start, depth))
+        if self.stage.guided:
+            x = torch.cat([x, self.guidance(data["low_label"], label.shape[1:], depth)], dim=0)
+        return x.float(), y
+
+    def candidates(self, label: np.ndarray) -> List[int]:
+        """Grid starts to draw from: those whose slab holds foreground when ``skip_empty``, else all."""
+        starts = slab_starts(label.shape[-1], self.model.slab_size)
+        if not self.skip_empty:
+            return starts
+        present = np.asarray(label).reshape(-1, label.shape[-1]).max(axis=0) > 0
+        return [s for s in starts if present[s : s + self.model.slab_size].any()] or starts
+
+    def guidance(self, low_label: torch.Tensor, size: Sequence[int], depth: int) -> torch.Tensor:
+        """Guidance channels of the current slab, zero past the volume's end (as the padded image)."""
+        stop = min(self._start + depth, size[-1])
+        guide = guidance_range(low_label[None], size, self._start, stop, self.model.guidance, self.dataset.num_classes)
+        return F.pad(guide[0], (0, depth - (stop - self._start)))
+
+
+def slab_of(array: np.ndarray, start: int, slab_size: int) -> np.ndarray:
+    """``slab_size`` voxels of ``array`` along its last axis from ``start``, zero-padded past the end."""
+    slab = np.asarray(array[..., start : start + slab_size])
+    missing = slab_size - slab.shape[-1]
+    return np.pad(slab, [(0, 0)] * (slab.ndim - 1) + [(0, missing)]) if missing else slab
+
+
+def pad_to(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Zero-pad the spatial axes (the last three) of ``tensor`` at their end up to ``size``."""
+    pad: List[int] = []
+    for have, want in zip(reversed(tensor.shape[-3:]), reversed(tuple(size))):
+        pad += [0, want - have]
+    return F.pad(tensor, pad) if any(pad) else tensor
+
+
+def collate(pairs: Sequence[Pair]) -> Pair:
+    """Stack pairs of different spatial sizes by zero-padding to the largest (label 0 = background)."""
+    size = [max(p[0].shape[axis] for p in pairs) for axis in (-3, -2, -1)]
+    xs = torch.stack([pad_to(x, size) for x, _ in pairs])
+    ys = torch.stack([pad_to(y, size) for _, y in pairs])
+    return xs, ys
+
+
+class StepSamples(torch.utils.data.Dataset):
+    """Samples ``first .. total - 1`` of a stage's run; sample ``i`` is a pure function of ``(seed, stage, i)``.
+
+    Args:
+        cases: the cached per-case items (a MONAI dataset over the train split).
+        sampler: turns a cached item into a sample.
+        seed: the run's seed; ``stage_index`` tells the stages of a variant apart.
+        first: index of the first sample (``first_step * batch_size`` when resuming).
+        total: index past the last sample (``steps * batch_size``).
+    """
+
+    def __init__(self, cases, sampler: RandStageSampled, seed: int, stage_index: int, first: int, total: int):
+        self.cases, self.sampler = cases, sampler
+        self.seed, self.stage_index, self.first, self.total = seed, stage_index, first, total
+
+    def __len__(self) -> int:
+        return max(0, self.total - self.first)
+
+    def __getitem__(self, index: int) -> Pair:
+        rng = np.random.default_rng([self.seed, self.stage_index, self.first + index])
+        item = self.cases[int(rng.integers(len(self.cases)))]
+        self.sampler.set_random_state(seed=int(rng.integers(2**31)))
+        return self.sampler(item)
+
+
+class StageData:
+    """What one stage trains and validates on, streamed from a prepared dataset.
+
+    Args:
+        dataset: the prepared dataset.
+        stage: the stage.
+        model: the variant settings.
+        train: batch size, workers, cache budget, seed and whether slab stages skip empty slabs.
+        stage_index: the stage's position in its variant (so two stages draw different samples).
+        progress: show a progress bar while the cache fills.
+    """
+
+    def __init__(self, dataset, stage: Stage, model: ModelConfig, train: TrainConfig, stage_index: int = 0,
+                 progress: bool = False) -> None:  # fmt: skip
+        self.dataset, self.stage, self.model, self.train = dataset, stage, model, train
+        self.stage_index, self.progress = stage_index, progress
+        self._cases = None
+
+    def cache_count(self, ids: Sequence[str]) -> int:
+        """How many cases' items fit ``cache_bytes`` (sized by the largest case; all when items are ids only)."""
+        per_case = self.inputs().cached_bytes(max((self.dataset.shape(i) for i in ids), key=np.prod))
+        return len(ids) if per_case == 0 else min(len(ids), self.train.cache_bytes // per_case)
+
+    def inputs(self) -> StageInputsd:
+        return StageInputsd(self.dataset, self.stage, self.model)
+
+    def cases(self) -> CacheDataset:
+        """The train split as a MONAI ``CacheDataset`` of per-case stage inputs, cached up to the budget."""
+        if self._cases is None:
+            ids = self.dataset.ids("train")
+            items = [{"case": case_id} for case_id in ids]
+            self._cases = CacheDataset(
+                items, self.inputs(), cache_num=self.cache_count(ids), num_workers=0, progress=self.progress,
+                copy_cache=False,
+            )  # fmt: skip
+        return self._cases
+
+    def batches(self, first_step: int) -> Iterator[Pair]:
+        """Training batches for steps ``first_step .. steps - 1`` through a DataLoader with ``workers``."""
+        batch = self.train.batch_size
+        sampler = RandStageSampled(self.dataset, self.stage, self.model, self.train.skip_empty_slabs)
+        samples = StepSamples(self.cases(), sampler, self.train.seed, self.stage_index, first_step * batch,
+                              self.train.steps * batch)  # fmt: skip
+        workers = self.train.workers
+        return iter(DataLoader(samples, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate,
+                               persistent_workers=False, prefetch_factor=2 if workers else None))  # fmt: skip
+
+    def validation(self) -> Iterator[Pair]:
+        """Whole-volume ``(x, y)`` pairs of the val split, batched, one case in memory at a time."""
+        for case_id in self.dataset.ids("val"):
+            image, label = open_case(self.dataset, case_id)
+            yield self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model, self.dataset.num_classes)
+
+
+class CaseStream(SequenceBase):
+    """The cases of a split as batched ``(image (1,C,X,Y,Z) float32, label (1,1,X,Y,Z) uint8)`` tensors, each
+    read from disk when indexed, so evaluation holds one case at a time.
+
+    Example:
+        >>> test = CaseStream(PreparedDataset.open(Path("medseg-work/prepared")), "test")  # doctest: +SKIP
+        >>> image, label = test[0]  # doctest: +SKIP
+    """
+
+    def __init__(self, dataset: PreparedDataset, split: str) -> None:
+        self.dataset, self.ids = dataset, dataset.ids(split)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> Pair:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        image, label = open_case(self.dataset, self.ids[index])
+        return as_tensor(image)[None], as_tensor(label)[None]
