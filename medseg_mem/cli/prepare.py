@@ -12,7 +12,9 @@ from typing import Optional
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.names import DEFAULT_PREPARED, READER_NAMES
+from medseg_mem.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
+
+MIN_CASES = 3  # so that the 60/20/20 split leaves validation and test non-empty
 
 
 class SpacingParam(click.ParamType):
@@ -34,6 +36,24 @@ class SpacingParam(click.ParamType):
         if len(numbers) != 3 or not all(n > 0 and n != float("inf") for n in numbers):
             self.fail(f"must be 'median' or three positive numbers in mm like 1,1,1.5; got {value!r}", param, ctx)
         return numbers
+
+
+class ShapeParam(click.ParamType):
+    """Three positive integers ``X,Y,Z`` (voxels), e.g. ``240,240,155``."""
+
+    name = "X,Y,Z"
+
+    def convert(self, value, param, ctx):
+        if value is None or isinstance(value, tuple):
+            return value
+        parts = [p.strip() for p in str(value).split(",")]
+        try:
+            sizes = tuple(int(p) for p in parts)
+        except ValueError:
+            sizes = ()
+        if len(sizes) != 3 or min(sizes) < 1:
+            self.fail(f"must be three positive whole numbers of voxels like 240,240,155; got {value!r}", param, ctx)
+        return sizes
 
 
 @click.command("prepare")
@@ -62,9 +82,36 @@ class SpacingParam(click.ParamType):
 )
 @click.option("--crop-foreground", is_flag=True, help="Crop each case to the bounding box of its nonzero voxels.")
 @click.option(
-    "--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the 60/20/20 split (and of the embedded default task)."
+    "--seed",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Seed of the 60/20/20 split (and of a generated task).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an output folder that holds something else.")
+@click.option(
+    "--synthetic",
+    type=click.Choice(SYNTHETIC_NAMES),
+    default="rods",
+    show_default=True,
+    help="Without TASK_DIR: the generated task to write and prepare: 'rods' (the embedded default) or "
+    "'brats-like' (BraTS-sized 4-channel volumes, for memory/capacity checks).",
+)
+@click.option(
+    "--cases",
+    type=click.IntRange(min=MIN_CASES),
+    default=None,
+    help=f"Without TASK_DIR: number of generated cases, at least {MIN_CASES} so validation and test are not empty. "
+    "Default: 48 (rods), 20 (brats-like).",
+)
+@click.option(
+    "--shape",
+    type=ShapeParam(),
+    default=None,
+    metavar="X,Y,Z",
+    help="Without TASK_DIR: volume shape of the generated task in voxels. Default: 32,32,96 (rods), "
+    "240,240,155 (brats-like).",
+)
 @library_errors
 def prepare(
     task_dir: Optional[Path],
@@ -74,18 +121,30 @@ def prepare(
     crop_foreground: bool,
     seed: int,
     overwrite: bool,
+    synthetic: str,
+    cases: Optional[int],
+    shape,
 ) -> None:
     """Check and preprocess an MSD task folder into a prepared dataset.
 
     TASK_DIR is a Medical Segmentation Decathlon task folder (dataset.json, imagesTr/, labelsTr/). Without it,
-    the embedded default task (two rods told apart only by their length) is written beside the output folder
-    and prepared. Every problem of the task is reported at once; nothing is written until all cases pass.
+    a generated task is written beside the output folder (from --seed, no download) and prepared: the embedded
+    default (two rods told apart only by their length), or with --synthetic brats-like a BraTS-sized capacity
+    task of any number of cases (--cases, --shape) to check that training memory stays flat as a dataset grows.
+    Every problem of the task is reported at once; nothing is written until all cases pass.
 
     \b
     Examples:
       medseg-mem prepare                                  # embedded default -> ./medseg-work/prepared
       medseg-mem prepare ../data/Task04_Hippocampus --out medseg-work/hippocampus --spacing median
+      medseg-mem prepare --synthetic brats-like --cases 40 --out medseg-work/brats40
+      medseg-mem prepare --synthetic brats-like --cases 6 --shape 96,96,64 --out medseg-work/brats-small
     """
+    if task_dir is not None and synthetic != "rods":
+        raise click.UsageError(
+            f"--synthetic {synthetic} generates a task, so it takes no TASK_DIR; got TASK_DIR {str(task_dir)!r}. "
+            "Drop TASK_DIR or --synthetic."
+        )
     from medseg_mem.config import PrepareConfig
     from medseg_mem.data.prepare import prepare as run_prepare
 
@@ -97,6 +156,9 @@ def prepare(
         crop_foreground=crop_foreground,
         seed=seed,
         overwrite=overwrite,
+        synthetic=synthetic,
+        cases=cases,
+        shape=shape,
     )
     summary = run_prepare(config)
     click.echo(summary.line())

@@ -25,7 +25,7 @@ import numpy as np
 
 from medseg_mem import __version__
 from medseg_mem.config import PrepareConfig
-from medseg_mem.data import msd, prepared, transforms
+from medseg_mem.data import capacity, msd, prepared, transforms
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 from medseg_mem.errors import DatasetError, MedsegError
 
@@ -62,9 +62,38 @@ def _shape(shape) -> str:
     return "x".join(str(int(s)) for s in shape)
 
 
-def default_task_dir(out_dir: Path) -> Path:
-    """Where the embedded default task is written: ``<out_dir>.parent / "Task00_SyntheticRods"``."""
-    return Path(out_dir).parent / TASK_FOLDER
+def default_task_dir(out_dir: Path, synthetic: str = "rods") -> Path:
+    """Where a generated task is written: beside ``out_dir``, in that task's own folder.
+
+    Args:
+        out_dir: the prepared output folder.
+        synthetic: ``"rods"`` (the embedded default, ``Task00_SyntheticRods``) or ``"brats-like"``
+            (the capacity task, ``Task90_BratsLike``).
+
+    Returns:
+        ``<out_dir>.parent / <task folder>``.
+
+    Raises:
+        MedsegError: for an unknown ``synthetic`` name.
+    """
+    folders = {"rods": TASK_FOLDER, "brats-like": capacity.TASK_FOLDER}
+    if synthetic not in folders:
+        raise MedsegError(f"--synthetic must be one of {', '.join(folders)}; got {synthetic!r}")
+    return Path(out_dir).parent / folders[synthetic]
+
+
+def _write_generated_task(task_dir: Path, config: PrepareConfig) -> None:
+    """Write the generated task ``config.synthetic`` to ``task_dir`` (``--cases``/``--shape`` or its defaults)."""
+    if config.synthetic == "brats-like":
+        capacity.write_brats_like_task(
+            task_dir,
+            seed=config.seed,
+            n_cases=config.cases or capacity.DEFAULT_CASES,
+            shape=config.shape or capacity.DEFAULT_SHAPE,
+        )
+        return
+    sizes = {"n_cases": config.cases, "shape": config.shape}
+    write_default_task(task_dir, seed=config.seed, **{k: v for k, v in sizes.items() if v is not None})
 
 
 def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
@@ -94,10 +123,10 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
 def _prepare(config: PrepareConfig, progress: bool) -> PrepareSummary:
     start = time.perf_counter()
     out_dir = Path(config.out_dir)
-    task_dir = Path(config.task_dir) if config.task_dir is not None else default_task_dir(out_dir)
+    task_dir = Path(config.task_dir) if config.task_dir is not None else default_task_dir(out_dir, config.synthetic)
     _check_output(task_dir, out_dir, config.overwrite)
     if config.task_dir is None:
-        write_default_task(task_dir, seed=config.seed)
+        _write_generated_task(task_dir, config)
     task = msd.read_task(task_dir)
     settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
     if transforms.needs_survey(settings):
