@@ -17,6 +17,7 @@ from medseg_mem.names import (
     DEVICE_NAMES,
     GUIDANCE_NAMES,
     LOSS_NAMES,
+    LR_SCHEDULE_NAMES,
     PRECISION_NAMES,
     READER_NAMES,
     SYNTHETIC_NAMES,
@@ -113,6 +114,7 @@ class TrainConfig:
         batch_size: samples per step (volumes for whole-volume stages, slabs for slab stages).
         val_every: validate (per-class Dice on the val split) every this many steps; the best checkpoint is kept.
         lr: Adam learning rate (thesis: 3e-4).
+        lr_schedule: ``"constant"`` (thesis) or ``"poly"`` (nnU-Net: ``lr * (1 - step / steps) ** 0.9``).
         loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net; default) or ``"dice"`` (thesis).
         batch_dice: compute Dice over the whole batch instead of per sample (MONAI ``DiceLoss(batch=True)``).
         skip_empty_slabs: slab stages draw slabs that contain foreground (thesis, liver); else any slab.
@@ -130,6 +132,7 @@ class TrainConfig:
     batch_size: int = 2
     val_every: int = 50
     lr: float = 3e-4
+    lr_schedule: str = "constant"
     loss: str = "dice_ce"
     batch_dice: bool = True
     skip_empty_slabs: bool = False
@@ -153,6 +156,8 @@ class TrainConfig:
                 raise OptionError(option, "must be a positive whole number", value)
         if not self.lr > 0:
             raise OptionError("--lr", "must be positive", self.lr)
+        if self.lr_schedule not in LR_SCHEDULE_NAMES:
+            raise OptionError("--lr-schedule", f"must be one of {', '.join(LR_SCHEDULE_NAMES)}", self.lr_schedule)
         if self.loss not in LOSS_NAMES:
             raise OptionError("--loss", f"must be one of {', '.join(LOSS_NAMES)}", self.loss)
         if self.device not in DEVICE_NAMES:

@@ -14,6 +14,8 @@ GUIDANCE_NAMES = ("label", "onehot")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 #: Training precision (autocast dtype); ``fp32`` trains without autocast.
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
+#: Learning-rate schedules: constant, or nnU-Net's polynomial decay ``lr * (1 - step / steps) ** 0.9``.
+LR_SCHEDULE_NAMES = ("constant", "poly")
 #: Generated tasks ``prepare --synthetic`` writes: the embedded default, and a BraTS-sized capacity task.
 SYNTHETIC_NAMES = ("rods", "brats-like")
 

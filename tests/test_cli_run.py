@@ -35,6 +35,29 @@ def test_bad_channels():
     assert result.exit_code == 2 and "--channels" in result.output
 
 
+@pytest.mark.parametrize(
+    "option,value",
+    [("--cache", "lots"), ("--cache", "-1GB"), ("--workers", "-1"), ("--precision", "fp8"), ("--workers", "two")],
+)
+def test_bad_loader_and_precision_options(option, value):
+    result = invoke(option, value)
+    assert result.exit_code == 2 and option in result.output and "Traceback" not in result.output
+    assert len(error_lines(result)) == 1
+
+
+def test_prepared_folder_of_the_old_format_says_to_prepare_again(tmp_path, prepared_default):
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(prepared_default, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps({**manifest, "format": "medseg-mem-prepared/1"}))
+    result = invoke("--data", str(old), "--results", str(tmp_path / "r.csv"), *TINY)
+    assert result.exit_code == 1 and "older medseg-mem" in result.output and "medseg-mem prepare" in result.output
+    assert len(error_lines(result)) == 1 and "Traceback" not in result.output
+
+
 def test_missing_prepared_folder_names_it_and_the_fix(tmp_path):
     result = invoke("--data", str(tmp_path / "nowhere"), "--results", str(tmp_path / "r.csv"))
     assert result.exit_code == 1
@@ -65,8 +88,18 @@ def test_tiny_run_of_all_variants_appends_rows_and_resumes(tmp_path, prepared_de
     assert len(table) == 3 * 2 and set(table.class_name) == {"long_rod", "short_rod"}
     assert table.dice.between(0, 1).all() and (table.peak_memory_bytes > 0).all()
     assert table.memory_method.str.len().gt(0).all() and (table.device == "cpu").all()
+    assert (table.precision == "fp32").all() and (~table.checkpointing).all()
     run_id = table.run_id[table.variant == "cascade"].iloc[0]
     assert (runs / run_id / "stage1" / "best.pt").is_file() and (runs / run_id / "stage2" / "best.pt").is_file()
     again = invoke("--resume", run_id, *args[:-2], "--runs", str(runs), "--quiet")
     assert again.exit_code == 0, again.output
     assert len(pd.read_csv(results)) == 3 * 2 + 2
+
+
+def test_memory_levers_reach_the_csv(tmp_path, prepared_default):
+    results = tmp_path / "results.csv"
+    args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(tmp_path / "runs")]
+    result = invoke("--variant", "patch", *args, *TINY, "--precision", "bf16", "--checkpointing", "--cache", "0")
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(results)
+    assert (table.precision == "bf16").all() and table.checkpointing.all()

@@ -35,6 +35,7 @@ def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Di
             "checkpointing": job.train.checkpointing,
             "batch_size": job.train.batch_size,
             "lr": job.train.lr,
+            "lr_schedule": job.train.lr_schedule,
             "loss": job.train.loss,
         },
         "meta": job.meta,

@@ -26,7 +26,7 @@ from medseg_mem.models.build import build_network
 from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
-from medseg_mem.training.step import train_step
+from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
 from medseg_mem.variants.base import Stage
 
 
@@ -90,6 +90,7 @@ def train_stage(job: StageJob, progress: bool = True) -> StageOutcome:
     bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}", disable=not progress)
     started, net = time.perf_counter() - state["train_seconds"], net.train()
     for x, y in job.data.batches(step):
+        set_learning_rate(optimizer, learning_rate(job.train.lr, job.train.lr_schedule, step, job.train.steps))
         loss = train_step(net, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
         step += 1
         bar.update(1)

@@ -1,4 +1,4 @@
-"""One optimisation step, shared by the training loop, the memory benchmark and the planner's checks."""
+"""One optimisation step and its learning rate, shared by the training loop and the memory benchmark."""
 
 from __future__ import annotations
 
@@ -7,6 +7,25 @@ from typing import Optional
 import torch
 
 from medseg_mem.training.precision import autocast
+
+POLY_EXPONENT = 0.9
+
+
+def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
+    """The learning rate of step ``step`` (0-based) of ``steps``: ``base``, or nnU-Net's polynomial decay.
+
+    Example:
+        >>> learning_rate(1e-2, "poly", 0, 100), round(learning_rate(1e-2, "poly", 50, 100), 5)
+        (0.01, 0.00536)
+    """
+    if schedule == "constant":
+        return base
+    return base * (1 - step / steps) ** POLY_EXPONENT
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def train_step(
