@@ -1,4 +1,5 @@
-"""``medseg-mem plan`` through click: the table, ``--json``, and one-line errors for bad options."""
+"""``medseg-mem plan`` through click: the table, ``--json``, the training levers, ``--data``, and one-line errors
+for bad options."""
 
 import json
 import subprocess
@@ -15,8 +16,9 @@ TINY = ["--channels", "4,8,16"]
 
 @pytest.fixture
 def calibration_file(tmp_path):
-    """A tiny explicit calibration for the tiny widths, so no test measures anything."""
+    """Tiny explicit calibrations for the tiny widths (inference, bf16 training), so no test measures anything."""
     key = calibration_key("cpu", (4, 8, 16))
+    save_calibration(tmp_path / "cal.json", Calibration(1.3, 40_000_000, key + "|training-bf16-checkpointing"))
     return str(save_calibration(tmp_path / "cal.json", Calibration(1.1, 50_000_000, key)))
 
 
@@ -63,6 +65,9 @@ def test_liver_like_full_does_not_fit(tmp_path):
         (["--budget", "-1GB"], "--budget"),
         (["--slab", "0"], "--slab"),
         (["--variant", "ful"], "--variant"),
+        (["--cache", "lots"], "--cache"),
+        (["--workers", "-1"], "--workers"),
+        (["--precision", "fp8"], "--precision"),
     ],
 )
 def test_bad_options_give_one_line_errors(args, option):
@@ -77,3 +82,129 @@ def test_bad_options_give_one_line_errors(args, option):
 def test_importing_the_command_does_not_import_torch():
     code = "import sys, medseg_mem.cli.plan; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+# Training levers, --data -------------------------------------------------------------------------------------
+
+NO_CAL = ["--no-calibrate"]
+
+
+def plan_json(*args):
+    """``plan --json`` rows keyed by variant (stdout only: notices go to stderr)."""
+    result = plan(*args, "--json", "--budget", "8GB", *NO_CAL, *TINY)
+    assert result.exit_code == 0, result.output
+    return {row["variant"]: row for row in json.loads(result.stdout)}
+
+
+def training(*args, shape="2,64,64,48"):
+    return plan_json("--shape", shape, "--classes", "3", "--mode", "training", "--variant", "full",
+                     "--calibration", "none.json", *args)["full"]  # fmt: skip
+
+
+def test_training_levers_change_the_plan(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    fp32, bf16 = training(), training("--precision", "bf16")
+    assert bf16["predicted_bytes"] < fp32["predicted_bytes"] and bf16["precision"] == "bf16"
+    checkpointed = training("--checkpointing")
+    assert checkpointed["predicted_bytes"] < fp32["predicted_bytes"] and checkpointed["checkpointing"] is True
+    assert training("--no-checkpointing") == fp32
+    assert training("--batch", "2")["predicted_bytes"] > fp32["predicted_bytes"]
+
+
+def test_host_bytes_grow_with_workers_and_cache(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    base = training("--cache", "0")
+    workers, cache = training("--cache", "0", "--workers", "2"), training("--cache", "1GB")
+    sample = 64 * 64 * 48 * (2 * 4 + 1)  # float32 image (2 channels) + uint8 label
+    assert base["host_bytes"] == sample and workers["host_bytes"] == 4 * sample
+    assert cache["host_bytes"] == sample + 10**9 and training()["host_bytes"] == sample + 2**30  # default 1 GiB
+    assert cache["predicted_bytes"] - base["predicted_bytes"] == 10**9  # CPU: host memory shares the budget
+
+
+def test_training_table_has_a_host_column(calibration_file):
+    result = plan("--shape", "1,64,64,48", "--classes", "3", "--mode", "training", "--precision", "bf16",
+                  "--checkpointing", "--budget", "8GB", "--calibration", calibration_file, *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("training (bf16, checkpointing, batch 1) peak memory")
+    assert lines[1].split() == ["variant", "predicted", "host", "budget", "fits"]
+    assert lines[2].split()[0] == "full" and "included in predicted" in lines[5]
+    assert lines[-1].endswith("|4-8-16|training-bf16-checkpointing")
+
+
+def test_training_options_in_inference_mode_give_a_notice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = plan("--shape", "1,64,64,48", "--classes", "3", "--precision", "bf16", "--workers", "2",
+                  "--variant", "full", *NO_CAL, *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    notice = [line for line in result.stderr.splitlines() if line.strip()]
+    assert notice == ["note: --precision, --workers only apply to --mode training; ignored for inference"]
+    assert "--precision" not in plan("--shape", "1,64,64,48", "--classes", "3", "--variant", "full",
+                                     *NO_CAL, *TINY).stderr  # fmt: skip
+
+
+def write_prepared(root, shapes, channels=2, classes=("background", "left", "right")):
+    """A hand-written prepared folder: manifest.json and split.json only (the planner reads no case file)."""
+    from medseg_mem.data.prepared import FORMAT
+
+    root.mkdir(parents=True)
+    cases = [{"id": f"case_{i}", "prepared_shape": list(shape)} for i, shape in enumerate(shapes)]
+    manifest = dict(format=FORMAT, name="Tiny", source=str(root), class_names=list(classes),
+                    modalities=["MRI"] * channels, in_channels=channels, preprocessing={}, cases=cases)  # fmt: skip
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    ids = [case["id"] for case in cases]
+    (root / "split.json").write_text(json.dumps({"seed": 0, "train": ids[:-2], "val": ids[-2:-1], "test": ids[-1:]}))
+    return str(root)
+
+
+def test_data_takes_the_largest_case_and_the_classes(tmp_path):
+    data = write_prepared(tmp_path / "few", [(40, 40, 30), (64, 48, 40), (60, 60, 20), (30, 30, 30)])
+    from_data = plan_json("--data", data, "--mode", "training", "--calibration", str(tmp_path / "c.json"))
+    explicit = plan_json("--shape", "2,64,48,40", "--classes", "3", "--mode", "training",
+                         "--calibration", str(tmp_path / "c.json"))  # fmt: skip
+    assert from_data == explicit
+    result = plan("--data", data, "--variant", "full", "--budget", "8GB", *NO_CAL, *TINY,
+                  "--calibration", str(tmp_path / "c.json"))  # fmt: skip
+    assert result.exit_code == 0 and "image 2x64x48x40, 3 classes" in result.output.splitlines()[0]
+
+
+def test_host_bytes_do_not_grow_with_the_number_of_cases(tmp_path):
+    few = write_prepared(tmp_path / "few", [(64, 48, 40)] * 3)
+    many = write_prepared(tmp_path / "many", [(64, 48, 40)] * 30 + [(20, 20, 20)] * 10)
+    rows = [plan_json("--data", d, "--mode", "training", "--workers", "3", "--calibration", str(tmp_path / "c.json"))
+            for d in (few, many)]  # fmt: skip
+    assert rows[0] == rows[1] and rows[0]["full"]["host_bytes"] > 2**30
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["--classes", "3"], ("--shape", "--data")),
+        ([], ("--shape", "--classes", "--data")),
+        (["--data", "somewhere", "--shape", "1,64,64,48"], ("--data", "--shape")),
+        (["--data", "somewhere", "--classes", "3"], ("--data", "--classes")),
+    ],
+)
+def test_shape_or_data_usage_errors(args, named):
+    result = plan(*args, *NO_CAL)
+    assert result.exit_code == 2
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and all(option in errors[0] for option in named)
+
+
+@pytest.mark.parametrize("break_it", ["missing", "no_manifest", "bad_shape"])
+def test_malformed_data_gives_one_line_error(tmp_path, break_it):
+    root = tmp_path / "prepared"
+    if break_it != "missing":
+        write_prepared(root, [(64, 48, 40), (32, 32, 32), (16, 16, 16)])
+    if break_it == "no_manifest":
+        (root / "manifest.json").unlink()
+    if break_it == "bad_shape":
+        manifest = json.loads((root / "manifest.json").read_text())
+        manifest["cases"][1]["prepared_shape"] = [32, 32]
+        (root / "manifest.json").write_text(json.dumps(manifest))
+    result = plan("--data", str(root), *NO_CAL)
+    assert result.exit_code == 1
+    errors = [line for line in result.output.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("Error: ") and str(root) in errors[0]
+    assert "case_1" in errors[0] if break_it == "bad_shape" else "prepare" in errors[0]

@@ -56,3 +56,43 @@ def cuda_setup(n_bytes):
         return torch.ones(n_bytes // 4, device="cuda")
 
     return run
+
+
+def backward_setup(n_bytes):
+    """A training-like step: ``n_bytes`` of weights, a temporary of the same size, then their gradient."""
+    weights = torch.ones(n_bytes // 4, requires_grad=True)
+
+    def run():
+        (weights * 2).sum().backward()  # needs autograd: under inference mode there is no graph to go back through
+
+    return run
+
+
+def test_grad_measures_a_backward_pass():
+    reading = measure_peak(backward_setup, (40_000_000,), "cpu", grad=True)
+    # resident weights + the temporary (freed before the backward pass) or the gradient: ~80 MB
+    assert 75_000_000 <= reading.peak_bytes <= 100_000_000
+    with pytest.raises(MeasurementError, match="does not require grad"):
+        measure_peak(backward_setup, (40_000_000,), "cpu")  # default: inference mode, as before
+
+
+def test_grad_must_be_a_bool():
+    with pytest.raises(OptionError, match="grad must be True"):
+        measure_peak(allocate_setup, (10,), "cpu", grad="yes")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_grad_reading():
+    reading = measure_peak(cuda_backward_setup, (100_000_000,), "cuda", grad=True)
+    assert 200_000_000 <= reading.peak_bytes <= 220_000_000
+    with pytest.raises(MeasurementError):
+        measure_peak(cuda_backward_setup, (100_000_000,), "cuda")
+
+
+def cuda_backward_setup(n_bytes):
+    weights = torch.ones(n_bytes // 4, device="cuda", requires_grad=True)
+
+    def run():
+        (weights * 2).sum().backward()
+
+    return run

@@ -1,20 +1,25 @@
-"""Planner: structural live-set tracing, calibration, and predictions that follow the network's structure."""
+"""Planner: structural live-set tracing, calibration, predictions that follow the network's structure, and the
+training-memory levers (precision, checkpointing, batch, the loader's host memory)."""
 
 import pytest
 import torch
+from monai.losses import DiceCELoss
 
 from medseg_mem.config import ModelConfig
 from medseg_mem.errors import OptionError
 from medseg_mem.memory.calibration import (
     Calibration,
     calibrate,
+    calibrate_training,
+    calibration_key,
     fit,
     load_calibration,
     save_calibration,
     traced_network_bytes,
+    training_setup,
 )
 from medseg_mem.memory.measure import measure_peak
-from medseg_mem.memory.planner import plan_variant
+from medseg_mem.memory.planner import loader_host_bytes, plan_variant
 from medseg_mem.memory.trace import LiveSetTracer
 from medseg_mem.memory.units import format_bytes, parse_bytes
 
@@ -139,3 +144,111 @@ def test_parse_bytes_rejects(text):
 
 def test_format_bytes():
     assert format_bytes(21.5e9) == "21.5 GB" and format_bytes(512) == "512 B"
+
+
+# Training memory: the levers -----------------------------------------------------------------------------------
+
+def training_plan(shape=(2, 64, 64, 48), **levers):
+    """A tiny-width training plan of the full variant, without the loader's cache unless asked."""
+    options = dict(mode="training", cache_bytes=0)
+    options.update(levers)
+    return plan_variant("full", shape, 3, TINY, **options)
+
+
+def step_bytes(plan):
+    """The training step alone: the prediction without the loader's host memory."""
+    return plan.predicted_bytes - (plan.host_bytes if plan.mode == "training" else 0)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_needs_less(precision):
+    fp32, half = training_plan(), training_plan(precision=precision)
+    assert half.precision == precision and half.resident_bytes >= fp32.resident_bytes  # master weights stay fp32
+    assert half.traced_bytes < 0.75 * fp32.traced_bytes and half.predicted_bytes < fp32.predicted_bytes
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpointing_needs_less(precision):
+    plain, checkpointed = training_plan(precision=precision), training_plan(precision=precision, checkpointing=True)
+    assert checkpointed.checkpointing and not plain.checkpointing
+    assert checkpointed.traced_bytes < 0.8 * plain.traced_bytes
+
+
+def test_bigger_batch_needs_more():
+    one, two = training_plan(batch=1), training_plan(batch=2)
+    assert step_bytes(two) > 1.5 * step_bytes(one) - one.resident_bytes and two.host_bytes == 2 * one.host_bytes
+
+
+def test_host_bytes_follow_workers_and_cache():
+    sample = 2 * 64 * 64 * 48 * 4 + 64 * 64 * 48  # float32 image + uint8 label
+    hosts = [training_plan(workers=w, cache_bytes=c).host_bytes for w, c in ((0, 0), (1, 0), (3, 0), (3, 10**9))]
+    assert hosts == [sample, 2 * sample, 6 * sample, 6 * sample + 10**9]
+    assert loader_host_bytes((2, 64, 64, 48), batch=2, workers=0, cache_bytes=5) == 2 * sample + 5
+
+
+def test_host_bytes_share_the_budget_on_cpu_only():
+    cpu, cuda = (training_plan(workers=2, cache_bytes=10**9, device=d) for d in ("cpu", "cuda"))
+    assert cpu.host_bytes == cuda.host_bytes > 10**9
+    assert cpu.predicted_bytes - cpu.host_bytes == cuda.predicted_bytes - 0
+    budget = cuda.predicted_bytes + 1
+    assert plan_variant("full", (2, 64, 64, 48), 3, TINY, mode="training", workers=2, cache_bytes=10**9,
+                        device="cuda", budget_bytes=budget).fits  # fmt: skip
+    assert not plan_variant("full", (2, 64, 64, 48), 3, TINY, mode="training", workers=2, cache_bytes=10**9,
+                            device="cpu", budget_bytes=budget).fits  # fmt: skip
+
+
+def test_inference_plans_have_no_host_bytes():
+    plan = plan_variant("full", (2, 64, 64, 48), 3, TINY, workers=4, cache_bytes=10**9)
+    assert plan.host_bytes == 0 and plan.precision == "fp32" and "host_bytes" in plan.to_dict()
+
+
+def real_autocast_peak(shape, checkpointing):
+    """Structural peak of a real bf16 CPU ``train_step`` (no optimizer), counted by the planner's tracer."""
+    from medseg_mem.models.unet import UNet3D
+    from medseg_mem.training.step import train_step
+
+    class NoOptimizer:
+        def zero_grad(self, set_to_none=True):
+            pass
+
+        def step(self):
+            pass
+
+    torch.manual_seed(0)
+    net = UNet3D(shape[0], 3, TINY.channels, checkpointing=checkpointing).train()
+    image, label = torch.randn((1, *shape)), torch.randint(0, 3, (1, 1, *shape[1:]), dtype=torch.uint8)
+    with LiveSetTracer([image, label, *net.parameters(), *net.buffers()], all_inside=True) as tracer:
+        train_step(net, NoOptimizer(), DiceCELoss(to_onehot_y=True, softmax=True, batch=True), image, label, "bf16")
+    return tracer.trace.peak()
+
+
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_half_precision_trace_follows_cpu_autocast(checkpointing):
+    """The meta emulation of autocast (half weights and activations, fp32 master gradients, CPU's fp32 max-pool,
+    fp32 padded input) counts what real bf16 autocast allocates on CPU."""
+    shape = (2, 48, 48, 40)
+    half, fp32 = training_plan(shape, precision="bf16", checkpointing=checkpointing), training_plan(shape)
+    planned = half.traced_bytes + half.resident_bytes - fp32.resident_bytes  # + autocast's weight copies
+    assert planned == pytest.approx(real_autocast_peak(shape, checkpointing), rel=0.01)
+
+
+def test_training_agrees_with_a_measured_step():
+    """A training calibration fitted on two cubes predicts a third size's measured bf16+checkpointing step."""
+    channels = (8, 16, 32)
+    calibration = calibrate_training(channels, "cpu", "bf16", True, shapes=[(1, 1, 32, 32, 32), (1, 1, 64, 64, 64)])
+    assert calibration.key == calibration_key("cpu", channels, "training", "bf16", True)
+    assert calibration.key.endswith("|8-16-32|training-bf16-checkpointing")
+    shape = (2, 80, 64, 48)  # uncalibrated, the tiny network's step is 55 % above the structural count
+    planned = plan_variant("full", shape, 3, ModelConfig(channels=channels), mode="training", precision="bf16",
+                           checkpointing=True, cache_bytes=0, calibration=calibration)  # fmt: skip
+    measured = measure_peak(training_setup, ((1, *shape), 3, channels, "cpu", "bf16", True), "cpu", grad=True)
+    assert abs(step_bytes(planned) - measured.peak_bytes) / measured.peak_bytes < 0.15
+
+
+def test_bad_training_levers():
+    with pytest.raises(OptionError, match="--precision must be one of fp32, bf16, fp16; got 'fp8'"):
+        training_plan(precision="fp8")
+    with pytest.raises(OptionError, match="--workers must be a whole number >= 0"):
+        training_plan(workers=-1)
+    with pytest.raises(OptionError, match="--cache must be a size >= 0"):
+        training_plan(cache_bytes=-5)

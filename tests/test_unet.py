@@ -1,8 +1,12 @@
-"""The spec U-Net: output shapes for odd sizes, structure, padding never resizes."""
+"""The spec U-Net: output shapes for odd sizes, structure, padding never resizes, exact activation checkpointing."""
+
+import copy
 
 import pytest
 import torch
+from monai.losses import DiceCELoss
 
+from medseg_mem.models import unet
 from medseg_mem.models.unet import SPEC_CHANNELS, UNet3D, pad_amounts
 
 
@@ -44,3 +48,95 @@ def test_padding_does_not_leak_into_cropped_region_shape():
 def test_bad_channels_are_refused(channels):
     with pytest.raises(ValueError, match="channels"):
         UNet3D(1, 2, channels=channels)
+
+
+# Activation checkpointing ------------------------------------------------------------------------------------------
+
+CKPT_WIDTHS = (4, 8, 16)
+
+
+def twin_networks(seed=0):
+    """The same random weights twice: plain and checkpointed, both in training mode."""
+    torch.manual_seed(seed)
+    plain = UNet3D(2, 3, channels=CKPT_WIDTHS).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.checkpointing = True
+    return plain, checkpointed
+
+
+def one_step(net, x, y, precision):
+    """Forward (under bf16 autocast when asked), Dice+CE loss on float32 logits, backward."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        out = net(x)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)(out.float(), y)
+    loss.backward()
+    return out, loss
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_checkpointing_is_bit_identical(precision):
+    """Output, loss, every gradient and the BatchNorm statistics (updated once, not twice) are equal."""
+    plain, checkpointed = twin_networks()
+    x, y = torch.randn(2, 2, 12, 13, 10), torch.randint(0, 3, (2, 1, 12, 13, 10))  # odd sizes: padded, cropped
+    (out_a, loss_a), (out_b, loss_b) = one_step(plain, x, y, precision), one_step(checkpointed, x, y, precision)
+    assert torch.equal(out_a, out_b) and torch.equal(loss_a, loss_b)
+    for (name, a), b in zip(plain.named_parameters(), checkpointed.parameters()):
+        assert torch.equal(a.grad, b.grad), name
+    for (name, a), b in zip(plain.named_buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b), name
+    assert int(checkpointed.encoders[0][1].num_batches_tracked) == 1
+    assert all(m.momentum == 0.1 for m in checkpointed.modules() if isinstance(m, torch.nn.BatchNorm3d))
+
+
+def test_checkpointing_runs_each_level_only_when_training_with_grad(monkeypatch):
+    calls = []
+    real = unet.checkpoint
+    monkeypatch.setattr(unet, "checkpoint", lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs))
+    plain, checkpointed = twin_networks()
+    x = torch.randn(1, 2, 8, 8, 8)
+    checkpointed(x).sum().backward()
+    assert len(calls) == 2 * len(CKPT_WIDTHS) - 1  # every encoder level and every decoder step
+    plain(x).sum().backward()
+    calls.clear()
+    with torch.no_grad():
+        assert torch.equal(plain(x), checkpointed(x))  # training mode without autograd: plain forward
+    plain.eval(), checkpointed.eval()
+    assert torch.equal(plain(x), checkpointed(x))
+    assert calls == []
+    for a, b in zip(plain.buffers(), checkpointed.buffers()):
+        assert torch.equal(a, b)
+
+
+def test_frozen_running_stats_restores_momentum_and_counter():
+    block = unet.double_conv(1, 2)
+    with unet.frozen_running_stats(block):
+        block(torch.randn(2, 1, 4, 4, 4))
+        assert block[1].momentum == 0.0
+    assert block[1].momentum == 0.1 and int(block[1].num_batches_tracked) == 0
+    assert torch.equal(block[1].running_mean, torch.zeros(2)) and torch.equal(block[1].running_var, torch.ones(2))
+
+
+def traced_step_peak(checkpointing, device="meta"):
+    """Peak live bytes of a training step's forward, loss and backward, counted by the planner's tracer."""
+    from medseg_mem.memory.trace import LiveSetTracer
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        net = UNet3D(2, 3, channels=(8, 16, 32), checkpointing=checkpointing).train()
+        x, y = torch.zeros(1, 2, 32, 32, 32), torch.zeros(1, 1, 32, 32, 32, dtype=torch.long)
+    with LiveSetTracer([x, y, *net.parameters(), *net.buffers()], all_inside=True) as tracer:
+        DiceCELoss(to_onehot_y=True, softmax=True)(net(x), y).backward()
+    gradients = sum(p.numel() * p.element_size() for p in net.parameters())
+    return tracer.trace.peak(), tracer.trace.inside[-1] - gradients
+
+
+def test_checkpointing_lowers_the_traced_training_peak():
+    plain, plain_left = traced_step_peak(False)
+    checkpointed, checkpointed_left = traced_step_peak(True)
+    assert checkpointed < 0.75 * plain
+    assert plain_left <= 8 and checkpointed_left <= 8  # only the gradients (and the scalar loss) outlive the step
+
+
+def test_meta_trace_of_the_recomputation_matches_a_real_run():
+    """The tracer sees the backward-pass recomputation on ``meta`` exactly as on real CPU tensors."""
+    assert traced_step_peak(True, "meta") == traced_step_peak(True, "cpu")

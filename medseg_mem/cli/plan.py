@@ -1,5 +1,8 @@
 """``medseg-mem plan``: predict each variant's peak memory for an image size and say which fit a budget.
 
+The image size comes from ``--shape``/``--classes`` or from a prepared dataset (``--data``: its channels, its
+largest case and its classes). ``--mode training`` plans one training step with the memory levers of
+``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--batch``, and the loader's ``--workers``/``--cache``.
 Only click and torch-free modules are imported here; the planner (and torch) load inside the command.
 """
 
@@ -12,16 +15,21 @@ from typing import Optional, Tuple
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.cli.run import parse_channels, parse_variants
-from medseg_mem.errors import OptionError
+from medseg_mem.cli.run import parse_cache, parse_channels, parse_variants
+from medseg_mem.config import TrainConfig
+from medseg_mem.errors import DatasetError, OptionError
 from medseg_mem.memory.units import format_bytes, parse_bytes
-from medseg_mem.names import DEFAULT_WORKDIR, GUIDANCE_NAMES
+from medseg_mem.names import DEFAULT_WORKDIR, GUIDANCE_NAMES, PRECISION_NAMES
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
+DEFAULT_CACHE = TrainConfig.cache_bytes
+TRAINING_OPTIONS = ("--precision", "--checkpointing", "--workers", "--cache")
 
 
-def parse_shape(ctx, param, value: str) -> Tuple[int, int, int, int]:
-    """``4,240,240,155`` -> ``(C, X, Y, Z)``, four positive integers."""
+def parse_shape(ctx, param, value: Optional[str]) -> Optional[Tuple[int, int, int, int]]:
+    """``4,240,240,155`` -> ``(C, X, Y, Z)``, four positive integers (``None`` when not given)."""
+    if value is None:
+        return None
     try:
         shape = tuple(int(part) for part in value.split(","))
     except ValueError:
@@ -41,20 +49,86 @@ def parse_budget(ctx, param, value: Optional[str]) -> Optional[int]:
         raise click.BadParameter(str(error).replace("--budget ", "", 1)) from error
 
 
-def render_table(plans, header: str) -> str:
-    """A plain-text table: variant, predicted, budget, fits."""
-    lines = [header, f"{'variant':<9} {'predicted':>11} {'budget':>11}  fits"]
+def render_table(plans, header: str, device: str = "cpu") -> str:
+    """A plain-text table: variant, predicted, budget, fits; training plans add the loader's host memory."""
+    training = any(plan.mode == "training" for plan in plans)
+    host = f" {'host':>11}" if training else ""
+    lines = [header, f"{'variant':<9} {'predicted':>11}{host} {'budget':>11}  fits"]
     for plan in plans:
         fits = "yes" if plan.fits else "NO"
-        lines.append(
-            f"{plan.variant:<9} {format_bytes(plan.predicted_bytes):>11} {format_bytes(plan.budget_bytes):>11}  {fits}"
-        )
+        host = f" {format_bytes(plan.host_bytes):>11}" if training else ""
+        predicted, budget = format_bytes(plan.predicted_bytes), format_bytes(plan.budget_bytes)
+        lines.append(f"{plan.variant:<9} {predicted:>11}{host} {budget:>11}  {fits}")
+    if training:
+        lines.append(HOST_NOTES["cuda" if device.startswith("cuda") else "cpu"])
     return "\n".join(lines)
 
 
+HOST_NOTES = {
+    "cpu": "host: the loader's RAM (cache + samples in flight), included in predicted (same memory on a CPU)",
+    "cuda": "host: the loader's RAM (cache + samples in flight), beside predicted (GPU memory)",
+}
+
+
+def shape_from_data(root: Path) -> Tuple[Tuple[int, int, int, int], int]:
+    """``((C, X, Y, Z), classes)`` of a prepared dataset: its channels, its largest case by voxels, its classes.
+
+    Raises:
+        DatasetError: when the folder is not a prepared dataset or a case has no valid ``prepared_shape``.
+    """
+    from medseg_mem.data.prepared import PreparedDataset
+
+    data = PreparedDataset.open(root)
+    sizes = [_prepared_size(case, root) for case in data.manifest["cases"]]
+    if not sizes:
+        raise DatasetError(["manifest.json lists no cases; run `medseg-mem prepare` first"], where=str(root))
+    largest = max(sizes, key=lambda size: size[0] * size[1] * size[2])
+    return (data.in_channels, *largest), data.num_classes
+
+
+def _prepared_size(case: dict, root: Path) -> Tuple[int, int, int]:
+    """A case's ``prepared_shape`` ``[X, Y, Z]`` as three positive integers, or a DatasetError naming the case."""
+    size = case.get("prepared_shape")
+    if not isinstance(size, list) or len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
+        problem = f"manifest.json: case {case.get('id')!r} has prepared_shape {size!r}, expected [X, Y, Z] > 0"
+        raise DatasetError([problem + "; run `medseg-mem prepare` again"], where=str(root))
+    return tuple(size)
+
+
+def image_size(shape, classes, data) -> Tuple[Tuple[int, int, int, int], int]:
+    """The ``(shape, classes)`` to plan for: from ``--data``, or from ``--shape`` and ``--classes``.
+
+    Raises:
+        click.UsageError: for neither or both ways, or ``--shape`` without ``--classes`` (and the reverse).
+    """
+    given = [name for name, value in (("--shape", shape), ("--classes", classes)) if value is not None]
+    if data is not None and given:
+        raise click.UsageError(f"--data takes the shape and classes from the dataset; drop {' and '.join(given)}")
+    if data is not None:
+        return shape_from_data(data)
+    if len(given) < 2:
+        missing = " and ".join(name for name in ("--shape", "--classes") if name not in given)
+        raise click.UsageError(f"give --shape and --classes, or --data PREPARED (missing {missing})")
+    return shape, classes
+
+
+def training_levers(mode: str, precision: str, checkpointing: bool, workers: int, cache: Optional[int]) -> dict:
+    """The planner's training options; in inference mode none, with a one-line notice on stderr if any was set."""
+    if mode == "training":
+        cache_bytes = DEFAULT_CACHE if cache is None else cache
+        return dict(precision=precision, checkpointing=checkpointing, workers=workers, cache_bytes=cache_bytes)
+    changed = (precision != "fp32", checkpointing, workers != 0, cache is not None)
+    ignored = [name for name, given in zip(TRAINING_OPTIONS, changed) if given]
+    if ignored:
+        click.echo(f"note: {', '.join(ignored)} only apply to --mode training; ignored for inference", err=True)
+    return {}
+
+
 @click.command()
-@click.option("--shape", required=True, callback=parse_shape, help="Image shape C,X,Y,Z, e.g. 4,240,240,155.")
-@click.option("--classes", required=True, type=click.IntRange(min=2), help="Output classes, background included.")
+@click.option("--shape", callback=parse_shape, help="Image shape C,X,Y,Z, e.g. 4,240,240,155 (or use --data).")
+@click.option("--classes", type=click.IntRange(min=2), help="Output classes, background included (or use --data).")
+@click.option("--data", type=click.Path(path_type=Path),
+              help="A prepared dataset: plan for its channels, its largest case and its classes.")
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="full, patch, cascade or all (repeat or comma-separate). Default: all.")
 @click.option("--budget", callback=parse_budget,
@@ -67,6 +141,14 @@ def render_table(plans, header: str) -> str:
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
               help="Images per inference, or samples per training step.")
 @click.option("--mode", type=click.Choice(("inference", "training")), default="inference", show_default=True)
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
+              help="Training: autocast dtype of the forward pass (weights, gradients and Adam stay float32).")
+@click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
+              help="Training: recompute each U-Net level in the backward pass instead of storing its activations.")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Training: DataLoader worker processes (host memory: samples in flight).")
+@click.option("--cache", callback=parse_cache,
+              help="Training: host memory for cached cases, e.g. 4GB or 0. Default: 1 GiB (as `medseg-mem run`).")
 @click.option("--channels", callback=parse_channels, default="32,64,128,256,512", show_default=True,
               help="U-Net widths, one per level.")
 @click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
@@ -74,33 +156,45 @@ def render_table(plans, header: str) -> str:
 @click.option("--calibration", "calibration_path", type=click.Path(path_type=Path), default=CALIBRATION_FILE,
               show_default=True, help="Calibration cache (JSON); measured and written when this device is missing.")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
-              help="Measure a calibration when the cache has none (about 30 s); else use the raw structural count.")
+              help="Measure a calibration when the cache has none (inference: about 30 s; training: 1.5-2.5 min per "
+                   "precision and checkpointing setting on 2 CPU cores); else use the raw structural count.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per variant.")
 @library_errors
-def plan(shape, classes, variants, budget, slab, downsample, guidance, batch, mode, channels, device,
-         calibration_path, calibrate, as_json) -> None:  # fmt: skip
+def plan(shape, classes, data, variants, budget, slab, downsample, guidance, batch, mode, precision, checkpointing,
+         workers, cache, channels, device, calibration_path, calibrate, as_json) -> None:  # fmt: skip
     """Predict the peak memory of each variant before allocating anything large.
 
-    Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``.
+    Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``, or
+    ``medseg-mem plan --data medseg-work/prepared --mode training --precision bf16 --checkpointing``.
     """
     from medseg_mem.config import ModelConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import default_budget, plan_variants
     from medseg_mem.variants import resolve_variants
 
+    shape, classes = image_size(shape, classes, data)
+    levers = training_levers(mode, precision, checkpointing, workers, cache)
     budget_source = "--budget"
     if budget is None:
         budget, budget_source = default_budget(device)
     model = ModelConfig(channels=channels, slab_size=slab, downsample=downsample, guidance=guidance)
-    calibration = cached_calibration(calibration_path, channels, device, calibrate, lambda m: click.echo(m, err=True))
+    calibration = cached_calibration(calibration_path, channels, device, calibrate, lambda m: click.echo(m, err=True),
+                                     mode=mode, precision=precision, checkpointing=checkpointing)  # fmt: skip
     plans = plan_variants(
         resolve_variants(list(variants)), shape, classes, model=model, batch=batch, mode=mode,
-        calibration=calibration, budget_bytes=budget,
+        calibration=calibration, budget_bytes=budget, device=device, **levers,
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps([{**p.to_dict(), "budget_source": budget_source, "device": device} for p in plans]))
         return
-    size = "x".join(str(s) for s in shape)
-    header = f"{mode} peak memory, image {size}, {classes} classes, budget {format_bytes(budget)} ({budget_source})"
-    click.echo(render_table(plans, header))
+    click.echo(render_table(plans, header_line(plans, shape, classes, budget, budget_source, batch), device))
     click.echo(f"calibration: {calibration.key}")
+
+
+def header_line(plans, shape, classes, budget: int, budget_source: str, batch: int) -> str:
+    """First line of the table: mode (with the training levers), image, classes and budget."""
+    mode, size = plans[0].mode, "x".join(str(s) for s in shape)
+    if mode == "training":
+        recompute = "checkpointing" if plans[0].checkpointing else "no checkpointing"
+        mode = f"training ({plans[0].precision}, {recompute}, batch {batch})"
+    return f"{mode} peak memory, image {size}, {classes} classes, budget {format_bytes(budget)} ({budget_source})"

@@ -78,7 +78,7 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps [profile: 50].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [3e-4; embedded default 3e-3].")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_NAMES),
-              help="constant, or poly: nnU-Net's lr * (1 - step/steps)^0.9 [constant; embedded default poly].")
+              help="constant, or poly: nnU-Net's lr * (1 - step/steps)^0.9 [constant].")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="dice_ce (default) or dice (thesis).")
 @click.option("--batch-dice/--no-batch-dice", default=None, help="Dice over the whole batch [default: on].")
 @click.option("--channels", callback=parse_channels,

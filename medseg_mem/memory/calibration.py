@@ -7,10 +7,17 @@ workspace) and the allocator adds slack. So the planner predicts
 squares on a few bare U-Net runs measured with :func:`~medseg_mem.memory.measure.measure_peak`, at sizes whose
 structural count is a few hundred MB to ~1.5 GB. A calibration is valid for one device, torch version and
 width list; it is cached in a JSON file keyed by those three.
+
+Training has its own calibrations, fitted the same way on measured training steps (forward, Dice+CE loss,
+backward, Adam step through :func:`~medseg_mem.training.step.train_step`) against the planner's training
+trace, one per precision and checkpointing setting: the backend's extra memory differs between them (on a
+CPU, oneDNN's bf16 convolutions need about 1.35x the traced bytes with checkpointing, float32 about 1.0x).
+Their keys add ``|training-<precision>[-checkpointing]``.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import platform
 from dataclasses import asdict, dataclass, field
@@ -23,6 +30,7 @@ from medseg_mem.names import DEFAULT_WORKDIR
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
 TARGET_BYTES = (3e8, 7e8, 1.4e9)
+TRAINING_TARGET_BYTES = (3e8, 6e8, 1.2e9)
 Shape = Tuple[int, ...]
 
 
@@ -69,11 +77,21 @@ def device_label(device: str) -> str:
     return f"cpu-{platform.machine() or 'unknown'}"
 
 
-def calibration_key(device: str, channels: Sequence[int]) -> str:
-    """Cache key: device hardware, torch version and widths, e.g. ``cpu-x86_64|torch-2.13.0|32-64-128-256-512``."""
+def calibration_key(
+    device: str, channels: Sequence[int], mode: str = "inference", precision: str = "fp32", checkpointing: bool = False
+) -> str:
+    """Cache key: device hardware, torch version and widths (plus the training levers for a training calibration).
+
+    Example:
+        >>> calibration_key("cpu", (32, 64), "training", "bf16", True)  # doctest: +SKIP
+        'cpu-x86_64|torch-2.13.0+cpu|32-64|training-bf16-checkpointing'
+    """
     import torch
 
-    return f"{device_label(device)}|torch-{torch.__version__}|{'-'.join(str(c) for c in channels)}"
+    key = f"{device_label(device)}|torch-{torch.__version__}|{'-'.join(str(c) for c in channels)}"
+    if mode == "training":
+        key += f"|training-{precision}{'-checkpointing' if checkpointing else ''}"
+    return key
 
 
 def network_setup(shape: Shape, out_channels: int, channels: Tuple[int, ...], device: str) -> Callable:
@@ -86,6 +104,64 @@ def network_setup(shape: Shape, out_channels: int, channels: Tuple[int, ...], de
     net = UNet3D(shape[1], out_channels, channels).eval().to(device)
     image = torch.randn(shape, device=device)
     return lambda: net(image)
+
+
+def training_setup(
+    shape: Shape, out_channels: int, channels: Tuple[int, ...], device: str, precision: str = "fp32",
+    checkpointing: bool = False,
+) -> Callable:
+    """Picklable :func:`measure_peak` setup (``grad=True``): one training step of a random-weight U-Net.
+
+    The step is :func:`~medseg_mem.training.step.train_step` (autocast for bf16/fp16, Dice+CE loss on float32
+    logits, backward, Adam step) on a random float32 batch of ``shape`` ``(B, C, X, Y, Z)`` and a uint8 label,
+    as the loader delivers them. The Adam states already exist (:func:`prime_optimizer`), as in every step
+    after the first, and no gradients are held before the step (``zero_grad(set_to_none=True)``).
+    """
+    import torch
+    from monai.losses import DiceCELoss
+
+    from medseg_mem.models.unet import UNet3D
+    from medseg_mem.training.precision import grad_scaler
+    from medseg_mem.training.step import train_step
+
+    torch.manual_seed(0)
+    where = torch.device(device)
+    net = UNet3D(shape[1], out_channels, channels, checkpointing=checkpointing).train().to(where)
+    optimizer = prime_optimizer(torch.optim.Adam(net.parameters(), lr=3e-4))
+    image = torch.randn(shape, device=where)
+    label = torch.randint(0, out_channels, (shape[0], 1, *shape[2:]), dtype=torch.uint8, device=where)
+    loss, scaler = DiceCELoss(to_onehot_y=True, softmax=True, batch=True), grad_scaler(precision, where)
+    return lambda: train_step(net, optimizer, loss, image, label, precision, scaler)
+
+
+def prime_optimizer(optimizer):
+    """Create ``optimizer``'s states with one step on zero gradients, then drop the gradients; return it.
+
+    For Adam a zero gradient leaves the weights unchanged (the update is ``0 / (0 + eps)``), and the states
+    are the optimizer's own (``exp_avg``, ``exp_avg_sq``, ``step``), at a fraction of a real step's cost.
+    """
+    import torch
+
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            parameter.grad = torch.zeros_like(parameter)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return optimizer
+
+
+def traced_training_bytes(
+    shape: Shape, out_channels: int, channels: Sequence[int], precision: str, checkpointing: bool, device: str
+) -> Tuple[int, int]:
+    """``(resident, traced)`` bytes the planner counts for :func:`training_setup` at ``shape`` ``(B, C, X, Y, Z)``."""
+    from medseg_mem.config import ModelConfig
+    from medseg_mem.memory.planner import plan_variant
+
+    plan = plan_variant(
+        "full", tuple(shape[1:]), out_channels, ModelConfig(channels=tuple(channels)), batch=shape[0],
+        mode="training", precision=precision, checkpointing=checkpointing, cache_bytes=0, device=device,
+    )  # fmt: skip
+    return plan.resident_bytes, plan.traced_bytes
 
 
 def traced_network_bytes(shape: Shape, out_channels: int, channels: Sequence[int]) -> int:
@@ -115,11 +191,21 @@ def resident_bytes(shape: Shape, out_channels: int, channels: Sequence[int]) -> 
     return sum(t.numel() * t.element_size() for t in tensors) + torch.Size(shape).numel() * 4
 
 
-def calibration_shapes(channels: Sequence[int], targets: Sequence[float] = TARGET_BYTES) -> List[Shape]:
-    """Cubes (multiples of the U-Net divisor) whose structural count is close to each of ``targets`` bytes."""
+def calibration_shapes(
+    channels: Sequence[int], targets: Sequence[float] = TARGET_BYTES, traced: Optional[Callable] = None, probe: int = 32
+) -> List[Shape]:
+    """Cubes (multiples of the U-Net divisor) whose structural count is close to each of ``targets`` bytes.
+
+    Args:
+        channels: U-Net widths.
+        targets: structural counts to aim at.
+        traced: ``shape -> traced bytes`` (default: one inference, :func:`traced_network_bytes`).
+        probe: side of the cube whose traced bytes per voxel are extrapolated (at least twice the divisor).
+    """
     divisor = 2 ** (len(channels) - 1)
-    probe = max(32, divisor * 2)
-    per_voxel = traced_network_bytes((1, 1, probe, probe, probe), 2, channels) / probe**3
+    probe = max(probe, divisor * 2)
+    traced = traced or functools.partial(traced_network_bytes, out_channels=2, channels=channels)
+    per_voxel = traced((1, 1, probe, probe, probe)) / probe**3
     shapes = []
     for target in targets:
         side = max(divisor, round((target / per_voxel) ** (1 / 3) / divisor) * divisor)
@@ -176,6 +262,45 @@ def calibrate(
     return Calibration(multiplier, int(offset), calibration_key(device, channels), tuple(points))
 
 
+def calibrate_training(
+    channels: Sequence[int], device: str = "cpu", precision: str = "fp32", checkpointing: bool = False,
+    shapes: Optional[Sequence[Shape]] = None, out_channels: int = 2,
+) -> Calibration:
+    """Measure training steps (:func:`training_setup`) at ``shapes`` and fit the training correction.
+
+    Args:
+        channels: U-Net widths; the calibration is only valid for these.
+        device: ``"cpu"`` or ``"cuda"``; each step is measured with ``measure_peak(..., grad=True)``.
+        precision: ``fp32``, ``bf16`` or ``fp16``; the calibration is only valid for it.
+        checkpointing: activation checkpointing on or off; the calibration is only valid for it.
+        shapes: ``(B, C, X, Y, Z)`` batch shapes (default: cubes whose traced step is about 0.3, 0.6, 1.2 GB).
+        out_channels: classes of the calibration networks.
+
+    Example:
+        >>> calibrate_training((4, 8), "cpu", "bf16", True, [(1, 1, 32, 32, 32), (1, 1, 64, 64, 64)])  # doctest: +SKIP
+    """
+    from medseg_mem.memory.measure import measure_peak
+
+    channels = tuple(int(c) for c in channels)
+    levers = (precision, bool(checkpointing), device)
+    traced = functools.partial(_traced_step_bytes, out_channels=out_channels, channels=channels, levers=levers)
+    points = []
+    for shape in shapes or calibration_shapes(channels, TRAINING_TARGET_BYTES, traced, probe=64):
+        shape = tuple(int(s) for s in shape)
+        setup_args = (shape, out_channels, channels, device, precision, bool(checkpointing))
+        reading = measure_peak(training_setup, setup_args, device, grad=True)
+        resident, traced_bytes = traced_training_bytes(shape, out_channels, channels, *levers)
+        points.append((traced_bytes, int(reading.peak_bytes - resident)))
+    multiplier, offset = fit(points)
+    key = calibration_key(device, channels, "training", precision, checkpointing)
+    return Calibration(multiplier, int(offset), key, tuple(points))
+
+
+def _traced_step_bytes(shape: Shape, out_channels: int, channels: Sequence[int], levers: Tuple) -> int:
+    """Traced bytes of one training step at ``shape``; ``levers`` is ``(precision, checkpointing, device)``."""
+    return traced_training_bytes(shape, out_channels, channels, *levers)[1]
+
+
 def load_calibration(path: Path, key: str) -> Optional[Calibration]:
     """The cached calibration for ``key`` in the JSON file at ``path``, or ``None``.
 
@@ -198,7 +323,8 @@ def save_calibration(path: Path, calibration: Calibration) -> Path:
 
 
 def cached_calibration(
-    path: Path, channels: Sequence[int], device: str, allow_measuring: bool = True, announce: Callable = None
+    path: Path, channels: Sequence[int], device: str, allow_measuring: bool = True, announce: Callable = None,
+    mode: str = "inference", precision: str = "fp32", checkpointing: bool = False,
 ) -> Calibration:
     """Return the cached calibration for this device/torch/widths, measuring and caching it when missing.
 
@@ -208,14 +334,20 @@ def cached_calibration(
         device: ``"cpu"`` or ``"cuda"``.
         allow_measuring: if ``False``, a missing calibration gives :data:`UNCALIBRATED` (raw structural count).
         announce: called with a one-line message before a (slow) calibration starts.
+        mode: ``inference`` or ``training`` (a training calibration per ``precision`` and ``checkpointing``).
+        precision: training precision.
+        checkpointing: training with activation checkpointing.
     """
-    key = calibration_key(device, channels)
+    key = calibration_key(device, channels, mode, precision, checkpointing)
     found = load_calibration(path, key)
     if found is not None or not allow_measuring:
         return found or UNCALIBRATED
     if announce is not None:
-        announce(f"calibrating the planner for {key} (one-off, about a minute); caching it in {path}")
-    calibration = calibrate(channels, device)
+        announce(f"calibrating the planner for {key} (one-off, about a minute or two); caching it in {path}")
+    if mode == "training":
+        calibration = calibrate_training(channels, device, precision, checkpointing)
+    else:
+        calibration = calibrate(channels, device)
     save_calibration(path, calibration)
     return calibration
 

@@ -1,6 +1,6 @@
-"""Peak memory of one inference, measured the same way on every device.
+"""Peak memory of one inference (or training step), measured the same way on every device.
 
-``peak_bytes`` is the most memory held while the inference runs, counting what ``setup`` left resident
+``peak_bytes`` is the most memory held while the measured callable runs, counting what ``setup`` left resident
 (model weights, the input volume) but not the runtime (the Python interpreter, torch's libraries, the
 CUDA context) nor anything that existed before ``setup`` ran.
 
@@ -17,7 +17,9 @@ CUDA context) nor anything that existed before ``setup`` ran.
   instead (a lower bound); without ``/proc``, ``ru_maxrss`` is used (only exact when the inference is the
   process's peak).
 
-Every inference runs under :func:`torch.inference_mode`.
+The callable runs under :func:`torch.inference_mode` by default; with ``grad=True`` it runs with autograd
+enabled instead (:func:`torch.enable_grad`), so a training step (forward, loss, backward, optimizer step) can be
+measured the same way.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import pickle
 import signal
 import traceback
 from dataclasses import dataclass
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, ContextManager, Tuple
 
 from medseg_mem.errors import OptionError
 from medseg_mem.memory import rss
@@ -56,14 +58,18 @@ class MeasurementError(RuntimeError):
     """The measured setup or inference failed (the message carries the child's traceback on CPU)."""
 
 
-def measure_peak(setup: Callable[..., Callable[[], Any]], args: Tuple = (), device: str = "cpu") -> MemoryReading:
-    """Measure the peak memory of the inference that ``setup(*args)`` prepares.
+def measure_peak(
+    setup: Callable[..., Callable[[], Any]], args: Tuple = (), device: str = "cpu", grad: bool = False
+) -> MemoryReading:
+    """Measure the peak memory of the inference (or training step) that ``setup(*args)`` prepares.
 
     Args:
         setup: a top-level (picklable) function; called with ``args`` it builds the model(s) and input on
             ``device`` and returns a zero-argument callable that runs the inference.
         args: picklable arguments for ``setup``.
         device: ``"cpu"`` (measured in a spawned process) or ``"cuda"``/``"cuda:N"`` (in this process).
+        grad: run the callable with autograd enabled (a training step) instead of under
+            :func:`torch.inference_mode` (the default).
 
     Raises:
         OptionError: for an unknown ``device`` or a ``setup`` that cannot be pickled.
@@ -73,15 +79,28 @@ def measure_peak(setup: Callable[..., Callable[[], Any]], args: Tuple = (), devi
         >>> reading = measure_peak(allocate_setup, (50_000_000,), "cpu")  # doctest: +SKIP
         >>> reading.method  # doctest: +SKIP
         'proc.clear_refs+VmHWM+glibc-mmap-1MiB'
+        >>> from medseg_mem.memory.calibration import training_setup  # one train_step of a spec U-Net
+        >>> args = ((1, 4, 96, 96, 64), 4, (32, 64, 128, 256, 512), "cpu", "bf16", True)
+        >>> measure_peak(training_setup, args, "cpu", grad=True).peak_bytes  # doctest: +SKIP
+        800235584
     """
     if not isinstance(device, str) or not (device == "cpu" or device.split(":")[0] == "cuda"):
         raise OptionError("device", "must be 'cpu', 'cuda' or 'cuda:N'", device)
+    if not isinstance(grad, bool):
+        raise OptionError("grad", "must be True (autograd on, training) or False (inference mode)", grad)
     if device == "cpu":
-        return _measure_cpu(setup, tuple(args))
-    return _measure_cuda(setup, tuple(args), device)
+        return _measure_cpu(setup, tuple(args), grad)
+    return _measure_cuda(setup, tuple(args), device, grad)
 
 
-def _measure_cuda(setup: Callable, args: Tuple, device: str) -> MemoryReading:
+def autograd_context(grad: bool) -> ContextManager:
+    """:func:`torch.enable_grad` for a training step, :func:`torch.inference_mode` for an inference."""
+    import torch
+
+    return torch.enable_grad() if grad else torch.inference_mode()
+
+
+def _measure_cuda(setup: Callable, args: Tuple, device: str, grad: bool) -> MemoryReading:
     """Measure in this process with the CUDA caching allocator's counters."""
     import torch
 
@@ -93,7 +112,7 @@ def _measure_cuda(setup: Callable, args: Tuple, device: str) -> MemoryReading:
         run = setup(*args)
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        with torch.inference_mode():
+        with autograd_context(grad):
             result = run()
         torch.cuda.synchronize()
     except Exception as error:
@@ -103,7 +122,7 @@ def _measure_cuda(setup: Callable, args: Tuple, device: str) -> MemoryReading:
     return MemoryReading(int(peak), CUDA_METHOD, str(torch.device(device)))
 
 
-def _measure_cpu(setup: Callable, args: Tuple) -> MemoryReading:
+def _measure_cpu(setup: Callable, args: Tuple, grad: bool) -> MemoryReading:
     """Measure in a fresh ``spawn`` process with the parent's torch thread count."""
     import torch
 
@@ -114,7 +133,7 @@ def _measure_cpu(setup: Callable, args: Tuple) -> MemoryReading:
         raise OptionError("setup", rule, _name(setup)) from error
     context = multiprocessing.get_context("spawn")
     receiver, sender = context.Pipe(duplex=False)
-    process = context.Process(target=_child, args=(sender, setup, args, torch.get_num_threads()), daemon=True)
+    process = context.Process(target=_child, args=(sender, setup, args, torch.get_num_threads(), grad), daemon=True)
     process.start()
     sender.close()
     try:
@@ -139,8 +158,8 @@ def _reading_from_child(setup, status, payload, method, exitcode) -> MemoryReadi
     )
 
 
-def _child(sender, setup: Callable, args: Tuple, threads: int) -> None:
-    """Spawned-process body: setup, baseline, reset the peak, infer, report ``(status, bytes, method)``."""
+def _child(sender, setup: Callable, args: Tuple, threads: int, grad: bool = False) -> None:
+    """Spawned-process body: setup, baseline, reset the peak, run, report ``(status, bytes, method)``."""
     try:
         import torch
 
@@ -151,7 +170,7 @@ def _child(sender, setup: Callable, args: Tuple, threads: int) -> None:
         gc.collect()
         resident = resident_tensor_bytes()
         baseline = rss.current_bytes()
-        with rss.PeakTracker() as tracker, torch.inference_mode():
+        with rss.PeakTracker() as tracker, autograd_context(grad):
             result = run()
         del result
         sender.send(("ok", resident + max(0, tracker.peak_bytes - baseline), tracker.method + suffix))
