@@ -4,9 +4,9 @@ For each prepared folder given (e.g. the BraTS-sized capacity task with 10 and w
 ``medseg-mem prepare --synthetic brats-like --cases N``), runs ``run_variants`` (the library behind
 ``medseg-mem run``) in a fresh Python process and reports:
 
-* ``peak_rss`` - the run process's own peak resident memory (``VmHWM`` of ``/proc/self/status``);
-* ``child_rss`` - the largest child process (``ru_maxrss`` of ``RUSAGE_CHILDREN``: the spawned process that
-  measures peak inference memory, and DataLoader workers);
+* ``peak_rss`` - the run process's own peak resident memory (``VmHWM`` of ``/proc/self/status``; the spawned
+  process that measures peak inference memory is not in it; ``ru_maxrss`` of the children is no help here, as a
+  spawned child counts its parent's pages between fork and exec);
 * ``s/step`` per variant - training seconds / training steps from the results CSV;
 * the wall time.
 
@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -72,7 +71,6 @@ def child(args: argparse.Namespace) -> None:
     report = {
         "wall_seconds": time.perf_counter() - started,
         "peak_rss": status_bytes("VmHWM"),
-        "child_rss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,
         "seconds_per_step": {o.variant: o.train_seconds / o.train_steps for o in outcomes},
         "dice": {o.variant: o.evaluation.dice for o in outcomes},
     }
@@ -95,7 +93,7 @@ def write_rows(rows, path: Path, args) -> None:
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["cases", "peak_rss_bytes", "child_rss_bytes", "wall_seconds", "variant", "seconds_per_step",
+    fields = ["cases", "peak_rss_bytes", "wall_seconds", "variant", "seconds_per_step",
               "steps", "channels", "device", "torch"]  # fmt: skip
     with path.open("w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n")
@@ -103,7 +101,7 @@ def write_rows(rows, path: Path, args) -> None:
         for row in rows:
             for variant, seconds in row["seconds_per_step"].items():
                 writer.writerow({"cases": row["cases"], "peak_rss_bytes": row["peak_rss"],
-                                 "child_rss_bytes": row["child_rss"], "wall_seconds": round(row["wall_seconds"], 1),
+                                 "wall_seconds": round(row["wall_seconds"], 1),
                                  "variant": variant, "seconds_per_step": round(seconds, 3), "steps": args.steps,
                                  "channels": args.channels, "device": args.device, "torch": torch.__version__})
 
@@ -113,11 +111,10 @@ def main() -> None:
     if args.child:
         return child(args)
     rows = [measure(prepared, args) for prepared in args.prepared]
-    print(f"{'cases':>6} {'peak RSS':>10} {'largest child':>14} {'wall':>8}  seconds per training step")
+    print(f"{'cases':>6} {'peak RSS':>10} {'wall':>8}  seconds per training step")
     for row in rows:
         steps = ", ".join(f"{v} {s:.2f}" for v, s in row["seconds_per_step"].items())
-        print(f"{row['cases']:>6} {row['peak_rss'] / GIB:>8.2f} G {row['child_rss'] / GIB:>12.2f} G "
-              f"{row['wall_seconds']:>7.0f}s  {steps}")  # fmt: skip
+        print(f"{row['cases']:>6} {row['peak_rss'] / GIB:>8.2f} G {row['wall_seconds']:>7.0f}s  {steps}")
     ratio = rows[-1]["peak_rss"] / rows[0]["peak_rss"]
     below = all(row["peak_rss"] < 6 * GIB for row in rows)
     print(f"peak RSS {rows[-1]['cases']} cases / {rows[0]['cases']} cases = {ratio:.3f} (goal <= 1.10); "

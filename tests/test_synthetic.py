@@ -98,7 +98,7 @@ def test_rewrite_replaces_and_foreign_folder_is_refused(tmp_path):
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("keep me")
-    with pytest.raises(MedsegError, match="holds something other than the SyntheticRods"):
+    with pytest.raises(MedsegError, match="holds something other than the generated SyntheticRods task"):
         write_default_task(foreign, n_cases=1)
     assert (foreign / "notes.txt").read_text() == "keep me"
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -28,12 +28,12 @@ Example:
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence, Tuple
 
 import numpy as np
 
+from medseg_mem.data.generated import write_task
 from medseg_mem.errors import MedsegError
 
 TASK_NAME = "BratsLike"
@@ -99,29 +99,11 @@ def write_brats_like_task(
         >>> sorted(p.name for p in (task / "imagesTr").iterdir())  # doctest: +SKIP
         ['brats_000.nii', 'brats_001.nii', 'brats_002.nii', 'brats_003.nii']
     """
-    from medseg_mem.data.prepared import publish_folder, remove_path, staging_folder
-
-    dest = Path(dest)
     shape = checked_shape(shape)
     if n_cases < 1 or seed < 0:
         raise MedsegError(f"n_cases (--cases) must be >= 1 and seed >= 0; got n_cases={n_cases}, seed={seed}")
-    _check_replaceable(dest)
-    staging = staging_folder(dest)
-    try:
-        (staging / "imagesTr").mkdir()
-        (staging / "labelsTr").mkdir()
-        ids = [f"brats_{index:03d}" for index in range(n_cases)]
-        for index, case_id in enumerate(ids):
-            image, label = make_case(seed, index, shape)
-            _save_nifti(image, staging / "imagesTr" / f"{case_id}.nii")
-            _save_nifti(label, staging / "labelsTr" / f"{case_id}.nii")
-            del image, label  # one case in memory at a time
-        (staging / "dataset.json").write_text(json.dumps(dataset_json(ids, seed), indent=1) + "\n", encoding="utf-8")
-        publish_folder(staging, dest)
-    except BaseException:
-        remove_path(staging)
-        raise
-    return dest
+    ids = [f"brats_{index:03d}" for index in range(n_cases)]
+    return write_task(dest, TASK_NAME, ids, lambda i: make_case(seed, i, shape), ".nii", dataset_json(ids, seed))
 
 
 def checked_shape(shape: Sequence[int]) -> Tuple[int, int, int]:
@@ -139,21 +121,6 @@ def checked_shape(shape: Sequence[int]) -> Tuple[int, int, int]:
             f"shape (--shape) of the {TASK_NAME} task must be three sizes X,Y,Z, each >= {MIN_SIDE}; got {shape!r}"
         )
     return sides
-
-
-def _check_replaceable(dest: Path) -> None:
-    """Refuse to replace a folder that is not an earlier BratsLike task (or empty)."""
-    if not dest.exists():
-        return
-    try:
-        meta = json.loads((dest / "dataset.json").read_text(encoding="utf-8")) if dest.is_dir() else {}
-        ours = meta.get("name") == TASK_NAME
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours and not (dest.is_dir() and not any(dest.iterdir())):
-        raise MedsegError(
-            f"{dest}: holds something other than the generated {TASK_NAME} task; move it away or choose another --out"
-        )
 
 
 def dataset_json(case_ids: Sequence[str], seed: int) -> dict:
@@ -300,13 +267,3 @@ def render(rng: np.random.Generator, tissue: np.ndarray) -> np.ndarray:
         values *= scale
         image[..., channel][inside] = values
     return image
-
-
-def _save_nifti(array: np.ndarray, path: Path) -> None:
-    """Save an uncompressed NIfTI with identity affine (1 mm voxels); no time stamps, so bytes are reproducible."""
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, np.eye(4))
-    image.set_data_dtype(array.dtype)
-    image.header.set_xyzt_units("mm")
-    image.to_filename(str(path))

@@ -30,13 +30,12 @@ Example:
 
 from __future__ import annotations
 
-import gzip
-import json
 from pathlib import Path
 from typing import List, Sequence, Tuple
 
 import numpy as np
 
+from medseg_mem.data.generated import write_task
 from medseg_mem.errors import MedsegError
 
 TASK_NAME = "SyntheticRods"
@@ -68,26 +67,9 @@ def write_default_task(dest: Path, seed: int = 0, n_cases: int = 48, shape: Sequ
         MedsegError: when ``dest`` holds something other than an earlier SyntheticRods task, or the
             arguments are out of range.
     """
-    from medseg_mem.data.prepared import publish_folder, remove_path, staging_folder
-
-    dest = Path(dest)
     shape = _checked_shape(shape, n_cases, seed)
-    _check_replaceable(dest)
-    staging = staging_folder(dest)
-    try:
-        (staging / "imagesTr").mkdir()
-        (staging / "labelsTr").mkdir()
-        ids = [f"rods_{index:03d}" for index in range(n_cases)]
-        for index, case_id in enumerate(ids):
-            image, label = make_case(seed, index, shape)
-            _save_nifti(image, staging / "imagesTr" / f"{case_id}.nii.gz")
-            _save_nifti(label, staging / "labelsTr" / f"{case_id}.nii.gz")
-        (staging / "dataset.json").write_text(json.dumps(dataset_json(ids, seed), indent=1) + "\n", encoding="utf-8")
-        publish_folder(staging, dest)
-    except BaseException:
-        remove_path(staging)
-        raise
-    return dest
+    ids = [f"rods_{index:03d}" for index in range(n_cases)]
+    return write_task(dest, TASK_NAME, ids, lambda i: make_case(seed, i, shape), ".nii.gz", dataset_json(ids, seed))
 
 
 def _checked_shape(shape: Sequence[int], n_cases: int, seed: int) -> Tuple[int, int, int]:
@@ -98,21 +80,6 @@ def _checked_shape(shape: Sequence[int], n_cases: int, seed: int) -> Tuple[int, 
     if n_cases < 1 or seed < 0:
         raise MedsegError(f"n_cases must be >= 1 and seed >= 0; got n_cases={n_cases}, seed={seed}")
     return shape
-
-
-def _check_replaceable(dest: Path) -> None:
-    """Refuse to replace a folder that is not an earlier SyntheticRods task (or empty)."""
-    if not dest.exists():
-        return
-    meta = dest / "dataset.json"
-    try:
-        ours = dest.is_dir() and json.loads(meta.read_text(encoding="utf-8")).get("name") == TASK_NAME
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours and not (dest.is_dir() and not any(dest.iterdir())):
-        raise MedsegError(
-            f"{dest}: holds something other than the {TASK_NAME} default task; move it away or choose another --out"
-        )
 
 
 def dataset_json(case_ids: Sequence[str], seed: int) -> dict:
@@ -172,13 +139,3 @@ def rod_centres(rng: np.random.Generator, radius: float, plane: Sequence[int]) -
 def _disk(centre: Tuple[int, int], radius: float, plane: Sequence[int]) -> np.ndarray:
     x, y = np.meshgrid(np.arange(plane[0]), np.arange(plane[1]), indexing="ij")
     return (x - centre[0]) ** 2 + (y - centre[1]) ** 2 <= radius**2
-
-
-def _save_nifti(array: np.ndarray, path: Path) -> None:
-    """Save a NIfTI with identity affine; gzip without time stamp so the bytes are reproducible."""
-    import nibabel as nib
-
-    image = nib.Nifti1Image(array, np.eye(4))
-    image.set_data_dtype(array.dtype)
-    image.header.set_xyzt_units("mm")
-    path.write_bytes(gzip.compress(image.to_bytes(), compresslevel=1, mtime=0))
