@@ -103,3 +103,5 @@ def test_memory_levers_reach_the_csv(tmp_path, prepared_default):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(results)
     assert (table.precision == "bf16").all() and table.checkpointing.all()
+    assert "note: --checkpointing lowers training memory only" in result.output
+    assert "note: --precision lowers training memory only" in result.output

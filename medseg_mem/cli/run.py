@@ -114,5 +114,17 @@ def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None
 
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
+    for option, notice in lever_notices(options):
+        click.echo(f"note: {option} {notice}", err=True)
     request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet)
     run_variants(request, echo=click.echo)
+
+
+def lever_notices(options: dict):
+    """What a training-memory lever does not do, said once, so nobody expects it in the inference figures."""
+    notices = []
+    for option, key, default in (("--checkpointing", "checkpointing", False), ("--precision", "precision", "fp32")):
+        if options.get(key) not in (None, default):
+            notices.append((option, "lowers training memory only; evaluation, the results' peak memory and "
+                                    "predict run in fp32 without checkpointing, unchanged by it"))
+    return notices
