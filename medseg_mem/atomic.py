@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the destination folder, fsync, then ``os.replace``.
+"""Atomic file writes: a temporary file in the destination folder, fsync, then ``os.replace``; and atomic
+folders: written into a hidden staging sibling, then renamed into place.
 
 A reader sees the old file or the new one, never half of one; an interrupted write leaves the old file intact
 and no temporary file behind. Results, checkpoints, run records and predictions are all written this way.
@@ -9,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -74,3 +77,35 @@ def _fsync_folder(folder: Path) -> None:
             os.fsync(descriptor)
         finally:
             os.close(descriptor)
+
+
+def staging_folder(dest: Path) -> Path:
+    """Create and return an empty hidden sibling folder of ``dest`` to write into before :func:`publish_folder`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets normal permissions
+    return staging
+
+
+def publish_folder(staging: Path, dest: Path) -> None:
+    """Move the finished ``staging`` folder to ``dest`` by renaming, replacing what ``dest`` held."""
+    dest = Path(dest)
+    old = None
+    if dest.exists() or dest.is_symlink():
+        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(dest, old)
+    os.replace(staging, dest)
+    if old is not None:
+        remove_path(old)
+
+
+def remove_path(path: Path) -> None:
+    """Delete a folder tree, a file or a link (used for staging leftovers and replaced outputs)."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists() or path.is_symlink():
+        path.unlink()

@@ -171,7 +171,7 @@ def prepared_test_images(data_dir) -> List[Path]:
 
 def publish_run(run_dir: Path, model_dir: Path, variant: str) -> Path:
     """Copy ``run.json`` and every stage's ``best.pt`` of ``run_dir`` to ``model_dir``, replacing it atomically."""
-    from medseg_mem.data.prepared import publish_folder, remove_path, staging_folder
+    from medseg_mem.atomic import publish_folder, remove_path, staging_folder
 
     _check_replaceable(model_dir)
     staging = staging_folder(model_dir)

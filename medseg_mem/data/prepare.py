@@ -7,7 +7,8 @@ written and the staging folder renamed to ``out_dir``; otherwise it is deleted a
 lists every problem found. The task folder is only read.
 
 Example:
-    >>> from medseg_mem.config import PrepareConfig
+    >>> from medseg_mem.atomic import publish_folder, remove_path, staging_folder
+from medseg_mem.config import PrepareConfig
     >>> summary = prepare(PrepareConfig(task_dir=Path("Task04_Hippocampus"), out_dir=Path("prep")))  # doctest: +SKIP
     >>> print(summary.line())  # doctest: +SKIP
     prepared 260 cases of Hippocampus into prep: 3 classes (background, Anterior, Posterior), 1 channel, ...
@@ -24,6 +25,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 
 from medseg_mem import __version__
+from medseg_mem.atomic import publish_folder, remove_path, staging_folder
 from medseg_mem.config import PrepareConfig
 from medseg_mem.data import capacity, msd, prepared, transforms
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
@@ -210,7 +212,7 @@ def _with_statistics(settings: dict, spacings, samples: Dict[int, List[np.ndarra
 def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress: bool) -> List[dict]:
     """Transform every case into a staging folder and publish it as ``out_dir`` when all passed."""
     pipeline = transforms.build_preprocessing(settings, with_label=True)
-    staging = prepared.staging_folder(out_dir)
+    staging = staging_folder(out_dir)
     try:
         records, problems = [], []
         for case in _bar(task.cases, "prepare", progress):
@@ -222,9 +224,9 @@ def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress
             raise DatasetError(problems, where=str(task.root))
         prepared.write_json(staging / "manifest.json", _manifest(task, settings, records))
         prepared.write_json(staging / "split.json", prepared.make_split([r["id"] for r in records], seed))
-        prepared.publish_folder(staging, out_dir)
+        publish_folder(staging, out_dir)
     except BaseException:
-        prepared.remove_path(staging)
+        remove_path(staging)
         raise
     return records
 

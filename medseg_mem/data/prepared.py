@@ -14,7 +14,7 @@ Format 1 (``cases/<id>.npz``, which cannot be memory-mapped) is refused with a o
 ``prepare`` again.
 
 The folder appears atomically: it is written into a hidden sibling staging folder, then renamed into place
-(:func:`publish_folder`).
+(:func:`medseg_mem.atomic.publish_folder`).
 
 Example:
     >>> data = PreparedDataset.open(Path("medseg-work/prepared"))  # doctest: +SKIP
@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
-import shutil
-import tempfile
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -127,38 +123,6 @@ def _read_manifest_quietly(path: Path) -> Optional[dict]:
     except (OSError, ValueError):
         return None
     return content if isinstance(content, dict) else None
-
-
-def staging_folder(dest: Path) -> Path:
-    """Create and return an empty hidden sibling folder of ``dest`` to write into before :func:`publish_folder`."""
-    dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the published folder gets normal permissions
-    return staging
-
-
-def publish_folder(staging: Path, dest: Path) -> None:
-    """Move the finished ``staging`` folder to ``dest`` by renaming, replacing what ``dest`` held."""
-    dest = Path(dest)
-    old = None
-    if dest.exists() or dest.is_symlink():
-        old = dest.with_name(f".{dest.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(dest, old)
-    os.replace(staging, dest)
-    if old is not None:
-        remove_path(old)
-
-
-def remove_path(path: Path) -> None:
-    """Delete a folder tree, a file or a link (used for staging leftovers and replaced outputs)."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
 
 
 class PreparedDataset:
