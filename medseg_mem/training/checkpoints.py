@@ -8,8 +8,12 @@ import torch
 
 from medseg_mem.checkpoint import load_checkpoint
 
-FRESH = {"best_score": -1.0, "best_step": 0, "history": [], "train_seconds": 0.0}
 KEPT = ("best_score", "best_step", "history", "train_seconds")
+
+
+def fresh_state() -> Dict[str, Any]:
+    """The progress of a stage that has not trained yet (a new dict each call: the loop appends to it)."""
+    return {"best_score": -1.0, "best_step": 0, "history": [], "train_seconds": 0.0}
 
 
 def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Dict[str, Any]:
@@ -48,7 +52,7 @@ def resume_state(job, net, optimizer, scaler) -> Tuple[int, Dict[str, Any]]:
     step and history. Sampling needs no saved state: sample ``i`` depends only on the seed and ``i``."""
     last = job.folder / "last.pt"
     if not last.exists():
-        return 0, {key: (list(value) if isinstance(value, list) else value) for key, value in FRESH.items()}
+        return 0, fresh_state()
     saved = load_checkpoint(last)
     net.load_state_dict(saved["state_dict"])
     optimizer.load_state_dict(saved["optimizer"])

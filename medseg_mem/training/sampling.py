@@ -32,7 +32,7 @@ from torch.nn import functional as F
 
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.inference.slab import slab_starts
+from medseg_mem.inference.slab import cut_slab, slab_starts
 from medseg_mem.resample import guidance_range, scaled_size
 from medseg_mem.variants.base import Stage
 
@@ -109,7 +109,7 @@ class RandStageSampled(Randomizable, MapTransform):
             self.randomize(self.candidates(label))
         else:
             self._start = 0
-        x, y = as_tensor(slab_of(image, self._start, depth)), as_tensor(slab_of(label, self._start, depth))
+        x, y = slab_of(image, self._start, depth), slab_of(label, self._start, depth)
         if self.stage.guided:
             x = torch.cat([x, self.guidance(data["low_label"], label.shape[1:], depth)], dim=0)
         return x.float(), y
@@ -126,14 +126,13 @@ class RandStageSampled(Randomizable, MapTransform):
         """Guidance channels of the current slab, zero past the volume's end (as the padded image)."""
         stop = min(self._start + depth, size[-1])
         guide = guidance_range(low_label[None], size, self._start, stop, self.model.guidance, self.dataset.num_classes)
-        return F.pad(guide[0], (0, depth - (stop - self._start)))
+        return cut_slab(guide[0], 0, depth, axis=-1)
 
 
-def slab_of(array: np.ndarray, start: int, slab_size: int) -> np.ndarray:
-    """``slab_size`` voxels of ``array`` along its last axis from ``start``, zero-padded past the end."""
-    slab = np.asarray(array[..., start : start + slab_size])
-    missing = slab_size - slab.shape[-1]
-    return np.pad(slab, [(0, 0)] * (slab.ndim - 1) + [(0, missing)]) if missing else slab
+def slab_of(array, start: int, depth: int) -> torch.Tensor:
+    """``depth`` voxels of ``array`` along its last axis from ``start``, as a tensor, zero-padded past the end as
+    :func:`~medseg_mem.inference.slab.cut_slab` pads the last slab (only the slab is read from a memory map)."""
+    return cut_slab(as_tensor(array[..., start : start + depth]), 0, depth, axis=-1)
 
 
 def pad_to(tensor: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
