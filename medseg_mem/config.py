@@ -11,6 +11,7 @@ from typing import Optional, Tuple, Union
 
 from medseg_mem.errors import OptionError
 from medseg_mem.names import (
+    CLASS_WEIGHT_NAMES,
     DEFAULT_PREPARED,
     DEFAULT_RESULTS,
     DEFAULT_RUNS,
@@ -116,8 +117,12 @@ class TrainConfig:
         lr: Adam learning rate (thesis: 3e-4).
         lr_schedule: ``"constant"`` (thesis) or ``"poly"`` (nnU-Net: ``lr * (1 - step / steps) ** 0.9``).
         loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net; default) or ``"dice"`` (thesis).
+        class_weights: ``"none"``, or ``"balanced"``: loss weights ``sqrt(max count / count)`` per class from
+            the training split's labels (:mod:`medseg_mem.training.class_weights`), so a rare class cannot die.
         batch_dice: compute Dice over the whole batch instead of per sample (MONAI ``DiceLoss(batch=True)``).
         skip_empty_slabs: slab stages draw slabs that contain foreground (thesis, liver); else any slab.
+        guidance_noise: chance per foreground class that the cascade's stage-2 training guidance gets a random
+            morphological perturbation (nnU-Net's cascade; :mod:`medseg_mem.training.guidance_noise`); 0: none.
         seed: seeds weights and sampling so a run is repeatable (same seed, same machine: identical weights).
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
         precision: ``"fp32"``, or autocast to ``"bf16"`` / ``"fp16"`` (fp16 with a gradient scaler).
@@ -135,7 +140,9 @@ class TrainConfig:
     lr_schedule: str = "constant"
     loss: str = "dice_ce"
     batch_dice: bool = True
+    class_weights: str = "none"
     skip_empty_slabs: bool = False
+    guidance_noise: float = 0.0
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
@@ -160,10 +167,14 @@ class TrainConfig:
             raise OptionError("--lr-schedule", f"must be one of {', '.join(LR_SCHEDULE_NAMES)}", self.lr_schedule)
         if self.loss not in LOSS_NAMES:
             raise OptionError("--loss", f"must be one of {', '.join(LOSS_NAMES)}", self.loss)
+        if self.class_weights not in CLASS_WEIGHT_NAMES:
+            raise OptionError("--class-weights", f"must be one of {', '.join(CLASS_WEIGHT_NAMES)}", self.class_weights)
         if self.device not in DEVICE_NAMES:
             raise OptionError("--device", f"must be one of {', '.join(DEVICE_NAMES)}", self.device)
         if self.seed < 0:
             raise OptionError("--seed", "must be >= 0", self.seed)
+        if not 0 <= self.guidance_noise <= 1:
+            raise OptionError("--guidance-noise", "must be a probability in [0, 1]", self.guidance_noise)
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ DEVICE_NAMES = ("auto", "cpu", "cuda")
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 #: Learning-rate schedules: constant, or nnU-Net's polynomial decay ``lr * (1 - step / steps) ** 0.9``.
 LR_SCHEDULE_NAMES = ("constant", "poly")
+#: Class weights of the loss: none, or ``sqrt(max count / count)`` from the training split's labels.
+CLASS_WEIGHT_NAMES = ("none", "balanced")
 #: Generated tasks ``prepare --synthetic`` writes: the embedded default, and a BraTS-sized capacity task.
 SYNTHETIC_NAMES = ("rods", "brats-like")
 

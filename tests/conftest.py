@@ -136,3 +136,16 @@ def prepared_default(tmp_path_factory) -> Path:
     task = write_default_task(base / TASK_FOLDER, seed=0, n_cases=12)
     prepare(PrepareConfig(task_dir=task, out_dir=base / "prepared", seed=0), progress=False)
     return base / "prepared"
+
+
+@pytest.fixture(scope="session")
+def tiny_prepared(tmp_path_factory):
+    """A prepared tiny 3-class task (6 cases of 8x8x20): training streams from it as from any prepared folder."""
+    from medseg_mem.config import PrepareConfig
+    from medseg_mem.data.prepare import prepare
+    from medseg_mem.data.prepared import PreparedDataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    task = _make_msd_task(root, n_cases=6, shape=(8, 8, 20))
+    prepare(PrepareConfig(task_dir=task, out_dir=root / "prepared"), progress=False)
+    return PreparedDataset.open(root / "prepared")

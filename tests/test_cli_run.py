@@ -37,7 +37,8 @@ def test_bad_channels():
 
 @pytest.mark.parametrize(
     "option,value",
-    [("--cache", "lots"), ("--cache", "-1GB"), ("--workers", "-1"), ("--precision", "fp8"), ("--workers", "two")],
+    [("--cache", "lots"), ("--cache", "-1GB"), ("--workers", "-1"), ("--precision", "fp8"), ("--workers", "two"),
+     ("--guidance-noise", "1.5"), ("--class-weights", "inverse")],
 )
 def test_bad_loader_and_precision_options(option, value):
     result = invoke(option, value)

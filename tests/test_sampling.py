@@ -112,3 +112,14 @@ def test_case_stream_reads_one_case_per_index(brats_like):
     assert image.shape == (1, 4, 24, 24, 20) and label.dtype == torch.uint8
     assert not isinstance(image.numpy(), np.memmap)
     assert len(list(test)) == len(test)
+
+
+def test_guidance_noise_changes_only_the_guidance_channels_and_repeats(brats_like):
+    clean = list(data(brats_like, "cascade", 1, steps=6).batches(0))
+    noisy = list(data(brats_like, "cascade", 1, steps=6, guidance_noise=1.0).batches(0))
+    again = list(data(brats_like, "cascade", 1, steps=6, guidance_noise=1.0).batches(0))
+    channels = brats_like.in_channels
+    for (x, y), (xn, yn), (xa, ya) in zip(clean, noisy, again):
+        assert torch.equal(y, yn) and torch.equal(x[:, :channels], xn[:, :channels])
+        assert torch.equal(xn, xa) and torch.equal(yn, ya)
+    assert any(not torch.equal(x, xn) for (x, _), (xn, _) in zip(clean, noisy))

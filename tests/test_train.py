@@ -9,7 +9,6 @@ import medseg_mem.training.loop as train_module
 from medseg_mem.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.errors import MedsegError
-from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import StageData
 from medseg_mem.variants import get_variant
@@ -18,25 +17,12 @@ K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)
 
 
-@pytest.fixture(scope="module")
-def tiny_prepared(tmp_path_factory):
-    """A prepared tiny 3-class task (6 cases of 8x8x20): training streams from it as from any prepared folder."""
-    from conftest import _make_msd_task
-
-    from medseg_mem.config import PrepareConfig
-    from medseg_mem.data.prepare import prepare
-
-    root = tmp_path_factory.mktemp("tiny")
-    task = _make_msd_task(root, n_cases=6, shape=(8, 8, 20))
-    prepare(PrepareConfig(task_dir=task, out_dir=root / "prepared"), progress=False)
-    return PreparedDataset.open(root / "prepared")
-
-
-def job(folder, dataset, variant="patch", steps=6, val_every=2, **train):
-    stage = get_variant(variant).stages()[0]
+def job(folder, dataset, variant="patch", steps=6, val_every=2, stage=0, **train):
+    chosen = get_variant(variant).stages()[stage]
     config = TrainConfig(steps=steps, val_every=val_every, batch_size=2, **train)
-    data = StageData(dataset, stage, MODEL, config)
-    return StageJob(variant, stage, 1, K, MODEL, config, data, folder, torch.device("cpu"))
+    data = StageData(dataset, chosen, MODEL, config, stage_index=stage)
+    in_channels = chosen.in_channels(1, K, MODEL)
+    return StageJob(variant, chosen, in_channels, K, MODEL, config, data, folder, torch.device("cpu"))
 
 
 def test_trains_and_keeps_the_best_checkpoint(tmp_path, tiny_prepared):
@@ -92,6 +78,19 @@ def test_memory_levers_train_and_are_recorded(tmp_path, tiny_prepared, precision
     assert saved["training"]["precision"] == precision and saved["training"]["checkpointing"] is checkpointing
     assert all(torch.isfinite(t.float()).all() for t in saved["state_dict"].values())
     assert all(t.dtype != torch.bfloat16 for t in saved["state_dict"].values())  # master weights stay fp32
+
+
+def test_class_weights_are_used_and_recorded(tmp_path, tiny_prepared):
+    weighted = job(tmp_path, tiny_prepared, variant="full", steps=2)
+    weighted.class_weights = (1.0, 2.5, 4.0)
+    outcome = train_stage(weighted, progress=False)
+    assert load_checkpoint(outcome.best_path)["training"]["class_weights"] == [1.0, 2.5, 4.0]
+
+
+def test_guidance_noise_trains_the_cascade_stage_2_and_is_recorded(tmp_path, tiny_prepared):
+    outcome = train_stage(job(tmp_path, tiny_prepared, variant="cascade", stage=1, steps=2, guidance_noise=0.5),
+                          progress=False)  # fmt: skip
+    assert load_checkpoint(outcome.best_path)["training"]["guidance_noise"] == 0.5
 
 
 class Evil:

@@ -10,6 +10,7 @@ import click
 from medseg_mem.cli.common import library_errors
 from medseg_mem.errors import did_you_mean
 from medseg_mem.names import (
+    CLASS_WEIGHT_NAMES,
     DEFAULT_PREPARED,
     DEFAULT_RESULTS,
     DEFAULT_RUNS,
@@ -73,13 +74,16 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               help="Results CSV to append to.")
 @click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=DEFAULT_RUNS, show_default=True,
               help="Folder for run checkpoints (<runs>/<run id>/<stage>/best.pt).")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps per stage [profile: 300].")
+@click.option("--steps", type=click.IntRange(min=1), help="Training steps per stage [300; embedded default 200].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [profile: 2].")
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps [profile: 50].")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [3e-4; embedded default 3e-3].")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_NAMES),
               help="constant, or poly: nnU-Net's lr * (1 - step/steps)^0.9 [constant].")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="dice_ce (default) or dice (thesis).")
+@click.option("--class-weights", type=click.Choice(CLASS_WEIGHT_NAMES),
+              help="Loss class weights: none, or balanced (sqrt(max count / count) from the train split) "
+                   "[none; embedded default balanced].")
 @click.option("--batch-dice/--no-batch-dice", default=None, help="Dice over the whole batch [default: on].")
 @click.option("--channels", callback=parse_channels,
               help="U-Net widths per level [spec 32,64,128,256,512; embedded default 8,16,32,64,128].")
@@ -88,6 +92,9 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               help="Cascade stage-1 scale factor [0.3].")
 @click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), help="Cascade guidance encoding [onehot].")
 @click.option("--skip-empty-slabs/--any-slab", default=None, help="Slab stages train on slabs with foreground.")
+@click.option("--guidance-noise", type=click.FloatRange(0, 1),
+              help="Chance per class of a random dilation/erosion/opening/closing of the cascade's stage-2 "
+                   "training guidance (nnU-Net's cascade) [0].")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES),
               help="Training precision: fp32, or autocast to bf16 / fp16 (less memory) [fp32].")
 @click.option("--checkpointing/--no-checkpointing", default=None,

@@ -41,6 +41,8 @@ def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Di
             "lr": job.train.lr,
             "lr_schedule": job.train.lr_schedule,
             "loss": job.train.loss,
+            "guidance_noise": job.train.guidance_noise,
+            "class_weights": None if job.class_weights is None else list(job.class_weights),
         },
         "meta": job.meta,
         **state,

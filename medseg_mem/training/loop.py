@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -49,6 +49,7 @@ class StageJob:
     device: torch.device
     meta: Dict[str, Any] = field(default_factory=dict)
     seed_offset: int = 0
+    class_weights: Optional[Tuple[float, ...]] = None
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,16 @@ class StageOutcome:
     history: List[Dict[str, Any]]
 
 
-def make_loss(stage: Stage, train: TrainConfig) -> torch.nn.Module:
-    """Dice (thesis) or Dice + cross-entropy (nnU-Net), on softmax outputs, background per the stage."""
+def make_loss(stage: Stage, train: TrainConfig, weights: Optional[Tuple[float, ...]] = None) -> torch.nn.Module:
+    """Dice (thesis) or Dice + cross-entropy (nnU-Net), on softmax outputs, background per the stage, with
+    optional class ``weights`` (one per class, background included)."""
     options = dict(include_background=stage.include_background, to_onehot_y=True, softmax=True, batch=train.batch_dice)
-    return DiceCELoss(**options) if train.loss == "dice_ce" else DiceLoss(**options)
+    weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
+    if train.loss == "dice_ce":
+        return DiceCELoss(weight=weight, **options)
+    if weight is not None and not stage.include_background:
+        weight = weight[1:]
+    return DiceLoss(weight=weight, **options)
 
 
 def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
@@ -86,7 +93,7 @@ def train_stage(job: StageJob, progress: bool = True) -> StageOutcome:
     optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
     scaler = grad_scaler(job.train.precision, job.device)
     step, state = resume_state(job, net, optimizer, scaler)
-    loss_fn, precision = make_loss(job.stage, job.train), job.train.precision
+    loss_fn, precision = make_loss(job.stage, job.train, job.class_weights).to(job.device), job.train.precision
     bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}", disable=not progress)
     started, net = time.perf_counter() - state["train_seconds"], net.train()
     for x, y in job.data.batches(step):

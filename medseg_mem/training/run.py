@@ -26,6 +26,7 @@ from medseg_mem.evaluate import Evaluation, evaluate_variant
 from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.models.build import load_networks
 from medseg_mem.results import append_rows, new_run_id, read_results, utc_timestamp
+from medseg_mem.training.class_weights import class_weights
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import CaseStream, StageData, open_case
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
@@ -42,8 +43,11 @@ class VariantResult:
     train_seconds: float
 
 
-def train_variant(name, run_dir, dataset, model, train, device, progress) -> Tuple[Dict[str, Path], int, float]:
-    """Train each stage of variant ``name``; return best checkpoint paths, total steps, total seconds."""
+def train_variant(
+    name, run_dir, dataset, model, train, device, progress, weights=None
+) -> Tuple[Dict[str, Path], int, float]:
+    """Train each stage of variant ``name`` (loss class ``weights``, if any); return best checkpoint paths, total
+    steps, total seconds."""
     variant, num_classes = get_variant(name), dataset.num_classes
     best, steps, seconds = {}, 0, 0.0
     for index, stage in enumerate(variant.stages()):
@@ -59,6 +63,7 @@ def train_variant(name, run_dir, dataset, model, train, device, progress) -> Tup
             device=device,
             meta=checkpoint_meta(dataset),
             seed_offset=index,
+            class_weights=weights,
         )
         outcome = train_stage(job, progress=progress)
         best[stage.name], steps, seconds = outcome.best_path, steps + outcome.steps, seconds + outcome.seconds
@@ -160,7 +165,11 @@ def run_one(run_id, name, model, train, dataset, request, device, echo) -> Varia
     write_run_record(run_dir, {"run_id": run_id, "variant": name, "data_dir": str(request.data_dir)}, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
          f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}, seed {train.seed}")
-    paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress)
+    weights = class_weights(train.class_weights, dataset)
+    if weights is not None:
+        echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
+             + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
+    paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress, weights)
     nets = load_networks(paths, device)
     test = CaseStream(dataset, "test")
     evaluation = evaluate_variant(get_variant(name), nets, test, model, dataset.num_classes, device)

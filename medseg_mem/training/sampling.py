@@ -9,9 +9,10 @@ guidance is made from. Stage 2's guidance is then made per sample, for the sampl
 (:func:`~medseg_mem.resample.guidance_range`). Labels stay uint8 until the loss.
 
 Sample ``i`` of a stage draws its case and slab from ``numpy.random.default_rng([seed, stage, i])``: a run gives
-the same samples with any number of ``--workers``, and a resumed run continues with exactly the samples an
-uninterrupted run would have drawn. Slabs are cut on the slab inferer's grid (starts 0, s, 2s, ..., the last
-slab zero-padded), so training sees exactly the inputs inference will see.
+the same samples (and the same guidance noise, ``--guidance-noise``) with any number of ``--workers``, and a
+resumed run continues with exactly the samples an uninterrupted run would have drawn. Slabs are cut on the slab
+inferer's grid (starts 0, s, 2s, ..., the last slab zero-padded), so training sees exactly the inputs inference
+will see.
 
 Example:
     >>> data = StageData(PreparedDataset.open(Path("medseg-work/prepared")), stage, model, train)  # doctest: +SKIP
@@ -33,6 +34,7 @@ from torch.nn import functional as F
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.inference.slab import cut_slab, slab_starts
+from medseg_mem.training.guidance_noise import perturb_label
 from medseg_mem.resample import guidance_range, scaled_size
 from medseg_mem.variants.base import Stage
 
@@ -92,11 +94,15 @@ class RandStageSampled(Randomizable, MapTransform):
         stage: the stage being trained.
         model: slab size, guidance encoding and downsampling.
         skip_empty: slab stages draw among the slabs that hold foreground (all slabs when none does).
+        guidance_noise: chance per foreground class of a random perturbation of a guided stage's guidance
+            (:func:`~medseg_mem.training.guidance_noise.perturb_label`).
     """
 
-    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig, skip_empty: bool) -> None:
+    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig, skip_empty: bool,
+                 guidance_noise: float = 0.0) -> None:  # fmt: skip
         MapTransform.__init__(self, keys=("image", "label"))
         self.dataset, self.stage, self.model, self.skip_empty = dataset, stage, model, skip_empty
+        self.guidance_noise = guidance_noise
         self._start = 0
 
     def randomize(self, starts: Sequence[int]) -> None:
@@ -125,6 +131,8 @@ class RandStageSampled(Randomizable, MapTransform):
     def guidance(self, low_label: torch.Tensor, size: Sequence[int], depth: int) -> torch.Tensor:
         """Guidance channels of the current slab, zero past the volume's end (as the padded image)."""
         stop = min(self._start + depth, size[-1])
+        if self.guidance_noise > 0:
+            low_label = perturb_label(low_label, self.dataset.num_classes, self.guidance_noise, self.R)
         guide = guidance_range(low_label[None], size, self._start, stop, self.model.guidance, self.dataset.num_classes)
         return cut_slab(guide[0], 0, depth, axis=-1)
 
@@ -216,7 +224,8 @@ class StageData:
     def batches(self, first_step: int) -> Iterator[Pair]:
         """Training batches for steps ``first_step .. steps - 1`` through a DataLoader with ``workers``."""
         batch = self.train.batch_size
-        sampler = RandStageSampled(self.dataset, self.stage, self.model, self.train.skip_empty_slabs)
+        sampler = RandStageSampled(self.dataset, self.stage, self.model, self.train.skip_empty_slabs,
+                                   self.train.guidance_noise)  # fmt: skip
         samples = StepSamples(self.cases(), sampler, self.train.seed, self.stage_index, first_step * batch,
                               self.train.steps * batch)  # fmt: skip
         workers = self.train.workers
