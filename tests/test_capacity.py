@@ -160,9 +160,9 @@ def test_cli_prepares_the_capacity_task(tmp_path):
 
 
 def test_cli_cases_and_shape_apply_to_the_rods_too(tmp_path):
-    result = invoke("--cases", 5, "--shape", "24,24,80", "--out", tmp_path / "prepared")
+    result = invoke("--cases", 5, "--shape", "28,28,80", "--out", tmp_path / "prepared")
     assert result.exit_code == 0, result.output
-    assert "prepared 5 cases of SyntheticRods" in result.stdout and "shapes 24x24x80" in result.stdout
+    assert "prepared 5 cases of SyntheticRods" in result.stdout and "shapes 28x28x80" in result.stdout
 
 
 @pytest.mark.parametrize(
