@@ -11,13 +11,15 @@ For each prepared folder given (e.g. the BraTS-sized capacity task with 10 and w
 * the wall time.
 
 It prints a table and the ratio of the largest to the smallest dataset's ``peak_rss`` (goal <= 1.10, and
-every run below 6 GiB), and writes ``benchmarks/results/capacity_<device>.csv``.
+every run below 6 GiB), and appends to ``benchmarks/results/capacity_<device>.csv`` (with the precision and
+checkpointing used).
 
 Example::
 
     medseg-mem prepare --synthetic brats-like --cases 10 --out /tmp/cap/c10/prepared
     medseg-mem prepare --synthetic brats-like --cases 40 --out /tmp/cap/c40/prepared
     python benchmarks/bench_capacity.py /tmp/cap/c10/prepared /tmp/cap/c40/prepared --steps 10
+    python benchmarks/bench_capacity.py /tmp/cap/c10/prepared /tmp/cap/c40/prepared --precision bf16 --checkpointing
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--channels", default="8,16,32,64,128")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
+    parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing (run --checkpointing)")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/capacity_<device>.csv")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
@@ -62,7 +66,8 @@ def child(args: argparse.Namespace) -> None:
 
     prepared = args.prepared[0]
     overrides = (("steps", args.steps), ("val_every", args.steps), ("device", args.device),
-                 ("channels", tuple(int(c) for c in args.channels.split(","))))  # fmt: skip
+                 ("channels", tuple(int(c) for c in args.channels.split(","))),
+                 ("precision", args.precision), ("checkpointing", args.checkpointing))  # fmt: skip
     results = args.work / "results.csv"
     request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
                          progress=False)  # fmt: skip
@@ -81,7 +86,8 @@ def measure(prepared: Path, args: argparse.Namespace) -> dict:
     """Run the child for one prepared folder in a fresh interpreter and parse its report."""
     with tempfile.TemporaryDirectory(prefix="capacity-") as work:
         command = [sys.executable, __file__, str(prepared), "--child", "--work", work, "--steps", str(args.steps),
-                   "--channels", args.channels, "--variants", args.variants, "--device", args.device]  # fmt: skip
+                   "--channels", args.channels, "--variants", args.variants, "--device", args.device,
+                   "--precision", args.precision] + (["--checkpointing"] if args.checkpointing else [])  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"run on {prepared} failed:\n{done.stderr[-3000:]}")
@@ -89,21 +95,28 @@ def measure(prepared: Path, args: argparse.Namespace) -> dict:
     return {"prepared": str(prepared), "cases": len(manifest["cases"]), **json.loads(done.stdout.splitlines()[-1])}
 
 
+FIELDS = ["cases", "peak_rss_bytes", "wall_seconds", "variant", "seconds_per_step",
+          "steps", "channels", "precision", "checkpointing", "device", "torch"]  # fmt: skip
+
+
 def write_rows(rows, path: Path, args) -> None:
+    """Append one row per case count and variant (a new file gets the header)."""
     import torch
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fields = ["cases", "peak_rss_bytes", "wall_seconds", "variant", "seconds_per_step",
-              "steps", "channels", "device", "torch"]  # fmt: skip
-    with path.open("w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
+    new = not path.is_file()
+    with path.open("a", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=FIELDS, lineterminator="\n")
+        if new:
+            writer.writeheader()
         for row in rows:
             for variant, seconds in row["seconds_per_step"].items():
                 writer.writerow({"cases": row["cases"], "peak_rss_bytes": row["peak_rss"],
                                  "wall_seconds": round(row["wall_seconds"], 1),
                                  "variant": variant, "seconds_per_step": round(seconds, 3), "steps": args.steps,
-                                 "channels": args.channels, "device": args.device, "torch": torch.__version__})
+                                 "channels": args.channels, "precision": args.precision,
+                                 "checkpointing": args.checkpointing, "device": args.device,
+                                 "torch": torch.__version__})
 
 
 def main() -> None:
@@ -111,6 +124,7 @@ def main() -> None:
     if args.child:
         return child(args)
     rows = [measure(prepared, args) for prepared in args.prepared]
+    print(f"precision {args.precision}, checkpointing {'on' if args.checkpointing else 'off'}, {args.device}")
     print(f"{'cases':>6} {'peak RSS':>10} {'wall':>8}  seconds per training step")
     for row in rows:
         steps = ", ".join(f"{v} {s:.2f}" for v, s in row["seconds_per_step"].items())
