@@ -35,6 +35,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--channels", default="16,32,64,128,256", help="U-Net widths (spec: 32,64,128,256,512)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (thesis: 3e-4)")
     parser.add_argument("--loss", default="dice_ce", choices=("dice", "dice_ce"))
+    parser.add_argument("--guidance", default="onehot", choices=("onehot", "label"), help="cascade guidance")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--results", type=Path, default=None, help="default: benchmarks/results/hippocampus_<device>.csv")
     return parser.parse_args()
@@ -52,6 +53,7 @@ def main() -> None:
     overrides = (
         ("steps", args.steps), ("val_every", args.val_every), ("batch_size", args.batch_size),
         ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("lr", args.lr), ("device", device.type),
+        ("guidance", args.guidance),
     )  # fmt: skip
     request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides)
     started = time.perf_counter()
