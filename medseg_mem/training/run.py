@@ -136,7 +136,8 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     device = resolve_device(jobs[0][2].device)
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
-    results = [run_one(run_id, name, model, train, dataset, request, device, echo)
+    weights = class_weights(jobs[0][2].class_weights, dataset)  # one pass over the labels for every variant
+    results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights)
                for run_id, name, train, model in jobs]  # fmt: skip
     from medseg_mem.report import format_table
 
@@ -160,12 +161,11 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset):
     return [(new_run_id(name), name, train, model) for name in resolve_variants(list(request.variants))]
 
 
-def run_one(run_id, name, model, train, dataset, request, device, echo) -> VariantResult:
+def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None) -> VariantResult:
     run_dir = request.runs_dir / run_id
     write_run_record(run_dir, {"run_id": run_id, "variant": name, "data_dir": str(request.data_dir)}, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
          f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}, seed {train.seed}")
-    weights = class_weights(train.class_weights, dataset)
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
