@@ -10,6 +10,9 @@ unchanged and costs a fraction of a real step), as in every step but the first; 
 step is measured - and timed - once. Next to each reading: the planner's ``plan --mode training`` prediction
 for the same settings (this device's training calibration, measured once and cached) and its relative error.
 
+The network is channels-last as ``medseg-mem run`` trains it (``--no-channels-last``: contiguous, as before
+2026-11-29; the ``channels_last`` column says which).
+
 Usage:
     python benchmarks/bench_train_memory.py --device cuda                        # 4x240x240x155, all four configs
     python benchmarks/bench_train_memory.py --shape 4,96,96,64 --configs bf16,bf16+ckpt
@@ -29,7 +32,7 @@ from pathlib import Path
 CONFIGS = ("fp32", "bf16", "fp16", "fp32+ckpt", "bf16+ckpt", "fp16+ckpt")
 DEFAULT_CONFIGS = "fp32,bf16,fp32+ckpt,bf16+ckpt"
 COLUMNS = (
-    "timestamp", "config", "precision", "checkpointing", "shape", "batch", "channels", "classes", "peak_bytes",
+    "timestamp", "config", "precision", "checkpointing", "channels_last", "shape", "batch", "channels", "classes", "peak_bytes",
     "method", "device", "planned_bytes", "planner_error", "step_seconds", "calibration", "torch_version",
 )  # fmt: skip
 GOAL_BYTES = 8e9  # bf16 + checkpointing at 4x240x240x155
@@ -38,13 +41,13 @@ GOAL_ERROR = 0.15  # planner error on every row
 SAFETY = 0.85  # run a configuration only if its planned peak is below this share of the available memory
 
 
-def timed_step_setup(shape, classes, channels, device, precision, checkpointing, timing_file):
+def timed_step_setup(shape, classes, channels, device, precision, checkpointing, channels_last, timing_file):
     """:func:`~medseg_mem.memory.calibration.training_setup`, its step timed into ``timing_file`` (seconds)."""
     import torch
 
     from medseg_mem.memory.calibration import training_setup
 
-    step = training_setup(shape, classes, channels, device, precision, checkpointing)
+    step = training_setup(shape, classes, channels, device, precision, checkpointing, channels_last)
 
     def run():
         start = time.perf_counter()
@@ -70,7 +73,7 @@ def measure(args, precision, checkpointing):
     with tempfile.TemporaryDirectory() as folder:
         timing_file = str(Path(folder) / "seconds.json")
         setup_args = ((args.batch, *args.shape), args.classes, args.channels, args.device, precision, checkpointing)
-        reading = measure_peak(timed_step_setup, (*setup_args, timing_file), args.device, grad=True)
+        reading = measure_peak(timed_step_setup, (*setup_args, args.channels_last, timing_file), args.device, grad=True)
         return reading, json.loads(Path(timing_file).read_text())
 
 
@@ -84,11 +87,12 @@ def planned_step(args, precision, checkpointing):
     from medseg_mem.memory.planner import plan_variant
 
     calibration = cached_calibration(args.calibration, args.channels, args.device, announce=print, mode="training",
-                                     precision=precision, checkpointing=checkpointing)  # fmt: skip
+                                     precision=precision, checkpointing=checkpointing,
+                                     channels_last=args.channels_last)  # fmt: skip
     plan = plan_variant(
         "full", args.shape, args.classes, ModelConfig(channels=args.channels), batch=args.batch, mode="training",
         calibration=calibration, precision=precision, checkpointing=checkpointing, workers=0, cache_bytes=0,
-        device=args.device,
+        device=args.device, channels_last=args.channels_last,
     )  # fmt: skip
     host = 0 if args.device.startswith("cuda") else plan.host_bytes
     return plan.predicted_bytes - host, calibration.key
@@ -101,7 +105,7 @@ def make_row(args, name, reading, seconds, planned):
     precision, checkpointing = parse_config(name)
     return dict(
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"), config=name, precision=precision,
-        checkpointing=checkpointing, shape="x".join(map(str, args.shape)), batch=args.batch,
+        checkpointing=checkpointing, channels_last=args.channels_last, shape="x".join(map(str, args.shape)), batch=args.batch,
         channels="-".join(map(str, args.channels)), classes=args.classes, peak_bytes=reading.peak_bytes,
         method=reading.method, device=reading.device, planned_bytes=planned[0],
         planner_error=round(abs(planned[0] - reading.peak_bytes) / reading.peak_bytes, 4),
@@ -175,6 +179,8 @@ def parse_args(argv=None):
     parser.add_argument("--classes", type=int, default=4)
     parser.add_argument("--channels", default="32,64,128,256,512", help="U-Net widths [32,64,128,256,512]")
     parser.add_argument("--batch", type=int, default=1, help="volumes per step [1]")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="channels-last network, as `medseg-mem run` trains [on]")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"some of {', '.join(CONFIGS)} [{DEFAULT_CONFIGS}]")
     parser.add_argument("--out", type=Path, help="CSV to append to [benchmarks/results/train_memory_<device>.csv]")
     parser.add_argument("--calibration", type=Path, default=Path("medseg-work/planner-calibration.json"))
@@ -211,7 +217,8 @@ def main(argv=None) -> None:
     budget, source = default_budget(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, budget {format_bytes(budget)} ({source}); "
           f"one training step at {'x'.join(map(str, args.shape))}, batch {args.batch}, {args.classes} classes, "
-          f"widths {'-'.join(map(str, args.channels))}", flush=True)  # fmt: skip
+          f"widths {'-'.join(map(str, args.channels))}, {'channels-last' if args.channels_last else 'contiguous'}",
+          flush=True)  # fmt: skip
     start = time.perf_counter()
     print(f"{'config':<10} {'peak':>10} {'planned':>10} {'error':>7} {'step (s)':>9}  method")
     rows = [row for row in (run_config(args, name, budget) for name in args.configs) if row is not None]

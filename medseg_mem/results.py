@@ -29,9 +29,9 @@ RESULT_COLUMNS = (
     "run_id", "timestamp", "dataset", "variant", "class_name", "class_index", "dice",
     "peak_memory_bytes", "memory_method", "device", "inference_seconds_per_case", "train_steps", "train_seconds",
     "seed", "channels", "loss", "slab_size", "downsample", "n_test_cases", "package_version", "source",
-    "planned_bytes", "planner_error", "inferer", "precision", "checkpointing",
+    "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
 )  # fmt: skip
-OPTIONAL_COLUMNS = ("planned_bytes", "planner_error", "inferer", "precision", "checkpointing")
+OPTIONAL_COLUMNS = ("planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last")
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark")
 #: Columns that :func:`read_results` parses as numbers; an empty cell becomes NaN (``<NA>`` for integers).

@@ -19,6 +19,7 @@ def calibration_file(tmp_path):
     """Tiny explicit calibrations for the tiny widths (inference, bf16 training), so no test measures anything."""
     key = calibration_key("cpu", (4, 8, 16))
     save_calibration(tmp_path / "cal.json", Calibration(1.3, 40_000_000, key + "|training-bf16-checkpointing"))
+    save_calibration(tmp_path / "cal.json", Calibration(1.1, 30_000_000, key + "|training-bf16-checkpointing-channels-last"))
     return str(save_calibration(tmp_path / "cal.json", Calibration(1.1, 50_000_000, key)))
 
 
@@ -126,10 +127,19 @@ def test_training_table_has_a_host_column(calibration_file):
                   "--checkpointing", "--budget", "8GB", "--calibration", calibration_file, *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert lines[0].startswith("training (bf16, checkpointing, batch 1) peak memory")
+    assert lines[0].startswith("training (bf16, checkpointing, channels-last, batch 1) peak memory")
     assert lines[1].split() == ["variant", "predicted", "host", "budget", "fits"]
     assert lines[2].split()[0] == "full" and "included in predicted" in lines[5]
-    assert lines[-1].endswith("|4-8-16|training-bf16-checkpointing")
+    assert lines[-1].endswith("|4-8-16|training-bf16-checkpointing-channels-last")
+
+
+def test_no_channels_last_plans_with_the_contiguous_calibration(calibration_file):
+    options = ("--shape", "1,64,64,48", "--classes", "3", "--mode", "training", "--precision", "bf16",
+               "--checkpointing", "--calibration", calibration_file, "--json", "--variant", "full", *TINY)  # fmt: skip
+    default, contiguous = (json.loads(plan(*options, *extra).output)[0] for extra in ((), ("--no-channels-last",)))
+    assert default["channels_last"] is True and contiguous["channels_last"] is False
+    assert default["calibration"].endswith("-channels-last") and contiguous["calibration"].endswith("-checkpointing")
+    assert default["predicted_bytes"] < contiguous["predicted_bytes"]  # 1.1x + 30 MB against 1.3x + 40 MB
 
 
 def test_training_options_in_inference_mode_give_a_notice(tmp_path, monkeypatch):

@@ -33,6 +33,7 @@ def test_trains_and_keeps_the_best_checkpoint(tmp_path, tiny_prepared):
     saved = load_checkpoint(outcome.best_path)
     assert saved["step"] == outcome.best_step and saved["variant"] == "patch" and saved["stage"] == "patch"
     assert saved["training"]["precision"] == "fp32" and saved["training"]["checkpointing"] is False
+    assert saved["training"]["channels_last"] is True  # the default layout
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
@@ -70,12 +71,16 @@ def test_same_seed_same_weights_other_seed_other_weights(tmp_path, tiny_prepared
     assert not all(torch.equal(weights["a"][k], weights["c"][k]) for k in weights["a"])
 
 
-@pytest.mark.parametrize("precision,checkpointing", [("bf16", False), ("fp32", True), ("bf16", True), ("fp16", False)])
-def test_memory_levers_train_and_are_recorded(tmp_path, tiny_prepared, precision, checkpointing):
-    options = dict(precision=precision, checkpointing=checkpointing)
+LEVERS = [("bf16", False, True), ("fp32", True, True), ("bf16", True, True), ("fp16", False, True), ("bf16", True, False)]
+
+
+@pytest.mark.parametrize("precision,checkpointing,channels_last", LEVERS)
+def test_memory_levers_train_and_are_recorded(tmp_path, tiny_prepared, precision, checkpointing, channels_last):
+    options = dict(precision=precision, checkpointing=checkpointing, channels_last=channels_last)
     outcome = train_stage(job(tmp_path, tiny_prepared, variant="full", steps=2, **options), progress=False)
     saved = load_checkpoint(outcome.best_path)
     assert saved["training"]["precision"] == precision and saved["training"]["checkpointing"] is checkpointing
+    assert saved["training"]["channels_last"] is channels_last
     assert all(torch.isfinite(t.float()).all() for t in saved["state_dict"].values())
     assert all(t.dtype != torch.bfloat16 for t in saved["state_dict"].values())  # master weights stay fp32
 
@@ -133,3 +138,16 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     with pytest.raises(OSError):
         save_checkpoint(path, {"variant": "full", "stage": "full", "step": 2, "state_dict": {}, "model": {}})
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+
+
+def test_a_run_recorded_before_channels_last_resumes_contiguous(tmp_path):
+    """``run.json`` of an older run has no ``channels_last``: it trained contiguous, so it resumes contiguous."""
+    import json
+
+    from medseg_mem.training.settings import load_run_record, write_run_record
+
+    write_run_record(tmp_path, {"run_id": "old"}, MODEL, TrainConfig())
+    record = json.loads((tmp_path / "run.json").read_text())
+    del record["train"]["channels_last"]
+    (tmp_path / "run.json").write_text(json.dumps(record))
+    assert TrainConfig().channels_last is True and load_run_record(tmp_path)["train"].channels_last is False

@@ -88,6 +88,28 @@ def test_checkpointing_is_bit_identical(precision):
     assert all(m.momentum == 0.1 for m in checkpointed.modules() if isinstance(m, torch.nn.BatchNorm3d))
 
 
+def test_channels_last_layout_gives_the_same_step_to_rounding():
+    """Channels-last weights change the layout, not the maths: output and gradients agree to float rounding,
+    and checkpointing stays bit-identical within the channels-last layout."""
+    from medseg_mem.models.build import channels_last_layout
+
+    plain, _ = twin_networks()
+    last = channels_last_layout(copy.deepcopy(plain))
+    last_checkpointed = copy.deepcopy(last)
+    last_checkpointed.checkpointing = True
+    assert last.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    assert not plain.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    x, y = torch.randn(2, 2, 12, 13, 10), torch.randint(0, 3, (2, 1, 12, 13, 10))
+    (out_a, loss_a), (out_b, loss_b) = one_step(plain, x, y, "fp32"), one_step(last, x, y, "fp32")
+    out_c, loss_c = one_step(last_checkpointed, x, y, "fp32")
+    torch.testing.assert_close(out_a, out_b, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-5, atol=1e-6)
+    for (name, a), b in zip(plain.named_parameters(), last.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-3, atol=1e-5, msg=name)
+    assert torch.equal(out_b, out_c) and torch.equal(loss_b, loss_c)
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(last.parameters(), last_checkpointed.parameters()))
+
+
 def test_checkpointing_runs_each_level_only_when_training_with_grad(monkeypatch):
     calls = []
     real = unet.checkpoint

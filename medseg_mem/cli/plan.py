@@ -2,7 +2,7 @@
 
 The image size comes from ``--shape``/``--classes`` or from a prepared dataset (``--data``: its channels, its
 largest case and its classes). ``--mode training`` plans one training step with the memory levers of
-``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--batch``, and the loader's ``--workers``/``--cache``.
+``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--no-channels-last``, ``--batch``, and the loader's ``--workers``/``--cache``.
 Only click and torch-free modules are imported here; the planner (and torch) load inside the command.
 """
 
@@ -23,7 +23,7 @@ from medseg_mem.names import DEFAULT_WORKDIR, GUIDANCE_NAMES, PRECISION_NAMES
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
 DEFAULT_CACHE = TrainConfig.cache_bytes
-TRAINING_OPTIONS = ("--precision", "--checkpointing", "--workers", "--cache")
+TRAINING_OPTIONS = ("--precision", "--checkpointing", "--no-channels-last", "--workers", "--cache")
 
 
 def parse_shape(ctx, param, value: Optional[str]) -> Optional[Tuple[int, int, int, int]]:
@@ -112,12 +112,15 @@ def image_size(shape, classes, data) -> Tuple[Tuple[int, int, int, int], int]:
     return shape, classes
 
 
-def training_levers(mode: str, precision: str, checkpointing: bool, workers: int, cache: Optional[int]) -> dict:
+def training_levers(
+    mode: str, precision: str, checkpointing: bool, workers: int, cache: Optional[int], channels_last: bool = True
+) -> dict:
     """The planner's training options; in inference mode none, with a one-line notice on stderr if any was set."""
     if mode == "training":
         cache_bytes = DEFAULT_CACHE if cache is None else cache
-        return dict(precision=precision, checkpointing=checkpointing, workers=workers, cache_bytes=cache_bytes)
-    changed = (precision != "fp32", checkpointing, workers != 0, cache is not None)
+        return dict(precision=precision, checkpointing=checkpointing, workers=workers, cache_bytes=cache_bytes,
+                    channels_last=channels_last)  # fmt: skip
+    changed = (precision != "fp32", checkpointing, not channels_last, workers != 0, cache is not None)
     ignored = [name for name, given in zip(TRAINING_OPTIONS, changed) if given]
     if ignored:
         click.echo(f"note: {', '.join(ignored)} only apply to --mode training; ignored for inference", err=True)
@@ -145,6 +148,8 @@ def training_levers(mode: str, precision: str, checkpointing: bool, workers: int
               help="Training: autocast dtype of the forward pass (weights, gradients and Adam stay float32).")
 @click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
               help="Training: recompute each U-Net level in the backward pass instead of storing its activations.")
+@click.option("--channels-last/--no-channels-last", default=TrainConfig.channels_last, show_default=True,
+              help="Training: channels-last network layout (`medseg-mem run`'s default).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Training: DataLoader worker processes (host memory: samples in flight).")
 @click.option("--cache", callback=parse_cache,
@@ -161,7 +166,7 @@ def training_levers(mode: str, precision: str, checkpointing: bool, workers: int
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per variant.")
 @library_errors
 def plan(shape, classes, data, variants, budget, slab, downsample, guidance, batch, mode, precision, checkpointing,
-         workers, cache, channels, device, calibration_path, calibrate, as_json) -> None:  # fmt: skip
+         channels_last, workers, cache, channels, device, calibration_path, calibrate, as_json) -> None:  # fmt: skip
     """Predict the peak memory of each variant before allocating anything large.
 
     Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``, or
@@ -173,13 +178,14 @@ def plan(shape, classes, data, variants, budget, slab, downsample, guidance, bat
     from medseg_mem.variants import resolve_variants
 
     shape, classes = image_size(shape, classes, data)
-    levers = training_levers(mode, precision, checkpointing, workers, cache)
+    levers = training_levers(mode, precision, checkpointing, workers, cache, channels_last)
     budget_source = "--budget"
     if budget is None:
         budget, budget_source = default_budget(device)
     model = ModelConfig(channels=channels, slab_size=slab, downsample=downsample, guidance=guidance)
     calibration = cached_calibration(calibration_path, channels, device, calibrate, lambda m: click.echo(m, err=True),
-                                     mode=mode, precision=precision, checkpointing=checkpointing)  # fmt: skip
+                                     mode=mode, precision=precision, checkpointing=checkpointing,
+                                     channels_last=channels_last)  # fmt: skip
     plans = plan_variants(
         resolve_variants(list(variants)), shape, classes, model=model, batch=batch, mode=mode,
         calibration=calibration, budget_bytes=budget, device=device, **levers,
@@ -196,5 +202,6 @@ def header_line(plans, shape, classes, budget: int, budget_source: str, batch: i
     mode, size = plans[0].mode, "x".join(str(s) for s in shape)
     if mode == "training":
         recompute = "checkpointing" if plans[0].checkpointing else "no checkpointing"
-        mode = f"training ({plans[0].precision}, {recompute}, batch {batch})"
+        layout = "channels-last" if plans[0].channels_last else "contiguous"
+        mode = f"training ({plans[0].precision}, {recompute}, {layout}, batch {batch})"
     return f"{mode} peak memory, image {size}, {classes} classes, budget {format_bytes(budget)} ({budget_source})"

@@ -10,9 +10,10 @@ width list; it is cached in a JSON file keyed by those three.
 
 Training has its own calibrations, fitted the same way on measured training steps (forward, Dice+CE loss,
 backward, Adam step through :func:`~medseg_mem.training.step.train_step`) against the planner's training
-trace, one per precision and checkpointing setting: the backend's extra memory differs between them (on a
-CPU, oneDNN's bf16 convolutions need about 1.35x the traced bytes with checkpointing, float32 about 1.0x).
-Their keys add ``|training-<precision>[-checkpointing]``.
+trace, one per precision, checkpointing and memory layout setting: the backend's extra memory differs between
+them (on a CPU, oneDNN's bf16 convolutions on contiguous tensors need about 1.35x the traced bytes with
+checkpointing, float32 about 1.0x; channels-last weights spare most of oneDNN's reorders).
+Their keys add ``|training-<precision>[-checkpointing][-channels-last]``.
 """
 
 from __future__ import annotations
@@ -78,19 +79,21 @@ def device_label(device: str) -> str:
 
 
 def calibration_key(
-    device: str, channels: Sequence[int], mode: str = "inference", precision: str = "fp32", checkpointing: bool = False
+    device: str, channels: Sequence[int], mode: str = "inference", precision: str = "fp32", checkpointing: bool = False,
+    channels_last: bool = False,
 ) -> str:
     """Cache key: device hardware, torch version and widths (plus the training levers for a training calibration).
 
     Example:
-        >>> calibration_key("cpu", (32, 64), "training", "bf16", True)  # doctest: +SKIP
-        'cpu-x86_64|torch-2.13.0+cpu|32-64|training-bf16-checkpointing'
+        >>> calibration_key("cpu", (32, 64), "training", "bf16", True, True)  # doctest: +SKIP
+        'cpu-x86_64|torch-2.13.0+cpu|32-64|training-bf16-checkpointing-channels-last'
     """
     import torch
 
     key = f"{device_label(device)}|torch-{torch.__version__}|{'-'.join(str(c) for c in channels)}"
     if mode == "training":
         key += f"|training-{precision}{'-checkpointing' if checkpointing else ''}"
+        key += "-channels-last" if channels_last else ""
     return key
 
 
@@ -108,18 +111,20 @@ def network_setup(shape: Shape, out_channels: int, channels: Tuple[int, ...], de
 
 def training_setup(
     shape: Shape, out_channels: int, channels: Tuple[int, ...], device: str, precision: str = "fp32",
-    checkpointing: bool = False,
+    checkpointing: bool = False, channels_last: bool = False,
 ) -> Callable:
     """Picklable :func:`measure_peak` setup (``grad=True``): one training step of a random-weight U-Net.
 
     The step is :func:`~medseg_mem.training.step.train_step` (autocast for bf16/fp16, Dice+CE loss on float32
     logits, backward, Adam step) on a random float32 batch of ``shape`` ``(B, C, X, Y, Z)`` and a uint8 label,
     as the loader delivers them. The Adam states already exist (:func:`prime_optimizer`), as in every step
-    after the first, and no gradients are held before the step (``zero_grad(set_to_none=True)``).
+    after the first, and no gradients are held before the step (``zero_grad(set_to_none=True)``). With
+    ``channels_last`` the network is laid out as the training loop lays it out (``build_network``).
     """
     import torch
     from monai.losses import DiceCELoss
 
+    from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
     from medseg_mem.training.precision import grad_scaler
     from medseg_mem.training.step import train_step
@@ -127,6 +132,7 @@ def training_setup(
     torch.manual_seed(0)
     where = torch.device(device)
     net = UNet3D(shape[1], out_channels, channels, checkpointing=checkpointing).train().to(where)
+    net = channels_last_layout(net) if channels_last else net
     optimizer = prime_optimizer(torch.optim.Adam(net.parameters(), lr=3e-4))
     image = torch.randn(shape, device=where)
     label = torch.randint(0, out_channels, (shape[0], 1, *shape[2:]), dtype=torch.uint8, device=where)
@@ -264,7 +270,7 @@ def calibrate(
 
 def calibrate_training(
     channels: Sequence[int], device: str = "cpu", precision: str = "fp32", checkpointing: bool = False,
-    shapes: Optional[Sequence[Shape]] = None, out_channels: int = 2,
+    shapes: Optional[Sequence[Shape]] = None, out_channels: int = 2, channels_last: bool = False,
 ) -> Calibration:
     """Measure training steps (:func:`training_setup`) at ``shapes`` and fit the training correction.
 
@@ -275,6 +281,7 @@ def calibrate_training(
         checkpointing: activation checkpointing on or off; the calibration is only valid for it.
         shapes: ``(B, C, X, Y, Z)`` batch shapes (default: cubes whose traced step is about 0.3, 0.6, 1.2 GB).
         out_channels: classes of the calibration networks.
+        channels_last: the network's memory layout (:func:`training_setup`); the calibration is only valid for it.
 
     Example:
         >>> calibrate_training((4, 8), "cpu", "bf16", True, [(1, 1, 32, 32, 32), (1, 1, 64, 64, 64)])  # doctest: +SKIP
@@ -287,12 +294,12 @@ def calibrate_training(
     points = []
     for shape in shapes or calibration_shapes(channels, TRAINING_TARGET_BYTES, traced, probe=64):
         shape = tuple(int(s) for s in shape)
-        setup_args = (shape, out_channels, channels, device, precision, bool(checkpointing))
+        setup_args = (shape, out_channels, channels, device, precision, bool(checkpointing), bool(channels_last))
         reading = measure_peak(training_setup, setup_args, device, grad=True)
         resident, traced_bytes = traced_training_bytes(shape, out_channels, channels, *levers)
         points.append((traced_bytes, int(reading.peak_bytes - resident)))
     multiplier, offset = fit(points)
-    key = calibration_key(device, channels, "training", precision, checkpointing)
+    key = calibration_key(device, channels, "training", precision, checkpointing, channels_last)
     return Calibration(multiplier, int(offset), key, tuple(points))
 
 
@@ -324,7 +331,7 @@ def save_calibration(path: Path, calibration: Calibration) -> Path:
 
 def cached_calibration(
     path: Path, channels: Sequence[int], device: str, allow_measuring: bool = True, announce: Callable = None,
-    mode: str = "inference", precision: str = "fp32", checkpointing: bool = False,
+    mode: str = "inference", precision: str = "fp32", checkpointing: bool = False, channels_last: bool = False,
 ) -> Calibration:
     """Return the cached calibration for this device/torch/widths, measuring and caching it when missing.
 
@@ -337,15 +344,16 @@ def cached_calibration(
         mode: ``inference`` or ``training`` (a training calibration per ``precision`` and ``checkpointing``).
         precision: training precision.
         checkpointing: training with activation checkpointing.
+        channels_last: training with channels-last weights (``medseg-mem run``'s default).
     """
-    key = calibration_key(device, channels, mode, precision, checkpointing)
+    key = calibration_key(device, channels, mode, precision, checkpointing, channels_last)
     found = load_calibration(path, key)
     if found is not None or not allow_measuring:
         return found or UNCALIBRATED
     if announce is not None:
         announce(f"calibrating the planner for {key} (one-off, about a minute or two); caching it in {path}")
     if mode == "training":
-        calibration = calibrate_training(channels, device, precision, checkpointing)
+        calibration = calibrate_training(channels, device, precision, checkpointing, channels_last=channels_last)
     else:
         calibration = calibrate(channels, device)
     save_calibration(path, calibration)

@@ -56,6 +56,8 @@ class Plan:
             ``predicted_bytes`` on a CPU device, reported beside it on CUDA.
         precision: training precision (``fp32``, ``bf16`` or ``fp16``; inference plans are float32).
         checkpointing: whether the training step recomputes activations (activation checkpointing).
+        channels_last: whether the training network is laid out channels-last (the calibration's setting; the
+            structural count is the same for both layouts).
     """
 
     variant: str
@@ -69,6 +71,7 @@ class Plan:
     host_bytes: int = 0
     precision: str = "fp32"
     checkpointing: bool = False
+    channels_last: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -100,6 +103,7 @@ def plan_variant(
     workers: int = 0,
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     device: str = "cpu",
+    channels_last: bool = False,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -119,6 +123,8 @@ def plan_variant(
         cache_bytes: training only: host memory the loader may fill with cached cases.
         device: ``cpu`` (host memory shares the budget) or ``cuda`` (budget is device memory; the autocast
             policy of the device is followed).
+        channels_last: training only: the layout of the network, recorded in the plan (pass the calibration
+            measured with it: the backend's extra memory is what differs).
 
     Raises:
         OptionError: for a bad shape, class count, batch, mode, precision, worker count or cache size;
@@ -149,6 +155,7 @@ def plan_variant(
     return Plan(
         variant, mode, predicted, int(budget_bytes), predicted <= budget_bytes, int(resident), int(trace.peak()),
         calibration.key, int(host), precision if training else "fp32", bool(checkpointing) and training,
+        bool(channels_last) and training,
     )  # fmt: skip
 
 

@@ -12,9 +12,32 @@ from medseg_mem.config import ModelConfig
 from medseg_mem.models.unet import UNet3D
 
 
-def build_network(in_channels: int, num_classes: int, model: ModelConfig, checkpointing: bool = False) -> UNet3D:
-    """The spec U-Net with ``model``'s widths (random weights: seed torch first for a repeatable network)."""
-    return UNet3D(in_channels, num_classes, channels=model.channels, checkpointing=checkpointing)
+def build_network(
+    in_channels: int, num_classes: int, model: ModelConfig, checkpointing: bool = False, channels_last: bool = False
+) -> UNet3D:
+    """The spec U-Net with ``model``'s widths (random weights: seed torch first for a repeatable network).
+
+    ``channels_last`` stores the convolution weights channels-last (:func:`channels_last_layout`).
+    """
+    net = UNet3D(in_channels, num_classes, channels=model.channels, checkpointing=checkpointing)
+    return channels_last_layout(net) if channels_last else net
+
+
+def channels_last_layout(net: torch.nn.Module) -> torch.nn.Module:
+    """Store ``net``'s 5-D weights in ``torch.channels_last_3d`` order (in place; returns ``net``).
+
+    Convolutions then produce channels-last activations whatever the input's layout, and oneDNN (CPU) runs
+    them without reordering every input and output into its blocked layout. Measured for one training step of
+    the spec U-Net at 4x128x128x96 on the 2-core CPU: bf16 + checkpointing 1.33 GB instead of 1.63, bf16 2.28
+    instead of 2.58, fp32 3.53 instead of 3.65, and 1.1-1.6x faster (``docs/memory.md``). The values are the
+    same; only the summation order inside a convolution may differ, so results agree to rounding, not bit for bit.
+
+    Example:
+        >>> net = channels_last_layout(UNet3D(1, 2, channels=(4, 8)))
+        >>> net.encoders[0][0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+        True
+    """
+    return net.to(memory_format=torch.channels_last_3d)
 
 
 def load_networks(paths: Dict[str, Path], device: torch.device) -> Dict[str, torch.nn.Module]:

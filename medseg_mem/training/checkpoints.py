@@ -37,6 +37,7 @@ def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Di
             "seed": job.train.seed,
             "precision": job.train.precision,
             "checkpointing": job.train.checkpointing,
+            "channels_last": job.train.channels_last,
             "batch_size": job.train.batch_size,
             "lr": job.train.lr,
             "lr_schedule": job.train.lr_schedule,

@@ -89,7 +89,9 @@ def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
 def train_stage(job: StageJob, progress: bool = True) -> StageOutcome:
     """Train one stage for ``job.train.steps`` steps (continuing from ``last.pt`` if present)."""
     seed_everything(job.train.seed, job.seed_offset, job.train.deterministic)
-    net = build_network(job.in_channels, job.num_classes, job.model, job.train.checkpointing).to(job.device)
+    train = job.train
+    net = build_network(job.in_channels, job.num_classes, job.model, train.checkpointing, train.channels_last)
+    net = net.to(job.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
     scaler = grad_scaler(job.train.precision, job.device)
     step, state = resume_state(job, net, optimizer, scaler)

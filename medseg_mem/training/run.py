@@ -113,7 +113,7 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "slab_size": model.slab_size if result.variant != "full" else "",
         "downsample": model.downsample if result.variant == "cascade" else "",
         "n_test_cases": result.evaluation.n_cases, "package_version": __version__, "source": "run",
-        "precision": train.precision, "checkpointing": train.checkpointing,
+        "precision": train.precision, "checkpointing": train.checkpointing, "channels_last": train.channels_last,
     }  # fmt: skip
     names = dataset.class_names[1:]
     return [
@@ -165,7 +165,8 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     run_dir = request.runs_dir / run_id
     write_run_record(run_dir, {"run_id": run_id, "variant": name, "data_dir": str(request.data_dir)}, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
-         f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}, seed {train.seed}")
+         f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}"
+         f"{', channels-last' if train.channels_last else ''}, seed {train.seed}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))

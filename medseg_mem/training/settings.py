@@ -68,7 +68,8 @@ def load_run_record(run_dir: Path) -> Dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         record["model"] = ModelConfig(**{**record["model"], "channels": tuple(record["model"]["channels"])})
-        record["train"] = TrainConfig(**record["train"])
+        # runs recorded before the channels_last option trained with contiguous weights: resume them so
+        record["train"] = TrainConfig(**{"channels_last": False, **record["train"]})
     except (ValueError, KeyError, TypeError) as error:
         raise MedsegError(f"{path}: not a readable run record ({error}); start a new run instead") from error
     return record
