@@ -252,3 +252,34 @@ def test_bad_training_levers():
         training_plan(workers=-1)
     with pytest.raises(OptionError, match="--cache must be a size >= 0"):
         training_plan(cache_bytes=-5)
+
+
+@pytest.mark.parametrize("length,group", [(35, 1), (64, 1), (100, 2), (97, 3)])
+def test_representative_slabs_trace_the_same_peak(length, group):
+    """Running only the first two and the last slab group keeps the traced peak of the whole slab loop."""
+    from medseg_mem.inference.slab import SlabInferer, representative_slabs
+
+    net = torch.nn.Conv3d(2, 3, 3, padding=1, device="meta")
+    image = torch.zeros(1, 2, 8, 8, length, device="meta")
+
+    def peak(representative: bool) -> float:
+        with torch.inference_mode(), LiveSetTracer([image, *net.parameters()], [net]) as tracer:
+            if representative:
+                with representative_slabs():
+                    SlabInferer(slab_size=8, sw_batch_size=group)(image, net)
+            else:
+                SlabInferer(slab_size=8, sw_batch_size=group)(image, net)
+        return tracer.trace.peak(multiplier=1.7)
+
+    assert peak(True) == peak(False) > 0
+
+
+def test_slab_count_does_not_slow_planning():
+    """100,000 slices (6,250 slabs) plan in seconds; an absurd training batch is one OptionError, not overflow."""
+    import time
+
+    start = time.monotonic()
+    plans = [plan_variant(name, (1, 100000, 100000, 100000), 3, TINY) for name in ("patch", "cascade")]
+    assert time.monotonic() - start < 10 and all(plan.predicted_bytes > 10**15 for plan in plans)
+    with pytest.raises(OptionError, match=r"--shape with --batch 1000000 .* fits no device"):
+        plan_variant("full", (1, 100000, 100000, 100000), 3, TINY, mode="training", batch=1000000)

@@ -9,8 +9,10 @@ full-size tensors are the input and the output.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
-from typing import Any, Callable, List
+from typing import Any, Callable, Iterator, List, Sequence
 
 import torch
 from monai.inferers import Inferer
@@ -19,6 +21,35 @@ from torch.nn import functional as F
 from medseg_mem.errors import OptionError
 
 SPATIAL_AXES = (0, 1, 2, -1, -2, -3)
+_REPRESENTATIVE = contextvars.ContextVar("representative_slabs", default=False)
+
+
+@contextlib.contextmanager
+def representative_slabs() -> Iterator[None]:
+    """Within this block :class:`SlabInferer` runs only the slab groups whose memory can differ.
+
+    Those are the first group (no output yet), the second (output and one earlier prediction alive) and the
+    last (maybe smaller, maybe padded). Every group in between is full and repeats the second's allocations
+    exactly, so a memory trace (:mod:`medseg_mem.memory.trace`) of the shortened loop has the same peak at a
+    cost that does not grow with the number of slabs. The output is left incomplete: for tracing only.
+    """
+    token = _REPRESENTATIVE.set(True)
+    try:
+        yield
+    finally:
+        _REPRESENTATIVE.reset(token)
+
+
+def slab_groups(starts: Sequence[int], group_size: int, representative: bool = False) -> List[Sequence[int]]:
+    """``starts`` cut into groups of ``group_size``; with ``representative`` only the first two and the last.
+
+    Example:
+        >>> slab_groups([0, 16, 32, 48, 64], 1, representative=True)
+        [[0], [16], [64]]
+    """
+    count = -(-len(starts) // group_size)
+    kept = (0, 1, count - 1) if representative and count > 3 else range(count)
+    return [starts[index * group_size : (index + 1) * group_size] for index in kept]
 
 
 def slab_starts(length: int, slab_size: int) -> List[int]:
@@ -35,9 +66,14 @@ def slab_starts(length: int, slab_size: int) -> List[int]:
         >>> slab_starts(35, 16)
         [0, 16, 32]
     """
+    return list(_slab_range(length, slab_size))
+
+
+def _slab_range(length: int, slab_size: int) -> range:
+    """:func:`slab_starts` as a ``range`` (cheap for any number of slabs)."""
     _check_positive_int("length", length)
     _check_positive_int("slab_size", slab_size)
-    return list(range(0, length, slab_size))
+    return range(0, length, slab_size)
 
 
 def cut_slab(tensor: torch.Tensor, start: int, slab_size: int, axis: int) -> torch.Tensor:
@@ -113,10 +149,9 @@ class SlabInferer(Inferer):
             raise OptionError("inputs", "must be a 5D tensor (B, C, X, Y, Z)", shape)
         axis = 2 + self.spatial_axis
         length = inputs.shape[axis]
-        starts = slab_starts(length, self.slab_size)
+        starts = _slab_range(length, self.slab_size)
         output = None
-        for first in range(0, len(starts), self.sw_batch_size):
-            group = starts[first : first + self.sw_batch_size]
+        for group in slab_groups(starts, self.sw_batch_size, _REPRESENTATIVE.get()):
             prediction = self._run_group(inputs, group, axis, network, *args, **kwargs)
             if output is None:
                 output = self._allocate(inputs, prediction)

@@ -21,22 +21,20 @@ the budget and is part of ``predicted_bytes``.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import asdict, dataclass
 from typing import List, Sequence, Tuple
 
 from medseg_mem.config import TrainConfig
 from medseg_mem.errors import OptionError
 from medseg_mem.memory.calibration import UNCALIBRATED, Calibration
+from medseg_mem.memory.planner_trace import FLOAT_BYTES, check_countable, trace_inference
+from medseg_mem.memory.planner_training import trace_training
 from medseg_mem.names import PRECISION_NAMES
 
 MODES = ("inference", "training")
-FLOAT_BYTES = 4
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)
-ADAM_STATES = 2  # exp_avg and exp_avg_sq, one copy of the weights each
 PREFETCH_FACTOR = 2  # batches a DataLoader worker prepares ahead (torch's default)
 DEFAULT_CACHE_BYTES = TrainConfig.cache_bytes
-HALF_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
 @dataclass(frozen=True)
@@ -143,11 +141,12 @@ def plan_variant(
     shape, model = check_shape(shape), model or ModelConfig()
     _check_counts(classes, batch, mode)
     _check_training(precision, workers, cache_bytes)
+    check_countable(shape, batch, 2 * model.channels[0] + classes)
     if mode == "inference":
-        (resident, trace), host = _trace_inference(get_variant(variant), shape, classes, model, batch), 0
+        (resident, trace), host = trace_inference(get_variant(variant), shape, classes, model, batch), 0
     else:
         lever = (precision, bool(checkpointing), device)
-        resident, trace = _trace_training(get_variant(variant), shape, classes, model, batch, lever)
+        resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever)
         host = loader_host_bytes(shape, batch, workers, cache_bytes)
     predicted = int(resident + trace.peak(calibration.multiplier) + calibration.offset_bytes)
     predicted += 0 if str(device).startswith("cuda") else host
@@ -199,153 +198,6 @@ def _check_training(precision: str, workers: int, cache_bytes: int) -> None:
         raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", workers)
     if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
         raise OptionError("--cache", "must be a size >= 0 like 4GB or 512MiB", cache_bytes)
-
-
-def _meta_networks(variant, image_channels: int, classes: int, model, checkpointing: bool = False):
-    """One random-free ``meta`` U-Net per stage, keyed by stage name."""
-    import torch
-
-    from medseg_mem.models.unet import UNet3D
-
-    with torch.device("meta"):
-        return {
-            stage.name: UNet3D(stage.in_channels(image_channels, classes, model), classes, model.channels,
-                               checkpointing=checkpointing)
-            for stage in variant.stages()
-        }  # fmt: skip
-
-
-def _weight_bytes(nets) -> int:
-    return sum(t.numel() * t.element_size() for net in nets.values() for t in (*net.parameters(), *net.buffers()))
-
-
-def _trace_inference(variant, shape, classes, model, batch):
-    """Trace ``variant.segment`` on ``meta`` under inference mode; returns ``(resident bytes, trace)``."""
-    import torch
-
-    from medseg_mem.memory.trace import LiveSetTracer
-
-    nets = {name: net.eval() for name, net in _meta_networks(variant, shape[0], classes, model).items()}
-    image = torch.zeros((batch, *shape), device="meta")
-    existing = [image, *(t for net in nets.values() for t in (*net.parameters(), *net.buffers()))]
-    with torch.inference_mode(), LiveSetTracer(existing, nets.values()) as tracer:
-        variant.segment(nets, image, model, classes)
-    return _weight_bytes(nets) + image.numel() * FLOAT_BYTES, tracer.trace
-
-
-def _trace_training(variant, shape, classes, model, batch, lever):
-    """Trace one training step of each stage; return the worst stage's ``(resident bytes, trace)``.
-
-    ``lever`` is ``(precision, checkpointing, device)``.
-    """
-    nets = _meta_networks(variant, shape[0], classes, model, lever[1])
-    worst = None
-    for stage in variant.stages():
-        resident, trace = _trace_step(nets[stage.name], batch, _stage_size(stage, shape, model), *lever)
-        if worst is None or resident + trace.peak() > worst[0] + worst[1].peak():
-            worst = (resident, trace)
-    return worst
-
-
-def _stage_size(stage, shape, model) -> Tuple[int, ...]:
-    """Spatial size a training step of ``stage`` sees: its resolution, cut to a slab for slab stages."""
-    from medseg_mem.resample import scaled_size
-
-    size = list(scaled_size(shape[1:], stage.factor(model)))
-    if stage.slab:
-        size[-1] = model.slab_size
-    return tuple(size)
-
-
-def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpointing: bool, device: str):
-    """Trace one training step of ``net``; return ``(resident bytes, trace)``.
-
-    Traced: everything :func:`~medseg_mem.training.step.train_step` allocates, gradients included (the
-    optimizer's step comes after the backward pass, when the activations are gone, and is not traced).
-    """
-    import torch
-
-    from medseg_mem.memory.trace import LiveSetTracer
-
-    net.train()
-    image = torch.zeros((batch, net.in_channels, *size), device="meta")
-    label = torch.zeros((batch, 1, *size), dtype=torch.uint8, device="meta")
-    resident = _training_resident(net, image, label, precision, checkpointing)
-    master_grads = []  # keeps the float32 gradients alive, as the float32 weights' .grad would
-    if precision != "fp32":
-        _autocast_network(net, precision, device, master_grads)
-    existing = [image, label, *net.parameters(), *net.buffers()]
-    with torch.enable_grad(), LiveSetTracer(existing, all_inside=True) as tracer:
-        _step_on_meta(net, image, label)
-    return resident, tracer.trace
-
-
-def _training_resident(net, image, label, precision: str, checkpointing: bool) -> int:
-    """Bytes held through a whole training step of the float32 ``net``.
-
-    Float32 weights and buffers, the two float32 Adam states, the float32 image and the uint8 label; for
-    bf16/fp16 without checkpointing also autocast's half copies of the convolution weights (saved for the
-    backward pass; with checkpointing they are dropped when the forward pass ends and recast one level at a
-    time during the backward pass).
-    """
-    parameters = sum(_nbytes(p) for p in net.parameters())
-    resident = _weight_bytes({"net": net}) + ADAM_STATES * parameters + _nbytes(image) + _nbytes(label)
-    if precision != "fp32" and not checkpointing:
-        resident += _conv_weight_bytes(net) // 2
-    return resident
-
-
-def _conv_weight_bytes(net) -> int:
-    """Float32 bytes of the (transposed) convolutions' weights and biases: what autocast casts."""
-    import torch
-
-    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
-    return sum(_nbytes(p) for conv in convs for p in conv.parameters())
-
-
-def _nbytes(tensor) -> int:
-    return tensor.numel() * tensor.element_size()
-
-
-def _autocast_network(net, precision: str, device: str, master_grads: List) -> None:
-    """Make ``net`` compute as under ``torch.autocast(device, precision)``, which cannot run on ``meta``.
-
-    The weights are converted to the half dtype (autocast's weight copies; their bytes are counted by
-    :func:`_training_resident`, not traced), each convolution casts its input
-    to it (so the float32 input is padded, and stored by a checkpointed first level, in float32 as under
-    autocast), gradients are replaced by float32 master gradients as they arrive, and on CPU the max-pool runs
-    in float32 (CPU autocast's policy: its input is upcast and kept for backward, its output cast back).
-    """
-    import torch
-
-    dtype = getattr(torch, HALF_DTYPES[precision])
-    for parameter in net.parameters():
-        parameter.register_post_accumulate_grad_hook(functools.partial(_master_grad, master_grads))
-    net.to(dtype)
-    for conv in (m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))):
-        conv.register_forward_pre_hook(lambda module, args: (args[0].to(dtype),))
-    if not str(device).startswith("cuda"):
-        net.pool.register_forward_pre_hook(lambda module, args: (args[0].float(),))
-        net.pool.register_forward_hook(lambda module, args, output: output.to(dtype))
-
-
-def _master_grad(kept: List, parameter) -> None:
-    """Replace a half gradient by the float32 one autocast accumulates into the float32 weights."""
-    import torch
-
-    kept.append(torch.empty(parameter.shape, dtype=torch.float32, device=parameter.device))
-    parameter.grad = None
-
-
-def _step_on_meta(net, image, label) -> None:
-    """:func:`~medseg_mem.training.step.train_step` without the optimizer: forward, Dice+CE loss on float32
-    logits and the int64 label, backward."""
-    from monai.losses import DiceCELoss
-
-    logits = net(image)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(logits.float(), label.long())
-    del logits
-    loss.backward()
 
 
 def default_budget(device: str) -> Tuple[int, str]:

@@ -54,8 +54,8 @@ def format_bytes(n_bytes: float) -> str:
         '21.5 GB'
     """
     value = float(n_bytes)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
+        if abs(value) < 1000 or unit == "EB":
             return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
         value /= 1000
-    return f"{value:.1f} TB"  # pragma: no cover
+    return f"{value:.1f} EB"  # pragma: no cover
