@@ -14,34 +14,75 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Optional
+
+from medseg_mem.errors import MedsegError
+
+
+class WriteError(MedsegError, OSError):
+    """A write that failed (full disk, read-only folder ...): names the file; the previous file is intact.
+
+    It is an :class:`OSError` too, so callers that handle OS errors keep working.
+    """
 
 
 @contextlib.contextmanager
-def replacing(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+def replacing(
+    path: Path, suffix: str = ".tmp", before_replace: Optional[Callable[[Path], None]] = None
+) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block succeeds it replaces ``path`` atomically.
 
     An existing file's permission bits are kept. If the block raises, the temporary file is removed and
     ``path`` is untouched.
+
+    Args:
+        path: the file to create or replace.
+        suffix: the temporary file's suffix (some writers choose the format by it).
+        before_replace: called with the finished, fsynced temporary file just before it replaces ``path``.
+
+    Raises:
+        WriteError: an ``OSError`` while writing (disk full, permission denied ...), naming ``path``.
 
     Example:
         >>> with replacing(Path("model.pt"), suffix=".pt") as temp:  # doctest: +SKIP
         ...     torch.save(state, temp)
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(handle)
+    with _naming(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+        os.close(handle)
     temp = Path(name)
     try:
-        yield temp
-        _fsync_file(temp)
-        os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else _default_mode())
-        os.replace(temp, path)
+        with _naming(path):
+            yield temp
+            _fsync_file(temp)
+            os.chmod(temp, path.stat().st_mode & 0o777 if path.exists() else _default_mode())
+            if before_replace is not None:
+                before_replace(temp)
+            os.replace(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` into a :class:`WriteError` that names ``path`` and says the old file is kept."""
+    try:
+        yield
+    except WriteError:
+        raise
+    except OSError as error:
+        raise write_error(path, error.strerror or str(error)) from error
+
+
+def write_error(path: Path, reason: str) -> WriteError:
+    """The :class:`WriteError` for ``path``: what failed, that the previous file is kept, and the fix."""
+    path = Path(path)
+    kept = f"the previous {path.name} is unchanged" if path.exists() else f"{path.name} was not created"
+    return WriteError(f"cannot write {path}: {reason}; {kept} (free disk space or fix the folder's permissions)")
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
