@@ -1,7 +1,10 @@
 """Checkpoints: written atomically, read as untrusted input.
 
 A checkpoint holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``;
-what it holds is validated before use, and a file of the wrong kind gets an error that names it.
+what it holds is validated before use, and a file of the wrong kind gets an error that names it. Every checkpoint
+gets a SHA-256 sidecar (``best.pt.sha256``, :mod:`medseg_mem.digest`) that is checked on load, so a file
+modified or damaged after it was written is refused with one line instead of giving other predictions;
+checkpoints written before digests existed load without the check.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from typing import Any, Dict
 
 import torch
 
-from medseg_mem.atomic import replacing
+from medseg_mem.atomic import replacing, write_error
+from medseg_mem.digest import settle_digest, stage_digest, verify_digest
 from medseg_mem.errors import MedsegError
 
 FORMAT = "medseg-mem-checkpoint/1"
@@ -19,29 +23,60 @@ REQUIRED = ("format", "variant", "stage", "step", "state_dict", "model")
 
 
 def save_checkpoint(path: Path, payload: Dict[str, Any]) -> Path:
-    """Write ``payload`` (plus the format tag) to ``path`` atomically: temp file in the same folder, then rename."""
-    with replacing(path, suffix=".pt") as temp:
-        torch.save({"format": FORMAT, **payload}, temp)
-    return Path(path)
+    """Write ``payload`` (plus the format tag) to ``path`` atomically (temp file in the same folder, then
+    rename), with its SHA-256 in ``path.sha256``.
+
+    Raises:
+        WriteError: the disk is full or the folder not writable; the previous checkpoint is unchanged.
+    """
+    path, staged = Path(path), []
+    with replacing(path, suffix=".pt", before_replace=lambda temp: staged.append(stage_digest(path, temp))) as temp:
+        try:
+            torch.save({"format": FORMAT, **payload}, temp)
+        except RuntimeError as error:  # torch's zip writer reports a full disk as RuntimeError
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise write_error(path, reason) from error
+    settle_digest(path, staged[0])
+    return path
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dict[str, Any]:
     """Load and validate a checkpoint written by :func:`save_checkpoint`.
 
     Raises:
-        MedsegError: the file is missing, not a torch file, holds code objects (refused by ``weights_only``),
-            or is not a medseg-mem checkpoint.
+        MedsegError: the file is missing, fails its SHA-256 check, is damaged or not a torch file, holds code
+            objects (refused by ``weights_only``), or is not a medseg-mem checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise MedsegError(f"checkpoint {path}: no such file; pass the best.pt or last.pt of a run")
+    verify_digest(path)
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we accept"
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        reason = first if any(ch.isalpha() for ch in first) else type(error).__name__
-        raise MedsegError(f"checkpoint {path}: cannot be read safely ({reason}); is it a medseg-mem checkpoint?") from error
+        raise MedsegError(unreadable_message(path, error)) from error
     return validate_checkpoint(payload, path)
+
+
+def unreadable_message(path: Path, error: Exception) -> str:
+    """One line for a checkpoint ``torch.load`` refused: code objects in it, or a damaged / foreign file."""
+    text = str(error)
+    if "Unsupported global" in text:
+        found = text.split("Unsupported global:", 1)[1].strip().split(" was not", 1)[0]
+        return (f"checkpoint {path}: refused, it holds Python code or objects ({found}) and cannot be read safely; "
+                "load only checkpoints written by medseg-mem")
+    return (f"checkpoint {path}: the file is damaged or not a medseg-mem checkpoint ({short_reason(error)}); "
+            "restore it from a backup or retrain with `medseg-mem run`")
+
+
+def short_reason(error: Exception) -> str:
+    """The informative part of a ``torch.load`` error, e.g. ``UnpicklingError: Unsupported operand 149``."""
+    text = str(error)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = lines[0][:80] if lines and not isinstance(error, UnicodeDecodeError) else "cannot be unpickled"
+    return f"{type(error).__name__}: {detail}"
 
 
 def validate_checkpoint(payload: Any, path: Path) -> Dict[str, Any]:

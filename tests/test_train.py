@@ -15,6 +15,7 @@ from medseg_mem.variants import get_variant
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)
+PAYLOAD = {"variant": "full", "stage": "full", "step": 1, "state_dict": {}, "model": {}}
 
 
 def job(folder, dataset, variant="patch", steps=6, val_every=2, stage=0, **train):
@@ -137,7 +138,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", broken)
     with pytest.raises(OSError):
         save_checkpoint(path, {"variant": "full", "stage": "full", "step": 2, "state_dict": {}, "model": {}})
-    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt"]
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.pt", "ckpt.pt.sha256"]
 
 
 def test_a_run_recorded_before_channels_last_resumes_contiguous(tmp_path):
@@ -151,3 +152,73 @@ def test_a_run_recorded_before_channels_last_resumes_contiguous(tmp_path):
     del record["train"]["channels_last"]
     (tmp_path / "run.json").write_text(json.dumps(record))
     assert TrainConfig().channels_last is True and load_run_record(tmp_path)["train"].channels_last is False
+
+
+def test_every_checkpoint_gets_a_sha256_that_load_checks(tmp_path):
+    from medseg_mem.digest import sha256_file, sidecar
+
+    path = save_checkpoint(tmp_path / "best.pt", {**PAYLOAD, "state_dict": {"w": torch.arange(64.0)}})
+    assert sidecar(path).read_text() == f"{sha256_file(path)}  best.pt\n"
+    raw = bytearray(path.read_bytes())
+    at = raw.index(torch.arange(64.0).numpy().tobytes()[:64])
+    raw[at : at + 64] = bytes(64)  # 64 bytes inside the weight tensor: the pickle still loads
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MedsegError, match=r"best.pt: SHA-256 mismatch, the file was modified or damaged") as error:
+        load_checkpoint(path)
+    assert "\n" not in str(error.value)
+    sidecar(path).unlink()  # a checkpoint written before digests existed still loads (unchecked)
+    assert load_checkpoint(path)["state_dict"]["w"][:16].eq(0).all()
+
+
+def killed(*args, **kwargs):
+    raise KeyboardInterrupt("killed")
+
+
+def test_a_crash_between_the_renames_leaves_a_checkpoint_that_matches_its_digest(tmp_path, monkeypatch):
+    import medseg_mem.atomic as atomic
+
+    path = save_checkpoint(tmp_path / "last.pt", {**PAYLOAD, "step": 1})
+    monkeypatch.setattr(atomic.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):  # killed after the new digest was staged, before the rename
+        save_checkpoint(path, {**PAYLOAD, "step": 2})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 1
+    monkeypatch.setattr("medseg_mem.checkpoint.settle_digest", killed)
+    with pytest.raises(KeyboardInterrupt):  # killed after the rename, before the old digest was dropped
+        save_checkpoint(path, {**PAYLOAD, "step": 3})
+    monkeypatch.undo()
+    assert load_checkpoint(path)["step"] == 3 and len((tmp_path / "last.pt.sha256").read_text().splitlines()) == 2
+
+
+def test_a_flipped_pickle_byte_says_damaged_not_utf8(tmp_path):
+    path = save_checkpoint(tmp_path / "best.pt", {**PAYLOAD, "meta": {"class_names": ["a", "b"]}})
+    (tmp_path / "best.pt.sha256").unlink()
+    raw = bytearray(path.read_bytes())
+    raw[raw.index(b"class_names")] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(MedsegError, match="best.pt: the file is damaged or not a medseg-mem checkpoint") as error:
+        load_checkpoint(path)
+    assert "utf-8" not in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_one(tmp_path, monkeypatch):
+    import errno
+    import io
+
+    from medseg_mem.atomic import WriteError
+
+    path = save_checkpoint(tmp_path / "last.pt", {**PAYLOAD, "step": 1})
+    before, digest = path.read_bytes(), (tmp_path / "last.pt.sha256").read_bytes()
+    real_save = torch.save
+
+    def half_save(obj, target, *args, **kwargs):
+        buffer = io.BytesIO()
+        real_save(obj, buffer)
+        open(target, "wb").write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_save)
+    with pytest.raises(WriteError, match=r"cannot write .*last.pt: No space left on device; the previous last.pt"):
+        save_checkpoint(path, {**PAYLOAD, "step": 2})
+    assert path.read_bytes() == before and (tmp_path / "last.pt.sha256").read_bytes() == digest
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]

@@ -1,0 +1,93 @@
+"""SHA-256 sidecars: ``best.pt.sha256`` records the digest of ``best.pt`` so a damaged or modified file is
+refused on load instead of silently giving other predictions.
+
+The sidecar is in ``sha256sum`` format (``<hex>  <name>``, so ``sha256sum -c best.pt.sha256`` checks it too).
+Replacing a file keeps the pair consistent across a crash at any moment: :func:`stage_digest` first records the
+digests of both the old and the new file, the new file then replaces the old one, and :func:`settle_digest`
+drops the old digest. Whichever file a crash leaves in place, its digest is listed.
+
+Example:
+    >>> with replacing(path, before_replace=lambda temp: stage_digest(path, temp)) as temp:  # doctest: +SKIP
+    ...     torch.save(state, temp)
+    >>> settle_digest(path)  # doctest: +SKIP
+    >>> verify_digest(path)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+from typing import List, Optional
+
+from medseg_mem.atomic import write_text_atomic
+from medseg_mem.errors import MedsegError
+
+SUFFIX = ".sha256"
+_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+def sidecar(path: Path) -> Path:
+    """``best.pt`` -> ``best.pt.sha256``."""
+    path = Path(path)
+    return path.with_name(path.name + SUFFIX)
+
+
+def sha256_file(path: Path) -> str:
+    """The SHA-256 of the file's bytes, as 64 lowercase hex digits (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def stage_digest(path: Path, new_file: Path) -> str:
+    """Before ``new_file`` replaces ``path``: list the new digest and the old file's (if any); return the new."""
+    path, new = Path(path), sha256_file(new_file)
+    old = [sha256_file(path)] if path.is_file() else []
+    _write(path, [new] + [digest for digest in old if digest != new])
+    return new
+
+
+def settle_digest(path: Path, digest: str) -> None:
+    """After the replacement: the sidecar lists ``digest`` only."""
+    _write(Path(path), [digest])
+
+
+def verify_digest(path: Path, label: str = "checkpoint") -> None:
+    """Check ``path`` against its sidecar; a file without a sidecar (written before digests existed) passes.
+
+    Raises:
+        MedsegError: the file's SHA-256 is not listed, or the sidecar is unreadable; one line naming the file.
+    """
+    listed = read_digests(path, label)
+    if listed is not None and sha256_file(path) not in listed:
+        raise MedsegError(
+            f"{label} {path}: SHA-256 mismatch, the file was modified or damaged after it was written; "
+            f"restore it (and {sidecar(path).name}) from a backup or retrain with `medseg-mem run`"
+        )
+
+
+def read_digests(path: Path, label: str = "checkpoint") -> Optional[List[str]]:
+    """The digests listed for ``path``, or ``None`` when it has no sidecar.
+
+    Raises:
+        MedsegError: the sidecar exists but lists no valid SHA-256.
+    """
+    record = sidecar(path)
+    if not record.is_file():
+        return None
+    try:
+        lines = record.read_text(encoding="ascii").splitlines()
+    except (OSError, UnicodeDecodeError):
+        lines = []
+    digests = [line.split()[0].lower() for line in lines if line.split() and _HEX.match(line.split()[0].lower())]
+    if not digests:
+        raise MedsegError(f"{label} {path}: its digest file {record.name} is damaged (no SHA-256 in it); "
+                          f"restore both files from a backup, or delete {record.name} to load without the check")
+    return digests
+
+
+def _write(path: Path, digests: List[str]) -> None:
+    write_text_atomic(sidecar(path), "".join(f"{digest}  {path.name}\n" for digest in digests))
