@@ -60,6 +60,33 @@ def parse_cache(ctx, param, value: Optional[str]) -> Optional[int]:
         raise click.BadParameter(f"must be a size like 4GB, 512MiB or 0 (no cache); got {value!r}") from error
 
 
+def parse_run_id(ctx, param, value: Optional[str]) -> Optional[str]:
+    """A run id is a folder name under --runs, never a path."""
+    if value is not None and (not value.strip() or value in (".", "..") or "/" in value or "\\" in value):
+        raise click.BadParameter(f"must be a run id (a folder name under --runs, e.g. 20240501T123000Z-patch-3f9a1c); "
+                                 f"got {value!r}")
+    return value
+
+
+def resume_paths(ctx: click.Context, run_dir: Path, data_dir: Path, results: Path) -> Tuple[Path, Path]:
+    """The resumed run's saved dataset (another --data is a usage error) and, without --results, its saved CSV."""
+    from medseg_mem.training.resume import saved_data_dir, saved_results, same_path
+    from medseg_mem.training.settings import load_run_record
+
+    record = load_run_record(run_dir)
+    saved = saved_data_dir(record, run_dir)
+    if given(ctx, "data_dir") and not same_path(data_dir, saved):
+        raise click.UsageError(f"--data {data_dir}: --resume {run_dir.name} continues on the dataset the run was "
+                               f"trained on ({saved}, in its run.json); drop --data")
+    return saved, results if given(ctx, "results") else (saved_results(record) or results)
+
+
+def given(ctx: click.Context, name: str) -> bool:
+    """True when the user typed the option (not its default)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 def overrides(**options) -> Tuple[Tuple[str, object], ...]:
     """The options the user set (``None`` = use the dataset's profile default)."""
     return tuple((name, value) for name, value in options.items() if value is not None)
@@ -110,7 +137,9 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--deterministic/--no-deterministic", default=None,
               help="Also make torch refuse nondeterministic algorithms (the same seed already repeats a CPU run).")
 @click.option("--device", type=click.Choice(DEVICE_NAMES), help="auto (cuda if available), cpu or cuda.")
-@click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoints.")
+@click.option("--resume", metavar="RUN_ID", callback=parse_run_id,
+              help="Continue an interrupted run from its last checkpoints, on its saved dataset; a finished run "
+                   "is only reported.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
 def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None:
@@ -123,6 +152,8 @@ def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None
 
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
+    if resume:
+        data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
     for option, notice in lever_notices(options):
         click.echo(f"note: {option} {notice}", err=True)
     request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet)

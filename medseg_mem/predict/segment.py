@@ -32,6 +32,7 @@ from medseg_mem.predict.files import collect_inputs, plan_outputs, write_label_m
 from medseg_mem.device import resolve_device
 from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
+from medseg_mem.writable import check_output_folder
 
 AFFINE_TOLERANCE = 1e-3  # mm; the restored grid must match the input's to this precision
 
@@ -207,12 +208,13 @@ def predict(
         are written all the same.
 
     Raises:
-        MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), or an
-            unusable device; nothing is written then.
+        MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), an
+            ``out_dir`` that cannot be written, or an unusable device; nothing is written then.
     """
     start = time.perf_counter()
     trained = open_trained_run(Path(checkpoint))
     jobs = plan_outputs(collect_inputs([Path(p) for p in inputs]), Path(out_dir), overwrite)
+    check_output_folder(Path(out_dir), "--out")  # before any scan is segmented
     torch_device = resolve_device(device)
     segmenter = Segmenter(trained, torch_device)
     written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)

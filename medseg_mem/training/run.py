@@ -10,9 +10,11 @@ No split is ever loaded whole: host memory does not grow with the number of case
 
 from __future__ import annotations
 
+import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -29,8 +31,11 @@ from medseg_mem.results import append_rows, new_run_id, read_results, utc_timest
 from medseg_mem.training.class_weights import class_weights
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import CaseStream, StageData, open_case
+from medseg_mem.names import DEFAULT_RUNS
+from medseg_mem.training.resume import filed_rows, resumed_request
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
 from medseg_mem.variants import get_variant, resolve_variants
+from medseg_mem.writable import check_output_file, check_output_folder
 
 
 @dataclass(frozen=True)
@@ -125,14 +130,19 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
 def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> List[VariantResult]:
     """Train, select, evaluate and record each requested variant (see the module docstring).
 
+    A resumed run that is finished already (its rows are in the results CSV) is reported, not evaluated again.
+
     Raises:
-        MedsegError: missing/malformed prepared data or results CSV, unknown variant, unusable device.
+        MedsegError: missing/malformed prepared data or results CSV, an output folder that cannot be written,
+            unknown variant, unusable device; a failure after training names the run to resume.
     """
-    if request.results.exists():
-        read_results(request.results)  # refuse a malformed CSV before hours of training, not after
-    dataset = PreparedDataset.open(request.data_dir)
+    request, record = resolved(request)
+    if record is not None and finished(request, echo):
+        return []
+    dataset = open_dataset(request)
     check_splits(dataset)
-    jobs = planned_runs(request, dataset)
+    check_outputs(request)
+    jobs = planned_runs(request, dataset, record)
     device = resolve_device(jobs[0][2].device)
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
@@ -145,6 +155,42 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     return results
 
 
+def resolved(request: RunRequest) -> Tuple[RunRequest, Optional[dict]]:
+    """A new run as asked; a resumed one with its ``run.json`` and its saved dataset (and results CSV)."""
+    if not request.resume:
+        return request, None
+    record = load_run_record(request.runs_dir / request.resume)
+    return resumed_request(request, record), record
+
+
+def finished(request: RunRequest, echo: Callable[[str], None]) -> bool:
+    """True (and said) when the resumed run's rows are in the results CSV already."""
+    rows = filed_rows(request.results, str(request.resume))
+    if rows:
+        echo(f"run {request.resume} is finished: its {rows} row(s) are in {request.results}; nothing to resume "
+             "(start a new run to train again)")
+    return rows > 0
+
+
+def check_outputs(request: RunRequest) -> None:
+    """Refuse unwritable ``--runs`` / ``--results`` locations and a malformed results CSV before any training."""
+    check_output_file(request.results, "--results")
+    check_output_folder(request.runs_dir / (request.resume or ""), "--runs")
+    if request.results.is_file() and request.results.read_bytes().strip():
+        read_results(request.results)  # refuse a malformed CSV before hours of training, not after
+
+
+def open_dataset(request: RunRequest) -> PreparedDataset:
+    """The prepared dataset; for a resumed run, an error says it is the one ``run.json`` names."""
+    try:
+        return PreparedDataset.open(request.data_dir)
+    except MedsegError as error:
+        if not request.resume:
+            raise
+        raise MedsegError(f"--resume {request.resume}: the run's dataset (data_dir in run.json) cannot be opened: "
+                          f"{error}") from error
+
+
 def check_splits(dataset: PreparedDataset) -> None:
     """Every split must hold a case before training starts, not after."""
     for split in SPLITS:
@@ -152,10 +198,9 @@ def check_splits(dataset: PreparedDataset) -> None:
             raise MedsegError(f"{dataset.root}: the {split} split is empty; prepare a dataset with more cases")
 
 
-def planned_runs(request: RunRequest, dataset: PreparedDataset):
+def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None):
     """(run id, variant, train config, model config) for each run: new ones, or the one being resumed."""
-    if request.resume:
-        record = load_run_record(request.runs_dir / request.resume)
+    if record is not None:
         return [(request.resume, record["variant"], record["train"], record["model"])]
     model, train = resolve_settings(request, dataset)
     return [(new_run_id(name), name, train, model) for name in resolve_variants(list(request.variants))]
@@ -163,21 +208,45 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset):
 
 def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None) -> VariantResult:
     run_dir = request.runs_dir / run_id
-    write_run_record(run_dir, {"run_id": run_id, "variant": name, "data_dir": str(request.data_dir)}, model, train)
+    info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
+            "results": os.path.abspath(request.results)}  # fmt: skip
+    write_run_record(run_dir, info, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
          f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}"
          f"{', channels-last' if train.channels_last else ''}, seed {train.seed}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
-    paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress, weights)
-    nets = load_networks(paths, device)
-    test = CaseStream(dataset, "test")
-    evaluation = evaluate_variant(get_variant(name), nets, test, model, dataset.num_classes, device)
-    memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device)
-    result = VariantResult(run_id, name, evaluation, memory, steps, seconds)
-    append_rows(request.results, result_rows(result, dataset, model, train, device))
+    with resumable(run_id, request, "stopped at its last checkpoint", "continues it"):
+        paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress, weights)
+    with resumable(run_id, request, "finished training", "evaluates it and files the rows without training again"):
+        nets = load_networks(paths, device)
+        evaluation = evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model,
+                                      dataset.num_classes, device)  # fmt: skip
+        memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device)
+        result = VariantResult(run_id, name, evaluation, memory, steps, seconds)
+        append_rows(request.results, result_rows(result, dataset, model, train, device))
     dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
     echo(f"[{name}] test Dice {dice}; peak memory {memory.peak_bytes / 2**20:.1f} MiB ({memory.method}); "
          f"{evaluation.seconds_per_case:.3f} s/case")  # fmt: skip
     return result
+
+
+@contextlib.contextmanager
+def resumable(run_id: str, request: RunRequest, state: str, resume_does: str) -> Iterator[None]:
+    """A failure while training (a checkpoint write) or after it (evaluation, measurement, writing the rows)
+    says how to go on without losing work: the checkpoints stay, and ``--resume`` picks them up.
+
+    Args:
+        state: where the run stands, e.g. "finished training".
+        resume_does: what ``--resume`` will then do, e.g. "continues it".
+    """
+    try:
+        yield
+    except (MedsegError, OSError) as error:
+        default = os.path.abspath(request.runs_dir) == os.path.abspath(DEFAULT_RUNS)
+        runs = "" if default else f" --runs {request.runs_dir}"
+        raise MedsegError(
+            f"{error}; run {run_id} {state}, its checkpoints are kept in {request.runs_dir / run_id}: once that "
+            f"is fixed, `medseg-mem run --resume {run_id}{runs}` {resume_does}"
+        ) from error
