@@ -9,6 +9,7 @@ checkpoints written before digests existed load without the check.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any, Dict
 
@@ -51,6 +52,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
     if not path.is_file():
         raise MedsegError(f"checkpoint {path}: no such file; pass the best.pt or last.pt of a run")
     verify_digest(path)
+    if not zipfile.is_zipfile(path):  # every checkpoint torch.save writes is a zip archive
+        raise MedsegError(f"checkpoint {path}: the file is damaged or not a medseg-mem checkpoint (not a torch zip "
+                          "archive); restore it from a backup or retrain with `medseg-mem run`")
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unpickling failure means "not a checkpoint we accept"

@@ -379,6 +379,12 @@ def predict_checkpoint_with_code(e: Env):
     return ["predict", "--quiet", "--checkpoint", str(e.tmp / "evil.pt"), str(e.scan), "--out", str(e.tmp / "p")]
 
 
+def predict_text_file_as_checkpoint(e: Env):
+    (e.tmp / "notes.pt").write_text("some notes\n")
+    e.inputs.append(e.tmp / "notes.pt")
+    return ["predict", "--quiet", "--checkpoint", str(e.tmp / "notes.pt"), str(e.scan), "--out", str(e.tmp / "p")]
+
+
 def predict_run_without_best(e: Env):
     e.best().unlink()
     e.inputs.append(e.run_dir)
@@ -442,6 +448,9 @@ CASES: Dict[str, Case] = {
         predict_flipped_pickle_byte, lambda e: ["best.pt", "damaged or not a medseg-mem checkpoint"]
     ),
     "predict checkpoint with code": Case(predict_checkpoint_with_code, lambda e: ["evil.pt", "cannot be read safely"]),
+    "predict text file as checkpoint": Case(
+        predict_text_file_as_checkpoint, lambda e: ["notes.pt", "damaged or not a medseg-mem checkpoint", "zip"]
+    ),
     "predict run without best.pt": Case(predict_run_without_best, lambda e: ["full/best.pt", "--resume"]),
     "predict label map write fails": Case(predict_label_map_write_fails, lambda e: ["tiny_000.nii.gz", "failed"]),
 }
