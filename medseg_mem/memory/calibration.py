@@ -19,7 +19,6 @@ Their keys add ``|training-<precision>[-checkpointing][-channels-last]``.
 from __future__ import annotations
 
 import functools
-import json
 import platform
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -361,11 +360,7 @@ def cached_calibration(
 
 
 def _read_cache(path: Path) -> dict:
-    """The ``{key: calibration dict}`` mapping stored at ``path``."""
-    try:
-        entries = json.loads(path.read_text())
-        for entry in entries.values():
-            Calibration.from_dict(entry)
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        raise OptionError("--calibration", "must be a planner calibration JSON file", str(path)) from error
-    return entries
+    """The ``{key: calibration dict}`` mapping stored at ``path`` (a damaged file: one line with the reason)."""
+    from medseg_mem.memory.calibration_file import read_cache
+
+    return read_cache(path)
