@@ -40,7 +40,7 @@ NUMERIC_COLUMNS = (
     "seed", "n_test_cases", "planned_bytes",
 )  # fmt: skip
 INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases")
-_FIX = "move it away or pass --results NEW.csv"
+_FIX = "move it away or name another results CSV: run --results NEW.csv, compare NEW.csv"
 
 
 def utc_timestamp() -> str:
@@ -114,12 +114,15 @@ def read_results(path: Path) -> "pandas.DataFrame":
     import pandas as pd
 
     path = Path(path)
+    if path.is_dir():
+        raise MedsegError(f"results file {path} is a folder, not a CSV file; give the CSV file in it or another path")
     if not path.is_file():
-        what = "is a folder" if path.is_dir() else "does not exist"
-        raise MedsegError(f"results file {path} {what}; run `medseg-mem run` first or pass an existing results CSV")
+        hint = "run `medseg-mem run` first or pass an existing results CSV"
+        raise MedsegError(f"results file {path} does not exist; {hint}")
     text = _read_text(path)
     if not text.strip():
-        raise MedsegError(f"results file {path} is empty; run `medseg-mem run` first")
+        raise MedsegError(f"results file {path} is empty (no header, no rows): no run has written to it; "
+                          f"record runs with `medseg-mem run --results {path}` or give another results CSV")
     header = _existing_header(path, text)
     try:
         frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[])

@@ -20,7 +20,7 @@ from medseg_mem.results import (
     utc_timestamp,
 )
 
-FIX = "move it away or pass --results NEW.csv"
+FIX = "move it away or name another results CSV: run --results NEW.csv, compare NEW.csv"
 
 
 def make_rows(variant="patch", dataset="Task04_Hippocampus", dice=(0.8, 0.7), source="run", **run):
