@@ -160,5 +160,5 @@ def prepare(
         cases=cases,
         shape=shape,
     )
-    summary = run_prepare(config)
+    summary = run_prepare(config, warn=lambda line: click.echo(line, err=True))
     click.echo(summary.line())

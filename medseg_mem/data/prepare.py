@@ -7,8 +7,6 @@ written and the staging folder renamed to ``out_dir``; otherwise it is deleted a
 lists every problem found. The task folder is only read.
 
 Example:
-    >>> from medseg_mem.atomic import publish_folder, remove_path, staging_folder
-from medseg_mem.config import PrepareConfig
     >>> summary = prepare(PrepareConfig(task_dir=Path("Task04_Hippocampus"), out_dir=Path("prep")))  # doctest: +SKIP
     >>> print(summary.line())  # doctest: +SKIP
     prepared 260 cases of Hippocampus into prep: 3 classes (background, Anterior, Posterior), 1 channel, ...
@@ -20,14 +18,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from medseg_mem import __version__
 from medseg_mem.atomic import publish_folder, remove_path, staging_folder
 from medseg_mem.config import PrepareConfig
-from medseg_mem.data import capacity, msd, prepared, transforms
+from medseg_mem.data import capacity, msd, notices, prepared, staging as leftovers, transforms
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 from medseg_mem.errors import DatasetError, MedsegError
 
@@ -98,12 +96,17 @@ def _write_generated_task(task_dir: Path, config: PrepareConfig) -> None:
     write_default_task(task_dir, seed=config.seed, **{k: v for k, v in sizes.items() if v is not None})
 
 
-def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
+Warn = Callable[[str], None]
+
+
+def prepare(config: PrepareConfig, progress: bool = True, warn: Optional[Warn] = None) -> PrepareSummary:
     """Prepare an MSD task (``config.task_dir``) or the embedded default (``None``) into ``config.out_dir``.
 
     Args:
         config: the options of ``medseg-mem prepare``.
         progress: show tqdm progress bars on stderr.
+        warn: receives one line per warning (too few cases to split, an all-zero image, partial folders of an
+            interrupted earlier prepare that were removed); default: stderr.
 
     Returns:
         a :class:`PrepareSummary`.
@@ -117,23 +120,29 @@ def prepare(config: PrepareConfig, progress: bool = True) -> PrepareSummary:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small per-case tensor ops: extra intra-op threads only contend (30x slower seen)
     try:
-        return _prepare(config, progress)
+        return _prepare(config, progress, warn or _to_stderr)
     finally:
         torch.set_num_threads(threads)
 
 
-def _prepare(config: PrepareConfig, progress: bool) -> PrepareSummary:
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummary:
     start = time.perf_counter()
     out_dir = Path(config.out_dir)
     task_dir = Path(config.task_dir) if config.task_dir is not None else default_task_dir(out_dir, config.synthetic)
     _check_output(task_dir, out_dir, config.overwrite)
     if config.task_dir is None:
         _write_generated_task(task_dir, config)
+    _say(warn, notices.stale_notice(out_dir, leftovers.remove_stale(out_dir)))
     task = msd.read_task(task_dir)
+    _say(warn, notices.tiny_task_notice(task_dir, [case.case_id for case in task.cases], config.seed))
     settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
     if transforms.needs_survey(settings):
         settings = _survey(task, settings, progress)
-    records = _write(task, settings, out_dir, config.seed, progress)
+    records = _write(task, settings, out_dir, config.seed, progress, warn)
     shapes = np.array([r["prepared_shape"] for r in records])
     split = prepared.make_split([r["id"] for r in records], config.seed)
     return PrepareSummary(
@@ -162,6 +171,11 @@ def _check_output(task_dir: Path, out_dir: Path, overwrite: bool) -> None:
         raise MedsegError(
             f"--out {out_dir}: holds {occupant}; choose another --out or pass --overwrite to replace it"
         )
+
+
+def _say(warn: Warn, line: Optional[str]) -> None:
+    if line:
+        warn(line)
 
 
 def _bar(items, desc: str, progress: bool):
@@ -209,17 +223,20 @@ def _with_statistics(settings: dict, spacings, samples: Dict[int, List[np.ndarra
     return settings
 
 
-def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress: bool) -> List[dict]:
-    """Transform every case into a staging folder and publish it as ``out_dir`` when all passed."""
+def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress: bool, warn: Warn) -> List[dict]:
+    """Transform every case into a (locked) staging folder and publish it as ``out_dir`` when all passed."""
     pipeline = transforms.build_preprocessing(settings, with_label=True)
     staging = staging_folder(out_dir)
+    lock = leftovers.hold(staging)
     try:
-        records, problems = [], []
+        records, problems, blank = [], [], []
         for case in _bar(task.cases, "prepare", progress):
-            record, found = _prepare_case(pipeline, settings, case, task, staging)
+            record, found = _prepare_case(pipeline, settings, case, task, staging, blank)
             problems += found
             if record is not None:
                 records.append(record)
+        for line in blank:
+            warn(line)
         if problems:
             raise DatasetError(problems, where=str(task.root))
         prepared.write_json(staging / "manifest.json", _manifest(task, settings, records))
@@ -228,13 +245,16 @@ def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress
     except BaseException:
         remove_path(staging)
         raise
+    finally:
+        leftovers.release(lock)
     return records
 
 
-def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTask, staging: Path):
+def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTask, staging: Path, blank: List):
     data, problems = msd.load_case(pipeline, settings, case, task)
     if data is None:
         return None, problems
+    blank += filter(None, [notices.blank_image_notice(data["image"], case.image_rel)])
     image = data["image"]
     original_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
     original_shape = np.asarray(image.meta["spatial_shape"], dtype=np.int64)

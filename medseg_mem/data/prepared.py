@@ -39,6 +39,7 @@ FORMAT = "medseg-mem-prepared/2"
 OLD_FORMATS = ("medseg-mem-prepared/1",)
 SPLITS = ("train", "val", "test")
 HOLDOUT_FRACTION = 0.2  # each of val and test; train gets the rest (60/20/20, thesis 2.1)
+MIN_SPLIT_CASES = 3  # fewer cases leave val and test empty
 CASE_KEYS = ("image", "label", "affine", "original_affine", "original_shape")
 MANIFEST_KEYS = ("format", "name", "source", "class_names", "modalities", "in_channels", "preprocessing", "cases")
 HINT = "run `medseg-mem prepare` first"
@@ -71,7 +72,7 @@ def make_split(case_ids: Sequence[str], seed: int) -> Dict[str, object]:
     """
     ids = sorted(case_ids)
     order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
-    n_hold = max(1, int(np.floor(HOLDOUT_FRACTION * len(ids) + 0.5))) if len(ids) >= 3 else 0
+    n_hold = max(1, int(np.floor(HOLDOUT_FRACTION * len(ids) + 0.5))) if len(ids) >= MIN_SPLIT_CASES else 0
     n_train = len(ids) - 2 * n_hold
     return {
         "seed": int(seed),

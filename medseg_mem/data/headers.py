@@ -1,0 +1,49 @@
+"""Checks on a NIfTI header before any voxel is read: the number of dimensions and the memory the data needs.
+
+A corrupt or hostile header can claim any size (a NIfTI-2 header 100000 x 100000 x 100000); reading it would
+end in a ``MemoryError`` that names neither the dimensions nor the memory. The header alone tells both.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, List, Tuple
+
+from medseg_mem.memory.units import format_bytes
+
+FLOAT_BYTES = 4  # images are loaded as float32
+SPATIAL_DIMS = (3, 4)  # a 3D volume, or 4D channel-last
+
+
+def header_shape(path: Path) -> Tuple[int, ...]:
+    """The data shape a NIfTI header declares, read without the voxels (``()`` when nibabel cannot read it)."""
+    import nibabel as nib
+
+    try:
+        return tuple(int(s) for s in nib.load(str(path)).header.get_data_shape())
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the reader, with its reason
+        return ()
+
+
+def header_problems(path: Path, rel: str, available: Callable[[], int]) -> List[str]:
+    """One message per problem of the header of ``path`` (shown as ``rel``); empty when it may be read.
+
+    Args:
+        path: the NIfTI file.
+        rel: its name in messages (relative to the task folder).
+        available: returns the bytes of memory free for reading it.
+    """
+    shape = header_shape(path)
+    if not shape:
+        return []
+    size = "x".join(map(str, shape))
+    if len(shape) not in SPATIAL_DIMS:
+        return [f"{rel}: has {len(shape)} dimensions ({size}); expected a 3D or 4D (channel-last) image"]
+    need = FLOAT_BYTES
+    for extent in shape:
+        need *= extent
+    free = available()
+    if need > free:
+        return [f"{rel}: its header declares {size} voxels, {format_bytes(need)} as float32, more than the "
+                f"{format_bytes(free)} of memory available; the header is corrupt or the image too large to read"]
+    return []
