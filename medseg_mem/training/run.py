@@ -34,7 +34,7 @@ from medseg_mem.training.sampling import CaseStream, StageData, open_case
 from medseg_mem.names import DEFAULT_RUNS
 from medseg_mem.training.resume import filed_rows, resumed_request
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
-from medseg_mem.variants import get_variant, resolve_variants
+from medseg_mem.variants import get_variant, resolve_variants, warn_thick_slabs
 from medseg_mem.writable import check_output_file, check_output_folder
 
 
@@ -143,6 +143,7 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     check_splits(dataset)
     check_outputs(request)
     jobs = planned_runs(request, dataset, record)
+    warn_thick_slabs(jobs, dataset, echo)  # once per run: slabs thicker than the cases are padded
     device = resolve_device(jobs[0][2].device)
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
