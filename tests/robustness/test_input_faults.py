@@ -1,0 +1,295 @@
+"""Bad inputs to ``prepare``, ``plan``, ``compare`` and ``run``'s start, through the CLI, one table row each.
+
+Every row runs ``medseg-mem`` in-process on tiny inputs written on the fly and must end either with a non-zero
+exit and exactly one ``Error:`` line naming the file or option at fault, or - where the input is legal - with
+exit 0 and an explicit ``warning:``/``note:`` line (or the plain answer). Never a traceback, and the input
+files are byte-identical afterwards.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from medseg_mem.cli import main
+from medseg_mem.errors import MedsegError
+
+PLAN = ["plan", "--no-calibrate", "--budget", "8GB"]
+TINY_PLAN = [*PLAN, "--shape", "1,16,16,16", "--classes", "2", "--channels", "4,8"]
+
+
+@dataclass
+class Env:
+    """What a row's ``build`` works with: a scratch folder, the test fixtures, and the inputs to keep intact."""
+
+    root: Path
+    make_task: Callable
+    write_nifti: Callable
+    edit_json: Callable
+    monkeypatch: pytest.MonkeyPatch
+    inputs: List[Path] = field(default_factory=list)
+
+    def task(self, n_cases: int = 3, shape=(8, 8, 6)) -> Path:
+        task = self.make_task(self.root, n_cases=n_cases, shape=shape)
+        self.inputs.append(task)
+        return task
+
+    def prepare(self, task: Path, *extra: str) -> List[str]:
+        return ["prepare", str(task), "--out", str(self.root / "out"), *extra]
+
+    def file(self, name: str, content: bytes) -> Path:
+        folder = self.root / "inputs"
+        folder.mkdir(exist_ok=True)
+        (folder / name).write_bytes(content)
+        self.inputs.append(folder)
+        return folder / name
+
+
+@dataclass(frozen=True)
+class Row:
+    """``build(env) -> CLI args``; ``expect`` must be in the error line (or, with ``code`` 0, in the output)."""
+
+    name: str
+    build: Callable[[Env], List[str]]
+    expect: str
+    code: int = 1
+    check: Optional[Callable[[Env], None]] = None
+
+
+# --- prepare ------------------------------------------------------------------------------------------------
+
+
+def no_dataset_json(e: Env) -> List[str]:
+    task = e.task()
+    (task / "dataset.json").unlink()
+    return e.prepare(task)
+
+
+def invalid_dataset_json(e: Env) -> List[str]:
+    task = e.task()
+    (task / "dataset.json").write_text('{"name": "Tiny", "training": [')
+    return e.prepare(task)
+
+
+def listed(path_of: Callable[[Env, Path], str]) -> Callable[[Env], List[str]]:
+    """A task whose first training image is listed as ``path_of(env, task)``."""
+
+    def build(e: Env) -> List[str]:
+        task = e.task()
+        training = json.loads((task / "dataset.json").read_text())["training"]
+        training[0]["image"] = path_of(e, task)
+        e.edit_json(task, training=training)
+        return e.prepare(task)
+
+    return build
+
+
+def symlink_outside(e: Env) -> List[str]:
+    task = e.task()
+    outside = e.file("outside.nii.gz", (task / "imagesTr" / "tiny_001.nii.gz").read_bytes())
+    image = task / "imagesTr" / "tiny_000.nii.gz"
+    image.unlink()
+    image.symlink_to(outside)
+    return e.prepare(task)
+
+
+def replaced_image(make: Callable[[Env, Path], None]) -> Callable[[Env], List[str]]:
+    """A task whose first image file is rewritten by ``make(env, path)``."""
+
+    def build(e: Env) -> List[str]:
+        task = e.task()
+        make(e, task / "imagesTr" / "tiny_000.nii.gz")
+        return e.prepare(task)
+
+    return build
+
+
+def absurd_header(e: Env, path: Path) -> None:
+    """A NIfTI-2 header that claims 100000^3 float32 voxels, followed by a few bytes of data."""
+    import nibabel as nib
+
+    header = nib.Nifti2Image(np.zeros((8, 8, 6), np.float32), np.eye(4)).header
+    header["dim"][1:4] = 100000
+    padding = b"\0" * (int(header["vox_offset"]) - len(header.binaryblock))
+    path.write_bytes(gzip.compress(header.binaryblock + padding + bytes(4 * 384)))
+
+
+def label_value(e: Env) -> List[str]:
+    task = e.task()
+    label = np.zeros((8, 8, 6), np.uint8)
+    label[2:4, 2:4, 2:4] = 7
+    e.write_nifti(label, task / "labelsTr" / "tiny_000.nii.gz")
+    return e.prepare(task)
+
+
+def out_inside_task(e: Env) -> List[str]:
+    task = e.task()
+    return ["prepare", str(task), "--out", str(task / "prepared")]
+
+
+def stale_partial(e: Env) -> List[str]:
+    from medseg_mem.atomic import staging_folder
+
+    task = e.task()
+    (staging_folder(e.root / "out") / "half-written.npy").write_bytes(b"x" * 10)
+    (e.root / ".other.partial-abcd1234").mkdir()  # another output's: not ours to remove
+    return e.prepare(task)
+
+
+def stale_partial_removed(e: Env) -> None:
+    left = sorted(p.name for p in e.root.iterdir() if ".partial-" in p.name)
+    assert left == [".other.partial-abcd1234"] and (e.root / "out" / "manifest.json").is_file()
+
+
+# --- plan ---------------------------------------------------------------------------------------------------
+
+
+def calibration(content: bytes) -> Callable[[Env], List[str]]:
+    def build(e: Env) -> List[str]:
+        return [*TINY_PLAN, "--calibration", str(e.file("cal.json", content))]
+
+    return build
+
+
+def calibration_folder(e: Env) -> List[str]:
+    folder = e.root / "inputs" / "cal.json"
+    folder.mkdir(parents=True)
+    e.inputs.append(folder.parent)
+    return [*TINY_PLAN, "--calibration", str(folder)]
+
+
+# --- compare ------------------------------------------------------------------------------------------------
+
+
+def compare(content: Optional[bytes]) -> Callable[[Env], List[str]]:
+    """``compare`` on a results file with ``content`` (``None``: a folder)."""
+
+    def build(e: Env) -> List[str]:
+        if content is None:
+            path = e.root / "inputs" / "results.csv"
+            path.mkdir(parents=True)
+            e.inputs.append(path.parent)
+        else:
+            path = e.file("results.csv", content)
+        return ["compare", str(path), "--out", str(e.root / "report")]
+
+    return build
+
+
+# --- run ----------------------------------------------------------------------------------------------------
+
+
+def thick_slabs(e: Env) -> List[str]:
+    """A prepared task of 32-slice cases and ``--slab-size 64``; the run is stopped right after its start."""
+    from medseg_mem.config import PrepareConfig
+    from medseg_mem.data.prepare import prepare
+    import medseg_mem.training.run as training_run
+
+    task = e.task(shape=(8, 8, 32))
+    prepare(PrepareConfig(task_dir=task, out_dir=e.root / "prepared"), progress=False, warn=lambda line: None)
+    e.inputs.append(e.root / "prepared")
+
+    def stop(device):
+        raise MedsegError("--device: the test stops the run here")
+
+    e.monkeypatch.setattr(training_run, "resolve_device", stop)
+    return ["run", "--data", str(e.root / "prepared"), "--results", str(e.root / "r.csv"), "--runs",
+            str(e.root / "runs"), "--variant", "patch", "--slab-size", "64", "--quiet"]  # fmt: skip
+
+
+ROWS = [
+    Row("dataset.json missing", no_dataset_json, "dataset.json"),
+    Row("dataset.json not JSON", invalid_dataset_json, "dataset.json"),
+    Row("traversal path", listed(lambda e, t: "../../etc/passwd.nii.gz"), "leads outside the task folder"),
+    Row("absolute path", listed(lambda e, t: str(t / "imagesTr" / "tiny_001.nii.gz")), "is an absolute path"),
+    Row("symlink leaving the task", symlink_outside, "leads outside the task folder"),
+    Row("corrupt NIfTI", replaced_image(lambda e, p: p.write_bytes(b"not a nifti" * 40)), "tiny_000.nii.gz"),
+    Row("truncated NIfTI", replaced_image(lambda e, p: p.write_bytes(p.read_bytes()[:200])), "tiny_000.nii.gz"),
+    Row("absurd NIfTI header", replaced_image(absurd_header), "declares 100000x100000x100000 voxels, 4.0 PB"),
+    Row("5-D image", replaced_image(lambda e, p: e.write_nifti(np.ones((8, 8, 6, 1, 2), np.float32), p)),
+        "tiny_000.nii.gz: has 5 dimensions (8x8x6x1x2)"),
+    Row("NaN image", replaced_image(lambda e, p: e.write_nifti(np.full((8, 8, 6), np.nan, np.float32), p)),
+        "tiny_000.nii.gz: holds 384 NaN/inf"),
+    Row("undeclared label value", label_value, "label value(s) 7 not declared"),
+    Row("--out inside the task", out_inside_task, "--out"),
+    Row("2-case task", lambda e: e.prepare(e.task(n_cases=2)), "warning: ", code=0),
+    Row("1-case task", lambda e: e.prepare(e.task(n_cases=1)), "they split 1/0/0 (train/val/test)", code=0),
+    Row("all-zero image", replaced_image(lambda e, p: e.write_nifti(np.zeros((8, 8, 6), np.float32), p)),
+        "warning: imagesTr/tiny_000.nii.gz: every voxel is 0", code=0),
+    Row("partial folder of a killed prepare", stale_partial, "note: removed 1 partial folder(s)", code=0,
+        check=stale_partial_removed),
+    Row("absurd training plan", lambda e: [*PLAN, "--mode", "training", "--shape", "1,100000,100000,100000",
+                                           "--classes", "3", "--batch", "1000000"], "--shape with --batch 1000000"),
+    Row("absurd inference plan", lambda e: [*PLAN, "--shape", "1,100000,100000,100000", "--classes", "3",
+                                            "--variant", "patch,cascade"], "NO", code=0),
+    Row("plan shape of three numbers", lambda e: [*PLAN, "--shape", "16,16,16", "--classes", "2"], "--shape"),
+    Row("calibration not JSON", calibration(b'{"cpu": {"multiplier": 1.0,'), "is not valid JSON (Expecting"),
+    Row("calibration entry misses a key", calibration(b'{"k": {"multiplier": 1.0, "key": "k"}}'),
+        "entry 'k': misses key 'offset_bytes'"),
+    Row("calibration entry of a wrong type", calibration(b'{"k": {"multiplier": "x", "offset_bytes": 0, "key": "k"}}'),
+        "'multiplier' must be a number"),
+    Row("calibration holds a list", calibration(b"[1, 2]"), "it holds a list"),
+    Row("calibration is a folder", calibration_folder, "cal.json: cannot be read"),
+    Row("compare on a foreign CSV", compare(b"name,score\nann,3\n"), "compare NEW.csv"),
+    Row("compare on a folder", compare(None), "results.csv is a folder, not a CSV file"),
+    Row("compare on an empty file", compare(b""), "results.csv is empty (no header, no rows)"),
+    Row("compare on binary data", compare(b"\xff\xfe\x00garbage"), "not UTF-8"),
+    Row("run with slabs thicker than the cases", thick_slabs, "the test stops the run here"),
+]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
+def test_input_fault(row, tmp_path, make_msd_task, write_nifti, edit_json, checksums, monkeypatch):
+    env = Env(tmp_path, make_msd_task, write_nifti, edit_json, monkeypatch)
+    args = row.build(env)
+    before = {str(folder): checksums(folder) for folder in env.inputs}
+    result = CliRunner().invoke(main, args)
+    assert "Traceback" not in result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    if row.code == 0:
+        assert result.exit_code == 0 and row.expect in result.output, result.output
+    else:
+        errors = [line for line in result.stderr.splitlines() if line.startswith("Error:")]
+        assert result.exit_code != 0 and len(errors) == 1 and row.expect in errors[0], result.output
+        assert result.stderr.rstrip().endswith(errors[0]), result.stderr  # the error is one line, and the last
+    assert {str(folder): checksums(folder) for folder in env.inputs} == before
+    if row.check is not None:
+        row.check(env)
+
+
+def test_run_warns_once_about_slabs_thicker_than_the_cases(tmp_path, make_msd_task, write_nifti, edit_json,
+                                                           monkeypatch):  # fmt: skip
+    env = Env(tmp_path, make_msd_task, write_nifti, edit_json, monkeypatch)
+    result = CliRunner().invoke(main, thick_slabs(env))
+    warnings = [line for line in result.output.splitlines() if "--slab-size 64" in line]
+    assert warnings == ["warning: --slab-size 64 is thicker than 3 of 3 case(s) (last axis 32 to 32 voxels): their "
+                        "slabs are zero-padded to 64 (more memory, no more context); use --slab-size 32 or less"]
+
+
+def test_a_partial_folder_another_prepare_is_writing_is_kept(tmp_path):
+    from medseg_mem.atomic import staging_folder
+    from medseg_mem.data import staging
+
+    busy, dead = staging_folder(tmp_path / "out"), staging_folder(tmp_path / "out")
+    lock = staging.hold(busy)
+    try:
+        assert staging.remove_stale(tmp_path / "out") == [dead]
+    finally:
+        staging.release(lock)
+    assert busy.is_dir() and not dead.exists()
+
+
+def test_tiny_task_warning_comes_before_any_case_is_read(tmp_path, make_msd_task):
+    result = CliRunner().invoke(main, ["prepare", str(make_msd_task(tmp_path, n_cases=2)), "--out",
+                                       str(tmp_path / "out")])  # fmt: skip
+    assert result.exit_code == 0
+    assert result.stderr.index("warning: ") < result.stderr.index("prepare:")
+    assert "they split 2/0/0 (train/val/test) and `medseg-mem run` needs a case in each split" in result.stderr
