@@ -218,3 +218,21 @@ def test_malformed_data_gives_one_line_error(tmp_path, break_it):
     errors = [line for line in result.output.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("Error: ") and str(root) in errors[0]
     assert "case_1" in errors[0] if break_it == "bad_shape" else "prepare" in errors[0]
+
+
+def test_unwritable_calibration_cache_fails_before_measuring(tmp_path, monkeypatch):
+    """A calibration that would take minutes to measure is not measured when its cache cannot be written."""
+    import medseg_mem.memory.calibration as calibration_module
+
+    def measuring(*args, **kwargs):
+        raise AssertionError("measured although the cache cannot be written")
+
+    monkeypatch.setattr(calibration_module, "calibrate_training", measuring)
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where the cache's folder should be")
+    result = plan("--shape", "1,64,64,48", "--classes", "3", "--mode", "training", "--precision", "bf16",
+                  "--calibration", str(blocker / "cal.json"), *TINY)  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: --calibration") and "is a file, not a folder" in last
+    assert blocker.read_text() == "a file where the cache's folder should be"

@@ -27,6 +27,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from medseg_mem.atomic import write_json_atomic
 from medseg_mem.errors import MedsegError, OptionError
 from medseg_mem.names import DEFAULT_WORKDIR
+from medseg_mem.writable import check_output_file
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
 TARGET_BYTES = (3e8, 7e8, 1.4e9)
@@ -349,6 +350,7 @@ def cached_calibration(
     found = load_calibration(path, key)
     if found is not None or not allow_measuring:
         return found or UNCALIBRATED
+    check_output_file(path, "--calibration")  # before minutes of measuring, not after
     if announce is not None:
         announce(f"calibrating the planner for {key} (one-off, about a minute or two); caching it in {path}")
     if mode == "training":
