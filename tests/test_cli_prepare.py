@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -127,3 +128,32 @@ def test_importing_the_cli_does_not_import_torch():
     code = "import sys, medseg_mem.cli; print(sorted({'torch', 'monai', 'nibabel', 'itk'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_disk_that_fills_midway_leaves_the_prepared_folder_as_it_was(tmp_path, monkeypatch):
+    """``np.save`` fails with ENOSPC on the fifth array: one error line naming the file, the old output intact."""
+    import errno
+    import hashlib
+    import os
+
+    import medseg_mem.data.prepared as prepared_module
+    from medseg_mem.data.synthetic import write_default_task
+
+    task, out = write_default_task(tmp_path / "task", seed=0, n_cases=6), tmp_path / "out"
+    assert invoke(task, "--out", out).exit_code == 0
+
+    def digest(folder):
+        return {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+    before, real, calls = digest(out), prepared_module.np.save, []
+
+    def filling(path, array, **options):
+        calls.append(path)
+        if len(calls) == 5:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        return real(path, array, **options)
+
+    monkeypatch.setattr(prepared_module.np, "save", filling)
+    result = invoke(task, "--out", out, "--overwrite")
+    assert_one_line_error(result, 1, "--out", "No space left on device", Path(calls[-1]).name, "unchanged")
+    assert digest(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out", "task"]

@@ -23,7 +23,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 import numpy as np
 
 from medseg_mem import __version__
-from medseg_mem.atomic import publish_folder, remove_path, staging_folder
+from medseg_mem.atomic import WriteError, publish_folder, remove_path, staging_folder
 from medseg_mem.config import PrepareConfig
 from medseg_mem.data import capacity, msd, notices, prepared, staging as leftovers, transforms
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
@@ -242,12 +242,24 @@ def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress
         prepared.write_json(staging / "manifest.json", _manifest(task, settings, records))
         prepared.write_json(staging / "split.json", prepared.make_split([r["id"] for r in records], seed))
         publish_folder(staging, out_dir)
+    except OSError as error:
+        remove_path(staging)
+        raise _write_failure(out_dir, error) from error
     except BaseException:
         remove_path(staging)
         raise
     finally:
         leftovers.release(lock)
     return records
+
+
+def _write_failure(out_dir: Path, error: OSError) -> MedsegError:
+    """One line for a prepare whose writing failed (full disk ...): which file, why, and that nothing changed."""
+    if isinstance(error, MedsegError):
+        return error
+    where = error.filename or "the staging folder"
+    return WriteError(f"--out {out_dir}: cannot write {where} ({error.strerror or type(error).__name__}); nothing "
+                      f"was published and what --out held is unchanged: free space or choose another --out")
 
 
 def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTask, staging: Path, blank: List):
