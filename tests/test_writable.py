@@ -13,6 +13,8 @@ from medseg_mem.errors import MedsegError
 from medseg_mem.results import RESULT_COLUMNS, append_rows
 from medseg_mem.writable import check_output_file, check_output_folder
 
+from disk_faults import install_full_disk
+
 
 def refuse(*args, **kwargs):
     raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
@@ -49,29 +51,7 @@ def test_a_results_path_that_is_a_folder_is_refused(tmp_path):
 
 def half_writes(monkeypatch):
     """Files opened for writing by the atomic writer take half the text, then the disk is full."""
-    import medseg_mem.atomic as atomic
-
-    real_open = open
-
-    class Half:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.stream.close()
-
-        def write(self, text):
-            self.stream.write(text[: len(text) // 2])
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def fake(path, mode="r", *args, **kwargs):
-        stream = real_open(path, mode, *args, **kwargs)
-        return Half(stream) if "w" in mode else stream
-
-    monkeypatch.setattr(atomic, "open", fake, raising=False)
+    install_full_disk(monkeypatch)
 
 
 def row(run_id="r1"):

@@ -26,6 +26,8 @@ from click.testing import CliRunner
 from medseg_mem.cli import main
 from medseg_mem.results import RESULT_COLUMNS
 
+from disk_faults import install_full_disk
+
 TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
 
 
@@ -67,28 +69,7 @@ def deny_writes(e: Env, folder: Path) -> Path:
 
 def full_disk_for(monkeypatch, target: Path) -> None:
     """The atomic text writer fails halfway through writing ``target`` (disk full)."""
-    import medseg_mem.atomic as atomic
-
-    class HalfWriter:
-        def __init__(self, stream):
-            self.stream = stream
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.stream.close()
-
-        def write(self, text):
-            self.stream.write(text[: len(text) // 2])
-            self.stream.flush()
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def fake_open(path, mode="r", *args, **kwargs):
-        stream = open(path, mode, *args, **kwargs)
-        return HalfWriter(stream) if "w" in mode and Path(path).name.startswith(f".{target.name}.") else stream
-
-    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+    install_full_disk(monkeypatch, lambda path: path.name.startswith(f".{target.name}."))
 
 
 def full_disk_for_checkpoints(monkeypatch) -> None:
