@@ -67,3 +67,16 @@ def test_the_command_module_imports_neither_torch_nor_monai():
     code = "import sys, medseg_mem.cli.predict; print(sorted({'torch', 'monai'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_scan_whose_header_claims_petabytes_is_named_without_reading_it(tmp_path, analytic):  # noqa: F811
+    """A NIfTI-2 header declaring 100000^3 voxels: one line with the dimensions, not a MemoryError."""
+    run, folder = make_run(tmp_path), tmp_path / "scans"
+    save_tilted(bright_scan(), folder / "good.nii.gz")
+    header = nib.Nifti2Image(np.zeros((8, 8, 6), np.float32), np.eye(4)).header
+    header["dim"][1:4] = 100000
+    (folder / "huge.nii").write_bytes(header.binaryblock + b"\0" * 4 + b"\0" * 64)
+    result = invoke("--checkpoint", str(run), str(folder), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "huge.nii: its header declares 100000x100000x100000 voxels" in result.stderr
+    assert "predicted 1 of 2 scan(s)" in result.stdout and not (tmp_path / "out" / "huge_seg.nii.gz").exists()

@@ -129,8 +129,15 @@ def load_scan(pipeline, reader: str, scan: Path) -> dict:
     """Run the pipeline's loading steps on ``scan`` with exactly the run's reader (no fallback reader).
 
     Raises:
-        MedsegError: naming the scan, when it cannot be read as NIfTI.
+        MedsegError: naming the scan, when its header is impossible (dimensions, more voxels than memory) or it
+            cannot be read as NIfTI.
     """
+    from medseg_mem.data.headers import header_problems
+    from medseg_mem.memory.planner import default_budget
+
+    problems = header_problems(scan, str(scan), lambda: default_budget("cpu")[0])
+    if problems:
+        raise MedsegError(f"{problems[0]}; nothing was written for it")
     data = {"image": str(scan)}
     try:
         data = pipeline.transforms[0](data, make_reader(reader))
