@@ -11,8 +11,8 @@ For each prepared folder given (e.g. the BraTS-sized capacity task with 10 and w
 * the wall time.
 
 It prints a table and the ratio of the largest to the smallest dataset's ``peak_rss`` (goal <= 1.10, and
-every run below 6 GiB), and appends to ``benchmarks/results/capacity_<device>.csv`` (with the precision and
-checkpointing used).
+every run below 6 GiB), and appends to ``benchmarks/results/capacity_<device>.csv`` (with the precision,
+checkpointing and layout used; rows before 2026-11-29 were contiguous).
 
 Example::
 
@@ -46,6 +46,8 @@ def arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing (run --checkpointing)")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="channels-last training, run's default [on]")
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/capacity_<device>.csv")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
@@ -67,7 +69,8 @@ def child(args: argparse.Namespace) -> None:
     prepared = args.prepared[0]
     overrides = (("steps", args.steps), ("val_every", args.steps), ("device", args.device),
                  ("channels", tuple(int(c) for c in args.channels.split(","))),
-                 ("precision", args.precision), ("checkpointing", args.checkpointing))  # fmt: skip
+                 ("precision", args.precision), ("checkpointing", args.checkpointing),
+                 ("channels_last", args.channels_last))  # fmt: skip
     results = args.work / "results.csv"
     request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
                          progress=False)  # fmt: skip
@@ -87,7 +90,8 @@ def measure(prepared: Path, args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory(prefix="capacity-") as work:
         command = [sys.executable, __file__, str(prepared), "--child", "--work", work, "--steps", str(args.steps),
                    "--channels", args.channels, "--variants", args.variants, "--device", args.device,
-                   "--precision", args.precision] + (["--checkpointing"] if args.checkpointing else [])  # fmt: skip
+                   "--precision", args.precision] + (["--checkpointing"] if args.checkpointing else [])
+        command += ["--channels-last" if args.channels_last else "--no-channels-last"]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"run on {prepared} failed:\n{done.stderr[-3000:]}")
@@ -96,7 +100,7 @@ def measure(prepared: Path, args: argparse.Namespace) -> dict:
 
 
 FIELDS = ["cases", "peak_rss_bytes", "wall_seconds", "variant", "seconds_per_step",
-          "steps", "channels", "precision", "checkpointing", "device", "torch"]  # fmt: skip
+          "steps", "channels", "precision", "checkpointing", "channels_last", "device", "torch"]  # fmt: skip
 
 
 def write_rows(rows, path: Path, args) -> None:
@@ -115,7 +119,8 @@ def write_rows(rows, path: Path, args) -> None:
                                  "wall_seconds": round(row["wall_seconds"], 1),
                                  "variant": variant, "seconds_per_step": round(seconds, 3), "steps": args.steps,
                                  "channels": args.channels, "precision": args.precision,
-                                 "checkpointing": args.checkpointing, "device": args.device,
+                                 "checkpointing": args.checkpointing, "channels_last": args.channels_last,
+                                 "device": args.device,
                                  "torch": torch.__version__})
 
 
@@ -124,7 +129,8 @@ def main() -> None:
     if args.child:
         return child(args)
     rows = [measure(prepared, args) for prepared in args.prepared]
-    print(f"precision {args.precision}, checkpointing {'on' if args.checkpointing else 'off'}, {args.device}")
+    print(f"precision {args.precision}, checkpointing {'on' if args.checkpointing else 'off'}, "
+          f"{'channels-last' if args.channels_last else 'contiguous'}, {args.device}")
     print(f"{'cases':>6} {'peak RSS':>10} {'wall':>8}  seconds per training step")
     for row in rows:
         steps = ", ".join(f"{v} {s:.2f}" for v, s in row["seconds_per_step"].items())
