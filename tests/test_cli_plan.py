@@ -32,7 +32,7 @@ def test_table(calibration_file):
                   "--calibration", calibration_file, *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    assert "budget 8.0 GB (--budget)" in lines[0]
+    assert "budget 7.45 GiB (--budget)" in lines[0]
     assert lines[1].split() == ["variant", "predicted", "budget", "fits"]
     assert [line.split()[0] for line in lines[2:5]] == ["full", "patch", "cascade"]
     assert all(line.endswith("yes") for line in lines[2:5])

@@ -143,7 +143,10 @@ def test_parse_bytes_rejects(text):
 
 
 def test_format_bytes():
-    assert format_bytes(21.5e9) == "21.5 GB" and format_bytes(512) == "512 B"
+    """Binary units whatever unit was typed: ``--budget 8GB`` prints as 7.45 GiB."""
+    assert format_bytes(21.5 * 2**30) == "21.5 GiB" and format_bytes(512) == "512 B"
+    assert format_bytes(parse_bytes("8GB")) == "7.45 GiB" and format_bytes(parse_bytes("512MiB")) == "512 MiB"
+    assert format_bytes(1023) == "1023 B" and format_bytes(-45 * 10**6) == "-42.9 MiB"
 
 
 # Training memory: the levers -----------------------------------------------------------------------------------

@@ -6,7 +6,9 @@ import pandas as pd
 import pytest
 
 from medseg_mem.errors import MedsegError
+from medseg_mem.memory import units
 from medseg_mem.report import compare, format_bytes, format_table
+from medseg_mem.report.format import format_size
 from medseg_mem.report.tables import build_groups
 from medseg_mem.results import RESULT_COLUMNS, append_rows, read_results
 
@@ -174,5 +176,9 @@ def test_format_table_of_nothing_and_of_the_wrong_frame(results_csv):
     [(512, "512 B"), (1536, "1.50 KiB"), (1.23 * 2**30, "1.23 GiB"), (21.5 * 2**30, "21.5 GiB"),
      (325 * 2**30, "325 GiB"), (float("nan"), "—"), (None, "—")],
 )  # fmt: skip
-def test_format_bytes(value, text):
-    assert format_bytes(value) == text
+def test_format_size(value, text):
+    assert format_size(value) == text
+
+
+def test_the_report_prints_sizes_with_the_one_formatter():
+    assert format_bytes is units.format_bytes

@@ -1,4 +1,5 @@
-"""Byte quantities as users type them (``8GB``, ``512MiB``, ``1.5e9``) and as tables print them.
+"""Byte quantities as users type them (``8GB``, ``512MiB``, ``1.5e9``) and as every command prints them
+(``7.45 GiB``).
 
 Free of torch so the CLI can parse options instantly.
 """
@@ -16,6 +17,7 @@ UNITS = {
     "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
     "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
 }  # fmt: skip
+_BINARY_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 _PATTERN = re.compile(r"^\s*([+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?)\s*([a-z]*)\s*$", re.IGNORECASE)
 
 
@@ -47,15 +49,20 @@ def parse_bytes(text: str, option: str = "--budget") -> int:
 
 
 def format_bytes(n_bytes: float) -> str:
-    """Human-readable size with decimal units, e.g. ``21.5 GB``.
+    """Human-readable size in binary units with about three significant digits, e.g. ``1.23 GiB``.
+
+    Every command prints sizes with this one function, in binary units (KiB, MiB, GiB: powers of 1024), as
+    memory is usually discussed (a "16 GB" GPU holds 16 GiB). Typed sizes may use either kind of unit
+    (:func:`parse_bytes`): ``--budget 8GB`` is printed as ``7.45 GiB``.
 
     Example:
-        >>> format_bytes(21_500_000_000)
-        '21.5 GB'
+        >>> format_bytes(512), format_bytes(1536), format_bytes(21.5 * 2**30), format_bytes(8 * 10**9)
+        ('512 B', '1.50 KiB', '21.5 GiB', '7.45 GiB')
     """
-    value = float(n_bytes)
-    for unit in ("B", "kB", "MB", "GB", "TB", "PB", "EB"):
-        if abs(value) < 1000 or unit == "EB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{value:.1f} EB"  # pragma: no cover
+    value, unit = float(n_bytes), 0
+    while abs(value) >= 1024 and unit < len(_BINARY_UNITS) - 1:
+        value, unit = value / 1024, unit + 1
+    if unit == 0:
+        return f"{value:.0f} B"
+    decimals = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
+    return f"{value:.{decimals}f} {_BINARY_UNITS[unit]}"

@@ -16,7 +16,8 @@ import pandas as pd
 
 from medseg_mem import __version__
 from medseg_mem.errors import MedsegError
-from medseg_mem.report.format import format_bytes, format_table, render_group
+from medseg_mem.memory.units import format_bytes
+from medseg_mem.report.format import format_table, render_group
 from medseg_mem.report.tables import GROUP_KEYS, Group, build_groups
 from medseg_mem.results import read_results
 

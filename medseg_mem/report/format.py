@@ -12,10 +12,10 @@ from typing import Sequence
 import pandas as pd
 
 from medseg_mem.errors import MedsegError
+from medseg_mem.memory.units import format_bytes
 from medseg_mem.report.tables import DICE_PREFIX, GROUP_KEYS, Group, build_groups
 
 MISSING = "—"
-_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 #: Optional benchmark columns, left out of the text table when no row has a value.
 _OPTIONAL = ("slab_size", "downsample", "channels", "planned_bytes", "planner_error", "inferer")
 
@@ -73,14 +73,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeri
     return "\n".join([line(headers), rule, *(line(r) for r in rows)])
 
 
-def format_bytes(value: object) -> str:
-    """Return a byte count in binary units with three significant digits, e.g. ``1.23 GiB``; ``—`` if missing."""
-    if _missing(value):
-        return MISSING
-    number, unit = float(value), 0
-    while abs(number) >= 1024 and unit < len(_UNITS) - 1:
-        number, unit = number / 1024, unit + 1
-    return f"{number:.0f} B" if unit == 0 else f"{format_number(number)} {_UNITS[unit]}"
+def format_size(value: object) -> str:
+    """Return a byte count as every command prints it (:func:`~medseg_mem.memory.units.format_bytes`, e.g.
+    ``1.23 GiB``); ``—`` if missing."""
+    return MISSING if _missing(value) else format_bytes(value)
 
 
 def format_number(value: object) -> str:
@@ -121,7 +117,7 @@ def _run_cells(group: Group):
                "time / case (s)", "device", "memory method", "train steps", "n runs"]  # fmt: skip
     rows = [
         [row["variant"], *(format_dice(row[DICE_PREFIX + c]) for c in group.classes), format_dice(row["mean_dice"]),
-         format_bytes(row["peak_memory_bytes"]), format_number(row["inference_seconds_per_case"]),
+         format_size(row["peak_memory_bytes"]), format_number(row["inference_seconds_per_case"]),
          format_text(row["device"]), format_text(row["memory_method"]), format_count(row["train_steps"]),
          format_count(row["n_runs"])]  # fmt: skip
         for _, row in group.table.iterrows()
@@ -136,8 +132,8 @@ def _benchmark_cells(group: Group):
     shown = [c for c in _OPTIONAL if not table[c].map(_missing).all()]
     spec = [("variant", "variant", format_text, False),
             ("slab_size", "slab size", format_text, True), ("downsample", "downsample", format_text, True),
-            ("channels", "channels", format_text, False), ("peak_memory_bytes", "peak memory", format_bytes, True),
-            ("planned_bytes", "planned", format_bytes, True), ("planner_error", "planner error", format_text, True),
+            ("channels", "channels", format_text, False), ("peak_memory_bytes", "peak memory", format_size, True),
+            ("planned_bytes", "planned", format_size, True), ("planner_error", "planner error", format_text, True),
             ("inference_seconds_per_case", "time / case (s)", format_number, True),
             ("inferer", "inferer", format_text, False), ("n_runs", "n runs", format_count, True)]  # fmt: skip
     spec = [s for s in spec if s[0] not in _OPTIONAL or s[0] in shown]

@@ -213,7 +213,7 @@ ROWS = [
     Row("symlink leaving the task", symlink_outside, "leads outside the task folder"),
     Row("corrupt NIfTI", replaced_image(lambda e, p: p.write_bytes(b"not a nifti" * 40)), "tiny_000.nii.gz"),
     Row("truncated NIfTI", replaced_image(lambda e, p: p.write_bytes(p.read_bytes()[:200])), "tiny_000.nii.gz"),
-    Row("absurd NIfTI header", replaced_image(absurd_header), "declares 100000x100000x100000 voxels, 4.0 PB"),
+    Row("absurd NIfTI header", replaced_image(absurd_header), "declares 100000x100000x100000 voxels, 3.55 PiB"),
     Row("5-D image", replaced_image(lambda e, p: e.write_nifti(np.ones((8, 8, 6, 1, 2), np.float32), p)),
         "tiny_000.nii.gz: has 5 dimensions (8x8x6x1x2)"),
     Row("NaN image", replaced_image(lambda e, p: e.write_nifti(np.full((8, 8, 6), np.nan, np.float32), p)),
