@@ -2,7 +2,8 @@
 
 Images are resampled trilinearly. Label maps are resampled through their one-hot encoding (trilinear, then
 argmax), so thin structures are not dropped as nearest-neighbour resampling would drop them; stage-1
-probabilities go the same way. All tensors are batched: ``(B, C, X, Y, Z)``.
+probabilities go the same way. All tensors are batched: ``(B, C, X, Y, Z)``. ``one_hot`` is MONAI's
+(:func:`monai.networks.utils.one_hot`), importable from here as before.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Sequence, Tuple
 
 import torch
+from monai.networks.utils import one_hot  # (B, 1, X, Y, Z) integer labels -> (B, K, X, Y, Z) float one-hot
 from torch.nn import functional as F
 
 
@@ -26,11 +28,6 @@ def resample_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def resample_probabilities(probabilities: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Trilinear resampling of class probabilities (or one-hot maps) to ``size``."""
     return resample_image(probabilities, size)
-
-
-def one_hot(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """``(B, 1, X, Y, Z)`` integer labels -> ``(B, K, X, Y, Z)`` float one-hot."""
-    return F.one_hot(label[:, 0].long(), num_classes).movedim(-1, 1).float()
 
 
 def resample_label(label: torch.Tensor, size: Sequence[int], num_classes: int) -> torch.Tensor:

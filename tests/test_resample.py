@@ -2,7 +2,7 @@
 
 import torch
 
-from medseg_mem.resample import encode_guidance, resample_label, round_trip_label, scaled_size
+from medseg_mem.resample import encode_guidance, one_hot, resample_label, round_trip_label, scaled_size
 
 
 def test_scaled_size_rounds_and_keeps_one_voxel():
@@ -31,3 +31,13 @@ def test_guidance_encodings():
     assert encode_guidance(label, "label", 3).flatten().tolist() == [0.0, 0.5, 1.0]
     onehot = encode_guidance(label, "onehot", 3)
     assert onehot.shape == (1, 2, 1, 1, 3) and onehot[0, :, 0, 0].tolist() == [[0, 1, 0], [0, 0, 1]]
+
+
+def test_one_hot_is_the_float_one_hot_of_each_label_map_dtype():
+    """MONAI's one_hot (re-exported by medseg_mem.resample) equals torch's, channel-first and float32."""
+    label = torch.randint(0, 4, (2, 1, 7, 9, 5))
+    expected = torch.nn.functional.one_hot(label[:, 0], 4).movedim(-1, 1).float()
+    for dtype in (torch.uint8, torch.int32, torch.int64, torch.float32):
+        encoded = one_hot(label.to(dtype), 4)
+        assert encoded.dtype == torch.float32 and encoded.shape == (2, 4, 7, 9, 5)
+        assert torch.equal(encoded, expected)
