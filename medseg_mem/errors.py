@@ -50,7 +50,9 @@ def did_you_mean(name: str, valid: Iterable[str]) -> str:
 
 
 def look_up_option(name: str, valid: Iterable[str], option: str) -> str:
-    """Return ``name`` if it is one of ``valid``, else raise :class:`OptionError` with a suggestion."""
+    """Return ``name`` if it is one of ``valid``, else raise :class:`MedsegError` naming ``option``, ``name``, the
+    nearest valid name and all of them (difflib, not MONAI's ``look_up_option``: that one imports torch, answers in
+    three lines and lists the names as an unordered set)."""
     valid = list(valid)
     if name in valid:
         return name
