@@ -4,7 +4,10 @@ This is the inference half of the ``patch`` variant (thesis 3.3): the volume is 
 of ``slab_size`` voxels along one axis, the last slab is zero-padded to full size, the network sees
 ``sw_batch_size`` slabs at a time and the predictions are written straight into the output volume.
 Unlike :class:`monai.inferers.SlidingWindowInferer` no importance or count map is kept, so the only
-full-size tensors are the input and the output.
+full-size tensors are the input and the output. With ``output="labels"`` the output is itself compact: each
+slab group's logits become labels at once (argmax over the channels) in a preallocated uint8 map, so no
+full-size float tensor exists besides the input. The input may also be a
+:class:`~medseg_mem.inference.source.SlabSource` that makes each slab on demand (the cascade's guided input).
 """
 
 from __future__ import annotations
@@ -19,8 +22,11 @@ from monai.inferers import Inferer
 from torch.nn import functional as F
 
 from medseg_mem.errors import OptionError
+from medseg_mem.inference.labels import argmax_into, empty_labels
+from medseg_mem.inference.source import SlabSource
 
 SPATIAL_AXES = (0, 1, 2, -1, -2, -3)
+OUTPUTS = ("logits", "labels")
 _REPRESENTATIVE = contextvars.ContextVar("representative_slabs", default=False)
 
 
@@ -28,8 +34,8 @@ _REPRESENTATIVE = contextvars.ContextVar("representative_slabs", default=False)
 def representative_slabs() -> Iterator[None]:
     """Within this block :class:`SlabInferer` runs only the slab groups whose memory can differ.
 
-    Those are the first group (no output yet), the second (output and one earlier prediction alive) and the
-    last (maybe smaller, maybe padded). Every group in between is full and repeats the second's allocations
+    Those are the first group (no output yet), the second (output alive; each prediction is freed before the
+    next group runs) and the last (maybe smaller, maybe padded). Every group in between is full and repeats the second's allocations
     exactly, so a memory trace (:mod:`medseg_mem.memory.trace`) of the shortened loop has the same peak at a
     cost that does not grow with the number of slabs. The output is left incomplete: for tracing only.
     """
@@ -112,6 +118,10 @@ class SlabInferer(Inferer):
         slab_size: voxels per slab along ``spatial_axis`` (spec: 16).
         spatial_axis: spatial axis to cut, counted over ``(X, Y, Z)``: 0, 1, 2 or -1 (the last, default).
         sw_batch_size: slabs per network call.
+        output: ``"logits"`` (default): the stitched network output ``(B, K, X, Y, Z)``; ``"labels"``: the
+            argmax over its channels, ``(B, 1, X, Y, Z)`` uint8 (int16 beyond 255 classes), made slab by slab.
+        device: where the output is kept (as MONAI's ``device``; default: the network output's device), e.g.
+            the network on CUDA and the label map on the CPU.
 
     Raises:
         OptionError: if an argument breaks its rule (the message names it, the rule and the value).
@@ -120,22 +130,35 @@ class SlabInferer(Inferer):
         >>> inferer = SlabInferer(slab_size=16)
         >>> inferer(torch.zeros(1, 1, 8, 8, 35), lambda x: x + 1).shape
         torch.Size([1, 1, 8, 8, 35])
+        >>> labels = SlabInferer(slab_size=16, output="labels", device="cpu")
+        >>> labels(torch.zeros(1, 1, 8, 8, 35), lambda x: x.repeat(1, 3, 1, 1, 1)).dtype
+        torch.uint8
     """
 
-    def __init__(self, slab_size: int = 16, spatial_axis: int = -1, sw_batch_size: int = 1) -> None:
+    def __init__(
+        self, slab_size: int = 16, spatial_axis: int = -1, sw_batch_size: int = 1, output: str = "logits",
+        device: Any = None,
+    ) -> None:  # fmt: skip
         _check_positive_int("slab_size", slab_size)
         _check_positive_int("sw_batch_size", sw_batch_size)
         if isinstance(spatial_axis, bool) or spatial_axis not in SPATIAL_AXES:
             raise OptionError("spatial_axis", "must be one of 0, 1, 2 or -1 (the last spatial axis)", spatial_axis)
+        if output not in OUTPUTS:
+            raise OptionError("output", "must be 'logits' or 'labels'", output)
         self.slab_size = int(slab_size)
         self.spatial_axis = int(spatial_axis) % 3
         self.sw_batch_size = int(sw_batch_size)
+        self.output = output
+        self.device = None if device is None else torch.device(device)
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any):
-        """Run ``network`` slab by slab on ``inputs`` ``(B, C, X, Y, Z)``; return ``(B, K, X, Y, Z)``.
+    def __call__(
+        self, inputs: torch.Tensor | SlabSource, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
+        """Run ``network`` slab by slab on ``inputs`` ``(B, C, X, Y, Z)``; return ``(B, K, X, Y, Z)`` logits or
+        ``(B, 1, X, Y, Z)`` labels (see ``output``).
 
         Args:
-            inputs: a batch of 3D images.
+            inputs: a batch of 3D images, or a :class:`~medseg_mem.inference.source.SlabSource` of that shape.
             network: maps ``(n * B, C, ...slab...)`` to ``(n * B, K, ...slab...)``.
             args: extra positional arguments for ``network``.
             kwargs: extra keyword arguments for ``network``.
@@ -144,24 +167,23 @@ class SlabInferer(Inferer):
             OptionError: if ``inputs`` is not 5D.
             ValueError: if the network output does not keep the slab's batch and spatial size.
         """
-        if not isinstance(inputs, torch.Tensor) or inputs.dim() != 5:
-            shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
-            raise OptionError("inputs", "must be a 5D tensor (B, C, X, Y, Z)", shape)
+        _check_inputs(inputs)
         axis = 2 + self.spatial_axis
-        length = inputs.shape[axis]
-        starts = _slab_range(length, self.slab_size)
+        starts = _slab_range(inputs.shape[axis], self.slab_size)
         output = None
         for group in slab_groups(starts, self.sw_batch_size, _REPRESENTATIVE.get()):
             prediction = self._run_group(inputs, group, axis, network, *args, **kwargs)
             if output is None:
                 output = self._allocate(inputs, prediction)
             self._stitch(output, prediction, group, inputs.shape[0], axis)
+            del prediction
         return output
 
     def _run_group(self, inputs, group, axis, network, *args, **kwargs) -> torch.Tensor:
         """Cut the slabs starting at ``group``, batch them along dim 0 and run the network once."""
-        slabs = [cut_slab(inputs, start, self.slab_size, axis) for start in group]
+        slabs = [_cut(inputs, start, self.slab_size, axis) for start in group]
         batch = slabs[0] if len(slabs) == 1 else torch.cat(slabs, dim=0)
+        del slabs
         prediction = network(batch, *args, **kwargs)
         if not isinstance(prediction, torch.Tensor):
             raise TypeError(f"network must return a tensor; got {type(prediction).__name__}")
@@ -172,20 +194,41 @@ class SlabInferer(Inferer):
             )
         return prediction
 
-    @staticmethod
-    def _allocate(inputs: torch.Tensor, prediction: torch.Tensor) -> torch.Tensor:
-        """The output volume ``(B, K, X, Y, Z)`` with the prediction's channels, dtype and device."""
+    def _allocate(self, inputs, prediction: torch.Tensor) -> torch.Tensor:
+        """The output volume, ``(B, K, X, Y, Z)`` logits or ``(B, 1, X, Y, Z)`` labels, on the output device."""
         shape = list(inputs.shape)
         shape[1] = prediction.shape[1]
-        return prediction.new_zeros(shape)
+        device = prediction.device if self.device is None else self.device
+        if self.output == "labels":
+            return empty_labels(shape, prediction.shape[1], device)
+        return torch.zeros(shape, dtype=prediction.dtype, device=device)
 
     def _stitch(self, output, prediction, group, batch_size, axis) -> None:
-        """Copy each slab's prediction (its padding cropped) into ``output``."""
+        """Write each slab's prediction (its padding cropped) into ``output``: copied, or as labels."""
         length = output.shape[axis]
         for index, start in enumerate(group):
             keep = min(self.slab_size, length - start)
             piece = prediction[index * batch_size : (index + 1) * batch_size].narrow(axis, 0, keep)
-            output.narrow(axis, start, keep).copy_(piece)
+            if self.output == "labels":
+                argmax_into(piece, output.narrow(axis, start, keep), axis=axis)
+            else:
+                output.narrow(axis, start, keep).copy_(piece)
+
+
+def _check_inputs(inputs) -> None:
+    """Raise :class:`OptionError` unless ``inputs`` is a 5D tensor or a 5D :class:`SlabSource`."""
+    if isinstance(inputs, SlabSource) and len(inputs.shape) == 5:
+        return
+    if not isinstance(inputs, torch.Tensor) or inputs.dim() != 5:
+        shape = tuple(inputs.shape) if isinstance(inputs, (torch.Tensor, SlabSource)) else type(inputs).__name__
+        raise OptionError("inputs", "must be a 5D tensor (B, C, X, Y, Z)", shape)
+
+
+def _cut(inputs, start: int, slab_size: int, axis: int) -> torch.Tensor:
+    """One zero-padded slab of a tensor (:func:`cut_slab`) or of a :class:`SlabSource`."""
+    if isinstance(inputs, SlabSource):
+        return inputs.cut(start, slab_size, axis)
+    return cut_slab(inputs, start, slab_size, axis)
 
 
 def _check_positive_int(name: str, value: Any) -> None:
