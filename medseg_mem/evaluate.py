@@ -1,5 +1,6 @@
 """Per-class Dice on reconstructed full volumes, and inference time per case.
 
+Dice is counted on the label maps themselves (one class at a time), never on one-hot float volumes.
 Scoring of an empty class (MONAI ``DiceMetric(ignore_empty=False)``): when a class is absent from the ground
 truth, its Dice is 1.0 if the prediction is empty too and 0.0 otherwise, so a case never drops out of the mean.
 The background is never scored.
@@ -12,18 +13,35 @@ from dataclasses import dataclass
 from typing import Callable, List, Mapping, Sequence, Tuple
 
 import torch
-from monai.metrics import DiceMetric
 from torch import nn
 
 from medseg_mem.config import ModelConfig
-from medseg_mem.resample import one_hot
 from medseg_mem.variants.base import Variant
 
 
 def dice_per_class(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Dice of each foreground class, ``(B, K-1)``, for integer label maps ``(B, 1, X, Y, Z)``."""
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
-    return metric(one_hot(prediction, num_classes), one_hot(label, num_classes)).cpu()
+    """Dice of each foreground class, ``(B, K-1)`` float32, for integer label maps ``(B, 1, X, Y, Z)``.
+
+    The same numbers as MONAI ``DiceMetric(include_background=False, reduction="none", ignore_empty=False)``
+    on one-hot maps (``2 |P n L| / (|P| + |L|)`` in float32; 1.0 or 0.0 for a class absent from the label),
+    from voxel counts: memory is one boolean map per class at a time.
+
+    Example:
+        >>> dice_per_class(torch.tensor([[[[[0, 1, 1]]]]]), torch.tensor([[[[[0, 1, 2]]]]]), 3)
+        tensor([[0.6667, 0.0000]])
+    """
+    scores = [_class_dice(prediction == k, label.to(prediction.device) == k) for k in range(1, num_classes)]
+    return torch.stack(scores, dim=1).cpu()
+
+
+def _class_dice(predicted: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Dice per batch item of two boolean maps ``(B, 1, ...)``, with MONAI's rule for an empty ``truth``."""
+    dims = tuple(range(1, predicted.dim()))
+    both = (predicted & truth).sum(dim=dims).float()
+    size_p, size_t = predicted.sum(dim=dims).float(), truth.sum(dim=dims).float()
+    dice = 2.0 * both / (size_t + size_p)
+    empty = torch.where(size_p > 0, torch.zeros_like(dice), torch.ones_like(dice))
+    return torch.where(size_t > 0, dice, empty)
 
 
 def synchronize(device: torch.device) -> None:
@@ -44,7 +62,7 @@ def timed(segment: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, 
     """Run ``segment`` on ``image`` and return (labels, seconds); the clock covers splitting and stitching."""
     synchronize(device)
     start = time.perf_counter()
-    labels = segment(image).argmax(dim=1, keepdim=True)
+    labels = segment(image)
     synchronize(device)
     return labels, time.perf_counter() - start
 

@@ -39,13 +39,16 @@ class VariantContract:
         assert len(names) == len(set(names)) > 0
 
     @pytest.mark.parametrize("size", [(10, 12, 21), (7, 9, 8), (16, 16, 33)])
-    def test_segment_returns_probabilities_of_input_size(self, size):
+    def test_segment_returns_uint8_labels_of_input_size(self, size):
         variant = self.variant()
         image, _ = sample(size)
+        nets = networks(variant)
         with torch.inference_mode():
-            out = variant.segment(networks(variant), image, MODEL, K)
-        assert out.shape == (1, K, *size)
-        assert torch.allclose(out.sum(dim=1), torch.ones(1, *size), atol=1e-5)
+            out = variant.segment(nets, image, MODEL, K)
+            probabilities = variant.probabilities(nets, image, MODEL, K)
+        assert out.shape == (1, 1, *size) and out.dtype == torch.uint8
+        assert torch.equal(out.long(), probabilities.argmax(dim=1, keepdim=True))
+        assert torch.allclose(probabilities.sum(dim=1), torch.ones(1, *size), atol=1e-5)
 
     def test_stage_inputs_match_each_network(self):
         variant = self.variant()
@@ -62,8 +65,9 @@ class VariantContract:
         variant = self.variant()
         image, _ = sample(channels=4)
         with torch.inference_mode():
-            out = variant.segment(networks(variant, image_channels=4), image, MODEL, K)
-        assert out.shape[1] == K
+            out = variant.probabilities(networks(variant, image_channels=4), image, MODEL, K)
+            labels = variant.segment(networks(variant, image_channels=4), image, MODEL, K)
+        assert out.shape[1] == K and labels.shape == (1, 1, *image.shape[2:])
 
 
 class TestFull(VariantContract):
@@ -97,7 +101,7 @@ class TestCascade(VariantContract):
         assert torch.equal(x[:, :1], image)
         with torch.inference_mode():
             out = self.variant().segment(networks(self.variant(), model), image, model, K)
-        assert out.shape == (1, K, *image.shape[2:])
+        assert out.shape == (1, 1, *image.shape[2:])
 
 
 def test_unknown_variant_suggests_the_nearest_name():

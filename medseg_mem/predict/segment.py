@@ -3,10 +3,11 @@
 Per scan: load it with the run's MONAI pipeline (:func:`~medseg_mem.data.transforms.build_preprocessing`, the
 very transforms ``prepare`` applied at training time: RAS orientation, optional resampling and cropping,
 normalisation), check its channels against the run's modalities, segment it with the whole variant under
-:func:`torch.inference_mode`, map the class probabilities back onto the input grid with MONAI ``Invertd``
-(orientation, spacing and crop undone), take the argmax and write ``<name>_seg.nii.gz`` (uint8, the input's
-shape and header). A scan that cannot be read or does not fit the run is reported by name and skipped; the
-others are still written.
+:func:`torch.inference_mode` into a uint8 label map on the CPU, map it back onto the input grid with MONAI
+``Invertd`` (orientation and crop undone, nearest neighbour; :mod:`~medseg_mem.predict.restore`) and write
+``<name>_seg.nii.gz`` (uint8, the input's shape and header). A run that resampled its scans inverts the class
+probabilities instead (trilinear, then argmax), as before, so its files do not change. A scan that cannot be
+read or does not fit the run is reported by name and skipped; the others are still written.
 
 Example:
     >>> summary = predict(Path("medseg-work/runs/<run id>"), [Path("scans/")], Path("predictions"))  # doctest: +SKIP
@@ -16,11 +17,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -29,13 +31,11 @@ from medseg_mem.data.transforms import build_preprocessing, load_steps, make_rea
 from medseg_mem.errors import MedsegError
 from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
 from medseg_mem.predict.files import collect_inputs, plan_outputs, write_label_map
+from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
 from medseg_mem.device import resolve_device
 from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
 from medseg_mem.writable import check_output_folder
-
-AFFINE_TOLERANCE = 1e-3  # mm; the restored grid must match the input's to this precision
-
 
 @dataclass(frozen=True)
 class PredictSummary:
@@ -99,8 +99,9 @@ class Segmenter:
             MedsegError: the scan cannot be read, does not match the run, or is too large for the device.
         """
         data = self.preprocess(scan)
-        probabilities = self.probabilities(data["image"], scan)
-        return restore_grid(self.pipeline, data, probabilities, scan)
+        if resamples(self.trained.preprocessing):
+            return restore_grid(self.pipeline, data, self.probabilities(data["image"], scan), scan)
+        return restore_labels(self.pipeline, data, self.labels(data["image"], scan), scan)
 
     def preprocess(self, scan: Path) -> dict:
         """Load and check ``scan``, then apply the rest of the run's pipeline."""
@@ -111,18 +112,32 @@ class Segmenter:
             raise MedsegError(f"{scan}: no nonzero voxels left after --crop-foreground; is the scan empty?")
         return data
 
+    def labels(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
+        """Label map ``(1, X, Y, Z)`` (uint8) of the preprocessed image, made straight into CPU memory."""
+        trained = self.trained
+        with self._out_of_memory(scan), torch.inference_mode():
+            batch = image.as_tensor()[None].float().to(self.device)
+            out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes, device="cpu")[0]
+        return out.clone()  # a normal tensor again (not an inference tensor) for MONAI's inverse transforms
+
     def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
-        """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU."""
-        batch, trained = image.as_tensor()[None].float().to(self.device), self.trained
+        """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU (resampled runs)."""
+        trained = self.trained
+        with self._out_of_memory(scan), torch.inference_mode():
+            batch = image.as_tensor()[None].float().to(self.device)
+            out = self.variant.probabilities(self.nets, batch, trained.model, trained.num_classes)[0].float().cpu()
+        return out.clone()
+
+    @contextlib.contextmanager
+    def _out_of_memory(self, scan: Path) -> Iterator[None]:
+        """Turn a CUDA out-of-memory error into a one-line :class:`MedsegError` naming the scan."""
         try:
-            with torch.inference_mode():
-                out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes)[0].float().cpu()
+            yield
         except torch.cuda.OutOfMemoryError as error:
             raise MedsegError(
                 f"{scan}: out of memory on {self.device} ({self.trained.variant}); try --device cpu, or "
                 "`medseg-mem plan` for a variant that fits"
             ) from error
-        return out.clone()  # a normal tensor again (not an inference tensor) for MONAI's inverse transforms
 
 
 def load_scan(pipeline, reader: str, scan: Path) -> dict:
@@ -166,30 +181,6 @@ def check_scan(image, scan: Path, modalities: Sequence[str]) -> None:
         )
     if not bool(torch.isfinite(image.as_tensor()).all()):
         raise MedsegError(f"{scan}: contains NaN or infinite values; fix the scan before predicting")
-
-
-def restore_grid(pipeline, data: dict, probabilities: torch.Tensor, scan: Path) -> np.ndarray:
-    """Undo the pipeline's spatial steps on ``probabilities`` (``Invertd``), then argmax to uint8 labels.
-
-    Raises:
-        MedsegError: when the restored grid does not match the scan's (shape or affine).
-    """
-    from monai.data import MetaTensor
-    from monai.transforms import Invertd
-
-    image = data["image"]
-    inverter = Invertd("pred", transform=pipeline, orig_keys="image", nearest_interp=False)
-    restored = inverter({"image": image, "pred": MetaTensor(probabilities)})["pred"]
-    _check_restored(restored, image.meta, scan)
-    return restored.as_tensor().argmax(dim=0).numpy().astype(np.uint8)
-
-
-def _check_restored(restored, meta: dict, scan: Path) -> None:
-    shape = tuple(int(s) for s in np.asarray(meta["spatial_shape"]).ravel())
-    affine = np.asarray(meta["original_affine"], dtype=np.float64)
-    same_affine = np.allclose(np.asarray(restored.affine, dtype=np.float64), affine, atol=AFFINE_TOLERANCE)
-    if tuple(restored.shape[1:]) != shape or not same_affine:
-        raise MedsegError(f"{scan}: the prediction could not be mapped back onto the scan's grid {shape}")
 
 
 def predict(

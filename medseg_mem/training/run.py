@@ -95,7 +95,7 @@ def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelCo
 
     def infer():
         with torch.inference_mode():
-            return variant.segment(nets, image, model, num_classes).argmax(dim=1)
+            return variant.segment(nets, image, model, num_classes)
 
     return infer
 

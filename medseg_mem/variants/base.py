@@ -8,12 +8,13 @@ and never asks which variant it serves; a new variant is one new module that sub
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, List, Mapping, Tuple
+from typing import Any, ClassVar, List, Mapping, Tuple
 
 import torch
 from torch import nn
 
 from medseg_mem.config import ModelConfig
+from medseg_mem.inference.labels import labels_of
 from medseg_mem.inference.slab import SlabInferer
 from medseg_mem.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
 
@@ -73,6 +74,14 @@ class Stage:
             return SlabInferer(slab_size=model.slab_size)(x, net)
         return net(x)
 
+    def labels(self, net: nn.Module, x, model: ModelConfig, device: Any = None) -> torch.Tensor:
+        """Label map ``(B, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of the whole volume ``x`` on
+        ``device`` (default: the network's): slab by slab, or the argmax of one pass taken a few slices at a
+        time. ``x`` may be a :class:`~medseg_mem.inference.source.SlabSource` for a slab stage."""
+        if self.slab:
+            return SlabInferer(slab_size=model.slab_size, output="labels", device=device)(x, net)
+        return labels_of(net(x), device)
+
 
 class Variant:
     """Base class: subclasses set ``name`` and ``description``, implement :meth:`stages`, and override
@@ -85,11 +94,24 @@ class Variant:
         raise NotImplementedError
 
     def segment(
+        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
+        device: Any = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """Label map ``(1, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of a batched full-resolution image
+        ``(1, C, X, Y, Z)``, kept on ``device`` (default: where the networks run).
+
+        The labels are the argmax of :meth:`probabilities`, made without any full-size float tensor besides the
+        input (and, for a whole-volume stage, the logits of its one pass). The default serves single-stage
+        variants.
+        """
+        (stage,) = self.stages()
+        return stage.labels(nets[stage.name], image, model, device)
+
+    def probabilities(
         self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
     ) -> torch.Tensor:
-        """Class probabilities ``(1, K, X, Y, Z)`` for a batched full-resolution image ``(1, C, X, Y, Z)``.
-
-        The default serves single-stage variants: the stage's own forward pass, then softmax.
+        """Class probabilities ``(1, K, X, Y, Z)`` of the same image: full-size K-channel floats, for callers
+        that interpolate them (``predict`` on a resampled run). The default serves single-stage variants.
         """
         (stage,) = self.stages()
         return torch.softmax(stage.forward(nets[stage.name], image, model), dim=1)

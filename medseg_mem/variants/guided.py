@@ -1,0 +1,80 @@
+"""The cascade's stage-2 input, image plus guidance, made slab by slab from the small stage-1 output.
+
+The guidance of the whole volume would be ``argmax(trilinear(stage-1 probabilities, full size))``: a
+full-resolution K-channel float tensor, an int64 map and the concatenated input. Trilinear interpolation is
+separable and PyTorch applies it innermost axis first (the last axis, then the second, then the first), so it
+is done here in the same order in two exact steps: once along the last axis only, at stage 1's in-plane size
+(``K x x x y x Z``, a fraction ``downsample**2`` of one full-resolution channel per class), then, per slab,
+in-plane for that slab's slices only. A size-preserving axis gets weights 1 and 0, so each step performs
+exactly the arithmetic of the one-call interpolation: the guidance is bit for bit the whole-volume one.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch.nn import functional as F
+
+from medseg_mem.errors import OptionError
+from medseg_mem.inference.slab import cut_slab
+from medseg_mem.inference.source import SlabSource
+from medseg_mem.resample import encode_guidance, guidance_channels, resample_image
+
+
+def along_last_axis(low: torch.Tensor, depth: int) -> torch.Tensor:
+    """First step of the trilinear upsampling: ``low`` ``(B, K, x, y, z)`` resampled to ``(x, y, depth)``."""
+    return resample_image(low, (*low.shape[2:4], depth))
+
+
+def guidance_slices(columns: torch.Tensor, size: Sequence[int], start: int, stop: int, encoding: str,
+                    num_classes: int) -> torch.Tensor:  # fmt: skip
+    """Encoded guidance of the slices ``[start, stop)`` of a volume of spatial ``size``.
+
+    Args:
+        columns: stage-1 probabilities after :func:`along_last_axis` ``(B, K, x, y, Z)``.
+        size: the full-resolution spatial size ``(X, Y, Z)``.
+        start: first slice (last axis).
+        stop: one past the last slice.
+        encoding: ``"label"`` or ``"onehot"`` (:func:`~medseg_mem.resample.encode_guidance`).
+        num_classes: K.
+    """
+    part = columns[..., start:stop].contiguous()
+    planes = resample_image(part, (*size[:2], stop - start))
+    return encode_guidance(planes.argmax(dim=1, keepdim=True), encoding, num_classes)
+
+
+class GuidedSlabs(SlabSource):
+    """``cat([image, guidance])`` of a whole volume, cut slab by slab along the last axis without being made.
+
+    Args:
+        image: full-resolution ``(B, C, X, Y, Z)``.
+        low_probabilities: stage-1 class probabilities ``(B, K, x, y, z)``.
+        encoding: guidance encoding (``ModelConfig.guidance``).
+        num_classes: K.
+
+    Example:
+        >>> source = GuidedSlabs(torch.zeros(1, 1, 8, 8, 10), torch.rand(1, 3, 4, 4, 5), "label", 3)
+        >>> source.shape, tuple(source.cut(8, 4, -1).shape)
+        ((1, 2, 8, 8, 10), (1, 2, 8, 8, 4))
+    """
+
+    def __init__(self, image: torch.Tensor, low_probabilities: torch.Tensor, encoding: str, num_classes: int) -> None:
+        self.image, self.encoding, self.num_classes = image, encoding, num_classes
+        self.columns = along_last_axis(low_probabilities, image.shape[-1])
+        extra = guidance_channels(encoding, num_classes)
+        self.shape = (image.shape[0], image.shape[1] + extra, *image.shape[2:])
+
+    def cut(self, start: int, slab_size: int, axis: int) -> torch.Tensor:
+        """Image and guidance of ``slab_size`` slices from ``start``, zero-padded past the end (last axis only).
+
+        Raises:
+            OptionError: if ``axis`` is not the last axis.
+        """
+        if axis % 5 != 4:
+            raise OptionError("axis", "must be the last axis (-1 or 4): guidance is made along the last axis", axis)
+        image = cut_slab(self.image, start, slab_size, -1)
+        stop = min(start + slab_size, self.image.shape[-1])
+        guide = guidance_slices(self.columns, self.image.shape[2:], start, stop, self.encoding, self.num_classes)
+        guide = F.pad(guide, [0, slab_size - (stop - start)])
+        return torch.cat([image, guide.to(image.dtype)], dim=1)

@@ -1,0 +1,65 @@
+"""``predict`` inverts the uint8 label map (nearest neighbour) instead of K probabilities: the files must be
+those of the full-size path, on a non-RAS, anisotropic scan, for every variant and preprocessing."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from full_size_reference import full_size_probabilities
+from test_predict import CLASSES, bright_scan, make_run, save_tilted
+from test_streamed import rounding_net
+
+import medseg_mem.predict.segment as segment_module
+from medseg_mem.data.transforms import make_settings
+from medseg_mem.device import resolve_device
+from medseg_mem.predict import predict
+from medseg_mem.predict.files import write_label_map
+from medseg_mem.predict.restore import restore_grid
+from medseg_mem.predict.segment import Segmenter
+from medseg_mem.predict.trained_run import open_trained_run
+
+
+@pytest.fixture
+def varied(monkeypatch):
+    """The run's random U-Nets plus a rounding term, so that all three classes occur in the label map."""
+    load = segment_module.load_networks
+
+    def load_varied(paths, device):
+        nets = load(paths, device)
+        return {name: (lambda x, net=net: net(x) + 3 * rounding_net(len(CLASSES))(x)) for name, net in nets.items()}
+
+    monkeypatch.setattr(segment_module, "load_networks", load_varied)
+
+
+def full_size_prediction(run, scan) -> np.ndarray:
+    """Labels as ``predict`` made them before streaming: K probabilities inverted (trilinear), then argmax."""
+    trained = open_trained_run(run)
+    segmenter = Segmenter(trained, resolve_device("cpu"))
+    data = segmenter.preprocess(scan)
+    with torch.inference_mode():
+        image = data["image"].as_tensor()[None].float()
+        probabilities = full_size_probabilities(trained.variant, segmenter.nets, image, trained.model,
+                                                trained.num_classes)[0].float().cpu()  # fmt: skip
+    return restore_grid(segmenter.pipeline, data, probabilities.clone(), scan)
+
+
+def textured_scan() -> np.ndarray:
+    rng = np.random.default_rng(3)
+    scan = bright_scan((21, 24, 17)) * 0.02
+    return (scan + rng.normal(0, 0.4, scan.shape) * (scan > 0)).astype(np.float32)
+
+
+@pytest.mark.parametrize("variant", ["full", "patch", "cascade"])
+@pytest.mark.parametrize("settings", [{}, {"crop_foreground": True}, {"spacing": (1.0, 1.25, 1.0)}],
+                         ids=["native", "crop-foreground", "resampled"])  # fmt: skip
+def test_files_equal_the_full_size_path(tmp_path, varied, variant, settings):
+    run = make_run(tmp_path, variant, settings=make_settings(["MRI"], **settings))
+    scan = save_tilted(textured_scan(), tmp_path / "in" / "case.nii.gz")  # LPS-like, permuted, 1.5/2.0/1.5 mm
+    (written,) = predict(run, [scan], tmp_path / "out", device="cpu", progress=False).written
+    reference = write_label_map(full_size_prediction(run, scan), scan, tmp_path / "ref.nii.gz", len(CLASSES))
+    new, old = nib.load(str(written)), nib.load(str(reference))
+    assert new.header.binaryblock == old.header.binaryblock
+    np.testing.assert_array_equal(np.asarray(new.dataobj), np.asarray(old.dataobj))
+    assert len(np.unique(np.asarray(new.dataobj))) == len(CLASSES)
