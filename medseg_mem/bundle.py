@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -127,9 +128,24 @@ def infer(
     return summary
 
 
+def require_trained(model_dir: Union[str, Path], variant: str) -> Path:
+    """``inference.json``'s ``initialize``: :func:`trained_model`, one line and exit status 1 from the command line.
+
+    Raises:
+        MedsegError: no trained run in ``model_dir`` (in-process); ``SystemExit`` with that line under
+            ``python -m monai.bundle``.
+
+    Example:
+        >>> require_trained("medseg-work/models/patch", "patch")  # doctest: +SKIP
+        PosixPath('medseg-work/models/patch')
+    """
+    with _logged():
+        return trained_model(Path(model_dir), variant)
+
+
 def trained_model(model_dir: Path, variant: str) -> Path:
     """``model_dir`` when it holds a published run, else the "run train.json first" error."""
-    if not (model_dir / "run.json").is_file():
+    if not (Path(model_dir) / "run.json").is_file():
         raise MedsegError(
             f"model_dir {model_dir}: no trained {variant} checkpoint; run train.json first: "
             f"python -m monai.bundle run --config_file bundles/{variant}/configs/train.json"
@@ -216,11 +232,25 @@ def _overrides(**settings) -> tuple:
     return tuple((name, value) for name, value in settings.items() if value is not None)
 
 
+def on_bundle_command_line() -> bool:
+    """Whether this process is ``python -m monai.bundle ...`` (the command line, not a caller's own Python)."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    return getattr(spec, "name", None) == "monai.bundle.__main__"
+
+
 @contextlib.contextmanager
 def _logged() -> Iterator[None]:
-    """Log a :class:`MedsegError` as one line before MONAI wraps it into its own traceback."""
+    """Turn a :class:`MedsegError` into one line.
+
+    MONAI wraps any ``Exception`` a config expression raises into ``RuntimeError("Failed to evaluate ...")``,
+    which ``python -m monai.bundle`` prints as a ~50-line traceback. ``SystemExit`` is not an ``Exception``:
+    MONAI and ``fire`` let it through and Python prints only its message and exits with status 1. In-process
+    (``monai.bundle.run(...)`` from Python) the error is logged and re-raised, so callers can catch it.
+    """
     try:
         yield
     except MedsegError as error:
+        if on_bundle_command_line():
+            raise SystemExit(f"medseg-mem: {error}") from None
         logger.error("medseg-mem: %s", error)
         raise
