@@ -8,15 +8,23 @@ keep the suite fast, and torch runs on one thread.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import pytest
+import torch
 
-from medseg_mem.bundle import as_bool, as_widths, ensure_prepared
+from medseg_mem.bundle import as_bool, as_widths, ensure_prepared, train
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.errors import MedsegError
+from medseg_mem.export import export_bundle
 from medseg_mem.memory.measure import MemoryReading
+from medseg_mem.models.label_net import LabelUNet3D
+from medseg_mem.models.unet import UNet3D
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 VARIANTS = ("full", "patch", "cascade")
@@ -111,3 +119,66 @@ def test_command_line_values_are_understood():
         as_widths("wide")
     with pytest.raises(MedsegError, match="--overwrite must be true or false"):
         as_bool("maybe", "overwrite")
+
+
+def monai_bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle ARGS`` in a subprocess (what a user types), one torch thread."""
+    pytest.importorskip("fire")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "monai.bundle", *args]
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_inference_without_a_trained_model_is_one_line_on_the_command_line(tmp_path):
+    done = monai_bundle("run", "--config_file", str(BUNDLES / "patch" / "configs" / "inference.json"), cwd=tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    (line,) = [text for text in done.stderr.splitlines() if "medseg-mem:" in text]
+    assert "no trained patch checkpoint" in line and "bundles/patch/configs/train.json" in line
+
+
+def test_label_network_is_the_unet_argmax_and_compiles_to_torchscript():
+    torch.manual_seed(0)
+    labels = LabelUNet3D(2, 3, channels=(2, 4, 8)).eval()
+    plain = UNet3D(2, 3, channels=(2, 4, 8)).eval()
+    plain.load_state_dict(labels.state_dict())
+    x = torch.randn(1, 2, 5, 9, 13)
+    out = labels(x)
+    assert out.dtype == torch.uint8 and out.shape == (1, 1, 5, 9, 13)
+    assert torch.equal(out[:, 0].long(), plain(x).argmax(1)) and torch.equal(torch.jit.script(labels)(x), out)
+
+
+@pytest.mark.parametrize("variant", ["patch", "cascade"])
+def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path, tiny_prepared, no_memory_probe,
+                                                                       variant):  # fmt: skip
+    model_dir = train(variant, work_dir=tmp_path, data_dir=tiny_prepared.root, **TINY)
+    bundle = shutil.copytree(BUNDLES / variant, tmp_path / "bundle", ignore=shutil.ignore_patterns("models"))
+    export_bundle(model_dir, bundle)
+    meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    pred = meta["network_data_format"]["outputs"]["pred"]
+    assert (pred["num_channels"], pred["dtype"], pred["format"], pred["value_range"]) == (1, "uint8", "labels", [0, 2])
+    assert meta["medseg_mem"]["stages"][STAGES[variant][-1]]["channels"] == [2, 4]
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == sorted(
+        ["model.pt"] + [f"{stage}.pt" for stage in STAGES[variant][:-1]])
+    files = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]
+    verified = monai_bundle("verify_net_in_out", "--net_id", "network_def", *files, "--device", "cpu", cwd=bundle)
+    assert verified.returncode == 0, verified.stderr[-2000:]
+    exported = monai_bundle("ckpt_export", "network_def", "--filepath", "model.ts", "--ckpt_file", "models/model.pt",
+                            *files, cwd=bundle)  # fmt: skip
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    channels = meta["network_data_format"]["inputs"]["image"]["num_channels"]
+    assert torch.jit.load(str(bundle / "model.ts"))(torch.randn(1, channels, 4, 4, 20)).dtype == torch.uint8
+
+
+def test_export_refuses_a_bundle_of_another_variant(tmp_path):
+    from medseg_mem.export import check_bundle
+
+    with pytest.raises(MedsegError, match="a bundle of the patch variant, but the run is full; pass bundles/full"):
+        check_bundle(BUNDLES / "patch", "full")
+    with pytest.raises(MedsegError, match="not a MONAI bundle"):
+        check_bundle(tmp_path, "full")
+
+
+def test_the_export_command_module_imports_neither_torch_nor_monai():
+    code = "import sys, medseg_mem.cli.export; print(sorted({'torch', 'monai'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

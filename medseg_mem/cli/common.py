@@ -25,6 +25,6 @@ def library_errors(func: Callable) -> Callable:
 
 def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list at the call site
     """All subcommands; each module imports only click and light modules at import time."""
-    from medseg_mem.cli import compare, plan, predict, prepare, run
+    from medseg_mem.cli import compare, export, plan, predict, prepare, run
 
-    return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict]
+    return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, export.export]
