@@ -26,6 +26,7 @@ from medseg_mem.device import resolve_device
 from medseg_mem.errors import MedsegError
 from medseg_mem.evaluate import Evaluation, evaluate_variant
 from medseg_mem.memory.measure import MemoryReading, measure_peak
+from medseg_mem.memory.units import format_bytes
 from medseg_mem.models.build import load_networks
 from medseg_mem.results import append_rows, new_run_id, read_results, utc_timestamp
 from medseg_mem.training.class_weights import class_weights
@@ -228,7 +229,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
         result = VariantResult(run_id, name, evaluation, memory, steps, seconds)
         append_rows(request.results, result_rows(result, dataset, model, train, device))
     dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
-    echo(f"[{name}] test Dice {dice}; peak memory {memory.peak_bytes / 2**20:.1f} MiB ({memory.method}); "
+    echo(f"[{name}] test Dice {dice}; peak memory {format_bytes(memory.peak_bytes)} ({memory.method}); "
          f"{evaluation.seconds_per_case:.3f} s/case")  # fmt: skip
     return result
 
