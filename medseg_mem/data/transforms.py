@@ -17,7 +17,8 @@ Normalisation (nnU-Net, Isensee et al. 2018): a channel whose modality is CT is 
 percentiles of the foreground (label > 0) intensities of the training set and z-scored with their mean and
 standard deviation (``ScaleIntensityRanged`` with ``clip=True`` maps ``[lower, upper]`` linearly onto
 ``[(lower - mean) / std, (upper - mean) / std]``, which is exactly clip-then-z-score). Every other modality is
-z-scored per channel over its nonzero voxels (``NormalizeIntensityd(nonzero=True, channel_wise=True)``).
+z-scored per channel over its nonzero voxels (``NormalizeIntensityd(nonzero=True, channel_wise=True)``, in place
+and in bounded memory: :mod:`medseg_mem.data.normalize`).
 Only a multi-channel task with a CT channel needs :class:`PerChannelIntensityd`, the one hand-written
 transform (MONAI has no per-channel dispatch of intensity transforms).
 
@@ -38,14 +39,13 @@ from monai.transforms import (
     EnsureChannelFirstd,
     LoadImaged,
     MapTransform,
-    NormalizeIntensity,
-    NormalizeIntensityd,
     Orientationd,
     ScaleIntensityRange,
     ScaleIntensityRanged,
     Spacingd,
 )
 
+from medseg_mem.data.normalize import LeanNormalizeIntensity, LeanNormalizeIntensityd
 from medseg_mem.errors import MedsegError
 
 SETTINGS_FORMAT = "medseg-mem-preprocessing/1"
@@ -219,7 +219,7 @@ def intensity_transform(normalization: List[dict]):
     """The MONAI transform applying the per-channel normalisation rules to ``"image"``."""
     schemes = {n["scheme"] for n in normalization}
     if schemes == {"zscore_nonzero"}:
-        return NormalizeIntensityd("image", nonzero=True, channel_wise=True)
+        return LeanNormalizeIntensityd("image", nonzero=True, channel_wise=True)
     if len(normalization) == 1:
         return ScaleIntensityRanged("image", clip=True, **_ct_range(normalization[0]))
     return PerChannelIntensityd("image", [_channel_transform(n) for n in normalization])
@@ -234,7 +234,7 @@ def _ct_range(norm: dict) -> Dict[str, float]:
 def _channel_transform(norm: dict):
     if norm["scheme"] == "ct":
         return ScaleIntensityRange(clip=True, **_ct_range(norm))
-    return NormalizeIntensity(nonzero=True)
+    return LeanNormalizeIntensity(nonzero=True)
 
 
 class PerChannelIntensityd(MapTransform):
