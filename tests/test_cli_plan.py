@@ -222,7 +222,7 @@ def test_malformed_data_gives_one_line_error(tmp_path, break_it):
 
 def test_unwritable_calibration_cache_fails_before_measuring(tmp_path, monkeypatch):
     """A calibration that would take minutes to measure is not measured when its cache cannot be written."""
-    import medseg_mem.memory.calibration as calibration_module
+    import medseg_mem.memory.calibration_training as calibration_module
 
     def measuring(*args, **kwargs):
         raise AssertionError("measured although the cache cannot be written")

@@ -10,14 +10,13 @@ from medseg_mem.errors import OptionError
 from medseg_mem.memory.calibration import (
     Calibration,
     calibrate,
-    calibrate_training,
     calibration_key,
     fit,
     load_calibration,
     save_calibration,
     traced_network_bytes,
-    training_setup,
 )
+from medseg_mem.memory.calibration_training import calibrate_training, training_setup
 from medseg_mem.memory.measure import measure_peak
 from medseg_mem.memory.planner import loader_host_bytes, plan_variant
 from medseg_mem.memory.trace import LiveSetTracer

@@ -79,7 +79,7 @@ def measure_peak(
         >>> reading = measure_peak(allocate_setup, (50_000_000,), "cpu")  # doctest: +SKIP
         >>> reading.method  # doctest: +SKIP
         'proc.clear_refs+VmHWM+glibc-mmap-1MiB'
-        >>> from medseg_mem.memory.calibration import training_setup  # one train_step of a spec U-Net
+        >>> from medseg_mem.memory.calibration_training import training_setup  # one train_step of a spec U-Net
         >>> args = ((1, 4, 96, 96, 64), 4, (32, 64, 128, 256, 512), "cpu", "bf16", True)
         >>> measure_peak(training_setup, args, "cpu", grad=True).peak_bytes  # doctest: +SKIP
         800235584
