@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from medseg_mem import __version__
 from medseg_mem.atomic import WriteError, publish_folder, remove_path, staging_folder
 from medseg_mem.config import PrepareConfig
 from medseg_mem.data import capacity, msd, notices, prepared, staging as leftovers, transforms
+from medseg_mem.data.survey import survey
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 from medseg_mem.errors import DatasetError, MedsegError
 
@@ -141,7 +142,7 @@ def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummar
     _say(warn, notices.tiny_task_notice(task_dir, [case.case_id for case in task.cases], config.seed))
     settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
     if transforms.needs_survey(settings):
-        settings = _survey(task, settings, progress)
+        settings = survey(task, settings, _bar(task.cases, "survey", progress))
     records = _write(task, settings, out_dir, config.seed, progress, warn)
     shapes = np.array([r["prepared_shape"] for r in records])
     split = prepared.make_split([r["id"] for r in records], config.seed)
@@ -182,45 +183,6 @@ def _bar(items, desc: str, progress: bool):
     from tqdm import tqdm
 
     return tqdm(items, desc=desc, unit="case", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-
-
-def _loader_settings(settings: dict) -> dict:
-    """Settings whose pipeline needs no statistics (only its loading steps are used by the survey)."""
-    plain = [{"scheme": "zscore_nonzero"} for _ in settings["normalization"]]
-    return {**settings, "spacing_rule": "native", "spacing": None, "normalization": plain}
-
-
-def _survey(task: msd.MSDTask, settings: dict, progress: bool) -> dict:
-    """Load and check every case once; fill in the median spacing and the CT statistics."""
-    loader_settings = _loader_settings(settings)
-    pipeline = transforms.build_preprocessing(loader_settings, with_label=True)
-    ct = transforms.ct_channels(settings)
-    samples: Dict[int, List[np.ndarray]] = {c: [] for c in ct}
-    spacings, problems = [], []
-    for case in _bar(task.cases, "survey", progress):
-        data, found = msd.load_case(pipeline, loader_settings, case, task)
-        problems += found
-        if data is None:
-            continue
-        spacings.append(transforms.ras_spacing(np.asarray(data["image"].affine)))
-        for channel in ct:
-            samples[channel].append(transforms.foreground_sample(data["image"][channel], data["label"][0]))
-    if problems:
-        raise DatasetError(problems, where=str(task.root))
-    return _with_statistics(settings, spacings, samples, task)
-
-
-def _with_statistics(settings: dict, spacings, samples: Dict[int, List[np.ndarray]], task: msd.MSDTask) -> dict:
-    settings = {**settings, "normalization": [dict(n) for n in settings["normalization"]]}
-    if settings["spacing_rule"] == "median":
-        settings["spacing"] = transforms.median_spacing(spacings)
-    for channel, channel_samples in samples.items():
-        stats = transforms.ct_statistics(channel_samples)
-        if stats is None:
-            problem = f"channel {channel} is CT but no label has foreground (> 0) voxels to compute its statistics"
-            raise DatasetError([problem], where=str(task.root))
-        settings["normalization"][channel] = stats
-    return settings
 
 
 def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress: bool, warn: Warn) -> List[dict]:
