@@ -33,7 +33,7 @@ from medseg_mem.training.class_weights import class_weights
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import CaseStream, StageData, open_case
 from medseg_mem.names import DEFAULT_RUNS
-from medseg_mem.training.resume import filed_rows, resumed_request
+from medseg_mem.training.resume import filed_rows, resumed_request, same_path
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
 from medseg_mem.variants import get_variant, resolve_variants, warn_thick_slabs
 from medseg_mem.writable import check_output_file, check_output_folder
@@ -246,8 +246,7 @@ def resumable(run_id: str, request: RunRequest, state: str, resume_does: str) ->
     try:
         yield
     except (MedsegError, OSError) as error:
-        default = os.path.abspath(request.runs_dir) == os.path.abspath(DEFAULT_RUNS)
-        runs = "" if default else f" --runs {request.runs_dir}"
+        runs = "" if same_path(request.runs_dir, DEFAULT_RUNS) else f" --runs {request.runs_dir}"
         raise MedsegError(
             f"{error}; run {run_id} {state}, its checkpoints are kept in {request.runs_dir / run_id}: once that "
             f"is fixed, `medseg-mem run --resume {run_id}{runs}` {resume_does}"
