@@ -93,9 +93,9 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return Path(path)
 
 
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write ``data`` as indented JSON, atomically."""
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+def write_json_atomic(path: Path, data: Any, indent: int = 2) -> Path:
+    """Write ``data`` as JSON indented by ``indent`` spaces, atomically."""
+    return write_text_atomic(path, json.dumps(data, indent=indent) + "\n")
 
 
 def _fsync_file(path: Path) -> None:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+from medseg_mem.atomic import write_json_atomic
 from medseg_mem.errors import MedsegError
 
 MODEL_FILE = "model.pt"
@@ -61,7 +62,7 @@ def export_bundle(checkpoint: Path, bundle_dir: Path) -> ExportedBundle:
     files = [write_weights(Path(bundle_dir) / "models" / name, payloads[stage]["state_dict"])
              for stage, name in stage_files(trained.variant).items()]  # fmt: skip
     metadata = fitted_metadata(json.loads(meta_path.read_text()), trained, payloads)
-    files.append(write_json(meta_path, metadata))
+    files.append(write_json_atomic(meta_path, metadata, indent=4))
     return ExportedBundle(trained.variant, tuple(files))
 
 
@@ -103,15 +104,6 @@ def write_weights(path: Path, state_dict: Dict[str, Any]) -> Path:
 
     with replacing(path, suffix=".pt") as temp:
         torch.save({name: tensor.cpu() for name, tensor in state_dict.items()}, temp)
-    return path
-
-
-def write_json(path: Path, content: Dict[str, Any]) -> Path:
-    """Write ``content`` as indented JSON to ``path`` atomically."""
-    from medseg_mem.atomic import replacing
-
-    with replacing(path, suffix=".json") as temp:
-        temp.write_text(json.dumps(content, indent=4) + "\n")
     return path
 
 
