@@ -7,7 +7,7 @@ end in a ``MemoryError`` that names neither the dimensions nor the memory. The h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, List, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from medseg_mem.memory.units import format_bytes
 
@@ -25,13 +25,13 @@ def header_shape(path: Path) -> Tuple[int, ...]:
         return ()
 
 
-def header_problems(path: Path, rel: str, available: Callable[[], int]) -> List[str]:
+def header_problems(path: Path, rel: str, available: Optional[Callable[[], int]] = None) -> List[str]:
     """One message per problem of the header of ``path`` (shown as ``rel``); empty when it may be read.
 
     Args:
         path: the NIfTI file.
         rel: its name in messages (relative to the task folder).
-        available: returns the bytes of memory free for reading it.
+        available: returns the bytes of memory free for reading it (default: the available RAM).
     """
     shape = header_shape(path)
     if not shape:
@@ -42,8 +42,15 @@ def header_problems(path: Path, rel: str, available: Callable[[], int]) -> List[
     need = FLOAT_BYTES
     for extent in shape:
         need *= extent
-    free = available()
+    free = available() if available is not None else _available_ram()
     if need > free:
         return [f"{rel}: its header declares {size} voxels, {format_bytes(need)} as float32, more than the "
                 f"{format_bytes(free)} of memory available; the header is corrupt or the image too large to read"]
     return []
+
+
+def _available_ram() -> int:
+    """Bytes of RAM available now (the planner's CPU budget)."""
+    from medseg_mem.memory.planner import default_budget
+
+    return default_budget("cpu")[0]

@@ -206,11 +206,10 @@ def load_case(pipeline, settings: dict, case: CaseEntry, task: MSDTask) -> Tuple
     """
     from medseg_mem.data.headers import header_problems
     from medseg_mem.data.transforms import load_steps, make_reader
-    from medseg_mem.memory.planner import default_budget
 
     data = {"image": str(case.image), "label": str(case.label)}
     files = ((case.image, case.image_rel), (case.label, case.label_rel))
-    problems = [p for path, rel in files for p in header_problems(path, rel, lambda: default_budget("cpu")[0])]
+    problems = [p for path, rel in files for p in header_problems(path, rel)]
     if problems:
         return None, problems
     for step, (key, rel) in enumerate((("image", case.image_rel), ("label", case.label_rel))):

@@ -148,9 +148,8 @@ def load_scan(pipeline, reader: str, scan: Path) -> dict:
             cannot be read as NIfTI.
     """
     from medseg_mem.data.headers import header_problems
-    from medseg_mem.memory.planner import default_budget
 
-    problems = header_problems(scan, str(scan), lambda: default_budget("cpu")[0])
+    problems = header_problems(scan, str(scan))
     if problems:
         raise MedsegError(f"{problems[0]}; nothing was written for it")
     data = {"image": str(scan)}
