@@ -5,7 +5,8 @@ They know nothing of files or click: the CLI builds them, library functions take
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
@@ -19,6 +20,7 @@ from medseg_mem.names import (
     GUIDANCE_NAMES,
     LOSS_NAMES,
     LR_SCHEDULE_NAMES,
+    MAX_OVERLAP,
     PRECISION_NAMES,
     READER_NAMES,
     SYNTHETIC_NAMES,
@@ -180,6 +182,54 @@ class TrainConfig:
             raise OptionError("--guidance-noise", "must be a probability in [0, 1]", self.guidance_noise)
 
 
+def check_overlap(overlap) -> float:
+    """``overlap`` as a float in ``[0, MAX_OVERLAP]``.
+
+    Raises:
+        OptionError: naming ``--overlap``, the rule and the value.
+    """
+    if isinstance(overlap, bool) or not isinstance(overlap, numbers.Real) or not 0 <= overlap <= MAX_OVERLAP:
+        raise OptionError("--overlap", f"must be a fraction of a slab in [0, {MAX_OVERLAP}] (0: slabs side by side)",
+                          overlap)  # fmt: skip
+    return float(overlap)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """How a trained variant segments a volume: ``run``'s evaluation, ``predict`` and ``plan`` share it.
+
+    Args:
+        sw_batch_size: slabs per network call (MONAI's ``sw_batch_size``): more is faster on a GPU, and needs
+            that many slabs' activations at once.
+        overlap: fraction of a slab shared with the next, in ``[0, 0.5]``; above 0 the slabs are blended with
+            Gaussian weights (MONAI ``mode="gaussian"``, nnU-Net) in a rolling buffer one slab long. 0 is the
+            thesis: slabs side by side.
+        precision: ``"fp32"``, or autocast of the network passes to ``"bf16"`` / ``"fp16"`` (about half the
+            activation memory; labels may differ from fp32 at a few voxels).
+
+    Raises:
+        OptionError: naming the option, its rule and the value.
+    """
+
+    sw_batch_size: int = 1
+    overlap: float = 0.0
+    precision: str = "fp32"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
+            raise OptionError("--sw-batch-size", "must be a whole number of slabs >= 1", self.sw_batch_size)
+        check_overlap(self.overlap)
+        if self.precision not in PRECISION_NAMES:
+            raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", self.precision)
+
+    def describe(self) -> str:
+        """Short text, e.g. ``"bf16, overlap 0.5, 2 slabs per call"`` (the defaults are left out)."""
+        parts = [self.precision]
+        parts += [f"overlap {self.overlap:g}"] if self.overlap else []
+        parts += [f"{self.sw_batch_size} slabs per call"] if self.sw_batch_size > 1 else []
+        return ", ".join(parts)
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """What ``medseg-mem run`` was asked to do.
@@ -193,6 +243,9 @@ class RunRequest:
         overrides: option values given by the user, applied on top of the dataset's default profile
             (``TrainConfig``/``ModelConfig`` field names; see :mod:`medseg_mem.training.settings`).
         progress: show progress bars.
+        inference: how the test split is segmented (:class:`InferenceConfig`; its precision is replaced by
+            ``inference_precision``).
+        inference_precision: the evaluation's precision; ``None``: the training precision of the run.
     """
 
     variants: Tuple[str, ...] = ("all",)
@@ -202,3 +255,15 @@ class RunRequest:
     resume: Optional[str] = None
     overrides: Tuple[Tuple[str, object], ...] = ()
     progress: bool = True
+    inference: InferenceConfig = InferenceConfig()
+    inference_precision: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.inference_precision is not None and self.inference_precision not in PRECISION_NAMES:
+            rule = f"must be one of {', '.join(PRECISION_NAMES)}"
+            raise OptionError("--inference-precision", rule, self.inference_precision)
+
+    def evaluation(self, train_precision: str) -> InferenceConfig:
+        """How the test split is segmented: :attr:`inference` at :attr:`inference_precision`, else at the
+        run's training precision."""
+        return replace(self.inference, precision=self.inference_precision or train_precision)

@@ -15,7 +15,7 @@ from typing import Callable, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from medseg_mem.config import ModelConfig
+from medseg_mem.config import InferenceConfig, ModelConfig
 from medseg_mem.variants.base import Variant
 
 
@@ -74,16 +74,18 @@ def evaluate_variant(
     model: ModelConfig,
     num_classes: int,
     device: torch.device,
+    inference: InferenceConfig = None,
 ) -> Evaluation:
     """Segment each ``(image (1,C,X,Y,Z), label (1,1,X,Y,Z))`` case with the whole variant and score it.
 
-    The first case is run once untimed to warm up (allocator, kernels), then every case is timed.
+    The first case is run once untimed to warm up (allocator, kernels), then every case is timed. ``inference``
+    sets the slab batch, overlap and precision (default: :class:`~medseg_mem.config.InferenceConfig`).
     """
     for net in nets.values():
         net.eval()
 
     def segment(image):
-        return variant.segment(nets, image.to(device), model, num_classes)
+        return variant.segment(nets, image.to(device), model, num_classes, inference=inference)
 
     scores, seconds = [], []
     with torch.inference_mode():

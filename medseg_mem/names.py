@@ -14,6 +14,8 @@ GUIDANCE_NAMES = ("label", "onehot")
 DEVICE_NAMES = ("auto", "cpu", "cuda")
 #: Training precision (autocast dtype); ``fp32`` trains without autocast.
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
+#: Largest ``--overlap`` of consecutive slabs (a fraction of the slab thickness), as nnU-Net's 0.5.
+MAX_OVERLAP = 0.5
 #: Learning-rate schedules: constant, or nnU-Net's polynomial decay ``lr * (1 - step / steps) ** 0.9``.
 LR_SCHEDULE_NAMES = ("constant", "poly")
 #: Class weights of the loss: none, or ``sqrt(max count / count)`` from the training split's labels.

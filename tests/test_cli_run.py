@@ -105,5 +105,27 @@ def test_memory_levers_reach_the_csv(tmp_path, prepared_default):
     assert result.exit_code == 0, result.output
     table = pd.read_csv(results)
     assert (table.precision == "bf16").all() and table.checkpointing.all()
+    assert (table.inference_precision == "bf16").all()  # evaluated as trained, unless told otherwise
     assert "note: --checkpointing lowers training memory only" in result.output
-    assert "note: --precision lowers training memory only" in result.output
+
+
+def test_inference_options_reach_the_evaluation_and_the_csv(tmp_path, prepared_default):
+    results = tmp_path / "results.csv"
+    args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(tmp_path / "runs")]
+    options = ["--inference-precision", "bf16", "--overlap", "0.5", "--sw-batch-size", "2"]
+    result = invoke("--variant", "patch", *args, *TINY, *options)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(results)
+    assert (table.precision == "fp32").all() and (table.inference_precision == "bf16").all()
+    assert (table.overlap == 0.5).all() and (table.sw_batch_size == 2).all()
+    assert "inference bf16, overlap 0.5, 2 slabs per call" in result.output
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--overlap", "0.9"), ("--overlap", "-1"), ("--inference-precision", "int4"),
+                      ("--sw-batch-size", "0")],
+)  # fmt: skip
+def test_bad_inference_options_are_one_line_errors(option, value):
+    result = invoke(option, value)
+    assert result.exit_code == 2 and option in result.output and "Traceback" not in result.output
+    assert len(error_lines(result)) == 1

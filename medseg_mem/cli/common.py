@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, List
+from typing import Callable, List, Optional
 
 import click
 
@@ -28,3 +28,16 @@ def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list 
     from medseg_mem.cli import compare, export, plan, predict, prepare, run
 
     return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, export.export]
+
+
+def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:
+    """``--overlap`` must be a fraction of a slab in [0, 0.5] (the rule of :func:`medseg_mem.config.check_overlap`)."""
+    from medseg_mem.config import check_overlap
+    from medseg_mem.errors import OptionError
+
+    if value is None:
+        return None
+    try:
+        return check_overlap(value)
+    except OptionError as error:
+        raise click.BadParameter(str(error).replace("--overlap ", "", 1)) from error

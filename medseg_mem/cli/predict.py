@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from medseg_mem.cli.common import library_errors
-from medseg_mem.names import DEVICE_NAMES
+from medseg_mem.cli.common import library_errors, parse_overlap
+from medseg_mem.names import DEVICE_NAMES, PRECISION_NAMES
 
 
 @click.command()
@@ -19,9 +19,15 @@ from medseg_mem.names import DEVICE_NAMES
 @click.option("--overwrite", is_flag=True, help="Replace label maps that exist already.")
 @click.option("--device", type=click.Choice(DEVICE_NAMES), default="auto", show_default=True,
               help="auto (cuda if available), cpu or cuda.")
+@click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
+              help="fp32, or autocast the networks to bf16 / fp16 (about half the memory).")
+@click.option("--overlap", type=float, default=0.0, show_default=True, callback=parse_overlap,
+              help="Fraction of a slab shared with the next, 0-0.5, blended with Gaussian weights.")
+@click.option("--sw-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Slabs per network call.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
-def predict(inputs, checkpoint, out_dir, overwrite, device, quiet) -> None:
+def predict(inputs, checkpoint, out_dir, overwrite, device, precision, overlap, sw_batch_size, quiet) -> None:
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
@@ -31,9 +37,12 @@ def predict(inputs, checkpoint, out_dir, overwrite, device, quiet) -> None:
     Example:
       medseg-mem predict --checkpoint medseg-work/runs/<run id> scan.nii.gz --out predictions/
     """
+    from medseg_mem.config import InferenceConfig
     from medseg_mem.predict import predict as run_predict
 
-    summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet)
+    inference = InferenceConfig(sw_batch_size=sw_batch_size, overlap=overlap, precision=precision)
+    summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
+                          inference=inference)  # fmt: skip
     for _scan, reason in summary.failed:
         click.echo(f"failed: {reason}", err=True)
     click.echo(summary.line())

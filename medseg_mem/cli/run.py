@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors
+from medseg_mem.cli.common import library_errors, parse_overlap
 from medseg_mem.errors import did_you_mean
 from medseg_mem.names import (
     CLASS_WEIGHT_NAMES,
@@ -123,7 +123,13 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               help="Chance per class of a random dilation/erosion/opening/closing of the cascade's stage-2 "
                    "training guidance (nnU-Net's cascade) [0].")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES),
-              help="Training precision: fp32, or autocast to bf16 / fp16 (less memory) [fp32].")
+              help="Training (and, without --inference-precision, evaluation) precision: fp32, or autocast to "
+                   "bf16 / fp16 (less memory) [fp32].")
+@click.option("--inference-precision", type=click.Choice(PRECISION_NAMES),
+              help="Precision of the test-set evaluation and its memory figure [the training --precision].")
+@click.option("--overlap", type=float, callback=parse_overlap,
+              help="Evaluation: fraction of a slab shared with the next, 0-0.5, blended with Gaussian weights [0].")
+@click.option("--sw-batch-size", type=click.IntRange(min=1), help="Evaluation: slabs per network call [1].")
 @click.option("--checkpointing/--no-checkpointing", default=None,
               help="Activation checkpointing: recompute each U-Net level in the backward pass (less training "
                    "memory, ~1/3 more compute) [off].")
@@ -150,21 +156,32 @@ def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None
     from medseg_mem.config import RunRequest
     from medseg_mem.training.run import run_variants
 
+    inference, inference_precision = inference_options(options)
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
     for option, notice in lever_notices(options):
         click.echo(f"note: {option} {notice}", err=True)
-    request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet)
+    request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
+                         inference=inference, inference_precision=inference_precision)  # fmt: skip
     run_variants(request, echo=click.echo)
+
+
+def inference_options(options: dict):
+    """Take the evaluation's options out of ``options``: an :class:`InferenceConfig` (fp32 placeholder) and the
+    ``--inference-precision`` (``None``: the training precision). They may be given with ``--resume``."""
+    from medseg_mem.config import InferenceConfig
+
+    overlap, sw_batch_size = options.pop("overlap"), options.pop("sw_batch_size")
+    inference = InferenceConfig(sw_batch_size=sw_batch_size or 1, overlap=overlap or 0.0)
+    return inference, options.pop("inference_precision")
 
 
 def lever_notices(options: dict):
     """What a training-memory lever does not do, said once, so nobody expects it in the inference figures."""
     notices = []
-    for option, key, default in (("--checkpointing", "checkpointing", False), ("--precision", "precision", "fp32")):
-        if options.get(key) not in (None, default):
-            notices.append((option, "lowers training memory only; evaluation, the results' peak memory and "
-                                    "predict run in fp32 without checkpointing, unchanged by it"))
+    if options.get("checkpointing"):
+        notices.append(("--checkpointing", "lowers training memory only; evaluation, the results' peak memory and "
+                                           "predict run without it"))  # fmt: skip
     return notices

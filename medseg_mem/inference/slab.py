@@ -8,6 +8,10 @@ full-size tensors are the input and the output. With ``output="labels"`` the out
 slab group's logits become labels at once (argmax over the channels) in a preallocated uint8 map, so no
 full-size float tensor exists besides the input. The input may also be a
 :class:`~medseg_mem.inference.source.SlabSource` that makes each slab on demand (the cascade's guided input).
+
+With ``overlap > 0`` consecutive slabs share that fraction of their thickness and are blended with Gaussian
+weights as MONAI and nnU-Net do, in a rolling buffer one slab long (:mod:`~medseg_mem.inference.blend`)
+instead of full-volume accumulators. ``overlap=0`` runs exactly the non-overlapping code above.
 """
 
 from __future__ import annotations
@@ -21,7 +25,9 @@ import torch
 from monai.inferers import Inferer
 from torch.nn import functional as F
 
+from medseg_mem.config import check_overlap
 from medseg_mem.errors import OptionError
+from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
 from medseg_mem.inference.labels import argmax_into, empty_labels
 from medseg_mem.inference.source import SlabSource
 
@@ -112,7 +118,7 @@ def cut_slab(tensor: torch.Tensor, start: int, slab_size: int, axis: int) -> tor
 
 
 class SlabInferer(Inferer):
-    """Inference on non-overlapping slabs along one spatial axis, in the style of MONAI's inferers.
+    """Inference on slabs along one spatial axis, side by side or overlapping, in the style of MONAI's inferers.
 
     Args:
         slab_size: voxels per slab along ``spatial_axis`` (spec: 16).
@@ -122,6 +128,8 @@ class SlabInferer(Inferer):
             argmax over its channels, ``(B, 1, X, Y, Z)`` uint8 (int16 beyond 255 classes), made slab by slab.
         device: where the output is kept (as MONAI's ``device``; default: the network output's device), e.g.
             the network on CUDA and the label map on the CPU.
+        overlap: fraction of a slab shared with the next, in ``[0, 0.5]``; above 0 the slabs are blended with
+            Gaussian weights (MONAI ``mode="gaussian"``) in a rolling buffer of one slab.
 
     Raises:
         OptionError: if an argument breaks its rule (the message names it, the rule and the value).
@@ -137,7 +145,7 @@ class SlabInferer(Inferer):
 
     def __init__(
         self, slab_size: int = 16, spatial_axis: int = -1, sw_batch_size: int = 1, output: str = "logits",
-        device: Any = None,
+        device: Any = None, overlap: float = 0.0,
     ) -> None:  # fmt: skip
         _check_positive_int("slab_size", slab_size)
         _check_positive_int("sw_batch_size", sw_batch_size)
@@ -150,6 +158,7 @@ class SlabInferer(Inferer):
         self.sw_batch_size = int(sw_batch_size)
         self.output = output
         self.device = None if device is None else torch.device(device)
+        self.overlap = check_overlap(overlap)
 
     def __call__(
         self, inputs: torch.Tensor | SlabSource, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
@@ -169,6 +178,8 @@ class SlabInferer(Inferer):
         """
         _check_inputs(inputs)
         axis = 2 + self.spatial_axis
+        if self.overlap > 0:
+            return self._blended(inputs, axis, network, *args, **kwargs)
         starts = _slab_range(inputs.shape[axis], self.slab_size)
         output = None
         for group in slab_groups(starts, self.sw_batch_size, _REPRESENTATIVE.get()):
@@ -178,6 +189,20 @@ class SlabInferer(Inferer):
             self._stitch(output, prediction, group, inputs.shape[0], axis)
             del prediction
         return output
+
+    def _blended(self, inputs, axis, network, *args, **kwargs) -> torch.Tensor:
+        """Overlapping slabs, each group's predictions added to a :class:`RollingBlend` as they come."""
+        step = slab_step(self.slab_size, self.overlap)
+        starts = overlapping_starts(inputs.shape[axis], self.slab_size, step)
+        blend, batch_size = None, inputs.shape[0]
+        for group in slab_groups(starts, self.sw_batch_size, _REPRESENTATIVE.get()):
+            prediction = self._run_group(inputs, group, axis, network, *args, **kwargs)
+            if blend is None:
+                blend = RollingBlend(self._allocate(inputs, prediction), self.slab_size, axis, self.output == "labels")
+            for index, start in enumerate(group):
+                blend.add(prediction[index * batch_size : (index + 1) * batch_size], start)
+            del prediction
+        return blend.finish()
 
     def _run_group(self, inputs, group, axis, network, *args, **kwargs) -> torch.Tensor:
         """Cut the slabs starting at ``group``, batch them along dim 0 and run the network once."""

@@ -27,6 +27,7 @@ from typing import Iterator, List, Sequence, Tuple
 import numpy as np
 import torch
 
+from medseg_mem.config import InferenceConfig
 from medseg_mem.data.transforms import build_preprocessing, load_steps, make_reader
 from medseg_mem.errors import MedsegError
 from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
@@ -79,15 +80,17 @@ class Segmenter:
     Args:
         trained: the run, from :func:`~medseg_mem.predict.trained_run.open_trained_run`.
         device: where the networks run.
+        inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
 
     Example:
         >>> segmenter = Segmenter(open_trained_run(Path("runs/<id>")), torch.device("cpu"))  # doctest: +SKIP
         >>> labels = segmenter(Path("scan.nii.gz"))  # uint8, the scan's spatial shape  # doctest: +SKIP
     """
 
-    def __init__(self, trained: TrainedRun, device: torch.device) -> None:
+    def __init__(self, trained: TrainedRun, device: torch.device, inference: InferenceConfig = None) -> None:
         self.trained = trained
         self.device = device
+        self.inference = inference or InferenceConfig()
         self.variant = get_variant(trained.variant)
         self.nets = load_networks(trained.paths, device)
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
@@ -117,7 +120,8 @@ class Segmenter:
         trained = self.trained
         with self._out_of_memory(scan), torch.inference_mode():
             batch = image.as_tensor()[None].float().to(self.device)
-            out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes, device="cpu")[0]
+            out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes, device="cpu",
+                                       inference=self.inference)[0]
         return out.clone()  # a normal tensor again (not an inference tensor) for MONAI's inverse transforms
 
     def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
@@ -125,7 +129,8 @@ class Segmenter:
         trained = self.trained
         with self._out_of_memory(scan), torch.inference_mode():
             batch = image.as_tensor()[None].float().to(self.device)
-            out = self.variant.probabilities(self.nets, batch, trained.model, trained.num_classes)[0].float().cpu()
+            out = self.variant.probabilities(self.nets, batch, trained.model, trained.num_classes, self.inference)
+            out = out[0].float().cpu()
         return out.clone()
 
     @contextlib.contextmanager
@@ -189,6 +194,7 @@ def predict(
     overwrite: bool = False,
     device: str = "auto",
     progress: bool = True,
+    inference: InferenceConfig = None,
 ) -> PredictSummary:
     """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
 
@@ -199,6 +205,7 @@ def predict(
         overwrite: replace existing output files instead of refusing.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar over the scans on stderr.
+        inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
 
     Returns:
         a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
@@ -208,12 +215,15 @@ def predict(
         MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), an
             ``out_dir`` that cannot be written, or an unusable device; nothing is written then.
     """
+    from medseg_mem.memory.rss import pin_glibc_allocator
+
+    pin_glibc_allocator()  # freed tensors go back to the system: a scan's peak does not add up
     start = time.perf_counter()
     trained = open_trained_run(Path(checkpoint))
     jobs = plan_outputs(collect_inputs([Path(p) for p in inputs]), Path(out_dir), overwrite)
     check_output_folder(Path(out_dir), "--out")  # before any scan is segmented
     torch_device = resolve_device(device)
-    segmenter = Segmenter(trained, torch_device)
+    segmenter = Segmenter(trained, torch_device, inference)
     written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)
     return PredictSummary(
         tuple(written), tuple(failed), Path(checkpoint), trained.variant, str(torch_device), Path(out_dir),

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from medseg_mem import __version__
-from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
+from medseg_mem.config import InferenceConfig, ModelConfig, RunRequest, TrainConfig
 from medseg_mem.data.prepared import SPLITS, PreparedDataset
 from medseg_mem.device import resolve_device
 from medseg_mem.errors import MedsegError
@@ -88,7 +88,8 @@ def checkpoint_meta(dataset: PreparedDataset) -> dict:
     }
 
 
-def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str):
+def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
+                 inference: InferenceConfig = None):  # fmt: skip
     """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
     torch_device = torch.device(device)
     nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device)
@@ -96,30 +97,35 @@ def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelCo
 
     def infer():
         with torch.inference_mode():
-            return variant.segment(nets, image, model, num_classes)
+            return variant.segment(nets, image, model, num_classes, inference=inference)
 
     return infer
 
 
-def measure_variant_memory(name, paths, dataset: PreparedDataset, model, num_classes, device) -> MemoryReading:
+def measure_variant_memory(name, paths, dataset: PreparedDataset, model, num_classes, device,
+                           inference: InferenceConfig = None) -> MemoryReading:  # fmt: skip
     """Peak inference memory of the whole variant on the largest test case."""
     image = np.array(open_case(dataset, dataset.largest("test"))[0])[None]
-    args = (name, {k: str(v) for k, v in paths.items()}, image, model, num_classes, device.type)
+    args = (name, {k: str(v) for k, v in paths.items()}, image, model, num_classes, device.type, inference)
     return measure_peak(memory_setup, args, device.type)
 
 
-def result_rows(result: VariantResult, dataset, model: ModelConfig, train: TrainConfig, device) -> List[dict]:
+def result_rows(result: VariantResult, dataset, model: ModelConfig, train: TrainConfig, device,
+                inference: InferenceConfig = InferenceConfig()) -> List[dict]:  # fmt: skip
     """One tidy row per foreground class, run-level columns repeated."""
+    slabs = result.variant != "full"
     run = {
         "run_id": result.run_id, "timestamp": utc_timestamp(), "dataset": dataset.name, "variant": result.variant,
         "peak_memory_bytes": result.memory.peak_bytes, "memory_method": result.memory.method,
         "device": str(device), "inference_seconds_per_case": result.evaluation.seconds_per_case,
         "train_steps": result.train_steps, "train_seconds": round(result.train_seconds, 2), "seed": train.seed,
         "channels": "-".join(map(str, model.channels)), "loss": train.loss + ("+batch" if train.batch_dice else ""),
-        "slab_size": model.slab_size if result.variant != "full" else "",
+        "slab_size": model.slab_size if slabs else "",
         "downsample": model.downsample if result.variant == "cascade" else "",
         "n_test_cases": result.evaluation.n_cases, "package_version": __version__, "source": "run",
         "precision": train.precision, "checkpointing": train.checkpointing, "channels_last": train.channels_last,
+        "inference_precision": inference.precision, "overlap": inference.overlap if slabs else "",
+        "sw_batch_size": inference.sw_batch_size if slabs else "",
     }  # fmt: skip
     names = dataset.class_names[1:]
     return [
@@ -221,16 +227,17 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
     with resumable(run_id, request, "stopped at its last checkpoint", "continues it"):
         paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress, weights)
+    inference = request.evaluation(train.precision)
     with resumable(run_id, request, "finished training", "evaluates it and files the rows without training again"):
         nets = load_networks(paths, device)
         evaluation = evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model,
-                                      dataset.num_classes, device)  # fmt: skip
-        memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device)
+                                      dataset.num_classes, device, inference)  # fmt: skip
+        memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device, inference)
         result = VariantResult(run_id, name, evaluation, memory, steps, seconds)
-        append_rows(request.results, result_rows(result, dataset, model, train, device))
+        append_rows(request.results, result_rows(result, dataset, model, train, device, inference))
     dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
-    echo(f"[{name}] test Dice {dice}; peak memory {format_bytes(memory.peak_bytes)} ({memory.method}); "
-         f"{evaluation.seconds_per_case:.3f} s/case")  # fmt: skip
+    echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); peak memory "
+         f"{format_bytes(memory.peak_bytes)} ({memory.method}); {evaluation.seconds_per_case:.3f} s/case")
     return result
 
 

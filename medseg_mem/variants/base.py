@@ -13,8 +13,9 @@ from typing import Any, ClassVar, List, Mapping, Tuple
 import torch
 from torch import nn
 
-from medseg_mem.config import ModelConfig
+from medseg_mem.config import InferenceConfig, ModelConfig
 from medseg_mem.inference.labels import labels_of
+from medseg_mem.inference.precision import with_precision
 from medseg_mem.inference.slab import SlabInferer
 from medseg_mem.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
 
@@ -68,19 +69,29 @@ class Stage:
         """The label at the cascade's stage-1 resolution, which a guided stage's training guidance comes from."""
         return resample_label(label, scaled_size(label.shape[2:], model.downsample), num_classes).to(torch.uint8)
 
-    def forward(self, net: nn.Module, x: torch.Tensor, model: ModelConfig) -> torch.Tensor:
-        """Logits of the whole (stage-resolution) volume ``x``: slab-wise or in one pass."""
+    def forward(self, net: nn.Module, x: torch.Tensor, model: ModelConfig, inference: InferenceConfig = None) -> torch.Tensor:
+        """Logits of the whole (stage-resolution) volume ``x``: slab-wise or in one pass (``inference``: how)."""
+        inference = inference or InferenceConfig()
+        network = with_precision(net, inference.precision)
         if self.slab:
-            return SlabInferer(slab_size=model.slab_size)(x, net)
-        return net(x)
+            return self.inferer(model, inference)(x, network)
+        return network(x)
 
-    def labels(self, net: nn.Module, x, model: ModelConfig, device: Any = None) -> torch.Tensor:
+    def labels(self, net: nn.Module, x, model: ModelConfig, device: Any = None, inference: InferenceConfig = None) -> torch.Tensor:
         """Label map ``(B, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of the whole volume ``x`` on
         ``device`` (default: the network's): slab by slab, or the argmax of one pass taken a few slices at a
         time. ``x`` may be a :class:`~medseg_mem.inference.source.SlabSource` for a slab stage."""
+        inference = inference or InferenceConfig()
+        network = with_precision(net, inference.precision)
         if self.slab:
-            return SlabInferer(slab_size=model.slab_size, output="labels", device=device)(x, net)
-        return labels_of(net(x), device)
+            return self.inferer(model, inference, output="labels", device=device)(x, network)
+        return labels_of(network(x), device)
+
+    @staticmethod
+    def inferer(model: ModelConfig, inference: InferenceConfig, output: str = "logits", device: Any = None) -> SlabInferer:
+        """The slab inferer of a slab stage: the model's slab size, the inference's batch and overlap."""
+        return SlabInferer(slab_size=model.slab_size, sw_batch_size=inference.sw_batch_size, output=output,
+                           device=device, overlap=inference.overlap)  # fmt: skip
 
 
 class Variant:
@@ -95,23 +106,25 @@ class Variant:
 
     def segment(
         self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
-        device: Any = None,
+        device: Any = None, inference: InferenceConfig = None,
     ) -> torch.Tensor:  # fmt: skip
         """Label map ``(1, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of a batched full-resolution image
-        ``(1, C, X, Y, Z)``, kept on ``device`` (default: where the networks run).
+        ``(1, C, X, Y, Z)``, kept on ``device`` (default: where the networks run); ``inference`` sets the slab
+        batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
 
         The labels are the argmax of :meth:`probabilities`, made without any full-size float tensor besides the
         input (and, for a whole-volume stage, the logits of its one pass). The default serves single-stage
         variants.
         """
         (stage,) = self.stages()
-        return stage.labels(nets[stage.name], image, model, device)
+        return stage.labels(nets[stage.name], image, model, device, inference)
 
     def probabilities(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
-    ) -> torch.Tensor:
+        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
+        inference: InferenceConfig = None,
+    ) -> torch.Tensor:  # fmt: skip
         """Class probabilities ``(1, K, X, Y, Z)`` of the same image: full-size K-channel floats, for callers
         that interpolate them (``predict`` on a resampled run). The default serves single-stage variants.
         """
         (stage,) = self.stages()
-        return torch.softmax(stage.forward(nets[stage.name], image, model), dim=1)
+        return torch.softmax(stage.forward(nets[stage.name], image, model, inference).float(), dim=1)

@@ -14,7 +14,7 @@ from typing import Any, List, Mapping
 import torch
 from torch import nn
 
-from medseg_mem.config import ModelConfig
+from medseg_mem.config import InferenceConfig, ModelConfig
 from medseg_mem.resample import resample_image, scaled_size
 from medseg_mem.variants.base import Stage, Variant
 from medseg_mem.variants.guided import GuidedSlabs
@@ -31,26 +31,30 @@ class CascadeVariant(Variant):
         ]
 
     def guided_input(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
-    ) -> GuidedSlabs:
+        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
+        inference: InferenceConfig = None,
+    ) -> GuidedSlabs:  # fmt: skip
         """Stage 1 on the downsampled image, then stage 2's input as a :class:`GuidedSlabs` (made per slab)."""
         low_stage = self.stages()[0]
         low = resample_image(image, scaled_size(image.shape[2:], model.downsample))
-        low_probabilities = torch.softmax(low_stage.forward(nets[low_stage.name], low, model), dim=1)
+        low_logits = low_stage.forward(nets[low_stage.name], low, model, inference)
+        low_probabilities = torch.softmax(low_logits.float(), dim=1)
+        del low_logits
         del low
         return GuidedSlabs(image, low_probabilities, model.guidance, num_classes)
 
     def segment(
         self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
-        device: Any = None,
+        device: Any = None, inference: InferenceConfig = None,
     ) -> torch.Tensor:  # fmt: skip
         slab_stage = self.stages()[1]
-        guided = self.guided_input(nets, image, model, num_classes)
-        return slab_stage.labels(nets[slab_stage.name], guided, model, device)
+        guided = self.guided_input(nets, image, model, num_classes, inference)
+        return slab_stage.labels(nets[slab_stage.name], guided, model, device, inference)
 
     def probabilities(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int
-    ) -> torch.Tensor:
+        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
+        inference: InferenceConfig = None,
+    ) -> torch.Tensor:  # fmt: skip
         slab_stage = self.stages()[1]
-        guided = self.guided_input(nets, image, model, num_classes)
-        return torch.softmax(slab_stage.forward(nets[slab_stage.name], guided, model), dim=1)
+        guided = self.guided_input(nets, image, model, num_classes, inference)
+        return torch.softmax(slab_stage.forward(nets[slab_stage.name], guided, model, inference).float(), dim=1)
