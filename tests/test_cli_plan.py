@@ -17,10 +17,14 @@ TINY = ["--channels", "4,8,16"]
 @pytest.fixture
 def calibration_file(tmp_path):
     """Tiny explicit calibrations for the tiny widths (inference, bf16 training), so no test measures anything."""
-    key = calibration_key("cpu", (4, 8, 16))
-    save_calibration(tmp_path / "cal.json", Calibration(1.3, 40_000_000, key + "|training-bf16-checkpointing"))
-    save_calibration(tmp_path / "cal.json", Calibration(1.1, 30_000_000, key + "|training-bf16-checkpointing-channels-last"))
-    return str(save_calibration(tmp_path / "cal.json", Calibration(1.1, 50_000_000, key)))
+    widths, path = (4, 8, 16), tmp_path / "cal.json"
+    for checkpointing, layout, multiplier in ((True, False, 1.3), (True, True, 1.1)):
+        key = calibration_key("cpu", widths, "training", "bf16", checkpointing, layout)
+        save_calibration(path, Calibration(multiplier, 40_000_000, key))
+    for precision, layout in (("fp32", True), ("fp32", False), ("bf16", True)):
+        key = calibration_key("cpu", widths, "inference", precision, channels_last=layout)
+        save_calibration(path, Calibration(1.1, 50_000_000, key))
+    return str(path)
 
 
 def plan(*args):
@@ -45,11 +49,11 @@ def test_json_keys_and_single_variant(calibration_file):
     assert result.exit_code == 0, result.output
     (row,) = json.loads(result.output)
     assert {"variant", "mode", "predicted_bytes", "budget_bytes", "fits"} <= set(row)
-    assert row["variant"] == "patch" and row["mode"] == "inference" and row["budget_source"] == "available RAM"
+    assert row["variant"] == "patch" and row["mode"] == "inference" and row["budget_source"] == "available RAM less a 10% margin"
 
 
 def test_liver_like_full_does_not_fit(tmp_path):
-    result = plan("--shape", "1,512,512,500", "--classes", "3", "--budget", "64GB", "--json", "--no-calibrate",
+    result = plan("--shape", "1,512,512,500", "--classes", "3", "--budget", "48GB", "--json", "--no-calibrate",
                   "--calibration", str(tmp_path / "none.json"))  # fmt: skip
     assert result.exit_code == 0, result.output
     fits = {row["variant"]: row["fits"] for row in json.loads(result.output)}
@@ -142,15 +146,33 @@ def test_no_channels_last_plans_with_the_contiguous_calibration(calibration_file
     assert default["predicted_bytes"] < contiguous["predicted_bytes"]  # 1.1x + 30 MB against 1.3x + 40 MB
 
 
-def test_training_options_in_inference_mode_give_a_notice(tmp_path, monkeypatch):
+def test_options_of_the_other_mode_give_a_notice(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = plan("--shape", "1,64,64,48", "--classes", "3", "--precision", "bf16", "--workers", "2",
+    result = plan("--shape", "1,64,64,48", "--classes", "3", "--checkpointing", "--workers", "2",
                   "--variant", "full", *NO_CAL, *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     notice = [line for line in result.stderr.splitlines() if line.strip()]
-    assert notice == ["note: --precision, --workers only apply to --mode training; ignored for inference"]
-    assert "--precision" not in plan("--shape", "1,64,64,48", "--classes", "3", "--variant", "full",
-                                     *NO_CAL, *TINY).stderr  # fmt: skip
+    assert notice == ["note: --checkpointing, --workers only apply to --mode training; ignored for inference"]
+    training = plan("--shape", "1,64,64,48", "--classes", "3", "--mode", "training", "--overlap", "0.5",
+                    "--variant", "full", *NO_CAL, *TINY)  # fmt: skip
+    assert "note: --overlap only apply to --mode inference; ignored for training" in training.stderr
+    assert "note" not in plan("--shape", "1,64,64,48", "--classes", "3", "--variant", "full", "--precision", "bf16",
+                              *NO_CAL, *TINY).stderr  # fmt: skip
+
+
+def test_inference_levers_reach_the_plan(calibration_file):
+    def row(*args):
+        result = plan("--shape", "1,64,64,48", "--classes", "3", "--variant", "patch", "--json", "--budget", "8GB",
+                      "--calibration", calibration_file, *TINY, *args)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)[0]
+
+    base, bf16, overlap, batch = row(), row("--precision", "bf16"), row("--overlap", "0.5"), row("--sw-batch-size", "3")
+    assert bf16["precision"] == "bf16" and bf16["predicted_bytes"] < base["predicted_bytes"]
+    assert overlap["overlap"] == 0.5 and overlap["predicted_bytes"] > base["predicted_bytes"]
+    assert batch["sw_batch_size"] == 3 and batch["predicted_bytes"] > base["predicted_bytes"]
+    assert base["calibration"].endswith("inference-v2-fp32-channels-last")
+    assert row("--no-channels-last")["calibration"].endswith("inference-v2-fp32")
 
 
 def write_prepared(root, shapes, channels=2, classes=("background", "left", "right")):

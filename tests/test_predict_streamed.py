@@ -1,5 +1,6 @@
-"""``predict`` inverts the uint8 label map (nearest neighbour) instead of K probabilities: the files must be
-those of the full-size path, on a non-RAS, anisotropic scan, for every variant and preprocessing."""
+"""``predict`` inverts the uint8 label map (nearest neighbour) instead of K probabilities, and a slab-wise run
+reads its image back slab by slab from a temporary file: the files must be those of the full-size path, on a
+non-RAS, anisotropic scan, for every variant and preprocessing."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ import medseg_mem.predict.segment as segment_module
 from medseg_mem.data.transforms import make_settings
 from medseg_mem.device import resolve_device
 from medseg_mem.predict import predict
-from medseg_mem.predict.files import write_label_map
+from medseg_mem.inference.slab import cut_slab
+from medseg_mem.predict.files import SpilledImage, write_label_map
 from medseg_mem.predict.restore import restore_grid
-from medseg_mem.predict.segment import Segmenter
+from medseg_mem.predict.segment import Segmenter, reads_slabs
 from medseg_mem.predict.trained_run import open_trained_run
+from medseg_mem.variants import get_variant
 
 
 @pytest.fixture
@@ -26,8 +29,8 @@ def varied(monkeypatch):
     """The run's random U-Nets plus a rounding term, so that all three classes occur in the label map."""
     load = segment_module.load_networks
 
-    def load_varied(paths, device):
-        nets = load(paths, device)
+    def load_varied(paths, device, channels_last=False):
+        nets = load(paths, device, channels_last)
         return {name: (lambda x, net=net: net(x) + 3 * rounding_net(len(CLASSES))(x)) for name, net in nets.items()}
 
     monkeypatch.setattr(segment_module, "load_networks", load_varied)
@@ -63,3 +66,18 @@ def test_files_equal_the_full_size_path(tmp_path, varied, variant, settings):
     assert new.header.binaryblock == old.header.binaryblock
     np.testing.assert_array_equal(np.asarray(new.dataobj), np.asarray(old.dataobj))
     assert len(np.unique(np.asarray(new.dataobj))) == len(CLASSES)
+
+
+def test_spilled_image_cuts_what_cut_slab_cuts():
+    image = torch.randn(2, 5, 6, 11)
+    with SpilledImage(image, "cpu") as spilled:
+        assert spilled.shape == (1, 2, 5, 6, 11)
+        for start in range(11):
+            slab = spilled.cut(start, 4, axis=-1)
+            assert slab.is_contiguous() and torch.equal(slab, cut_slab(image[None], start, 4, axis=-1))
+        with pytest.raises(ValueError):
+            spilled.cut(0, 4, axis=2)
+
+
+def test_only_a_single_slab_stage_reads_its_image_from_the_file():
+    assert [reads_slabs(get_variant(name)) for name in ("full", "patch", "cascade")] == [False, True, False]

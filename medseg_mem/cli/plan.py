@@ -1,8 +1,11 @@
 """``medseg-mem plan``: predict each variant's peak memory for an image size and say which fit a budget.
 
 The image size comes from ``--shape``/``--classes`` or from a prepared dataset (``--data``: its channels, its
-largest case and its classes). ``--mode training`` plans one training step with the memory levers of
-``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--no-channels-last``, ``--batch``, and the loader's ``--workers``/``--cache``.
+largest case and its classes). Inference plans model the levers of ``medseg-mem predict``: ``--precision``,
+``--overlap``, ``--sw-batch-size``, ``--no-channels-last`` and ``--batch``. ``--mode training`` plans one training
+step with the memory levers of ``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--no-channels-last``,
+``--batch``, and the loader's ``--workers``/``--cache``. The default budget is the memory free now on the device
+(CUDA: ``mem_get_info``; CPU: available RAM) less a margin (:data:`~medseg_mem.memory.budget.MARGIN`).
 Only click and torch-free modules are imported here; the planner (and torch) load inside the command.
 """
 
@@ -14,16 +17,17 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors
+from medseg_mem.cli.common import library_errors, parse_overlap
 from medseg_mem.cli.run import parse_cache, parse_channels, parse_variants
 from medseg_mem.config import TrainConfig
 from medseg_mem.errors import DatasetError, OptionError
 from medseg_mem.memory.units import format_bytes, parse_bytes
-from medseg_mem.names import DEFAULT_WORKDIR, GUIDANCE_NAMES, PRECISION_NAMES
+from medseg_mem.names import DEFAULT_WORKDIR, DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
 DEFAULT_CACHE = TrainConfig.cache_bytes
-TRAINING_OPTIONS = ("--precision", "--checkpointing", "--no-channels-last", "--workers", "--cache")
+TRAINING_OPTIONS = ("--checkpointing", "--workers", "--cache")
+INFERENCE_OPTIONS = ("--overlap", "--sw-batch-size")
 
 
 def parse_shape(ctx, param, value: Optional[str]) -> Optional[Tuple[int, int, int, int]]:
@@ -112,19 +116,28 @@ def image_size(shape, classes, data) -> Tuple[Tuple[int, int, int, int], int]:
     return shape, classes
 
 
-def training_levers(
-    mode: str, precision: str, checkpointing: bool, workers: int, cache: Optional[int], channels_last: bool = True
-) -> dict:
-    """The planner's training options; in inference mode none, with a one-line notice on stderr if any was set."""
+def mode_levers(
+    mode: str, precision: str, checkpointing: bool, workers: int, cache: Optional[int], channels_last: bool = True,
+    overlap: float = 0.0, sw_batch_size: int = 1,
+) -> dict:  # fmt: skip
+    """The planner's options for ``mode``; options of the other mode get a one-line notice on stderr."""
+    from medseg_mem.config import InferenceConfig
+
     if mode == "training":
+        _ignored(INFERENCE_OPTIONS, (overlap != 0, sw_batch_size != 1), "inference")
         cache_bytes = DEFAULT_CACHE if cache is None else cache
         return dict(precision=precision, checkpointing=checkpointing, workers=workers, cache_bytes=cache_bytes,
                     channels_last=channels_last)  # fmt: skip
-    changed = (precision != "fp32", checkpointing, not channels_last, workers != 0, cache is not None)
-    ignored = [name for name, given in zip(TRAINING_OPTIONS, changed) if given]
+    _ignored(TRAINING_OPTIONS, (checkpointing, workers != 0, cache is not None), "training")
+    return dict(inference=InferenceConfig(sw_batch_size, overlap, precision, channels_last))
+
+
+def _ignored(options, given, mode: str) -> None:
+    """Say once which of ``options`` were set although they only apply to ``--mode {mode}``."""
+    ignored = [name for name, set_ in zip(options, given) if set_]
     if ignored:
-        click.echo(f"note: {', '.join(ignored)} only apply to --mode training; ignored for inference", err=True)
-    return {}
+        other = "inference" if mode == "training" else "training"
+        click.echo(f"note: {', '.join(ignored)} only apply to --mode {mode}; ignored for {other}", err=True)
 
 
 @click.command()
@@ -135,7 +148,7 @@ def training_levers(
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="full, patch, cascade or all (repeat or comma-separate). Default: all.")
 @click.option("--budget", callback=parse_budget,
-              help="Memory limit: 8GB, 512MiB or 1.5e9 (bytes). Default: CUDA total memory / available RAM.")
+              help="Memory limit: 8GB, 512MiB or 1.5e9 (bytes). Default: free CUDA memory / available RAM, less 10 %.")
 @click.option("--slab", type=click.IntRange(min=1), default=16, show_default=True, help="Slab thickness (voxels).")
 @click.option("--downsample", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.3,
               show_default=True, help="Cascade stage-1 scale factor.")
@@ -145,19 +158,23 @@ def training_levers(
               help="Images per inference, or samples per training step.")
 @click.option("--mode", type=click.Choice(("inference", "training")), default="inference", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
-              help="Training: autocast dtype of the forward pass (weights, gradients and Adam stay float32).")
+              help="Autocast dtype of the network passes (training: weights, gradients and Adam stay float32).")
+@click.option("--overlap", type=float, default=0.0, show_default=True, callback=parse_overlap,
+              help="Inference: fraction of a slab shared with the next (0-0.5, rolling Gaussian blend).")
+@click.option("--sw-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Inference: slabs per network call.")
 @click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
               help="Training: recompute each U-Net level in the backward pass instead of storing its activations.")
 @click.option("--channels-last/--no-channels-last", default=TrainConfig.channels_last, show_default=True,
-              help="Training: channels-last network layout (`medseg-mem run`'s default).")
+              help="Channels-last network layout (the default of `medseg-mem run` and `predict`).")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="Training: DataLoader worker processes (host memory: samples in flight).")
 @click.option("--cache", callback=parse_cache,
               help="Training: host memory for cached cases, e.g. 4GB or 0. Default: 1 GiB (as `medseg-mem run`).")
 @click.option("--channels", callback=parse_channels, default="32,64,128,256,512", show_default=True,
               help="U-Net widths, one per level.")
-@click.option("--device", type=click.Choice(("cpu", "cuda")), default="cpu", show_default=True,
-              help="Device whose calibration and default budget are used.")
+@click.option("--device", type=click.Choice(DEVICE_NAMES), default="auto", show_default=True,
+              help="Device whose calibration and default budget are used: auto (cuda if available), cpu or cuda.")
 @click.option("--calibration", "calibration_path", type=click.Path(path_type=Path), default=CALIBRATION_FILE,
               show_default=True, help="Calibration cache (JSON); measured and written when this device is missing.")
 @click.option("--calibrate/--no-calibrate", default=True, show_default=True,
@@ -165,20 +182,23 @@ def training_levers(
                    "precision and checkpointing setting on 2 CPU cores); else use the raw structural count.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per variant.")
 @library_errors
-def plan(shape, classes, data, variants, budget, slab, downsample, guidance, batch, mode, precision, checkpointing,
-         channels_last, workers, cache, channels, device, calibration_path, calibrate, as_json) -> None:  # fmt: skip
+def plan(shape, classes, data, variants, budget, slab, downsample, guidance, batch, mode, precision, overlap,
+         sw_batch_size, checkpointing, channels_last, workers, cache, channels, device, calibration_path, calibrate,
+         as_json) -> None:  # fmt: skip
     """Predict the peak memory of each variant before allocating anything large.
 
     Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``, or
     ``medseg-mem plan --data medseg-work/prepared --mode training --precision bf16 --checkpointing``.
     """
     from medseg_mem.config import ModelConfig
+    from medseg_mem.device import resolve_device
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import default_budget, plan_variants
     from medseg_mem.variants import resolve_variants
 
     shape, classes = image_size(shape, classes, data)
-    levers = training_levers(mode, precision, checkpointing, workers, cache, channels_last)
+    levers = mode_levers(mode, precision, checkpointing, workers, cache, channels_last, overlap, sw_batch_size)
+    device = resolve_device(device).type
     budget_source = "--budget"
     if budget is None:
         budget, budget_source = default_budget(device)

@@ -25,9 +25,12 @@ from medseg_mem.names import DEVICE_NAMES, PRECISION_NAMES
               help="Fraction of a slab shared with the next, 0-0.5, blended with Gaussian weights.")
 @click.option("--sw-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
               help="Slabs per network call.")
+@click.option("--channels-last/--no-channels-last", default=True, show_default=True,
+              help="Channels-last network layout (less memory and faster on CPU; labels agree to rounding).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
-def predict(inputs, checkpoint, out_dir, overwrite, device, precision, overlap, sw_batch_size, quiet) -> None:
+def predict(inputs, checkpoint, out_dir, overwrite, device, precision, overlap, sw_batch_size, channels_last,
+            quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
@@ -40,7 +43,7 @@ def predict(inputs, checkpoint, out_dir, overwrite, device, precision, overlap, 
     from medseg_mem.config import InferenceConfig
     from medseg_mem.predict import predict as run_predict
 
-    inference = InferenceConfig(sw_batch_size=sw_batch_size, overlap=overlap, precision=precision)
+    inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
                           inference=inference)  # fmt: skip
     for _scan, reason in summary.failed:

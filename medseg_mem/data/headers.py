@@ -50,7 +50,7 @@ def header_problems(path: Path, rel: str, available: Optional[Callable[[], int]]
 
 
 def _available_ram() -> int:
-    """Bytes of RAM available now (the planner's CPU budget)."""
-    from medseg_mem.memory.planner import default_budget
+    """Bytes of RAM available now (``MemAvailable``)."""
+    from medseg_mem.memory.budget import available_ram
 
-    return default_budget("cpu")[0]
+    return available_ram()

@@ -93,31 +93,41 @@ def calibration_key(
     key = f"{device_label(device)}|torch-{torch.__version__}|{'-'.join(str(c) for c in channels)}"
     if mode == "training":
         key += f"|training-{precision}{'-checkpointing' if checkpointing else ''}"
-        key += "-channels-last" if channels_last else ""
-    return key
+    else:  # v2: the lean inference forward (models.unet._forward_lean); older inference entries are not reused
+        key += f"|inference-v2-{precision}"
+    return key + ("-channels-last" if channels_last else "")
 
 
-def network_setup(shape: Shape, out_channels: int, channels: Tuple[int, ...], device: str) -> Callable:
-    """Picklable :func:`measure_peak` setup: a random-weight U-Net in eval mode and a random input of ``shape``."""
+def network_setup(shape: Shape, out_channels: int, channels: Tuple[int, ...], device: str, precision: str = "fp32",
+                  channels_last: bool = False) -> Callable:  # fmt: skip
+    """Picklable :func:`measure_peak` setup: a random-weight U-Net in eval mode (``precision`` autocast,
+    ``channels_last`` weights) and a random input of ``shape``."""
     import torch
 
+    from medseg_mem.inference.precision import with_precision
+    from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
 
     torch.manual_seed(0)
     net = UNet3D(shape[1], out_channels, channels).eval().to(device)
+    network = with_precision(channels_last_layout(net) if channels_last else net, precision)
     image = torch.randn(shape, device=device)
-    return lambda: net(image)
+    return lambda: network(image)
 
 
-def traced_network_bytes(shape: Shape, out_channels: int, channels: Sequence[int]) -> int:
+def traced_network_bytes(shape: Shape, out_channels: int, channels: Sequence[int], precision: str = "fp32",
+                         device: str = "cpu") -> int:  # fmt: skip
     """Structural live-set peak of one U-Net forward at ``shape`` (input and weights excluded)."""
     import torch
 
+    from medseg_mem.memory.planner_training import autocast_on_meta
     from medseg_mem.memory.trace import LiveSetTracer
     from medseg_mem.models.unet import UNet3D
 
     with torch.device("meta"):
         net = UNet3D(shape[1], out_channels, channels).eval()
+    if precision != "fp32":
+        autocast_on_meta(net, precision, device)
     image = torch.zeros(shape, device="meta")
     with torch.inference_mode(), LiveSetTracer([image, *net.parameters(), *net.buffers()], all_inside=True) as tracer:
         net(image)
@@ -180,15 +190,19 @@ def fit(points: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
 
 
 def calibrate(
-    channels: Sequence[int], device: str = "cpu", shapes: Optional[Sequence[Shape]] = None, out_channels: int = 2
+    channels: Sequence[int], device: str = "cpu", shapes: Optional[Sequence[Shape]] = None, out_channels: int = 2,
+    precision: str = "fp32", channels_last: bool = False,
 ) -> Calibration:
     """Measure bare U-Net inferences at ``shapes`` (default: :func:`calibration_shapes`) and fit the correction.
 
     Args:
         channels: U-Net widths; the calibration is only valid for these.
-        device: ``"cpu"`` or ``"cuda"``; each run is measured with :func:`measure_peak`.
+        device: ``"cpu"`` or ``"cuda"``; each run is measured with :func:`measure_peak` (on CUDA what the caching
+            allocator reserves, so plans include its slack).
         shapes: ``(1, C, X, Y, Z)`` input shapes, at least two distinct sizes for a slope.
         out_channels: classes of the calibration networks.
+        precision: inference precision (autocast dtype) of the calibration runs.
+        channels_last: channels-last weights in the calibration runs.
 
     Example:
         >>> calibrate((4, 8), shapes=[(1, 1, 32, 32, 32), (1, 1, 64, 64, 64)]).multiplier > 0  # doctest: +SKIP
@@ -200,11 +214,13 @@ def calibrate(
     points = []
     for shape in shapes or calibration_shapes(channels):
         shape = tuple(int(s) for s in shape)
-        reading = measure_peak(network_setup, (shape, out_channels, channels, device), device)
+        setup_args = (shape, out_channels, channels, device, precision, channels_last)
+        reading = measure_peak(network_setup, setup_args, device, reserved=device.startswith("cuda"))
         measured = reading.peak_bytes - resident_bytes(shape, out_channels, channels)
-        points.append((traced_network_bytes(shape, out_channels, channels), int(measured)))
+        points.append((traced_network_bytes(shape, out_channels, channels, precision, device), int(measured)))
     multiplier, offset = fit(points)
-    return Calibration(multiplier, int(offset), calibration_key(device, channels), tuple(points))
+    key = calibration_key(device, channels, "inference", precision, channels_last=channels_last)
+    return Calibration(multiplier, int(offset), key, tuple(points))
 
 
 def load_calibration(path: Path, key: str) -> Optional[Calibration]:
@@ -240,10 +256,11 @@ def cached_calibration(
         device: ``"cpu"`` or ``"cuda"``.
         allow_measuring: if ``False``, a missing calibration gives :data:`UNCALIBRATED` (raw structural count).
         announce: called with a one-line message before a (slow) calibration starts.
-        mode: ``inference`` or ``training`` (a training calibration per ``precision`` and ``checkpointing``).
-        precision: training precision.
+        mode: ``inference`` or ``training`` (a calibration per ``precision``, layout and, for training,
+            ``checkpointing``).
+        precision: autocast precision.
         checkpointing: training with activation checkpointing.
-        channels_last: training with channels-last weights (``medseg-mem run``'s default).
+        channels_last: channels-last weights (the default of ``medseg-mem run`` and ``predict``).
     """
     key = calibration_key(device, channels, mode, precision, checkpointing, channels_last)
     found = load_calibration(path, key)
@@ -257,7 +274,7 @@ def cached_calibration(
 
         calibration = calibrate_training(channels, device, precision, checkpointing, channels_last=channels_last)
     else:
-        calibration = calibrate(channels, device)
+        calibration = calibrate(channels, device, precision=precision, channels_last=channels_last)
     save_calibration(path, calibration)
     return calibration
 

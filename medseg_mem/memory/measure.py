@@ -59,8 +59,9 @@ class MeasurementError(RuntimeError):
 
 
 def measure_peak(
-    setup: Callable[..., Callable[[], Any]], args: Tuple = (), device: str = "cpu", grad: bool = False
-) -> MemoryReading:
+    setup: Callable[..., Callable[[], Any]], args: Tuple = (), device: str = "cpu", grad: bool = False,
+    reserved: bool = False,
+) -> MemoryReading:  # fmt: skip
     """Measure the peak memory of the inference (or training step) that ``setup(*args)`` prepares.
 
     Args:
@@ -70,6 +71,9 @@ def measure_peak(
         device: ``"cpu"`` (measured in a spawned process) or ``"cuda"``/``"cuda:N"`` (in this process).
         grad: run the callable with autograd enabled (a training step) instead of under
             :func:`torch.inference_mode` (the default).
+        reserved: CUDA only: read what the caching allocator reserves from the device
+            (``max_memory_reserved``, after emptying its cache) instead of what tensors hold
+            (``max_memory_allocated``): the memory the process really takes, which the planner must predict.
 
     Raises:
         OptionError: for an unknown ``device`` or a ``setup`` that cannot be pickled.
@@ -90,7 +94,7 @@ def measure_peak(
         raise OptionError("grad", "must be True (autograd on, training) or False (inference mode)", grad)
     if device == "cpu":
         return _measure_cpu(setup, tuple(args), grad)
-    return _measure_cuda(setup, tuple(args), device, grad)
+    return _measure_cuda(setup, tuple(args), device, grad, reserved)
 
 
 def autograd_context(grad: bool) -> ContextManager:
@@ -100,14 +104,17 @@ def autograd_context(grad: bool) -> ContextManager:
     return torch.enable_grad() if grad else torch.inference_mode()
 
 
-def _measure_cuda(setup: Callable, args: Tuple, device: str, grad: bool) -> MemoryReading:
-    """Measure in this process with the CUDA caching allocator's counters."""
+def _measure_cuda(setup: Callable, args: Tuple, device: str, grad: bool, reserved: bool = False) -> MemoryReading:
+    """Measure in this process with the CUDA caching allocator's counters (allocated, or reserved)."""
     import torch
 
+    counter = "reserved" if reserved else "allocated"
     torch.cuda.set_device(torch.device(device))
     gc.collect()
     torch.cuda.synchronize()
-    baseline = torch.cuda.memory_allocated()
+    if reserved:
+        torch.cuda.empty_cache()
+    baseline = getattr(torch.cuda, f"memory_{counter}")()
     try:
         run = setup(*args)
         torch.cuda.synchronize()
@@ -117,9 +124,9 @@ def _measure_cuda(setup: Callable, args: Tuple, device: str, grad: bool) -> Memo
         torch.cuda.synchronize()
     except Exception as error:
         raise MeasurementError(f"setup {_name(setup)} failed on {device}: {type(error).__name__}: {error}") from error
-    peak = torch.cuda.max_memory_allocated() - baseline
+    peak = getattr(torch.cuda, f"max_memory_{counter}")() - baseline
     del result, run
-    return MemoryReading(int(peak), CUDA_METHOD, str(torch.device(device)))
+    return MemoryReading(int(peak), f"cuda.max_memory_{counter}", str(torch.device(device)))
 
 
 def _measure_cpu(setup: Callable, args: Tuple, grad: bool) -> MemoryReading:

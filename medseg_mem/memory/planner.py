@@ -26,6 +26,7 @@ from typing import List, Sequence, Tuple
 
 from medseg_mem.config import TrainConfig
 from medseg_mem.errors import OptionError
+from medseg_mem.memory.budget import default_budget  # noqa: F401 - re-exported: the planner's default budget
 from medseg_mem.memory.calibration import UNCALIBRATED, Calibration
 from medseg_mem.memory.planner_trace import FLOAT_BYTES, check_countable, trace_inference
 from medseg_mem.memory.planner_training import trace_training
@@ -52,10 +53,12 @@ class Plan:
         calibration: key of the calibration applied (``uncalibrated`` for none).
         host_bytes: host memory of the training loader (:func:`loader_host_bytes`; 0 for inference). Part of
             ``predicted_bytes`` on a CPU device, reported beside it on CUDA.
-        precision: training precision (``fp32``, ``bf16`` or ``fp16``; inference plans are float32).
+        precision: autocast precision (``fp32``, ``bf16`` or ``fp16``) of training, or of inference.
         checkpointing: whether the training step recomputes activations (activation checkpointing).
-        channels_last: whether the training network is laid out channels-last (the calibration's setting; the
+        channels_last: whether the network is laid out channels-last (the calibration's setting; the
             structural count is the same for both layouts).
+        overlap: inference: the slabs' overlap (0 for training plans and ``full``).
+        sw_batch_size: inference: slabs per network call.
     """
 
     variant: str
@@ -70,6 +73,8 @@ class Plan:
     precision: str = "fp32"
     checkpointing: bool = False
     channels_last: bool = False
+    overlap: float = 0.0
+    sw_batch_size: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -102,6 +107,7 @@ def plan_variant(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     device: str = "cpu",
     channels_last: bool = False,
+    inference=None,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -123,19 +129,21 @@ def plan_variant(
             policy of the device is followed).
         channels_last: training only: the layout of the network, recorded in the plan (pass the calibration
             measured with it: the backend's extra memory is what differs).
+        inference: inference only: an :class:`~medseg_mem.config.InferenceConfig` (slab batch, overlap,
+            precision and layout, traced as they run; pass the calibration measured for its precision and layout).
 
     Raises:
         OptionError: for a bad shape, class count, batch, mode, precision, worker count or cache size;
             MedsegError for an unknown variant.
 
     Example:
-        >>> plan_variant("full", (1, 512, 512, 500), 3, budget_bytes=64 * 10**9).fits
+        >>> plan_variant("full", (1, 512, 512, 500), 3, budget_bytes=48 * 10**9).fits
         False
         >>> plan_variant("full", (4, 96, 96, 64), 4, mode="training", precision="bf16", checkpointing=True,
         ...              workers=2, device="cuda").host_bytes > 0
         True
     """
-    from medseg_mem.config import ModelConfig
+    from medseg_mem.config import InferenceConfig, ModelConfig
     from medseg_mem.variants import get_variant
 
     shape, model = check_shape(shape), model or ModelConfig()
@@ -143,18 +151,24 @@ def plan_variant(
     _check_training(precision, workers, cache_bytes)
     check_countable(shape, batch, 2 * model.channels[0] + classes)
     if mode == "inference":
-        (resident, trace), host = trace_inference(get_variant(variant), shape, classes, model, batch), 0
+        inference = inference or InferenceConfig()
+        (resident, trace), host = trace_inference(get_variant(variant), shape, classes, model, batch, inference,
+                                                  device), 0  # fmt: skip
     else:
         lever = (precision, bool(checkpointing), device)
         resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever)
         host = loader_host_bytes(shape, batch, workers, cache_bytes)
     predicted = int(resident + trace.peak(calibration.multiplier) + calibration.offset_bytes)
     predicted += 0 if str(device).startswith("cuda") else host
-    training = mode == "training"
+    if mode == "training":
+        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1)
+    else:
+        slabs = variant != "full"
+        levers = (inference.precision, False, inference.channels_last, inference.overlap * slabs,
+                  inference.sw_batch_size if slabs else 1)  # fmt: skip
     return Plan(
         variant, mode, predicted, int(budget_bytes), predicted <= budget_bytes, int(resident), int(trace.peak()),
-        calibration.key, int(host), precision if training else "fp32", bool(checkpointing) and training,
-        bool(channels_last) and training,
+        calibration.key, int(host), *levers,
     )  # fmt: skip
 
 
@@ -198,35 +212,3 @@ def _check_training(precision: str, workers: int, cache_bytes: int) -> None:
         raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", workers)
     if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
         raise OptionError("--cache", "must be a size >= 0 like 4GB or 512MiB", cache_bytes)
-
-
-def default_budget(device: str) -> Tuple[int, str]:
-    """The memory a run on ``device`` may use, and where that number came from.
-
-    CUDA: the device's total memory. CPU: ``MemAvailable`` from ``/proc/meminfo`` (else free physical pages).
-
-    Raises:
-        OptionError: if ``device`` is CUDA but no CUDA device is available.
-    """
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise OptionError("--device", "needs a CUDA device, and none is available", device)
-        total = torch.cuda.get_device_properties(torch.device(device)).total_memory
-        return int(total), f"total memory of {torch.cuda.get_device_name(torch.device(device))}"
-    return _available_ram(), "available RAM"
-
-
-def _available_ram() -> int:
-    """``MemAvailable`` in bytes, or free physical pages where ``/proc/meminfo`` is missing."""
-    import os
-
-    try:
-        with open("/proc/meminfo") as stream:
-            for line in stream:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")

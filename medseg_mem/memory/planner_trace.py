@@ -36,20 +36,35 @@ def weight_bytes(nets) -> int:
     return sum(t.numel() * t.element_size() for net in nets.values() for t in (*net.parameters(), *net.buffers()))
 
 
-def trace_inference(variant, shape, classes, model, batch):
-    """Trace ``variant.segment`` on ``meta`` under inference mode; returns ``(resident bytes, trace)``."""
+def trace_inference(variant, shape, classes, model, batch, inference=None, device: str = "cpu"):
+    """Trace ``variant.segment`` on ``meta`` under inference mode; returns ``(resident bytes, trace)``.
+
+    ``inference`` (:class:`~medseg_mem.config.InferenceConfig`) sets the slab batch and overlap, traced as they
+    run, and the precision: autocast cannot run on ``meta``, so the networks compute in the half dtype as under
+    autocast (:func:`~medseg_mem.memory.planner_training.autocast_on_meta`). Resident: the float32 weights and
+    input.
+    """
+    import dataclasses
+
     import torch
 
+    from medseg_mem.config import InferenceConfig
     from medseg_mem.inference.slab import representative_slabs
+    from medseg_mem.memory.planner_training import autocast_on_meta
     from medseg_mem.memory.trace import LiveSetTracer
 
+    inference = inference or InferenceConfig()
     nets = {name: net.eval() for name, net in meta_networks(variant, shape[0], classes, model).items()}
+    resident = weight_bytes(nets)
+    for net in nets.values() if inference.precision != "fp32" else ():
+        autocast_on_meta(net, inference.precision, device)
+    on_meta = dataclasses.replace(inference, precision="fp32")  # the half networks stand for autocast
     with countable(shape, batch):
         image = torch.zeros((batch, *shape), device="meta")
         existing = [image, *(t for net in nets.values() for t in (*net.parameters(), *net.buffers()))]
         with torch.inference_mode(), representative_slabs(), LiveSetTracer(existing, nets.values()) as tracer:
-            variant.segment(nets, image, model, classes)
-    return weight_bytes(nets) + image.numel() * FLOAT_BYTES, tracer.trace
+            variant.segment(nets, image, model, classes, inference=on_meta)
+    return resident + image.numel() * FLOAT_BYTES, tracer.trace
 
 
 def check_countable(shape: Sequence[int], batch: int, widest: int) -> None:

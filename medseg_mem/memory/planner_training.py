@@ -57,7 +57,7 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     resident = _training_resident(net, image, label, precision, checkpointing)
     master_grads = []  # keeps the float32 gradients alive, as the float32 weights' .grad would
     if precision != "fp32":
-        _autocast_network(net, precision, device, master_grads)
+        autocast_on_meta(net, precision, device, master_grads)
     existing = [image, label, *net.parameters(), *net.buffers()]
     with torch.enable_grad(), LiveSetTracer(existing, all_inside=True) as tracer:
         _step_on_meta(net, image, label)
@@ -91,7 +91,7 @@ def _nbytes(tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def _autocast_network(net, precision: str, device: str, master_grads: List) -> None:
+def autocast_on_meta(net, precision: str, device: str, master_grads: List = None) -> None:
     """Make ``net`` compute as under ``torch.autocast(device, precision)``, which cannot run on ``meta``.
 
     The weights are converted to the half dtype (autocast's weight copies; their bytes are counted by
@@ -103,7 +103,7 @@ def _autocast_network(net, precision: str, device: str, master_grads: List) -> N
     import torch
 
     dtype = getattr(torch, HALF_DTYPES[precision])
-    for parameter in net.parameters():
+    for parameter in net.parameters() if master_grads is not None else ():
         parameter.register_post_accumulate_grad_hook(functools.partial(_master_grad, master_grads))
     net.to(dtype)
     for conv in (m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))):

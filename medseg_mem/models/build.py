@@ -40,13 +40,15 @@ def channels_last_layout(net: torch.nn.Module) -> torch.nn.Module:
     return net.to(memory_format=torch.channels_last_3d)
 
 
-def load_networks(paths: Dict[str, Path], device: torch.device) -> Dict[str, torch.nn.Module]:
-    """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``), in eval mode on ``device``."""
+def load_networks(paths: Dict[str, Path], device: torch.device, channels_last: bool = False) -> Dict[str, torch.nn.Module]:
+    """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``), in eval mode on ``device``,
+    with channels-last weights when ``channels_last`` (:func:`channels_last_layout`)."""
     nets = {}
     for stage, path in paths.items():
         saved = load_checkpoint(path, map_location=device)
         spec = saved["model"]
-        net = build_network(spec["in_channels"], spec["num_classes"], ModelConfig(channels=tuple(spec["channels"])))
+        model = ModelConfig(channels=tuple(spec["channels"]))
+        net = build_network(spec["in_channels"], spec["num_classes"], model, channels_last=channels_last)
         net.load_state_dict(saved["state_dict"])
         nets[stage] = net.to(device).eval()
     return nets

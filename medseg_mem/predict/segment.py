@@ -92,7 +92,7 @@ class Segmenter:
         self.device = device
         self.inference = inference or InferenceConfig()
         self.variant = get_variant(trained.variant)
-        self.nets = load_networks(trained.paths, device)
+        self.nets = load_networks(trained.paths, device, self.inference.channels_last)
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
 
     def __call__(self, scan: Path) -> np.ndarray:

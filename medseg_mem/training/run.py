@@ -89,10 +89,10 @@ def checkpoint_meta(dataset: PreparedDataset) -> dict:
 
 
 def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
-                 inference: InferenceConfig = None):  # fmt: skip
+                 inference: InferenceConfig = InferenceConfig()):  # fmt: skip
     """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
     torch_device = torch.device(device)
-    nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device)
+    nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last)
     variant, image = get_variant(variant_name), torch.as_tensor(image).to(torch_device)
 
     def infer():
@@ -227,9 +227,9 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
     with resumable(run_id, request, "stopped at its last checkpoint", "continues it"):
         paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress, weights)
-    inference = request.evaluation(train.precision)
+    inference = request.evaluation(train)
     with resumable(run_id, request, "finished training", "evaluates it and files the rows without training again"):
-        nets = load_networks(paths, device)
+        nets = load_networks(paths, device, inference.channels_last)
         evaluation = evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model,
                                       dataset.num_classes, device, inference)  # fmt: skip
         memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device, inference)
