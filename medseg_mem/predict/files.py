@@ -4,6 +4,9 @@ Inputs are NIfTI files (``*.nii``, ``*.nii.gz``, 3D or 4D channel-last) or folde
 sorted, hidden files skipped). Each input ``<name>.nii[.gz]`` gets ``<out>/<name>_seg.nii.gz``: uint8 labels
 in the input's own voxel grid, written with a copy of the input's header (so shape, affine, qform and sform
 are those of the input and the map overlays in 3D Slicer or ITK-SNAP), atomically (temp file, then rename).
+While a slab-wise run segments a scan, the preprocessed image waits in an anonymous temporary file
+(:class:`SpilledImage`, in ``$TMPDIR``) and is read back one slab at a time, so it is not resident next to the
+network's activations.
 
 Example:
     >>> scans = collect_inputs([Path("scans/")])  # doctest: +SKIP
@@ -12,13 +15,17 @@ Example:
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from medseg_mem.atomic import replacing
+from medseg_mem.data.normalize import slab_views
 from medseg_mem.errors import MedsegError
+from medseg_mem.inference.source import SlabSource
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIX = "_seg.nii.gz"
@@ -162,3 +169,61 @@ def _save_atomic(image, target: Path) -> Path:
     with replacing(target, suffix=".tmp.nii.gz") as temp:
         nib.save(image, temp)
     return target
+
+
+class SpilledImage(SlabSource):
+    """A preprocessed image ``(C, X, Y, Z)`` moved into an anonymous temporary file, served as the batch
+    ``(1, C, X, Y, Z)`` one slab along the last axis at a time (what :func:`~medseg_mem.inference.slab.cut_slab`
+    returns, as a contiguous float32 tensor on ``device``).
+
+    The file holds the image slice by slice (Z-major), so a slab is one contiguous read; it is read with plain
+    file reads, never mapped, so only the slab in hand is resident. Use it as a context manager: the file is
+    deleted on close (it has no name, so also when the process dies).
+
+    Example:
+        >>> with SpilledImage(torch.arange(24.0).reshape(1, 2, 3, 4), "cpu") as image:
+        ...     image.cut(2, 3, axis=-1)[0, 0, 0, 0].tolist()
+        [2.0, 3.0, 0.0]
+    """
+
+    def __init__(self, image: torch.Tensor, device: Any) -> None:
+        self.shape = (1, *image.shape)
+        self.device = torch.device(device)
+        self._file = tempfile.TemporaryFile(prefix="medseg-mem-image-")
+        try:
+            for view in slab_views(image):
+                self._file.write(view.float().permute(3, 0, 1, 2).contiguous().numpy())
+            self._file.flush()
+        except OSError as error:
+            self.close()
+            raise MedsegError(
+                f"cannot keep the preprocessed image in {tempfile.gettempdir()} ({error}); free space there or "
+                "point TMPDIR at a folder with room for it"
+            ) from error
+
+    def cut(self, start: int, slab_size: int, axis: int) -> torch.Tensor:
+        """``slab_size`` slices from ``start`` along the last axis, zero-padded past the end.
+
+        Raises:
+            ValueError: for any other axis, or a ``start`` outside the volume.
+        """
+        depth = self.shape[-1]
+        if axis % len(self.shape) != len(self.shape) - 1 or not 0 <= start < depth:
+            raise ValueError(f"SpilledImage cuts the last axis from [0, {depth}); got axis {axis}, start {start}")
+        slices = np.empty((min(slab_size, depth - start), *self.shape[1:-1]), np.float32)
+        self._file.seek(start * slices[0].nbytes)
+        if self._file.readinto(slices) != slices.nbytes:
+            raise MedsegError("the temporary copy of the image is shorter than written; this is a bug, please report")
+        slab = torch.zeros((*self.shape[:-1], slab_size), dtype=torch.float32)
+        slab[0, ..., : len(slices)] = torch.from_numpy(slices).permute(1, 2, 3, 0)
+        return slab.to(self.device)
+
+    def close(self) -> None:
+        """Delete the temporary file."""
+        self._file.close()
+
+    def __enter__(self) -> "SpilledImage":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

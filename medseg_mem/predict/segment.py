@@ -3,7 +3,9 @@
 Per scan: load it with the run's MONAI pipeline (:func:`~medseg_mem.data.transforms.build_preprocessing`, the
 very transforms ``prepare`` applied at training time: RAS orientation, optional resampling and cropping,
 normalisation), check its channels against the run's modalities, segment it with the whole variant under
-:func:`torch.inference_mode` into a uint8 label map on the CPU, map it back onto the input grid with MONAI
+:func:`torch.inference_mode` into a uint8 label map on the CPU (a variant that only ever reads slabs of the
+image reads them from a temporary file, :class:`~medseg_mem.predict.files.SpilledImage`, so the image is not
+resident beside the network's activations), map it back onto the input grid with MONAI
 ``Invertd`` (orientation and crop undone, nearest neighbour; :mod:`~medseg_mem.predict.restore`) and write
 ``<name>_seg.nii.gz`` (uint8, the input's shape and header). A run that resampled its scans inverts the class
 probabilities instead (trilinear, then argmax), as before, so its files do not change. A scan that cannot be
@@ -31,11 +33,12 @@ from medseg_mem.config import InferenceConfig
 from medseg_mem.data.transforms import build_preprocessing, load_steps, make_reader
 from medseg_mem.errors import MedsegError
 from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
-from medseg_mem.predict.files import collect_inputs, plan_outputs, write_label_map
+from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
 from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
 from medseg_mem.device import resolve_device
 from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
+from medseg_mem.variants.base import Variant
 from medseg_mem.writable import check_output_folder
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class Segmenter:
         data = self.preprocess(scan)
         if resamples(self.trained.preprocessing):
             return restore_grid(self.pipeline, data, self.probabilities(data["image"], scan), scan)
+        if reads_slabs(self.variant):
+            return restore_labels(self.pipeline, data, self.spilled_labels(data, scan), scan)
         return restore_labels(self.pipeline, data, self.labels(data["image"], scan), scan)
 
     def preprocess(self, scan: Path) -> dict:
@@ -115,11 +120,18 @@ class Segmenter:
             raise MedsegError(f"{scan}: no nonzero voxels left after --crop-foreground; is the scan empty?")
         return data
 
-    def labels(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
+    def spilled_labels(self, data: dict, scan: Path) -> torch.Tensor:
+        """:meth:`labels` of ``data["image"]`` read back slab by slab from a temporary file; ``data["image"]``
+        keeps only its metadata (all that inverting the pipeline needs), so the image's memory is freed."""
+        with SpilledImage(data["image"], self.device) as image:
+            data["image"] = metadata_only(data["image"])
+            return self.labels(image, scan)
+
+    def labels(self, image: torch.Tensor | SpilledImage, scan: Path) -> torch.Tensor:
         """Label map ``(1, X, Y, Z)`` (uint8) of the preprocessed image, made straight into CPU memory."""
         trained = self.trained
         with self._out_of_memory(scan), torch.inference_mode():
-            batch = image.as_tensor()[None].float().to(self.device)
+            batch = image if isinstance(image, SpilledImage) else image.as_tensor()[None].float().to(self.device)
             out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes, device="cpu",
                                        inference=self.inference)[0]
         return out.clone()  # a normal tensor again (not an inference tensor) for MONAI's inverse transforms
@@ -143,6 +155,22 @@ class Segmenter:
                 f"{scan}: out of memory on {self.device} ({self.trained.variant}); try --device cpu, or "
                 "`medseg-mem plan` for a variant that fits"
             ) from error
+
+
+def reads_slabs(variant: Variant) -> bool:
+    """True when ``variant`` segments with :meth:`Variant.segment` itself and its one stage is a slab stage on
+    the full-resolution image: it needs the image only slab by slab, so a :class:`SpilledImage` serves it."""
+    stages = variant.stages()
+    if type(variant).segment is not Variant.segment or len(stages) != 1:
+        return False
+    return stages[0].slab and stages[0].scale == 1.0 and not stages[0].guided
+
+
+def metadata_only(image):
+    """An empty MetaTensor with ``image``'s metadata and transform trace (what ``Invertd`` reads of it)."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(image.as_tensor().new_empty(0), meta=image.meta, applied_operations=image.applied_operations)
 
 
 def load_scan(pipeline, reader: str, scan: Path) -> dict:
