@@ -127,7 +127,7 @@ def traced_network_bytes(shape: Shape, out_channels: int, channels: Sequence[int
     with torch.device("meta"):
         net = UNet3D(shape[1], out_channels, channels).eval()
     if precision != "fp32":
-        autocast_on_meta(net, precision, device)
+        autocast_on_meta(net, precision, device, pool_fp32=False)  # inference pools in the half dtype
     image = torch.zeros(shape, device="meta")
     with torch.inference_mode(), LiveSetTracer([image, *net.parameters(), *net.buffers()], all_inside=True) as tracer:
         net(image)

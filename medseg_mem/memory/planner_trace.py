@@ -57,7 +57,7 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
     nets = {name: net.eval() for name, net in meta_networks(variant, shape[0], classes, model).items()}
     resident = weight_bytes(nets)
     for net in nets.values() if inference.precision != "fp32" else ():
-        autocast_on_meta(net, inference.precision, device)
+        autocast_on_meta(net, inference.precision, device, pool_fp32=False)  # models.unet._pooled
     on_meta = dataclasses.replace(inference, precision="fp32")  # the half networks stand for autocast
     with countable(shape, batch):
         image = torch.zeros((batch, *shape), device="meta")

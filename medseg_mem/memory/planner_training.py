@@ -91,14 +91,16 @@ def _nbytes(tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def autocast_on_meta(net, precision: str, device: str, master_grads: List = None) -> None:
+def autocast_on_meta(net, precision: str, device: str, master_grads: List = None, pool_fp32: bool = True) -> None:
     """Make ``net`` compute as under ``torch.autocast(device, precision)``, which cannot run on ``meta``.
 
     The weights are converted to the half dtype (autocast's weight copies; their bytes are counted by
     :func:`_training_resident`, not traced), each convolution casts its input
     to it (so the float32 input is padded, and stored by a checkpointed first level, in float32 as under
     autocast), gradients are replaced by float32 master gradients as they arrive, and on CPU the max-pool runs
-    in float32 (CPU autocast's policy: its input is upcast and kept for backward, its output cast back).
+    in float32 (CPU autocast's policy: its input is upcast and kept for backward, its output cast back) unless
+    ``pool_fp32`` is off (the lean inference pass pools in the half dtype: :func:`medseg_mem.models.unet._pooled`).
+    ``master_grads=None`` (inference) registers no gradient hooks.
     """
     import torch
 
@@ -108,7 +110,7 @@ def autocast_on_meta(net, precision: str, device: str, master_grads: List = None
     net.to(dtype)
     for conv in (m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))):
         conv.register_forward_pre_hook(lambda module, args: (args[0].to(dtype),))
-    if not str(device).startswith("cuda"):
+    if pool_fp32 and not str(device).startswith("cuda"):
         net.pool.register_forward_pre_hook(lambda module, args: (args[0].float(),))
         net.pool.register_forward_hook(lambda module, args, output: output.to(dtype))
 

@@ -155,11 +155,12 @@ class UNet3D(nn.Module):
         (and freed), and the up-sampled tensor is copied into the second half: ``torch.cat`` would need the
         skip, the up-sampled tensor and their concatenation alive together, the largest moment of a U-Net pass
         (at the first level: four tensors of its width), here three. Each buffer is freed as soon as the first
-        convolution that reads it returns, not at the end of its double convolution.
+        convolution that reads it returns, not at the end of its double convolution. Under autocast the max-pool
+        keeps the half dtype (:func:`_pooled`).
         """
         buffers = []
         for index in range(len(self.encoders)):
-            x = self._encode(index, x)
+            x = self._encode(index, _pooled(self.pool, x) if index > 0 else x, pool=False)
             if index < len(self.decoders):
                 buffers.append(_half_filled(x))
                 x = buffers[-1].narrow(1, 0, x.shape[1])
@@ -171,9 +172,10 @@ class UNet3D(nn.Module):
                 x = layer(x)
         return x
 
-    def _encode(self, index: int, x: torch.Tensor) -> torch.Tensor:
-        """Encoder level ``index``: max-pool (below the first level), then the double convolution."""
-        if index > 0:
+    def _encode(self, index: int, x: torch.Tensor, pool: bool = True) -> torch.Tensor:
+        """Encoder level ``index``: max-pool (below the first level, unless ``pool`` is off), then the double
+        convolution."""
+        if index > 0 and pool:
             x = self.pool(x)
         return self.encoders[index](x)
 
@@ -187,6 +189,19 @@ class UNet3D(nn.Module):
             return function(index, *tensors)
         contexts = functools.partial(recompute_contexts, block)
         return checkpoint(function, index, *tensors, use_reentrant=False, context_fn=contexts)
+
+
+def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``pool(x)`` in ``x``'s own dtype even under autocast.
+
+    CPU autocast runs max-pooling in float32: a bf16 input is copied to float32 (twice its bytes, the largest
+    tensor of a bf16 pass) and the output stays float32. The maximum of bf16 values is the same bf16 value
+    either way, and the next convolution casts its input to bf16 anyway, so the numbers are unchanged.
+    """
+    if x.device.type not in ("cpu", "cuda"):  # the planner's meta tensors: no autocast to turn off
+        return pool(x)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        return pool(x)
 
 
 def _half_filled(skip: torch.Tensor) -> torch.Tensor:
