@@ -251,6 +251,7 @@ class RunRequest:
         inference: how the test split is segmented (:class:`InferenceConfig`; its precision is replaced by
             ``inference_precision``).
         inference_precision: the evaluation's precision; ``None``: the training precision of the run.
+        budget_bytes: memory ``variants=("auto",)`` must fit in; ``None``: the device's free memory less a margin.
     """
 
     variants: Tuple[str, ...] = ("all",)
@@ -262,6 +263,7 @@ class RunRequest:
     progress: bool = True
     inference: InferenceConfig = InferenceConfig()
     inference_precision: Optional[str] = None
+    budget_bytes: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.inference_precision is not None and self.inference_precision not in PRECISION_NAMES:

@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 
 import click
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.errors import MedsegError, OptionError
 
 
 def library_errors(func: Callable) -> Callable:
@@ -33,7 +33,6 @@ def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list 
 def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:
     """``--overlap`` must be a fraction of a slab in [0, 0.5] (the rule of :func:`medseg_mem.config.check_overlap`)."""
     from medseg_mem.config import check_overlap
-    from medseg_mem.errors import OptionError
 
     if value is None:
         return None
@@ -41,3 +40,15 @@ def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:
         return check_overlap(value)
     except OptionError as error:
         raise click.BadParameter(str(error).replace("--overlap ", "", 1)) from error
+
+
+def parse_budget(ctx, param, value: Optional[str]) -> Optional[int]:
+    """``8GB``, ``512MiB`` or ``1.5e9`` -> bytes (``None``: use the device default)."""
+    if value is None:
+        return None
+    from medseg_mem.memory.units import parse_bytes
+
+    try:
+        return parse_bytes(value)
+    except OptionError as error:
+        raise click.BadParameter(str(error).replace("--budget ", "", 1)) from error

@@ -17,11 +17,11 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_overlap
+from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap
 from medseg_mem.cli.run import parse_cache, parse_channels, parse_variants
 from medseg_mem.config import TrainConfig
-from medseg_mem.errors import DatasetError, OptionError
-from medseg_mem.memory.units import format_bytes, parse_bytes
+from medseg_mem.errors import DatasetError
+from medseg_mem.memory.units import format_bytes
 from medseg_mem.names import DEFAULT_WORKDIR, DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
@@ -41,16 +41,6 @@ def parse_shape(ctx, param, value: Optional[str]) -> Optional[Tuple[int, int, in
     if len(shape) != 4 or min(shape) < 1:
         raise click.BadParameter(f"must be four positive integers C,X,Y,Z like 4,240,240,155; got {value!r}")
     return shape
-
-
-def parse_budget(ctx, param, value: Optional[str]) -> Optional[int]:
-    """``8GB``, ``512MiB`` or ``1.5e9`` -> bytes (``None``: use the device default)."""
-    if value is None:
-        return None
-    try:
-        return parse_bytes(value)
-    except OptionError as error:
-        raise click.BadParameter(str(error).replace("--budget ", "", 1)) from error
 
 
 def render_table(plans, header: str, device: str = "cpu") -> str:

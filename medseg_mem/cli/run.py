@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_overlap
+from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap
 from medseg_mem.errors import did_you_mean
 from medseg_mem.names import (
     CLASS_WEIGHT_NAMES,
@@ -24,11 +24,16 @@ from medseg_mem.names import (
 
 
 def parse_variants(ctx, param, values: Tuple[str, ...]) -> Tuple[str, ...]:
-    """Split ``full,patch`` and repeated options; unknown names get "did you mean"."""
+    """Split ``full,patch`` and repeated options; unknown names get "did you mean"; ``auto`` (where the command
+    has a ``--budget``) stands alone."""
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
+    has_budget = any("--budget" in getattr(p, "opts", ()) for p in ctx.command.params)
+    extra = ("all", "auto") if has_budget else ("all",)
     for name in names:
-        if name != "all" and name not in VARIANT_NAMES:
-            raise click.BadParameter(f"unknown variant {name!r}; {did_you_mean(name, VARIANT_NAMES + ('all',))}")
+        if name not in VARIANT_NAMES + extra:
+            raise click.BadParameter(f"unknown variant {name!r}; {did_you_mean(name, VARIANT_NAMES + extra)}")
+    if "auto" in names and len(names) > 1:
+        raise click.BadParameter(f"auto picks one variant itself; give it alone, not with {', '.join(names)}")
     return tuple(names) or ("all",)
 
 
@@ -94,7 +99,10 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 
 @click.command()
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
-              help="full, patch, cascade or all (repeat or comma-separate). Default: all.")
+              help="full, patch, cascade or all (repeat or comma-separate), or auto: the most accurate variant "
+                   "whose planned training and inference fit --budget. Default: all.")
+@click.option("--budget", "budget_bytes", callback=parse_budget,
+              help="With --variant auto: memory to fit, e.g. 8GB [free memory less 10 %].")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_PREPARED, show_default=True,
               help="Prepared dataset (output of `medseg-mem prepare`).")
 @click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
@@ -148,7 +156,7 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
                    "is only reported.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
-def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None:
+def run(variants, budget_bytes, data_dir, results, runs_dir, resume, quiet, **options) -> None:
     """Train each variant, keep the best checkpoint on validation, evaluate on test, append to the CSV.
 
     Works in ./medseg-work/ by default, after `medseg-mem prepare`.
@@ -157,6 +165,8 @@ def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None
     from medseg_mem.training.run import run_variants
 
     inference, inference_precision = inference_options(options)
+    if budget_bytes is not None and tuple(variants) != ("auto",):
+        raise click.UsageError("--budget only applies to --variant auto; drop it or add --variant auto")
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
     if resume:
@@ -164,7 +174,8 @@ def run(variants, data_dir, results, runs_dir, resume, quiet, **options) -> None
     for option, notice in lever_notices(options):
         click.echo(f"note: {option} {notice}", err=True)
     request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
-                         inference=inference, inference_precision=inference_precision)  # fmt: skip
+                         inference=inference, inference_precision=inference_precision,
+                         budget_bytes=budget_bytes)  # fmt: skip
     run_variants(request, echo=click.echo)
 
 

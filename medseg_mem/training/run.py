@@ -149,7 +149,7 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     dataset = open_dataset(request)
     check_splits(dataset)
     check_outputs(request)
-    jobs = planned_runs(request, dataset, record)
+    jobs = planned_runs(request, dataset, record, echo)
     warn_thick_slabs(jobs, dataset, echo)  # once per run: slabs thicker than the cases are padded
     device = resolve_device(jobs[0][2].device)
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
@@ -206,12 +206,19 @@ def check_splits(dataset: PreparedDataset) -> None:
             raise MedsegError(f"{dataset.root}: the {split} split is empty; prepare a dataset with more cases")
 
 
-def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None):
-    """(run id, variant, train config, model config) for each run: new ones, or the one being resumed."""
+def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None, echo=print):
+    """(run id, variant, train config, model config) for each run: new ones, or the one being resumed
+    (``--variant auto``: the one :func:`~medseg_mem.training.auto.auto_variant` picks, said with ``echo``)."""
     if record is not None:
         return [(request.resume, record["variant"], record["train"], record["model"])]
     model, train = resolve_settings(request, dataset)
-    return [(new_run_id(name), name, train, model) for name in resolve_variants(list(request.variants))]
+    if tuple(request.variants) == ("auto",):
+        from medseg_mem.training.auto import auto_variant
+
+        names = [auto_variant(request, dataset, model, train, resolve_device(train.device).type, echo)]
+    else:
+        names = resolve_variants(list(request.variants))
+    return [(new_run_id(name), name, train, model) for name in names]
 
 
 def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None) -> VariantResult:
