@@ -23,12 +23,14 @@ from medseg_mem.names import (
 )
 
 
+AUTO_COMMANDS = ("run", "predict")  # commands whose --variant auto picks a variant by --budget
+
+
 def parse_variants(ctx, param, values: Tuple[str, ...]) -> Tuple[str, ...]:
-    """Split ``full,patch`` and repeated options; unknown names get "did you mean"; ``auto`` (where the command
-    has a ``--budget``) stands alone."""
+    """Split ``full,patch`` and repeated options; unknown names get "did you mean"; ``auto`` (for the commands
+    of :data:`AUTO_COMMANDS`) stands alone."""
     names = [name.strip() for value in values for name in value.split(",") if name.strip()]
-    has_budget = any("--budget" in getattr(p, "opts", ()) for p in ctx.command.params)
-    extra = ("all", "auto") if has_budget else ("all",)
+    extra = ("all", "auto") if ctx.command.name in AUTO_COMMANDS else ("all",)
     for name in names:
         if name not in VARIANT_NAMES + extra:
             raise click.BadParameter(f"unknown variant {name!r}; {did_you_mean(name, VARIANT_NAMES + extra)}")

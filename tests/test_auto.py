@@ -1,0 +1,88 @@
+"""``--variant auto``: the most accurate variant whose plan fits the budget, with its reason; one-line errors."""
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from medseg_mem.cli import main
+from medseg_mem.errors import MedsegError
+from medseg_mem.memory.calibration import CALIBRATION_FILE, Calibration, calibration_key, save_calibration
+from medseg_mem.memory.choose import THESIS_ORDER, accuracy_order, choose
+from medseg_mem.results import append_rows
+
+TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
+NEEDS = {"full": 9e9, "cascade": 5e9, "patch": 3e9}
+
+
+def test_choose_takes_the_first_that_fits_and_says_why():
+    choice = choose(NEEDS, list(THESIS_ORDER), 8e9, "--budget", "the thesis order")
+    assert choice.variant == "cascade"
+    assert "full needs 8.38 GiB: over it" in choice.reason and "fits 7.45 GiB (--budget)" in choice.reason
+
+
+def test_nothing_fits_names_the_smallest_need_and_the_lever():
+    with pytest.raises(MedsegError, match=r"no variant fits; the smallest, patch, needs 2.79 GiB; try bf16"):
+        choose(NEEDS, list(THESIS_ORDER), 1e9, "--budget", lever=lambda name: "try bf16")
+
+
+def _row(variant, dice, dataset="D", source="run"):
+    return dict(run_id=f"r-{variant}", timestamp="t", dataset=dataset, variant=variant, class_name="c",
+                class_index=1, dice=dice, peak_memory_bytes=1, memory_method="m", device="cpu",
+                inference_seconds_per_case=1, train_steps=1, train_seconds=1, seed=0, channels="2-4", loss="dice",
+                slab_size="", downsample="", n_test_cases=1, package_version="0", source=source)  # fmt: skip
+
+
+def test_accuracy_order_ranks_by_the_results_then_the_thesis(tmp_path):
+    results = tmp_path / "results.csv"
+    assert accuracy_order(results, "D")[0] == list(THESIS_ORDER)  # no CSV yet
+    append_rows(results, [_row("patch", 0.9), _row("full", 0.8), _row("cascade", 0.99, dataset="other"),
+                          _row("cascade", 0.99, source="benchmark")])  # fmt: skip
+    order, why = accuracy_order(results, "D")
+    assert order == ["patch", "full", "cascade"] and "patch 0.900, full 0.800" in why
+
+
+@pytest.fixture
+def calibrated(tmp_path, monkeypatch):
+    """Work in ``tmp_path`` with explicit calibrations for the tiny widths, so nothing is measured."""
+    monkeypatch.chdir(tmp_path)
+    path = Path(CALIBRATION_FILE)
+    for precision, checkpointing in (("fp32", False), ("bf16", True)):
+        key = calibration_key("cpu", (2, 4), "training", precision, checkpointing, True)
+        save_calibration(path, Calibration(1.0, 1_000_000, key))
+        key = calibration_key("cpu", (2, 4), "inference", precision if not checkpointing else "bf16", channels_last=True)
+        save_calibration(path, Calibration(1.0, 1_000_000, key))
+    return tmp_path
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["run", *args])
+
+
+def test_run_auto_trains_the_most_accurate_variant_that_fits(calibrated, prepared_default):
+    result = run("--variant", "auto", "--budget", "8GB", "--data", str(prepared_default), *TINY)
+    assert result.exit_code == 0, result.output
+    assert "--variant auto: full: planned" in result.output and "the thesis's order" in result.output
+    assert "[full] run" in result.output and "[patch] run" not in result.output
+
+
+def test_run_auto_with_a_budget_nothing_fits_is_one_line(calibrated, prepared_default):
+    result = run("--variant", "auto", "--budget", "1MB", "--data", str(prepared_default), *TINY)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert "no variant fits; the smallest, patch, needs" in line and "--precision bf16 --checkpointing" in line
+
+
+@pytest.mark.parametrize(
+    "args, text",
+    [(["--variant", "auto,full"], "give it alone"), (["--budget", "8GB"], "--budget only applies to --variant auto"),
+     (["--variant", "auto", "--budget", "lots"], "--budget")],
+)  # fmt: skip
+def test_bad_auto_options(args, text):
+    result = run(*args)
+    assert result.exit_code == 2 and text in result.output and "Traceback" not in result.output
+
+
+def test_plan_has_no_auto():
+    result = CliRunner().invoke(main, ["plan", "--variant", "auto", "--shape", "1,8,8,8", "--classes", "2"])
+    assert result.exit_code == 2 and "unknown variant 'auto'" in result.output
