@@ -86,3 +86,24 @@ def test_bad_auto_options(args, text):
 def test_plan_has_no_auto():
     result = CliRunner().invoke(main, ["plan", "--variant", "auto", "--shape", "1,8,8,8", "--classes", "2"])
     assert result.exit_code == 2 and "unknown variant 'auto'" in result.output
+
+
+def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepared_default):
+    assert run("--variant", "full,patch", "--data", str(prepared_default), *TINY).exit_code == 0
+    scan = next((prepared_default.parent / "Task00_SyntheticRods" / "imagesTr").glob("*.nii.gz"))
+
+    def predict(*args):
+        return CliRunner().invoke(main, ["predict", str(scan), "--out", "out", "--overwrite", "--quiet",
+                                         "--checkpoint", "medseg-work/runs", *args])  # fmt: skip
+
+    chosen = predict("--variant", "auto", "--budget", "8GB")
+    assert chosen.exit_code == 0, chosen.output
+    picked = chosen.output.split("--variant auto: ")[1].split(":")[0]
+    assert picked in ("full", "patch") and f"with {picked} (medseg-work/runs/" in chosen.output
+    assert "ranked by mean test Dice in medseg-work/results.csv" in chosen.output
+    tight = predict("--variant", "auto", "--budget", "1KB")
+    assert tight.exit_code == 1 and "no variant fits; the smallest" in tight.output and "Traceback" not in tight.output
+    named = predict("--variant", "patch")
+    assert named.exit_code == 0 and "with patch" in named.output
+    missing = predict("--variant", "cascade")
+    assert missing.exit_code == 2 and "holds no finished cascade run" in missing.output

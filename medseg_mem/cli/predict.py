@@ -6,14 +6,23 @@ from pathlib import Path
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_overlap
-from medseg_mem.names import DEVICE_NAMES, PRECISION_NAMES
+from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap
+from medseg_mem.cli.run import parse_variants
+from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A run folder (medseg-work/runs/<run id>) or any .pt in it; every stage's best.pt is used.")
+              help="A run folder (medseg-work/runs/<run id>) or any .pt in it; every stage's best.pt is used. With "
+                   "--variant: a folder of runs (medseg-work/runs).")
+@click.option("--variant", "variants", multiple=True, callback=parse_variants,
+              help="With a folder of runs: auto (the most accurate run whose plan fits --budget) or a variant "
+                   "name (its newest run).")
+@click.option("--budget", "budget_bytes", callback=parse_budget,
+              help="With --variant auto: memory to fit, e.g. 8GB [free memory less 10 %].")
+@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+              help="With --variant auto: the results CSV that ranks the variants by accuracy.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the label maps (<name>_seg.nii.gz), created if missing.")
 @click.option("--overwrite", is_flag=True, help="Replace label maps that exist already.")
@@ -29,8 +38,8 @@ from medseg_mem.names import DEVICE_NAMES, PRECISION_NAMES
               help="Channels-last network layout (less memory and faster on CPU; labels agree to rounding).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
-def predict(inputs, checkpoint, out_dir, overwrite, device, precision, overlap, sw_batch_size, channels_last,
-            quiet) -> None:  # fmt: skip
+def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwrite, device, precision, overlap,
+            sw_batch_size, channels_last, quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
@@ -44,6 +53,7 @@ def predict(inputs, checkpoint, out_dir, overwrite, device, precision, overlap, 
     from medseg_mem.predict import predict as run_predict
 
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last)
+    checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
                           inference=inference)  # fmt: skip
     for _scan, reason in summary.failed:
@@ -53,3 +63,25 @@ def predict(inputs, checkpoint, out_dir, overwrite, device, precision, overlap, 
         names = ", ".join(str(scan) for scan, _ in summary.failed)
         total = len(summary.written) + len(summary.failed)
         raise click.ClickException(f"{len(summary.failed)} of {total} scan(s) failed: {names}")
+
+
+def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, device: str, inference) -> Path:
+    """``--checkpoint`` itself; with ``--variant``, the run of a runs folder it picks (said on stdout)."""
+    given = click.get_current_context().get_parameter_source("variants").name != "DEFAULT"
+    if not given:
+        if budget_bytes is not None:
+            raise click.UsageError("--budget only applies to --variant auto; drop it or add --variant auto")
+        return checkpoint
+    if len(variants) != 1 or variants == ("all",):
+        raise click.BadParameter("give one variant name or auto", param_hint="--variant")
+    from medseg_mem.device import resolve_device
+    from medseg_mem.predict.auto import choose_run, newest_runs, scans_of
+
+    if variants[0] != "auto":
+        candidates = newest_runs(checkpoint)
+        if variants[0] not in candidates:
+            raise click.BadParameter(f"{checkpoint} holds no finished {variants[0]} run (it has "
+                                     f"{', '.join(candidates)})", param_hint="--variant")  # fmt: skip
+        return candidates[variants[0]][0]
+    torch_device = resolve_device(device).type
+    return choose_run(checkpoint, scans_of(inputs), results, budget_bytes, torch_device, inference, click.echo)
