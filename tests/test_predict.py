@@ -159,6 +159,16 @@ def test_bad_inputs_are_named_and_the_others_still_written(tmp_path, analytic):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good_seg.nii.gz"]
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_scan_with_nan_or_inf_is_refused_by_name(tmp_path, analytic, monkeypatch, bad):
+    monkeypatch.setattr("medseg_mem.data.normalize.CHUNK_VOXELS", 64)  # checked slab by slab: many slabs here
+    scan = bright_scan()
+    scan[3, 4, -1] = bad
+    path = save_tilted(scan, tmp_path / "in" / "bad.nii.gz")
+    summary = predict(make_run(tmp_path), [path], tmp_path / "out", progress=False)
+    assert "bad.nii.gz: contains NaN or infinite values" in dict(summary.failed)[path]
+
+
 def test_cascade_run_with_real_networks(tmp_path):
     run = make_run(tmp_path, "cascade")
     scan = save_tilted(bright_scan(), tmp_path / "c.nii.gz")

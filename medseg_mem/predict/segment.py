@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from medseg_mem.config import InferenceConfig
+from medseg_mem.data.normalize import slab_views
 from medseg_mem.data.transforms import build_preprocessing, load_steps, make_reader
 from medseg_mem.errors import MedsegError
 from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
@@ -211,7 +212,8 @@ def check_scan(image, scan: Path, modalities: Sequence[str]) -> None:
             f"{scan}: has {image.shape[0]} channel(s), the checkpoint expects {len(modalities)} "
             f"({', '.join(modalities)}); pass scans with those modalities, channels on the 4th axis"
         )
-    if not bool(torch.isfinite(image.as_tensor()).all()):
+    # a slab at a time: torch.isfinite makes full-size temporaries (abs() and two masks)
+    if not all(bool(torch.isfinite(view).all()) for view in slab_views(image.as_tensor())):
         raise MedsegError(f"{scan}: contains NaN or infinite values; fix the scan before predicting")
 
 
