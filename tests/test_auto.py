@@ -107,3 +107,15 @@ def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepa
     assert named.exit_code == 0 and "with patch" in named.output
     missing = predict("--variant", "cascade")
     assert missing.exit_code == 2 and "holds no finished cascade run" in missing.output
+
+
+def test_auto_without_a_budget_or_a_way_to_find_one_is_one_line(calibrated, prepared_default, monkeypatch):
+    import os
+
+    from medseg_mem.memory import budget
+
+    monkeypatch.setattr(budget, "MEMINFO", "/nonexistent/meminfo")
+    monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    result = run("--variant", "auto", "--data", str(prepared_default), *TINY)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "--budget: not given, and the free memory cannot be read here" in result.output

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 from typing import Tuple
 
-from medseg_mem.errors import OptionError
+from medseg_mem.errors import MedsegError, OptionError
+
+MEMINFO = "/proc/meminfo"
 
 MARGIN = 0.10  # share of the free memory a default budget leaves unplanned
 
@@ -44,12 +46,20 @@ def _free_bytes(device: str) -> Tuple[int, str]:
 
 
 def available_ram() -> int:
-    """``MemAvailable`` in bytes, or free physical pages where ``/proc/meminfo`` is missing."""
+    """``MemAvailable`` in bytes, or free physical pages where ``/proc/meminfo`` is missing.
+
+    Raises:
+        MedsegError: neither can be read (then only an explicit ``--budget`` can say how much memory there is).
+    """
     try:
-        with open("/proc/meminfo") as stream:
+        with open(MEMINFO) as stream:
             for line in stream:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError) as error:
+        raise MedsegError(f"--budget: not given, and the free memory cannot be read here (no {MEMINFO}, no "
+                          "sysconf SC_AVPHYS_PAGES); give one, e.g. --budget 8GB") from error
