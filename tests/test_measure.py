@@ -96,3 +96,12 @@ def cuda_backward_setup(n_bytes):
         (weights * 2).sum().backward()
 
     return run
+
+
+def test_in_process_peak_counts_the_resident_bytes_and_what_the_block_adds():
+    from medseg_mem.memory.measure import InProcessPeak
+
+    with InProcessPeak("cpu", resident_bytes=1_000) as peak:
+        block = bytearray(64 * 2**20)
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+    assert 1_000 + 60 * 2**20 < peak.peak_bytes < 1_000 + 200 * 2**20 and peak.method

@@ -19,7 +19,7 @@ from medseg_mem.predict import predict
 from medseg_mem.inference.slab import cut_slab
 from medseg_mem.predict.files import SpilledImage, write_label_map
 from medseg_mem.predict.restore import restore_grid
-from medseg_mem.predict.segment import Segmenter, reads_slabs
+from medseg_mem.predict.segment import Segmenter
 from medseg_mem.predict.trained_run import open_trained_run
 from medseg_mem.variants import get_variant
 
@@ -80,4 +80,4 @@ def test_spilled_image_cuts_what_cut_slab_cuts():
 
 
 def test_only_a_single_slab_stage_reads_its_image_from_the_file():
-    assert [reads_slabs(get_variant(name)) for name in ("full", "patch", "cascade")] == [False, True, False]
+    assert [get_variant(name).reads_slabs_only() for name in ("full", "patch", "cascade")] == [False, True, False]

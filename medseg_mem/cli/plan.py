@@ -1,8 +1,9 @@
 """``medseg-mem plan``: predict each variant's peak memory for an image size and say which fit a budget.
 
 The image size comes from ``--shape``/``--classes`` or from a prepared dataset (``--data``: its channels, its
-largest case and its classes). Inference plans model the levers of ``medseg-mem predict``: ``--precision``,
-``--overlap``, ``--sw-batch-size``, ``--no-channels-last`` and ``--batch``. ``--mode training`` plans one training
+largest case and its classes). Inference plans are for ``medseg-mem predict`` (which keeps ``patch``'s input
+on disk while it reads it slab by slab) and model its levers: ``--precision``, ``--overlap``,
+``--sw-batch-size``, ``--no-channels-last`` and ``--batch``. ``--mode training`` plans one training
 step with the memory levers of ``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--no-channels-last``,
 ``--batch``, and the loader's ``--workers``/``--cache``. The default budget is the memory free now on the device
 (CUDA: ``mem_get_info``; CPU: available RAM) less a margin (:data:`~medseg_mem.memory.budget.MARGIN`).
@@ -196,9 +197,10 @@ def plan(shape, classes, data, variants, budget, slab, downsample, guidance, bat
     calibration = cached_calibration(calibration_path, channels, device, calibrate, lambda m: click.echo(m, err=True),
                                      mode=mode, precision=precision, checkpointing=checkpointing,
                                      channels_last=channels_last)  # fmt: skip
+    on_disk = {"input_on_disk": True} if mode == "inference" else {}  # as predict runs patch
     plans = plan_variants(
         resolve_variants(list(variants)), shape, classes, model=model, batch=batch, mode=mode,
-        calibration=calibration, budget_bytes=budget, device=device, **levers,
+        calibration=calibration, budget_bytes=budget, device=device, **levers, **on_disk,
     )  # fmt: skip
     if as_json:
         click.echo(json.dumps([{**p.to_dict(), "budget_source": budget_source, "device": device} for p in plans]))

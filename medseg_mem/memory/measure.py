@@ -210,3 +210,47 @@ def _die_with_parent() -> None:
 def _name(setup: Any) -> str:
     """A readable name for a setup callable."""
     return getattr(setup, "__qualname__", None) or repr(setup)
+
+
+class InProcessPeak:
+    """Peak memory of a block in this process, by :func:`measure_peak`'s definition: ``resident_bytes`` (what
+    the block's inputs already hold: weights, input volume) plus what the block adds at its peak.
+
+    CPU: ``VmHWM`` reset through ``/proc/self/clear_refs`` (or the fallbacks of :class:`rss.PeakTracker`)
+    minus ``VmRSS`` before the block. CUDA: ``max_memory_reserved`` minus ``memory_reserved`` before it, what
+    the caching allocator takes from the device. ``predict`` uses it to report its own inference peak, the
+    figure ``medseg-mem plan`` predicts.
+
+    Example:
+        >>> with InProcessPeak("cpu", resident_bytes=0) as peak:
+        ...     block = bytearray(50_000_000)
+        >>> peak.peak_bytes >= 50_000_000
+        True
+    """
+
+    def __init__(self, device: str, resident_bytes: int) -> None:
+        self.device, self.resident_bytes = str(device), int(resident_bytes)
+        self.peak_bytes, self.method, self._tracker, self._baseline = 0, "", None, 0
+
+    def __enter__(self) -> "InProcessPeak":
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+            self._baseline = torch.cuda.memory_reserved()
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            self._baseline = rss.current_bytes()
+            self._tracker = rss.PeakTracker().__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._tracker is None:
+            import torch
+
+            torch.cuda.synchronize()
+            added, self.method = torch.cuda.max_memory_reserved() - self._baseline, "cuda.max_memory_reserved"
+        else:
+            self._tracker.__exit__(*exc)
+            added, self.method = self._tracker.peak_bytes - self._baseline, self._tracker.method
+        self.peak_bytes = self.resident_bytes + max(0, int(added))

@@ -108,6 +108,7 @@ def plan_variant(
     device: str = "cpu",
     channels_last: bool = False,
     inference=None,
+    input_on_disk: bool = False,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -131,6 +132,9 @@ def plan_variant(
             measured with it: the backend's extra memory is what differs).
         inference: inference only: an :class:`~medseg_mem.config.InferenceConfig` (slab batch, overlap,
             precision and layout, traced as they run; pass the calibration measured for its precision and layout).
+        input_on_disk: inference only: as ``predict`` runs a variant that reads its image slab by slab
+            (:meth:`~medseg_mem.variants.base.Variant.reads_slabs_only`: ``patch``), the image waits in a
+            temporary file and is not resident; ``run``'s evaluation holds it (the default).
 
     Raises:
         OptionError: for a bad shape, class count, batch, mode, precision, worker count or cache size;
@@ -154,6 +158,8 @@ def plan_variant(
         inference = inference or InferenceConfig()
         (resident, trace), host = trace_inference(get_variant(variant), shape, classes, model, batch, inference,
                                                   device), 0  # fmt: skip
+        if input_on_disk and get_variant(variant).reads_slabs_only():
+            resident -= batch * _voxels(shape) * FLOAT_BYTES
     else:
         lever = (precision, bool(checkpointing), device)
         resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever)
@@ -170,6 +176,11 @@ def plan_variant(
         variant, mode, predicted, int(budget_bytes), predicted <= budget_bytes, int(resident), int(trace.peak()),
         calibration.key, int(host), *levers,
     )  # fmt: skip
+
+
+def _voxels(shape: Sequence[int]) -> int:
+    """``C * X * Y * Z`` of an image shape."""
+    return int(shape[0]) * int(shape[1]) * int(shape[2]) * int(shape[3])
 
 
 def loader_host_bytes(shape: Sequence[int], batch: int, workers: int, cache_bytes: int) -> int:

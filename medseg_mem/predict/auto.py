@@ -84,7 +84,7 @@ def planned(trained: TrainedRun, shape, device: str, inference: InferenceConfig,
     calibration = cached_calibration(CALIBRATION_FILE, trained.model.channels, device, True, echo,
                                      precision=inference.precision, channels_last=inference.channels_last)  # fmt: skip
     return plan_variant(trained.variant, shape, trained.num_classes, trained.model, calibration=calibration,
-                        device=device, inference=inference).predicted_bytes  # fmt: skip
+                        device=device, inference=inference, input_on_disk=True).predicted_bytes  # fmt: skip
 
 
 def _lever(inference: InferenceConfig) -> Callable[[str], str]:

@@ -37,9 +37,10 @@ from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
 from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
 from medseg_mem.device import resolve_device
+from medseg_mem.memory.measure import InProcessPeak
+from medseg_mem.memory.units import format_bytes
 from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
-from medseg_mem.variants.base import Variant
 from medseg_mem.writable import check_output_folder
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class PredictSummary:
         device: where the networks ran.
         out_dir: the output folder.
         seconds: wall time of the whole call.
+        peak_bytes: the largest inference peak of a scan (weights and input included; what ``plan`` predicts).
+        memory_method: how ``peak_bytes`` was measured (:class:`~medseg_mem.memory.measure.InProcessPeak`).
+        inference: the settings the scans were segmented with.
     """
 
     written: Tuple[Path, ...]
@@ -63,6 +67,9 @@ class PredictSummary:
     device: str
     out_dir: Path
     seconds: float
+    peak_bytes: int = 0
+    memory_method: str = ""
+    inference: InferenceConfig = InferenceConfig()
 
     @property
     def ok(self) -> bool:
@@ -72,9 +79,10 @@ class PredictSummary:
     def line(self) -> str:
         """One human-readable summary line."""
         total = len(self.written) + len(self.failed)
+        memory = f"; peak inference memory {format_bytes(self.peak_bytes)}" if self.peak_bytes else ""
         return (
             f"predicted {len(self.written)} of {total} scan(s) with {self.variant} ({self.checkpoint}) on "
-            f"{self.device} into {self.out_dir}, {self.seconds:.1f} s"
+            f"{self.device} ({self.inference.describe()}) into {self.out_dir}, {self.seconds:.1f} s{memory}"
         )
 
 
@@ -98,6 +106,7 @@ class Segmenter:
         self.variant = get_variant(trained.variant)
         self.nets = load_networks(trained.paths, device, self.inference.channels_last)
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
+        self.peak = (0, "")  # the largest inference peak so far, and how it was measured
 
     def __call__(self, scan: Path) -> np.ndarray:
         """Labels of ``scan`` in its own voxel grid (file order), uint8.
@@ -108,7 +117,7 @@ class Segmenter:
         data = self.preprocess(scan)
         if resamples(self.trained.preprocessing):
             return restore_grid(self.pipeline, data, self.probabilities(data["image"], scan), scan)
-        if reads_slabs(self.variant):
+        if self.variant.reads_slabs_only():
             return restore_labels(self.pipeline, data, self.spilled_labels(data, scan), scan)
         return restore_labels(self.pipeline, data, self.labels(data["image"], scan), scan)
 
@@ -133,9 +142,19 @@ class Segmenter:
         trained = self.trained
         with self._out_of_memory(scan), torch.inference_mode():
             batch = image if isinstance(image, SpilledImage) else image.as_tensor()[None].float().to(self.device)
-            out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes, device="cpu",
-                                       inference=self.inference)[0]
+            with self._measured(0 if isinstance(batch, SpilledImage) else tensor_bytes(batch)):
+                out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes, device="cpu",
+                                           inference=self.inference)[0]
         return out.clone()  # a normal tensor again (not an inference tensor) for MONAI's inverse transforms
+
+    @contextlib.contextmanager
+    def _measured(self, input_bytes: int) -> Iterator[None]:
+        """Measure the block's peak (weights and ``input_bytes`` included) into :attr:`peak` if it is the largest."""
+        nets = [net for net in self.nets.values() if isinstance(net, torch.nn.Module)]
+        weights = sum(tensor_bytes(t) for net in nets for t in (*net.parameters(), *net.buffers()))
+        with InProcessPeak(self.device.type, weights + input_bytes) as peak:
+            yield
+        self.peak = max(self.peak, (peak.peak_bytes, peak.method))
 
     def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
         """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU (resampled runs)."""
@@ -156,15 +175,6 @@ class Segmenter:
                 f"{scan}: out of memory on {self.device} ({self.trained.variant}); try --device cpu, or "
                 "`medseg-mem plan` for a variant that fits"
             ) from error
-
-
-def reads_slabs(variant: Variant) -> bool:
-    """True when ``variant`` segments with :meth:`Variant.segment` itself and its one stage is a slab stage on
-    the full-resolution image: it needs the image only slab by slab, so a :class:`SpilledImage` serves it."""
-    stages = variant.stages()
-    if type(variant).segment is not Variant.segment or len(stages) != 1:
-        return False
-    return stages[0].slab and stages[0].scale == 1.0 and not stages[0].guided
 
 
 def metadata_only(image):
@@ -257,7 +267,7 @@ def predict(
     written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)
     return PredictSummary(
         tuple(written), tuple(failed), Path(checkpoint), trained.variant, str(torch_device), Path(out_dir),
-        time.perf_counter() - start,
+        time.perf_counter() - start, *segmenter.peak, segmenter.inference,
     )  # fmt: skip
 
 
@@ -272,3 +282,8 @@ def _segment_all(segmenter: Segmenter, jobs, num_classes: int, progress: bool):
         except MedsegError as error:
             failed.append((scan, str(error)))
     return written, failed
+
+
+def tensor_bytes(tensor: torch.Tensor) -> int:
+    """Bytes of ``tensor``'s elements."""
+    return tensor.numel() * tensor.element_size()

@@ -104,6 +104,15 @@ class Variant:
     def stages(self) -> List[Stage]:
         raise NotImplementedError
 
+    def reads_slabs_only(self) -> bool:
+        """True when :meth:`segment` is this base recipe and its one stage is a slab stage on the full-resolution,
+        unguided image: it reads the image only slab by slab, so the image may wait on disk
+        (:class:`~medseg_mem.predict.files.SpilledImage`)."""
+        stages = self.stages()
+        if type(self).segment is not Variant.segment or len(stages) != 1:
+            return False
+        return stages[0].slab and stages[0].scale == 1.0 and not stages[0].guided
+
     def segment(
         self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
         device: Any = None, inference: InferenceConfig = None,
