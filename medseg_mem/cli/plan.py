@@ -209,10 +209,20 @@ def plan(shape, classes, data, variants, budget, slab, downsample, guidance, bat
     click.echo(f"calibration: {calibration.key}")
 
 
+def inference_levers(plans) -> str:
+    """The levers of inference plans, e.g. ``bf16, overlap 0.5`` (``full`` has no slabs: the largest counts)."""
+    from medseg_mem.config import InferenceConfig
+
+    overlap, batch = max(p.overlap for p in plans), max(p.sw_batch_size for p in plans)
+    return InferenceConfig(batch, overlap, plans[0].precision, plans[0].channels_last).describe()
+
+
 def header_line(plans, shape, classes, budget: int, budget_source: str, batch: int) -> str:
     """First line of the table: mode (with the training levers), image, classes and budget."""
     mode, size = plans[0].mode, "x".join(str(s) for s in shape)
-    if mode == "training":
+    if mode == "inference":
+        mode = f"inference ({inference_levers(plans)})"
+    if plans[0].mode == "training":
         recompute = "checkpointing" if plans[0].checkpointing else "no checkpointing"
         layout = "channels-last" if plans[0].channels_last else "contiguous"
         mode = f"training ({plans[0].precision}, {recompute}, {layout}, batch {batch})"
