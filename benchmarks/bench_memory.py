@@ -68,6 +68,44 @@ def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, tim
     return _timed(lambda: inferer(image, network), repeats, timing_file, device)
 
 
+def paired_setup(shape, classes, overlap, precision, repeats, timing_file, device):
+    """Both inferers on the same U-Net in one process, alternating (ours, MONAI, MONAI, ours, ...), so load from
+    other jobs hits both alike; writes ``{inferer: [seconds, ...]}`` to ``timing_file``."""
+    import torch
+
+    from medseg_mem.inference.precision import with_precision
+
+    net, image = _net_and_image(shape, classes, device)
+    inferers, network = {name: _inferer(name, overlap) for name in INFERERS}, with_precision(net, precision)
+
+    def run():
+        seconds = {name: [] for name in INFERERS}
+        for index in range(2 * repeats):
+            name = INFERERS[index % 2] if (index // 2) % 2 == 0 else INFERERS[1 - index % 2]
+            start = time.perf_counter()
+            output = inferers[name](image, network)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds[name].append(time.perf_counter() - start)
+            del output
+        Path(timing_file).write_text(json.dumps(seconds))
+
+    return run
+
+
+def paired_timing(case, args):
+    """Median seconds of both inferers, alternating in one process, per (overlap, precision)."""
+    shape, classes = CASES[case]
+    for precision in args.precisions:
+        for overlap in args.overlaps:
+            _, seconds = measure_with_timings(paired_setup, (shape, classes, overlap, precision, args.repeats),
+                                              args.device)  # fmt: skip
+            medians = {name: statistics.median(values) for name, values in seconds.items()}
+            print(f"{case:6} paired timing overlap {overlap:g} {precision}: " + ", ".join(
+                f"{name} {medians[name]:.2f} s {sorted(round(v, 2) for v in seconds[name])}" for name in INFERERS)
+                + f"; streamed / MONAI {medians[INFERERS[0]] / medians[INFERERS[1]]:.3f}", flush=True)  # fmt: skip
+
+
 def _net_and_image(shape, classes, device):
     """A random-weight spec U-Net in eval mode and a random image ``(1, *shape)``."""
     import torch
@@ -241,6 +279,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="full,patch,cascade", help="variants measured for --sizes")
     parser.add_argument("--precisions", default="fp32", help="comma-separated inference precisions (fp32,bf16,fp16)")
     parser.add_argument("--overlaps", default="0", help="comma-separated slab overlaps for --compare, e.g. 0,0.5")
+    parser.add_argument("--paired-timing", default="", help="cases whose inferer times are taken in one process, "
+                        "alternating, --repeats runs each (no memory rows)")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes + args.compare.split(",") if s and s not in CASES]
@@ -273,6 +313,8 @@ def run(args, sizes, compare) -> None:
             run_variants(case, args, budget, out)
         if case in compare:
             compare_inferers(case, args, budget, out)
+    for case in (c for c in args.paired_timing.split(",") if c):
+        paired_timing(case, args)
     print(f"done in {time.perf_counter() - start:.0f} s; rows in {out}")
 
 

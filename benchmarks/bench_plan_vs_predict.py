@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-WIDTHS = ((6, 12, 24, 48), (12, 24, 48, 96, 192), (16, 32, 64))
+WIDTHS = ((12, 24, 48, 96, 192), (16, 32, 64), (16, 32, 64, 128, 256))
 SHAPES = ((1, 200, 176, 72), (1, 320, 320, 64), (1, 160, 192, 112))
 VARIANTS = ("full", "patch", "cascade")
 UNITS = {"B": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}

@@ -9,7 +9,12 @@ stage 2 on a guided slab, plus the full-resolution guidance and outputs - and it
 depth, slab size or channels change. A device calibration (:mod:`medseg_mem.memory.calibration`) scales the
 network part and adds a constant::
 
-    predicted = weights + input [+ Adam states] + max_t(outside(t) + multiplier * inside(t)) + offset [+ host]
+    predicted = weights + input [+ Adam states] + max_t(outside(t) + multiplier * inside(t)) + n * offset [+ host]
+
+``n`` is the number of networks an inference runs (the cascade's two; 1 for a training step): the offset is
+mostly what a network's first pass in a process sets up in the backend (oneDNN primitives and their scratch
+memory), and each stage's network sets up its own (in ``predict`` a cascade's first pass was ~14 MiB above a
+one-offset plan, its second pass at it).
 
 Training follows :func:`medseg_mem.training.step.train_step` and its levers: ``precision`` (autocast cannot
 run on ``meta``, so a bf16/fp16 step is traced with the network converted to the half dtype, float32 logits
@@ -164,7 +169,8 @@ def plan_variant(
         lever = (precision, bool(checkpointing), device)
         resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever)
         host = loader_host_bytes(shape, batch, workers, cache_bytes)
-    predicted = int(resident + trace.peak(calibration.multiplier) + calibration.offset_bytes)
+    offsets = len(get_variant(variant).stages()) if mode == "inference" else 1
+    predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
     predicted += 0 if str(device).startswith("cuda") else host
     if mode == "training":
         levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1)
