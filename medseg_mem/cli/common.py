@@ -34,21 +34,30 @@ def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:
     """``--overlap`` must be a fraction of a slab in [0, 0.5] (the rule of :func:`medseg_mem.config.check_overlap`)."""
     from medseg_mem.config import check_overlap
 
-    if value is None:
-        return None
-    try:
-        return check_overlap(value)
-    except OptionError as error:
-        raise click.BadParameter(str(error).replace("--overlap ", "", 1)) from error
+    return _library_parse(check_overlap, "--overlap", value)
 
 
 def parse_budget(ctx, param, value: Optional[str]) -> Optional[int]:
     """``8GB``, ``512MiB`` or ``1.5e9`` -> bytes (``None``: use the device default)."""
-    if value is None:
-        return None
     from medseg_mem.memory.units import parse_bytes
 
+    return _library_parse(parse_bytes, "--budget", value)
+
+
+def _library_parse(parse: Callable, option: str, value):
+    """``parse(value)`` (``None`` passes through); its :class:`OptionError` becomes click's ``BadParameter``."""
+    if value is None:
+        return None
     try:
-        return parse_bytes(value)
+        return parse(value)
     except OptionError as error:
-        raise click.BadParameter(str(error).replace("--budget ", "", 1)) from error
+        raise click.BadParameter(str(error).replace(f"{option} ", "", 1)) from error
+
+
+def slab_inference_options(func: Callable) -> Callable:
+    """``--overlap`` and ``--sw-batch-size``: how slab stages run, for ``predict`` and ``plan``."""
+    func = click.option("--sw-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
+                        help="Inference: slabs per network call.")(func)  # fmt: skip
+    return click.option("--overlap", type=float, default=0.0, show_default=True, callback=parse_overlap,
+                        help="Inference: fraction of a slab shared with the next, 0-0.5, blended with Gaussian "
+                             "weights.")(func)  # fmt: skip

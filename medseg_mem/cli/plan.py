@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap
+from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options
 from medseg_mem.cli.run import parse_cache, parse_channels, parse_variants
 from medseg_mem.config import TrainConfig
 from medseg_mem.errors import DatasetError
@@ -150,10 +150,7 @@ def _ignored(options, given, mode: str) -> None:
 @click.option("--mode", type=click.Choice(("inference", "training")), default="inference", show_default=True)
 @click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
               help="Autocast dtype of the network passes (training: weights, gradients and Adam stay float32).")
-@click.option("--overlap", type=float, default=0.0, show_default=True, callback=parse_overlap,
-              help="Inference: fraction of a slab shared with the next (0-0.5, rolling Gaussian blend).")
-@click.option("--sw-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Inference: slabs per network call.")
+@slab_inference_options
 @click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
               help="Training: recompute each U-Net level in the backward pass instead of storing its activations.")
 @click.option("--channels-last/--no-channels-last", default=TrainConfig.channels_last, show_default=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap
+from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options
 from medseg_mem.cli.run import parse_variants
 from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 
@@ -30,10 +30,7 @@ from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
               help="auto (cuda if available), cpu or cuda.")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
               help="fp32, or autocast the networks to bf16 / fp16 (about half the memory).")
-@click.option("--overlap", type=float, default=0.0, show_default=True, callback=parse_overlap,
-              help="Fraction of a slab shared with the next, 0-0.5, blended with Gaussian weights.")
-@click.option("--sw-batch-size", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Slabs per network call.")
+@slab_inference_options
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Channels-last network layout (less memory and faster on CPU; labels agree to rounding).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
