@@ -40,7 +40,10 @@ def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwr
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
-    overlays in 3D Slicer or ITK-SNAP. Scans that fail are named; the others are still written.
+    overlays in 3D Slicer or ITK-SNAP. Scans that fail are named; the others are still written. The summary
+    gives the measured peak inference memory, the figure `medseg-mem plan` predicts; like the planner's
+    measurements, this process pins glibc's allocator (blocks of 1 MiB and more are mapped and returned when
+    freed), so its memory follows the live tensors.
 
     \b
     Example:
