@@ -1,8 +1,8 @@
 """Memory benchmark: peak memory and time of each variant's inference, against the planner's prediction.
 
 Random-weight spec U-Nets (widths 32..512, depth 5; 4 classes for 4-channel inputs, 3 for 1-channel; channels-last
-weights, as ``predict`` runs them) segment one random volume per case under ``torch.inference_mode()``, at each ``--precisions`` (autocast of the network
-passes). Each (case, variant, precision) runs in its own measured process
+weights, as ``predict`` runs them) segment one random volume per case under ``torch.inference_mode()``, at
+each ``--precisions`` (autocast of the network passes). Each (case, variant, precision) runs in its own measured process
 (:func:`medseg_mem.memory.measure.measure_peak`), which also times ``--repeats`` runs and keeps the median.
 
 The streamed slab inferer (``SlabInferer(output="labels")``: each slab's labels go straight into a uint8 map;

@@ -206,10 +206,11 @@ class InferenceConfig:
             thesis: slabs side by side.
         precision: ``"fp32"``, or autocast of the network passes to ``"bf16"`` / ``"fp16"`` (about half the
             activation memory; labels may differ from fp32 at a few voxels).
-        channels_last: run the networks with channels-last weights (:func:`~medseg_mem.models.build.channels_last_layout`):
-            on the CPU oneDNN then convolves without reordering each input and output into its blocked layout
-            (spec U-Net on one 256x256x16 slab: 540 MiB instead of 782, 1.1x faster). Labels agree with the
-            contiguous layout to rounding (1 voxel in 16.7 million differed on a 512x512x64 scan).
+        channels_last: run the networks with channels-last weights
+            (:func:`~medseg_mem.models.build.channels_last_layout`): on the CPU oneDNN then convolves without
+            reordering each input and output into its blocked layout (spec U-Net on one 256x256x16 slab: 540 MiB
+            instead of 782, 1.1x faster). Labels agree with the contiguous layout to rounding (1 voxel in 16.7
+            million differed on a 512x512x64 scan).
 
     Raises:
         OptionError: naming the option, its rule and the value.

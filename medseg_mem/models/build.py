@@ -40,7 +40,9 @@ def channels_last_layout(net: torch.nn.Module) -> torch.nn.Module:
     return net.to(memory_format=torch.channels_last_3d)
 
 
-def load_networks(paths: Dict[str, Path], device: torch.device, channels_last: bool = False) -> Dict[str, torch.nn.Module]:
+def load_networks(
+    paths: Dict[str, Path], device: torch.device, channels_last: bool = False
+) -> Dict[str, torch.nn.Module]:
     """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``), in eval mode on ``device``,
     with channels-last weights when ``channels_last`` (:func:`channels_last_layout`)."""
     nets = {}

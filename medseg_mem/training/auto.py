@@ -1,9 +1,10 @@
 """``medseg-mem run --variant auto``: train the most accurate variant whose training step and inference fit.
 
 Each variant's need is the larger of its planned training step (the run's precision, checkpointing, layout,
-batch size, loader workers and cache - at most the training split's size) and its planned inference (the evaluation's settings), both for the
-dataset's largest case, on the run's device; :func:`~medseg_mem.memory.choose.choose` then takes the first of
-the accuracy order (:func:`~medseg_mem.memory.choose.accuracy_order`) that fits. Calibrations are read from
+batch size, loader workers and cache - at most the training split's size) and its planned inference (the
+evaluation's settings), both for the dataset's largest case, on the run's device;
+:func:`~medseg_mem.memory.choose.choose` then takes the first of the accuracy order
+(:func:`~medseg_mem.memory.choose.accuracy_order`) that fits. Calibrations are read from
 ``medseg-work/planner-calibration.json`` and measured once when missing (said before it starts).
 """
 

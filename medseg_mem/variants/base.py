@@ -69,7 +69,9 @@ class Stage:
         """The label at the cascade's stage-1 resolution, which a guided stage's training guidance comes from."""
         return resample_label(label, scaled_size(label.shape[2:], model.downsample), num_classes).to(torch.uint8)
 
-    def forward(self, net: nn.Module, x: torch.Tensor, model: ModelConfig, inference: InferenceConfig = None) -> torch.Tensor:
+    def forward(
+        self, net: nn.Module, x: torch.Tensor, model: ModelConfig, inference: InferenceConfig = None
+    ) -> torch.Tensor:
         """Logits of the whole (stage-resolution) volume ``x``: slab-wise or in one pass (``inference``: how)."""
         inference = inference or InferenceConfig()
         network = with_precision(net, inference.precision)
@@ -77,7 +79,9 @@ class Stage:
             return self.inferer(model, inference)(x, network)
         return network(x)
 
-    def labels(self, net: nn.Module, x, model: ModelConfig, device: Any = None, inference: InferenceConfig = None) -> torch.Tensor:
+    def labels(
+        self, net: nn.Module, x, model: ModelConfig, device: Any = None, inference: InferenceConfig = None
+    ) -> torch.Tensor:
         """Label map ``(B, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of the whole volume ``x`` on
         ``device`` (default: the network's): slab by slab, or the argmax of one pass taken a few slices at a
         time. ``x`` may be a :class:`~medseg_mem.inference.source.SlabSource` for a slab stage."""
@@ -88,7 +92,9 @@ class Stage:
         return labels_of(network(x), device)
 
     @staticmethod
-    def inferer(model: ModelConfig, inference: InferenceConfig, output: str = "logits", device: Any = None) -> SlabInferer:
+    def inferer(
+        model: ModelConfig, inference: InferenceConfig, output: str = "logits", device: Any = None
+    ) -> SlabInferer:
         """The slab inferer of a slab stage: the model's slab size, the inference's batch and overlap."""
         return SlabInferer(slab_size=model.slab_size, sw_batch_size=inference.sw_batch_size, output=output,
                            device=device, overlap=inference.overlap)  # fmt: skip
