@@ -7,6 +7,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -81,3 +82,13 @@ def test_a_scan_whose_header_claims_petabytes_is_named_without_reading_it(tmp_pa
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert "huge.nii: its header declares 100000x100000x100000 voxels" in result.stderr
     assert "predicted 1 of 2 scan(s)" in result.stdout and not (tmp_path / "out" / "huge_seg.nii.gz").exists()
+
+
+@pytest.mark.parametrize(
+    "option, value", [("--overlap", "0.9"), ("--overlap", "-1"), ("--precision", "int4"), ("--sw-batch-size", "0")]
+)
+def test_bad_inference_levers_are_one_line_usage_errors(tmp_path, option, value):
+    result = invoke("--checkpoint", str(tmp_path), str(tmp_path / "scan.nii.gz"), "--out", str(tmp_path / "o"),
+                    option, value)  # fmt: skip
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert result.exit_code == 2 and len(errors) == 1 and option in errors[0] and "Traceback" not in result.output
