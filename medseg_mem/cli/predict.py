@@ -10,6 +10,9 @@ from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_o
 from medseg_mem.cli.run import parse_variants
 from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 
+#: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.onnx_engine.ENGINE_NAMES``).
+ENGINES = ("torch", "onnxruntime")
+
 
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...")
@@ -33,10 +36,14 @@ from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 @slab_inference_options
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Channels-last network layout (less memory and faster on CPU; labels agree to rounding).")
+@click.option("--engine", type=click.Choice(ENGINES), default="torch", show_default=True,
+              help="torch, or onnxruntime: the run's ONNX models (<run folder>/onnx from `medseg-mem export "
+                   "--format onnx`, else exported to a temporary folder) on ONNX Runtime's CPU provider, fp32; "
+                   "needs pip install 'medseg-mem[onnx]'.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
 def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwrite, device, precision, overlap,
-            sw_batch_size, channels_last, quiet) -> None:  # fmt: skip
+            sw_batch_size, channels_last, engine, quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
@@ -55,7 +62,7 @@ def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwr
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last)
     checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
-                          inference=inference)  # fmt: skip
+                          inference=inference, engine=engine)  # fmt: skip
     for _scan, reason in summary.failed:
         click.echo(f"failed: {reason}", err=True)
     click.echo(summary.line())

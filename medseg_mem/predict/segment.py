@@ -93,18 +93,31 @@ class Segmenter:
         trained: the run, from :func:`~medseg_mem.predict.trained_run.open_trained_run`.
         device: where the networks run.
         inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        engine: ``"torch"``, or ``"onnxruntime"``: the run's ONNX models in ONNX Runtime sessions
+            (:func:`~medseg_mem.onnx_engine.onnx_networks`; CPU, fp32), called by the variant like the networks.
+
+    Raises:
+        MedsegError: ``engine`` is onnxruntime and onnxruntime is not installed, or a model cannot be loaded.
 
     Example:
         >>> segmenter = Segmenter(open_trained_run(Path("runs/<id>")), torch.device("cpu"))  # doctest: +SKIP
         >>> labels = segmenter(Path("scan.nii.gz"))  # uint8, the scan's spatial shape  # doctest: +SKIP
     """
 
-    def __init__(self, trained: TrainedRun, device: torch.device, inference: InferenceConfig = None) -> None:
+    def __init__(
+        self, trained: TrainedRun, device: torch.device, inference: InferenceConfig = None, engine: str = "torch"
+    ) -> None:
         self.trained = trained
         self.device = device
         self.inference = inference or InferenceConfig()
         self.variant = get_variant(trained.variant)
-        self.nets = load_networks(trained.paths, device, self.inference.channels_last)
+        self.engine = engine
+        if engine == "onnxruntime":
+            from medseg_mem.onnx_engine import onnx_networks
+
+            self.nets = onnx_networks(trained)
+        else:
+            self.nets = load_networks(trained.paths, device, self.inference.channels_last)
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
         self.peak = (0, "")  # the largest inference peak so far, and how it was measured
 
@@ -235,6 +248,7 @@ def predict(
     device: str = "auto",
     progress: bool = True,
     inference: InferenceConfig = None,
+    engine: str = "torch",
 ) -> PredictSummary:
     """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
 
@@ -246,6 +260,9 @@ def predict(
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar over the scans on stderr.
         inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        engine: ``"torch"`` (default) or ``"onnxruntime"``: the run's ONNX export (``<run folder>/onnx``, from
+            ``medseg-mem export --format onnx``; made in a temporary folder when it is missing or was made from
+            other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.onnx_engine`).
 
     Returns:
         a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
@@ -253,20 +270,25 @@ def predict(
 
     Raises:
         MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), an
-            ``out_dir`` that cannot be written, or an unusable device; nothing is written then.
+            ``out_dir`` that cannot be written, an unusable device, or onnxruntime without its packages, on
+            cuda or at a precision other than fp32; nothing is written then.
     """
     from medseg_mem.memory.rss import pin_glibc_allocator
 
     pin_glibc_allocator()  # freed tensors go back to the system: a scan's peak does not add up
+    from medseg_mem.onnx_engine import check_engine
+
     start = time.perf_counter()
+    engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)
     trained = open_trained_run(Path(checkpoint))
     jobs = plan_outputs(collect_inputs([Path(p) for p in inputs]), Path(out_dir), overwrite)
     check_output_folder(Path(out_dir), "--out")  # before any scan is segmented
-    torch_device = resolve_device(device)
-    segmenter = Segmenter(trained, torch_device, inference)
+    torch_device = resolve_device(engine_device)
+    segmenter = Segmenter(trained, torch_device, inference, engine)
     written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)
+    where = str(torch_device) + (" via onnxruntime" if engine == "onnxruntime" else "")
     return PredictSummary(
-        tuple(written), tuple(failed), Path(checkpoint), trained.variant, str(torch_device), Path(out_dir),
+        tuple(written), tuple(failed), Path(checkpoint), trained.variant, where, Path(out_dir),
         time.perf_counter() - start, *segmenter.peak, segmenter.inference,
     )  # fmt: skip
 
