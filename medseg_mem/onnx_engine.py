@@ -103,6 +103,7 @@ class OnnxNetwork:
             raise MedsegError(f"ONNX model {path}: cannot be loaded ({reason}); export it again with "
                               "`medseg-mem export --format onnx`") from error  # fmt: skip
         self.input_name = self.session.get_inputs()[0].name
+        self.weight_bytes = self.path.stat().st_size  # the weights, held by the session (predict's peak counts them)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of ``x`` ``(N, C, X, Y, Z)`` as a float32 CPU tensor ``(N, K, X, Y, Z)``."""

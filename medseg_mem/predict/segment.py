@@ -43,6 +43,7 @@ from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
 from medseg_mem.writable import check_output_folder
 
+
 @dataclass(frozen=True)
 class PredictSummary:
     """What :func:`predict` did.
@@ -163,8 +164,7 @@ class Segmenter:
     @contextlib.contextmanager
     def _measured(self, input_bytes: int) -> Iterator[None]:
         """Measure the block's peak (weights and ``input_bytes`` included) into :attr:`peak` if it is the largest."""
-        nets = [net for net in self.nets.values() if isinstance(net, torch.nn.Module)]
-        weights = sum(tensor_bytes(t) for net in nets for t in (*net.parameters(), *net.buffers()))
+        weights = sum(map(network_bytes, self.nets.values()))
         with InProcessPeak(self.device.type, weights + input_bytes) as peak:
             yield
         self.peak = max(self.peak, (peak.peak_bytes, peak.method))
@@ -309,3 +309,10 @@ def _segment_all(segmenter: Segmenter, jobs, num_classes: int, progress: bool):
 def tensor_bytes(tensor: torch.Tensor) -> int:
     """Bytes of ``tensor``'s elements."""
     return tensor.numel() * tensor.element_size()
+
+
+def network_bytes(net) -> int:
+    """Weights and buffers of a PyTorch network; an ONNX Runtime stage's ``weight_bytes`` (its model file)."""
+    if isinstance(net, torch.nn.Module):
+        return sum(tensor_bytes(t) for t in (*net.parameters(), *net.buffers()))
+    return int(getattr(net, "weight_bytes", 0))
