@@ -94,7 +94,8 @@ class RollingBlend:
             shape = list(self.output.shape)
             shape[1], shape[self.axis] = piece.shape[1], self.slab_size
             dtype = torch.float32 if self.labels else torch.float64
-            self.buffer = torch.zeros(shape, dtype=dtype, device=self.output.device)
+            layout = torch.channels_last_3d if len(shape) == 5 else torch.contiguous_format  # fast argmax
+            self.buffer = torch.empty(shape, dtype=dtype, device=self.output.device, memory_format=layout).zero_()
         self._advance(start)
         weights = self.weights.to(self.buffer.dtype).view(self.view_shape)
         self.buffer.addcmul_(piece.to(self.buffer.device), weights)
