@@ -23,6 +23,7 @@ from medseg_mem.checkpoint import save_checkpoint
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.evaluate import dice_per_class
 from medseg_mem.models.build import build_network
+from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
@@ -91,22 +92,29 @@ def train_stage(job: StageJob, progress: bool = True) -> StageOutcome:
     seed_everything(job.train.seed, job.seed_offset, job.train.deterministic)
     train = job.train
     net = build_network(job.in_channels, job.num_classes, job.model, train.checkpointing, train.channels_last)
-    net = net.to(job.device)
+    net = distributed.sync_norms(net.to(job.device), job.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
     scaler = grad_scaler(job.train.precision, job.device)
-    step, state = resume_state(job, net, optimizer, scaler)
+    step, state = resume_state(job, net, optimizer, scaler)  # every rank loads the same last.pt
     loss_fn, precision = make_loss(job.stage, job.train, job.class_weights).to(job.device), job.train.precision
-    bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}", disable=not progress)
+    main = distributed.is_main()
+    bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}",
+               disable=not (progress and main))  # fmt: skip
     started, net = time.perf_counter() - state["train_seconds"], net.train()
+    trained = distributed.wrap(net, job.device)  # DDP under torchrun (gradients averaged over ranks), else net
     for x, y in job.data.batches(step):
         set_learning_rate(optimizer, learning_rate(job.train.lr, job.train.lr_schedule, step, job.train.steps))
-        loss = train_step(net, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
+        loss = train_step(trained, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
         step += 1
         bar.update(1)
         if step % job.train.val_every == 0 or step == job.train.steps:
             state["train_seconds"] = time.perf_counter() - started
-            record_validation(job, (net, optimizer, scaler), step, state, loss.item())
-            bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
+            loss = distributed.mean_over_ranks(loss)
+            distributed.average_buffers(net)
+            if main:  # rank 0 validates and writes; the others wait for it
+                record_validation(job, (net, optimizer, scaler), step, state, loss.item())
+                bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
+            distributed.barrier()
     bar.close()
     return StageOutcome(
         job.folder / "best.pt", state["best_score"], state["best_step"], step, state["train_seconds"], state["history"]

@@ -29,6 +29,7 @@ from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.memory.units import format_bytes
 from medseg_mem.models.build import load_networks
 from medseg_mem.results import append_rows, new_run_id, read_results, utc_timestamp
+from medseg_mem.training import distributed
 from medseg_mem.training.class_weights import class_weights
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import CaseStream, StageData, open_case
@@ -138,25 +139,42 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     """Train, select, evaluate and record each requested variant (see the module docstring).
 
     A resumed run that is finished already (its rows are in the results CSV) is reported, not evaluated again.
+    Under ``torchrun`` every process trains (:mod:`~medseg_mem.training.distributed`); only rank 0 prints, writes
+    ``run.json``, checkpoints and the results CSV, evaluates and measures memory, and only it returns results.
 
     Raises:
         MedsegError: missing/malformed prepared data or results CSV, an output folder that cannot be written,
             unknown variant, unusable device; a failure after training names the run to resume.
     """
+    joined = distributed.start()
+    try:
+        results = run_all(request, echo if distributed.is_main() else lambda *_: None)
+    except BaseException:
+        distributed.stop(clean=False)  # torchrun ends the other ranks once this one exits
+        raise
+    if joined:
+        distributed.stop()
+    return results
+
+
+def run_all(request: RunRequest, echo: Callable[[str], None]) -> List[VariantResult]:
+    """:func:`run_variants` in this process (one rank of several under torchrun)."""
     request, record = resolved(request)
     if record is not None and finished(request, echo):
         return []
     dataset = open_dataset(request)
     check_splits(dataset)
     check_outputs(request)
-    jobs = planned_runs(request, dataset, record, echo)
+    jobs = distributed.from_main(planned_runs(request, dataset, record, echo) if distributed.is_main() else None)
     warn_thick_slabs(jobs, dataset, echo)  # once per run: slabs thicker than the cases are padded
-    device = resolve_device(jobs[0][2].device)
+    device = distributed.local_device(resolve_device(jobs[0][2].device))
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
     weights = class_weights(jobs[0][2].class_weights, dataset)  # one pass over the labels for every variant
     results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights)
                for run_id, name, train, model in jobs]  # fmt: skip
+    if not distributed.is_main():
+        return []
     from medseg_mem.report import format_table
 
     echo(format_table(read_results(request.results).query("dataset == @dataset.name")))
@@ -221,11 +239,13 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional
     return [(new_run_id(name), name, train, model) for name in names]
 
 
-def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None) -> VariantResult:
+def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None) -> Optional[VariantResult]:
     run_dir = request.runs_dir / run_id
     info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
             "results": os.path.abspath(request.results)}  # fmt: skip
-    write_run_record(run_dir, info, model, train)
+    main = distributed.is_main()
+    if main:
+        write_run_record(run_dir, info, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
          f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}"
          f"{', channels-last' if train.channels_last else ''}, seed {train.seed}")
@@ -233,7 +253,10 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
     with resumable(run_id, request, "stopped at its last checkpoint", "continues it"):
-        paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress, weights)
+        paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress and main,
+                                              weights)  # fmt: skip
+    if not main:
+        return None  # rank 0 evaluates, measures and files the rows
     inference = request.evaluation(train)
     with resumable(run_id, request, "finished training", "evaluates it and files the rows without training again"):
         nets = load_networks(paths, device, inference.channels_last)

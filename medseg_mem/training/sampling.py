@@ -34,6 +34,7 @@ from torch.nn import functional as F
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.inference.slab import cut_slab, slab_starts
+from medseg_mem.training import distributed
 from medseg_mem.training.guidance_noise import perturb_label
 from medseg_mem.resample import guidance_range, scaled_size
 from medseg_mem.variants.base import Stage
@@ -162,23 +163,40 @@ def collate(pairs: Sequence[Pair]) -> Pair:
 class StepSamples(torch.utils.data.Dataset):
     """Samples ``first .. total - 1`` of a stage's run; sample ``i`` is a pure function of ``(seed, stage, i)``.
 
+    Under torchrun (``world`` processes, per-rank batch ``batch``) step ``s`` of the run is the global batch of
+    samples ``s * batch * world .. (s + 1) * batch * world - 1``, and rank ``rank`` takes the ``batch`` of them
+    from ``s * batch * world + rank * batch`` on: the ranks' shares are disjoint, together they are the batch a
+    single process with ``--batch-size batch * world`` would draw, and a resumed run continues with them.
+    With ``world == 1`` the ``k``-th item is sample ``first + k``, as always.
+
     Args:
         cases: the cached per-case items (a MONAI dataset over the train split).
         sampler: turns a cached item into a sample.
         seed: the run's seed; ``stage_index`` tells the stages of a variant apart.
         first: index of the first sample (``first_step * batch_size`` when resuming).
         total: index past the last sample (``steps * batch_size``).
+        batch: the per-rank batch size (only used when ``world > 1``).
+        rank: this process's rank; ``world``: how many processes train together.
     """
 
-    def __init__(self, cases, sampler: RandStageSampled, seed: int, stage_index: int, first: int, total: int):
+    def __init__(self, cases, sampler: RandStageSampled, seed: int, stage_index: int, first: int, total: int,
+                 batch: int = 1, rank: int = 0, world: int = 1):  # fmt: skip
         self.cases, self.sampler = cases, sampler
         self.seed, self.stage_index, self.first, self.total = seed, stage_index, first, total
+        self.batch, self.rank, self.world = batch, rank, world
 
     def __len__(self) -> int:
         return max(0, self.total - self.first)
 
+    def sample_index(self, index: int) -> int:
+        """The run's sample index of this rank's item ``index``."""
+        if self.world == 1:
+            return self.first + index
+        step, within = divmod(self.first + index, self.batch)
+        return (step * self.world + self.rank) * self.batch + within
+
     def __getitem__(self, index: int) -> Pair:
-        rng = np.random.default_rng([self.seed, self.stage_index, self.first + index])
+        rng = np.random.default_rng([self.seed, self.stage_index, self.sample_index(index)])
         item = self.cases[int(rng.integers(len(self.cases)))]
         self.sampler.set_random_state(seed=int(rng.integers(2**31)))
         return self.sampler(item)
@@ -222,12 +240,14 @@ class StageData:
         return self._cases
 
     def batches(self, first_step: int) -> Iterator[Pair]:
-        """Training batches for steps ``first_step .. steps - 1`` through a DataLoader with ``workers``."""
+        """Training batches for steps ``first_step .. steps - 1`` through a DataLoader with ``workers`` (this
+        rank's share of each step's samples under torchrun, see :class:`StepSamples`)."""
         batch = self.train.batch_size
         sampler = RandStageSampled(self.dataset, self.stage, self.model, self.train.skip_empty_slabs,
                                    self.train.guidance_noise)  # fmt: skip
         samples = StepSamples(self.cases(), sampler, self.train.seed, self.stage_index, first_step * batch,
-                              self.train.steps * batch)  # fmt: skip
+                              self.train.steps * batch, batch, distributed.rank(),
+                              distributed.world_size())  # fmt: skip
         workers = self.train.workers
         return iter(DataLoader(samples, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate,
                                persistent_workers=False, prefetch_factor=2 if workers else None))  # fmt: skip
