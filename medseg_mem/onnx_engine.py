@@ -5,7 +5,7 @@
 ``net(x)``): slab stitching, the cascade's guidance and the label maps are the same code as with PyTorch.
 
 The sessions come from the run's ONNX export (``<run folder>/onnx``, written by
-``medseg-mem export --format onnx``; :func:`medseg_mem.export.export_onnx`). Where the run has no export, or
+``medseg-mem export --format onnx``; :func:`medseg_mem.export_onnx.export_onnx`). Where the run has no export, or
 one made from other weights (its ``recipe.json`` records each stage checkpoint's SHA-256), predict exports the
 networks into a temporary folder first (about a second per stage) and deletes it once the sessions are loaded.
 
@@ -168,7 +168,7 @@ def exported_models(trained) -> Iterator[Path]:
     if export_problem(trained, folder) is None:
         yield folder
         return
-    from medseg_mem.export import write_onnx
+    from medseg_mem.export_onnx import write_onnx
 
     with tempfile.TemporaryDirectory(prefix="medseg-onnx-") as temp:
         write_onnx(trained, Path(temp))

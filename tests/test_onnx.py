@@ -166,7 +166,7 @@ def test_predict_exports_to_a_temporary_folder_when_the_run_has_none_or_a_stale_
 
 @needs_ort
 def test_a_failed_export_keeps_the_previous_model_and_leaves_no_recipe(runs, tmp_path, monkeypatch):
-    from medseg_mem import export as export_module
+    from medseg_mem import export_onnx as export_module
 
     out = tmp_path / "onnx"
     assert invoke("export", "--format", "onnx", "--checkpoint", str(runs["cascade"]), "--out", str(out)).exit_code == 0

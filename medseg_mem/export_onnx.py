@@ -1,0 +1,215 @@
+"""``medseg-mem export --format onnx``: one ONNX model per stage of a trained run, and ``recipe.json``.
+
+Each ``<stage>.onnx`` takes ``image`` float32 ``(N, C, X, Y, Z)`` and gives ``logits`` ``(N, K, X, Y, Z)``, batch
+and spatial axes dynamic; a slab stage's model is the same network, run on slabs. ``recipe.json`` says how the
+stages fit together (:func:`onnx_recipe`). Each model is checked against PyTorch on a small input before it
+replaces the previous file; ``recipe.json`` is removed first and written last.
+
+Example:
+    >>> export_onnx(Path("medseg-work/runs/<run id>")).line()  # doctest: +SKIP
+    'exported patch into medseg-work/runs/<run id>/onnx/patch.onnx, medseg-work/runs/<run id>/onnx/recipe.json'
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from medseg_mem.atomic import write_json_atomic
+from medseg_mem.errors import MedsegError
+from medseg_mem.export import ExportedBundle
+
+#: ONNX opset of ``--format onnx`` (ONNX Runtime 1.14 and later run it).
+ONNX_OPSET = 17
+#: Largest difference allowed between the ONNX model's logits and PyTorch's on the export check.
+ONNX_TOLERANCE = 1e-3
+
+
+def export_onnx(checkpoint: Path, out_dir: Optional[Path] = None) -> ExportedBundle:
+    """Write one ONNX model per stage of the run at ``checkpoint``, and ``recipe.json``, into ``out_dir``.
+
+    Args:
+        checkpoint: a run folder (or any ``.pt`` in it), as ``medseg-mem predict --checkpoint`` takes.
+        out_dir: the folder to write (created when missing); default ``<run folder>/onnx``, where
+            ``medseg-mem predict --engine onnxruntime`` looks for the models.
+
+    Returns:
+        the files written: ``<stage>.onnx`` in stage order, then ``recipe.json``.
+
+    Raises:
+        MedsegError: onnx/onnxruntime not installed, not a trained run, a folder that cannot be written, or a
+            model whose logits differ from PyTorch's (then that model's previous file is kept).
+
+    Example:
+        >>> export_onnx(Path("medseg-work/runs/<run id>"), Path("onnx/cascade")).line()  # doctest: +SKIP
+        'exported cascade into onnx/cascade/stage1.onnx, onnx/cascade/stage2.onnx, onnx/cascade/recipe.json'
+    """
+    from medseg_mem.onnx_engine import default_onnx_dir, require_onnx
+    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.writable import check_output_folder
+
+    require_onnx("--format onnx")
+    trained = open_trained_run(Path(checkpoint))
+    folder = Path(out_dir) if out_dir is not None else default_onnx_dir(trained)
+    check_output_folder(folder, "--out")
+    return write_onnx(trained, folder)
+
+
+def write_onnx(trained, folder: Path) -> ExportedBundle:
+    """Export every stage of ``trained`` (a :class:`~medseg_mem.predict.trained_run.TrainedRun`) into ``folder``.
+
+    ``recipe.json`` is removed first and written last, each model replaces its file atomically: an interrupted
+    export leaves no recipe (``predict --engine onnxruntime`` then exports afresh), never one that names models
+    of other weights.
+
+    Raises:
+        MedsegError: a file cannot be written, or a model fails :func:`check_onnx_logits`.
+    """
+    from medseg_mem.atomic import write_error
+    from medseg_mem.checkpoint import load_checkpoint
+    from medseg_mem.onnx_engine import RECIPE_FILE
+
+    recipe_path = Path(folder) / RECIPE_FILE
+    try:
+        recipe_path.unlink(missing_ok=True)
+    except OSError as error:
+        raise write_error(recipe_path, error.strerror or str(error)) from error
+    payloads = {stage: load_checkpoint(path) for stage, path in trained.paths.items()}
+    files = [export_stage_onnx(saved, Path(folder) / f"{stage}.onnx") for stage, saved in payloads.items()]
+    files.append(write_json_atomic(recipe_path, onnx_recipe(trained, payloads)))
+    return ExportedBundle(trained.variant, tuple(files))
+
+
+def export_stage_onnx(saved: Dict[str, Any], path: Path) -> Path:
+    """Export the network of one stage checkpoint to ``path``: traced, checked against PyTorch, then moved
+    into place atomically.
+
+    Raises:
+        MedsegError: the exported logits differ from PyTorch's (:func:`check_onnx_logits`); ``path`` is kept.
+    """
+    from medseg_mem.atomic import replacing
+    from medseg_mem.onnx_engine import OnnxUNet3D
+
+    spec = saved["model"]
+    net = OnnxUNet3D(int(spec["in_channels"]), int(spec["num_classes"]), channels=tuple(spec["channels"]))
+    net.load_state_dict(saved["state_dict"])
+    example = example_input(net.eval())
+    with replacing(path, suffix=".onnx") as temp:
+        trace_to_onnx(net, example, temp)
+        check_onnx_logits(temp, saved, example, path)
+    return path
+
+
+def example_input(net) -> Any:
+    """The input the export traces and checks: batch 2, every spatial size off a multiple of the padding divisor
+    (so the padding and the crop are in the graph), seeded noise.
+
+    Example:
+        >>> from medseg_mem.onnx_engine import OnnxUNet3D
+        >>> tuple(example_input(OnnxUNet3D(1, 2, channels=(2, 4, 8))).shape)
+        (2, 1, 5, 6, 7)
+    """
+    import torch
+
+    size = [net.divisor + extra for extra in (1, 2, 3)]
+    return torch.randn(2, net.in_channels, *size, generator=torch.Generator().manual_seed(0))
+
+
+def trace_to_onnx(net, example, path: Path) -> None:
+    """``torch.onnx.export`` with the TorchScript tracer (``dynamo=False``), batch and spatial axes dynamic.
+
+    torch 2.13's default, torch.export-based exporter (it also needs ``onnxscript``) did not give a general graph
+    of the U-Net: with ``Dim`` axes it wrote the example's shape into the graph, with ``Dim.AUTO`` the padding
+    amounts stayed the example's, and ONNX Runtime failed on every other shape. The tracer on
+    :class:`~medseg_mem.onnx_engine.OnnxUNet3D` keeps the axes dynamic; its deprecation warning is silenced here.
+    """
+    import warnings
+
+    import torch
+
+    from medseg_mem.onnx_engine import INPUT_NAME, OUTPUT_NAME
+
+    axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(net, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes})  # fmt: skip
+
+
+def check_onnx_logits(onnx_path: Path, saved: Dict[str, Any], example, target: Path) -> float:
+    """The largest difference between the ONNX model's logits and the stage's PyTorch U-Net's (what
+    ``predict --engine torch`` runs) on ``example``.
+
+    Raises:
+        MedsegError: a difference above ``ONNX_TOLERANCE``, naming ``target`` and the difference.
+    """
+    import torch
+
+    from medseg_mem.config import ModelConfig
+    from medseg_mem.models.build import build_network
+    from medseg_mem.onnx_engine import OnnxNetwork
+
+    spec = saved["model"]
+    reference = build_network(int(spec["in_channels"]), int(spec["num_classes"]), ModelConfig(tuple(spec["channels"])))
+    reference.load_state_dict(saved["state_dict"])
+    with torch.inference_mode():
+        expected = reference.eval()(example)
+    difference = float((OnnxNetwork(onnx_path)(example) - expected).abs().max())
+    if not difference <= ONNX_TOLERANCE:
+        raise MedsegError(f"{target}: the ONNX model's logits differ from PyTorch's by {difference:.3g} (more than "
+                          f"{ONNX_TOLERANCE:g}) on a test input; the previous file is kept. Report it with your "
+                          f"torch and onnxruntime versions")  # fmt: skip
+    return difference
+
+
+def onnx_recipe(trained, payloads: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    """``recipe.json``: what runs the exported models as ``predict`` does (stages, slabs, resampling, guidance,
+    classes, preprocessing) and the SHA-256 of the checkpoint each model came from."""
+    import torch
+
+    from medseg_mem import __version__
+    from medseg_mem.onnx_engine import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAME
+    from medseg_mem.resample import guidance_channels
+    from medseg_mem.variants import get_variant
+
+    model = trained.model
+    stages = [onnx_stage(stage, payloads[stage.name], trained.paths[stage.name], model)
+              for stage in get_variant(trained.variant).stages()]  # fmt: skip
+    return {"format": ONNX_FORMAT, "variant": trained.variant, "dataset": trained.dataset,
+            "num_classes": trained.num_classes, "class_names": list(trained.class_names),
+            "modalities": list(trained.modalities), "stages": stages, "slab_size": model.slab_size,
+            "slab_axis": "last", "downsample": model.downsample, "guidance": model.guidance,
+            "guidance_channels": guidance_channels(model.guidance, trained.num_classes),
+            "input": {"name": INPUT_NAME, "dtype": "float32", "shape": ["batch", "channels", "x", "y", "z"]},
+            "output": {"name": OUTPUT_NAME, "dtype": "float32", "shape": ["batch", "classes", "x", "y", "z"]},
+            "recipe": recipe_steps(trained.variant), "opset": ONNX_OPSET, "preprocessing": trained.preprocessing,
+            "exported_with": {"medseg_mem": __version__, "torch": torch.__version__}}  # fmt: skip
+
+
+def onnx_stage(stage, saved: Dict[str, Any], path: Path, model) -> Dict[str, Any]:
+    """One stage of ``recipe.json``: its file, channels, slab or whole volume, resolution and source checkpoint."""
+    from medseg_mem.digest import sha256_file
+
+    spec = saved["model"]
+    return {"name": stage.name, "file": f"{stage.name}.onnx", "in_channels": int(spec["in_channels"]),
+            "out_channels": int(spec["num_classes"]), "channels": [int(width) for width in spec["channels"]],
+            "slab": stage.slab, "scale": float(stage.factor(model)), "guided": stage.guided,
+            "checkpoint_sha256": sha256_file(Path(path))}  # fmt: skip
+
+
+def recipe_steps(variant: str) -> List[str]:
+    """How ``predict`` combines the stages of ``variant``, in words (``recipe.json``'s ``recipe``)."""
+    slabs = ("cut the input into slabs of slab_size voxels along the last axis (the last one zero-padded), "
+             "run {} on each slab and stitch the logits back; labels = argmax over the classes")  # fmt: skip
+    if variant == "full":
+        return ["logits = full.onnx(image), the whole preprocessed volume; labels = argmax over the classes"]
+    if variant == "patch":
+        return [slabs.format("patch.onnx")]
+    return [
+        "stage1: resample the image trilinearly (align_corners=False) to round(size * downsample) voxels per axis, "
+        "softmax(stage1.onnx(small image))",
+        "guidance: the stage-1 probabilities upsampled trilinearly to the image's size, argmax, encoded as "
+        "'guidance' says (onehot: one channel per foreground class; label: class index / (num_classes - 1))",
+        "stage2: input = image channels then guidance channels; " + slabs.format("stage2.onnx"),
+    ]
