@@ -1,0 +1,63 @@
+"""Reading one scan for ``predict``: the run's loading steps with its own reader, the checks a scan must pass,
+and the metadata-only stand-in that lets the image itself be freed while ``Invertd`` still reads its trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from medseg_mem.data.normalize import slab_views
+from medseg_mem.data.transforms import load_steps, make_reader
+from medseg_mem.errors import MedsegError
+
+
+def metadata_only(image):
+    """An empty MetaTensor with ``image``'s metadata and transform trace (what ``Invertd`` reads of it)."""
+    from monai.data import MetaTensor
+
+    return MetaTensor(image.as_tensor().new_empty(0), meta=image.meta, applied_operations=image.applied_operations)
+
+
+def load_scan(pipeline, reader: str, scan: Path) -> dict:
+    """Run the pipeline's loading steps on ``scan`` with exactly the run's reader (no fallback reader).
+
+    Raises:
+        MedsegError: naming the scan, when its header is impossible (dimensions, more voxels than memory) or it
+            cannot be read as NIfTI.
+    """
+    from medseg_mem.data.headers import header_problems
+
+    problems = header_problems(scan, str(scan))
+    if problems:
+        raise MedsegError(f"{problems[0]}; nothing was written for it")
+    data = {"image": str(scan)}
+    try:
+        data = pipeline.transforms[0](data, make_reader(reader))
+        for step in range(1, load_steps(with_label=False)):
+            data = pipeline.transforms[step](data)
+    except Exception as error:  # noqa: BLE001 - a corrupt file surfaces as many exception types
+        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        raise MedsegError(f"{scan}: cannot be read as NIfTI ({reason}); re-export or replace the file") from error
+    return data
+
+
+def check_scan(image, scan: Path, modalities: Sequence[str]) -> None:
+    """The loaded ``(C, X, Y, Z)`` image is 3D, finite and has one channel per modality of the run.
+
+    Raises:
+        MedsegError: naming the scan, what was found and what the run expects.
+    """
+    if image.ndim != 4:
+        raise MedsegError(
+            f"{scan}: has {image.ndim - 1} spatial dimension(s); expected a 3D scan (or 4D with channels last)"
+        )
+    if image.shape[0] != len(modalities):
+        raise MedsegError(
+            f"{scan}: has {image.shape[0]} channel(s), the checkpoint expects {len(modalities)} "
+            f"({', '.join(modalities)}); pass scans with those modalities, channels on the 4th axis"
+        )
+    # a slab at a time: torch.isfinite makes full-size temporaries (abs() and two masks)
+    if not all(bool(torch.isfinite(view).all()) for view in slab_views(image.as_tensor())):
+        raise MedsegError(f"{scan}: contains NaN or infinite values; fix the scan before predicting")
