@@ -21,7 +21,6 @@ import click
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options
 from medseg_mem.cli.run import parse_cache, parse_channels, parse_variants
 from medseg_mem.config import TrainConfig
-from medseg_mem.errors import DatasetError
 from medseg_mem.memory.units import format_bytes
 from medseg_mem.names import DEFAULT_WORKDIR, DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES
 
@@ -74,20 +73,7 @@ def shape_from_data(root: Path) -> Tuple[Tuple[int, int, int, int], int]:
     from medseg_mem.data.prepared import PreparedDataset
 
     data = PreparedDataset.open(root)
-    sizes = [_prepared_size(case, root) for case in data.manifest["cases"]]
-    if not sizes:
-        raise DatasetError(["manifest.json lists no cases; run `medseg-mem prepare` first"], where=str(root))
-    largest = max(sizes, key=lambda size: size[0] * size[1] * size[2])
-    return (data.in_channels, *largest), data.num_classes
-
-
-def _prepared_size(case: dict, root: Path) -> Tuple[int, int, int]:
-    """A case's ``prepared_shape`` ``[X, Y, Z]`` as three positive integers, or a DatasetError naming the case."""
-    size = case.get("prepared_shape")
-    if not isinstance(size, list) or len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
-        problem = f"manifest.json: case {case.get('id')!r} has prepared_shape {size!r}, expected [X, Y, Z] > 0"
-        raise DatasetError([problem + "; run `medseg-mem prepare` again"], where=str(root))
-    return tuple(size)
+    return data.largest_image_shape(), data.num_classes
 
 
 def image_size(shape, classes, data) -> Tuple[Tuple[int, int, int, int], int]:

@@ -29,7 +29,7 @@ import difflib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -209,6 +209,18 @@ class PreparedDataset:
         """Prepared spatial shape ``(X, Y, Z)`` of a case, from the manifest (nothing is read)."""
         return tuple(int(s) for s in self._records[case_id]["prepared_shape"])
 
+    def largest_image_shape(self) -> Tuple[int, int, int, int]:
+        """``(C, X, Y, Z)`` of the case with the most voxels (any split), from the manifest (nothing is read).
+
+        Raises:
+            DatasetError: the manifest lists no case, or a case has no valid ``prepared_shape``.
+        """
+        sizes = [_prepared_size(case, self.root) for case in self.manifest["cases"]]
+        if not sizes:
+            raise DatasetError([f"manifest.json lists no cases; {HINT}"], where=str(self.root))
+        largest = max(sizes, key=lambda size: size[0] * size[1] * size[2])
+        return (self.in_channels, *largest)
+
     def largest(self, split: str) -> str:
         """Id of the case of ``split`` with the most voxels (for memory measurement)."""
         return max(self.ids(split), key=lambda case_id: int(np.prod(self.shape(case_id))))
@@ -219,6 +231,15 @@ class PreparedDataset:
     def __repr__(self) -> str:
         sizes = "/".join(str(len(self.split[s])) for s in SPLITS)
         return f"PreparedDataset({str(self.root)!r}, name={self.name!r}, cases={len(self)}, split={sizes})"
+
+
+def _prepared_size(case: dict, root: Path) -> Tuple[int, int, int]:
+    """A case's ``prepared_shape`` ``[X, Y, Z]`` as three positive integers, or a DatasetError naming the case."""
+    size = case.get("prepared_shape")
+    if not isinstance(size, list) or len(size) != 3 or not all(isinstance(s, int) and s > 0 for s in size):
+        problem = f"manifest.json: case {case.get('id')!r} has prepared_shape {size!r}, expected [X, Y, Z] > 0"
+        raise DatasetError([problem + "; run `medseg-mem prepare` again"], where=str(root))
+    return tuple(size)
 
 
 def _load_json(path: Path, root: Path) -> dict:

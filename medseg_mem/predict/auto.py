@@ -67,14 +67,13 @@ def newest_runs(runs_dir: Path) -> Dict[str, Tuple[Path, TrainedRun]]:
 
 def largest_scan_shape(scans: Sequence[Path]) -> Tuple[int, ...]:
     """``(C, X, Y, Z)`` of the scan with the most voxels, from the NIfTI headers (no voxel is read)."""
-    import nibabel as nib
+    from medseg_mem.data.headers import header_shape
 
     shapes = []
     for scan in scans:
-        try:
-            dims = tuple(int(d) for d in nib.load(str(scan)).shape)
-        except Exception as error:  # noqa: BLE001 - any unreadable header is the same answer
-            raise MedsegError(f"{scan}: cannot read its NIfTI header ({error})") from error
+        dims = header_shape(scan)
+        if len(dims) < 3:
+            raise MedsegError(f"{scan}: cannot read a 3D or 4D NIfTI header from it; --variant auto plans from it")
         shapes.append((dims[3] if len(dims) > 3 else 1, *dims[:3]))
     return max(shapes, key=lambda shape: shape[0] * shape[1] * shape[2] * shape[3])
 

@@ -11,7 +11,7 @@ evaluation's settings), both for the dataset's largest case, on the run's device
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Tuple
+from typing import Callable
 
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.memory.budget import default_budget
@@ -29,7 +29,7 @@ def auto_variant(request, dataset, model: ModelConfig, train: TrainConfig, devic
         MedsegError: no variant fits the budget (names the smallest need and the lever that would fit it).
     """
     budget, source = (request.budget_bytes, "--budget") if request.budget_bytes else default_budget(device)
-    shape = largest_shape(dataset)
+    shape = dataset.largest_image_shape()
     inference = request.evaluation(train)
     train = dataclasses.replace(train, cache_bytes=min(int(train.cache_bytes), training_bytes(dataset)))
     needs = {name: need(name, shape, dataset.num_classes, model, train, inference, device, echo)
@@ -39,13 +39,6 @@ def auto_variant(request, dataset, model: ModelConfig, train: TrainConfig, devic
     choice = choose(needs, order, budget, source, why, lever)
     echo(f"--variant auto: {choice.reason}")
     return choice.variant
-
-
-def largest_shape(dataset) -> Tuple[int, int, int, int]:
-    """``(C, X, Y, Z)`` of the dataset's case with the most voxels (every split)."""
-    ids = [case for split in ("train", "val", "test") for case in dataset.ids(split)]
-    size = max((dataset.shape(case) for case in ids), key=lambda s: s[0] * s[1] * s[2])
-    return (dataset.in_channels, *size)
 
 
 def training_bytes(dataset) -> int:
