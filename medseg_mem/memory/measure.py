@@ -175,12 +175,10 @@ def _child(sender, setup: Callable, args: Tuple, threads: int, grad: bool = Fals
         suffix = rss.PINNED_SUFFIX if rss.pin_glibc_allocator() else ""
         run = setup(*args)
         gc.collect()
-        resident = resident_tensor_bytes()
-        baseline = rss.current_bytes()
-        with rss.PeakTracker() as tracker, autograd_context(grad):
+        with InProcessPeak("cpu", resident_tensor_bytes()) as peak, autograd_context(grad):
             result = run()
         del result
-        sender.send(("ok", resident + max(0, tracker.peak_bytes - baseline), tracker.method + suffix))
+        sender.send(("ok", peak.peak_bytes, peak.method + suffix))
     except BaseException as error:  # report everything, including KeyboardInterrupt/SystemExit in user code
         sender.send(("error", "".join(traceback.format_exception(type(error), error, error.__traceback__)), ""))
     finally:
