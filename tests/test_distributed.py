@@ -133,3 +133,34 @@ def test_ranks_share_each_global_batch_disjointly():
     ranks = [indices(r, 3, 2, 1, 4) for r in range(3)]
     assert ranks[0] == [6, 7, 12, 13, 18, 19] and ranks[2] == [10, 11, 16, 17, 22, 23]
     assert sorted(sum(ranks, [])) == indices(0, 1, 6, 1, 4) == list(range(6, 24))
+
+
+@pytest.mark.parametrize("given", [["--nproc", "2"], ["--nproc=2"]])
+def test_nproc_hands_the_same_command_to_torchrun(monkeypatch, given):
+    from click.testing import CliRunner
+
+    from medseg_mem.cli import main
+
+    started = []
+    monkeypatch.setattr("medseg_mem.training.launch.subprocess.run",
+                        lambda command: started.append(command) or subprocess.CompletedProcess(command, 3))  # fmt: skip
+    result = CliRunner().invoke(main, ["run", "--variant", "full", *given, "--steps", "3"])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    assert started == [[*torchrun, "-m", "medseg_mem", "run", "--variant", "full", "--steps", "3"]]
+    assert result.exit_code == 3  # torchrun's exit status is the command's
+
+
+@pytest.mark.parametrize("nproc, world, message", [
+    ("0", "1", "Invalid value for '--nproc': 0 is not in the range x>=1"),
+    ("2", "2", "--nproc starts torchrun itself, but this process already runs under torchrun (WORLD_SIZE=2)"),
+])  # fmt: skip
+def test_bad_nproc_is_a_one_line_error(monkeypatch, nproc, world, message):
+    from click.testing import CliRunner
+
+    from medseg_mem.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", world)
+    monkeypatch.setattr("medseg_mem.training.launch.subprocess.run", pytest.fail)
+    result = CliRunner().invoke(main, ["run", "--nproc", nproc])
+    assert result.exit_code != 0 and message in result.output
+    assert [line for line in result.output.splitlines() if line.startswith("Error")] == [result.output.splitlines()[-1]]

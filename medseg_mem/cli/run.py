@@ -24,6 +24,15 @@ from medseg_mem.names import (
 
 
 AUTO_COMMANDS = ("run", "predict")  # commands whose --variant auto picks a variant by --budget
+ARGV_KEY = "medseg_mem.run.argv"
+
+
+class ArgvCommand(click.Command):
+    """A command that keeps its own arguments as given (``ctx.meta``), for ``--nproc`` to hand to torchrun."""
+
+    def parse_args(self, ctx: click.Context, args):
+        ctx.meta[ARGV_KEY] = list(args)
+        return super().parse_args(ctx, args)
 
 
 def parse_variants(ctx, param, values: Tuple[str, ...]) -> Tuple[str, ...]:
@@ -99,7 +108,7 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
     return tuple((name, value) for name, value in options.items() if value is not None)
 
 
-@click.command()
+@click.command(cls=ArgvCommand)
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="full, patch, cascade or all (repeat or comma-separate), or auto: the most accurate variant "
                    "whose planned training and inference fit --budget. Default: all.")
@@ -156,21 +165,29 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--resume", metavar="RUN_ID", callback=parse_run_id,
               help="Continue an interrupted run from its last checkpoints, on its saved dataset; a finished run "
                    "is only reported.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Train with N processes on this machine (starts torchrun --standalone --nproc_per_node N; "
+                   "--batch-size is per process). Several machines: call torchrun yourself.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
-def run(variants, budget_bytes, data_dir, results, runs_dir, resume, quiet, **options) -> None:
+def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quiet, **options) -> None:
     """Train each variant, keep the best checkpoint on validation, evaluate on test, append to the CSV.
 
     Works in ./medseg-work/ by default, after `medseg-mem prepare`.
     """
-    from medseg_mem.config import RunRequest
-    from medseg_mem.training.run import run_variants
-
     inference, inference_precision = inference_options(options)
     if budget_bytes is not None and tuple(variants) != ("auto",):
         raise click.UsageError("--budget only applies to --variant auto; drop it or add --variant auto")
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
+    if nproc > 1:
+        from medseg_mem.training.launch import relaunch
+
+        ctx = click.get_current_context()
+        ctx.exit(relaunch(nproc, ctx.meta[ARGV_KEY]))
+    from medseg_mem.config import RunRequest
+    from medseg_mem.training.run import run_variants
+
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
     for option, notice in lever_notices(options):
