@@ -110,7 +110,8 @@ def infer(
         the :class:`~medseg_mem.predict.PredictSummary`.
 
     Raises:
-        MedsegError: no trained run in ``model_dir`` ("run train.json first"), no inputs, or a scan that failed.
+        MedsegError: no trained run in ``model_dir`` ("run train.json first"), no inputs, images with another
+            channel count than the model's (before any network is built), or a scan that failed.
 
     Example:
         >>> infer("patch", "scratch/models/patch", "scratch/out", data_dir="scratch/prepared")  # doctest: +SKIP
@@ -120,6 +121,7 @@ def infer(
     with _logged():
         checkpoint = trained_model(Path(model_dir), variant)
         inputs = [Path(input_dir)] if input_dir else prepared_test_images(data_dir)
+        check_channels(checkpoint, variant, inputs, None if input_dir else data_dir)
         summary = predict(checkpoint, inputs, Path(output_dir), as_bool(overwrite, "overwrite"), device,
                           as_bool(progress, "progress"))  # fmt: skip
         logger.info(summary.line())
@@ -151,6 +153,40 @@ def trained_model(model_dir: Path, variant: str) -> Path:
             f"python -m monai.bundle run --config_file bundles/{variant}/configs/train.json"
         )
     return model_dir
+
+
+def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_dir=None) -> None:
+    """The images have as many channels as the run in ``model_dir`` takes: ``data_dir``'s modalities when given,
+    else every scan's NIfTI header (no voxel is read, no network built).
+
+    Raises:
+        MedsegError: one line naming ``data_dir`` (or the first scan that differs), the channels found, the
+            channels the model expects and how to get a model for them.
+
+    Example:
+        >>> check_channels(Path("medseg-work/models/patch"), "patch", [Path("scans")])  # doctest: +SKIP
+        MedsegError: scans/a.nii.gz: has 2 channel(s), the patch model in medseg-work/models/patch expects 1 (MRI); ...
+    """
+    from medseg_mem.data.prepared import PreparedDataset
+    from medseg_mem.predict.files import collect_inputs
+    from medseg_mem.predict.scan import channel_mismatch, header_channels
+    from medseg_mem.predict.trained_run import open_trained_run
+
+    modalities = open_trained_run(Path(model_dir)).modalities
+    expecter = f"the {variant} model in {model_dir}"
+    retrain = f"python -m monai.bundle run --config_file bundles/{variant}/configs/train.json"
+    if data_dir:
+        found = len(PreparedDataset.open(Path(data_dir)).modalities)
+        if found != len(modalities):
+            fix = f"use a bundle trained on this task, or retrain on it: {retrain} --data_dir {data_dir}"
+            raise channel_mismatch(f"data_dir {data_dir}", found, modalities, expecter, fix)
+        return
+    counts = {scan: header_channels(scan) for scan in collect_inputs(inputs)}
+    differ = [scan for scan, count in counts.items() if count and count != len(modalities)]
+    if differ:
+        raise channel_mismatch(str(differ[0]), counts[differ[0]], modalities, expecter,
+                               f"{len(differ)} of {len(counts)} scan(s) differ; use a bundle trained on their task, "
+                               f"or retrain on it: {retrain} --task_dir <its MSD task folder>")  # fmt: skip
 
 
 def ensure_prepared(data_dir: Path, task_dir=None, progress: bool = True) -> Path:

@@ -7,6 +7,7 @@ keep the suite fast, and torch runs on one thread.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -18,7 +19,7 @@ import nibabel as nib
 import pytest
 import torch
 
-from medseg_mem.bundle import as_bool, as_widths, ensure_prepared, train
+from medseg_mem.bundle import as_bool, as_widths, ensure_prepared, infer, train
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.errors import MedsegError
 from medseg_mem.export import export_bundle
@@ -33,6 +34,22 @@ STAGES = {"full": ["full"], "patch": ["patch"], "cascade": ["stage1", "stage2"]}
 METADATA_KEYS = ("version", "changelog", "monai_version", "pytorch_version", "numpy_version", "task",
                  "description", "authors", "copyright", "network_data_format")  # fmt: skip
 TINY = {"steps": 2, "val_every": 2, "channels": [2, 4], "progress": False}
+STANDARD_IDS = {"train": ("trainer", "initialize", "run", "finalize"),
+                "inference": ("network_def", "preprocessing", "inferer", "postprocessing", "evaluator", "initialize",
+                              "run", "finalize")}  # fmt: skip
+SCHEMA_URL = ("https://github.com/Project-MONAI/MONAI-extra-test-data/releases/download/0.8.1/"
+              "meta_schema_20240725.json")
+# what that schema requires and the type of each field it declares (checked by hand: the schema is not vendored)
+SCHEMA_REQUIRED = ("schema", "version", "monai_version", "pytorch_version", "numpy_version",
+                   "required_packages_version", "task", "description", "authors", "copyright", "network_data_format")
+SCHEMA_TYPES = {"changelog": dict, "required_packages_version": dict, "eval_metrics": dict, "supported_apps": dict,
+                "references": list, "network_data_format": dict, **{key: str for key in (
+                    "schema", "version", "monai_version", "pytorch_version", "numpy_version", "task", "description",
+                    "authors", "copyright", "data_source", "data_type", "image_classes", "label_classes",
+                    "pred_classes", "intended_use")}}  # fmt: skip
+TENSOR_TYPES = {"type": str, "format": str, "num_channels": int, "spatial_shape": list, "dtype": str,
+                "value_range": list, "is_patch_data": bool, "channel_def": dict}  # fmt: skip
+TENSOR_REQUIRED = ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range")
 
 
 def run_bundle(variant: str, config: str, **overrides) -> None:
@@ -61,9 +78,58 @@ def test_bundle_layout_and_metadata(variant):
     meta = json.loads((root / "configs" / "metadata.json").read_text())
     assert all(key in meta for key in METADATA_KEYS)
     assert set(meta["network_data_format"]) == {"inputs", "outputs"}
-    for config in ("train", "inference"):
+    stages = meta["medseg_mem"]["stages"]
+    assert_metadata_fits_schema(meta, stages[STAGES[variant][-1]]["in_channels"], meta["medseg_mem"]["num_classes"])
+    for config, ids in STANDARD_IDS.items():
         content = json.loads((root / "configs" / f"{config}.json").read_text())
-        assert content["variant"] == variant and content["work_dir"] == "medseg-work" and "run" in content
+        assert content["variant"] == variant and content["work_dir"] == "medseg-work"
+        assert [key for key in ids if key not in content] == [], config
+
+
+def assert_metadata_fits_schema(meta: dict, in_channels: int, num_classes: int) -> None:
+    """``meta`` has what MONAI's metadata schema (``SCHEMA_URL``) requires, with its types, and describes a network
+    taking ``in_channels`` float32 channels and returning one uint8 channel of labels 0..``num_classes - 1``."""
+    assert meta["schema"] == SCHEMA_URL
+    assert [key for key in SCHEMA_REQUIRED if key not in meta] == []
+    assert wrong_types(meta, SCHEMA_TYPES) == {}
+    assert all(isinstance(reference, str) for reference in meta.get("references", []))
+    io = meta["network_data_format"]
+    assert set(io) >= {"inputs", "outputs"}
+    for tensor in (*io["inputs"].values(), *io["outputs"].values()):
+        assert [key for key in TENSOR_REQUIRED if key not in tensor] == []
+        assert wrong_types(tensor, TENSOR_TYPES) == {}
+        assert all(isinstance(size, (str, int)) for size in tensor["spatial_shape"])
+        assert all(isinstance(bound, (int, float)) for bound in tensor["value_range"])
+    image, pred = io["inputs"]["image"], io["outputs"]["pred"]
+    assert (image["num_channels"], len(image["channel_def"]), image["dtype"]) == (in_channels, in_channels, "float32")
+    assert (pred["num_channels"], pred["dtype"], pred["format"]) == (1, "uint8", "labels")
+    assert pred["value_range"] == [0, num_classes - 1]
+
+
+def verify_metadata_with_monai(meta_file: Path) -> bool:
+    """MONAI's own ``verify_metadata`` of ``meta_file`` against the schema file ``$MEDSEG_META_SCHEMA`` (MONAI reads
+    an existing file instead of downloading it); ``False`` (nothing checked) without that file or jsonschema."""
+    schema = os.environ.get("MEDSEG_META_SCHEMA")
+    if not (schema and Path(schema).is_file()) or importlib.util.find_spec("jsonschema") is None:
+        return False
+    from monai.bundle import verify_metadata
+
+    verify_metadata(meta_file=str(meta_file), filepath=schema)  # raises ValueError naming the failed rule
+    return True
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_metadata_passes_monais_verify_metadata(variant):
+    if not verify_metadata_with_monai(BUNDLES / variant / "configs" / "metadata.json"):
+        pytest.skip("set MEDSEG_META_SCHEMA to a copy of the schema metadata.json names, and install jsonschema")
+
+
+def wrong_types(fields: dict, types: dict) -> dict:
+    """The entries of ``fields`` whose value is not of the type ``types`` names (a bool is no integer here)."""
+    def fits(value, kind) -> bool:
+        return isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+
+    return {key: value for key, value in fields.items() if key in types and not fits(value, types[key])}
 
 
 def test_inference_before_training_says_run_train_first(tmp_path):
@@ -136,6 +202,42 @@ def test_inference_without_a_trained_model_is_one_line_on_the_command_line(tmp_p
     assert "no trained patch checkpoint" in line and "bundles/patch/configs/train.json" in line
 
 
+@pytest.fixture
+def two_channel_task(tmp_path, make_msd_task):
+    """A 2-channel MSD task and its prepared folder: ``(task folder, prepared folder)``."""
+    from medseg_mem.config import PrepareConfig
+    from medseg_mem.data.prepare import prepare
+
+    task = make_msd_task(tmp_path / "two", n_cases=4, shape=(8, 8, 20), channels=2)
+    prepare(PrepareConfig(task_dir=task, out_dir=tmp_path / "two-prepared"), progress=False)
+    return task, tmp_path / "two-prepared"
+
+
+def test_a_model_for_other_channels_stops_before_predicting(tmp_path, tiny_prepared, two_channel_task,
+                                                            no_memory_probe, monkeypatch):  # fmt: skip
+    task, prepared = two_channel_task
+    model_dir = train("patch", work_dir=tmp_path, data_dir=tiny_prepared.root, **TINY)  # 1 channel (MRI)
+    monkeypatch.setattr("medseg_mem.predict.predict", lambda *a, **k: pytest.fail("predict ran"))
+    expects = f"has 2 channel(s), the patch model in {model_dir} expects 1 (MRI)"
+    retrain = "retrain on it: python -m monai.bundle run --config_file bundles/patch/configs/train.json"
+    with pytest.raises(MedsegError) as caught:
+        infer("patch", model_dir, tmp_path / "out", data_dir=prepared, progress=False)
+    assert str(caught.value) == f"data_dir {prepared}: {expects}; use a bundle trained on this task, or {retrain} " \
+                                f"--data_dir {prepared}"  # fmt: skip
+    with pytest.raises(MedsegError) as caught:
+        infer("patch", model_dir, tmp_path / "out", input_dir=task / "imagesTr", progress=False)
+    scan = task / "imagesTr" / "tiny_000.nii.gz"
+    assert str(caught.value) == f"{scan}: {expects}; 4 of 4 scan(s) differ; use a bundle trained on their task, " \
+                                f"or {retrain} --task_dir <its MSD task folder>"  # fmt: skip
+    assert "\n" not in str(caught.value) and not (tmp_path / "out").exists()
+    config = str(BUNDLES / "patch" / "configs" / "inference.json")
+    done = monai_bundle("run", "--config_file", config, "--model_dir", str(model_dir),
+                        "--input_dir", str(task / "imagesTr"), "--progress", "false", cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
+    (line,) = [text for text in done.stderr.splitlines() if "medseg-mem:" in text]
+    assert "tiny_000.nii.gz: has 2 channel(s)" in line and "expects 1 (MRI)" in line and "retrain on it" in line
+
+
 def test_label_network_is_the_unet_argmax_and_compiles_to_torchscript():
     torch.manual_seed(0)
     labels = LabelUNet3D(2, 3, channels=(2, 4, 8)).eval()
@@ -154,6 +256,9 @@ def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path
     bundle = shutil.copytree(BUNDLES / variant, tmp_path / "bundle", ignore=shutil.ignore_patterns("models"))
     export_bundle(model_dir, bundle)
     meta = json.loads((bundle / "configs" / "metadata.json").read_text())
+    first_conv = torch.load(str(bundle / "models" / "model.pt"), weights_only=True)["encoders.0.0.weight"]
+    assert_metadata_fits_schema(meta, first_conv.shape[1], len(tiny_prepared.class_names))
+    verify_metadata_with_monai(bundle / "configs" / "metadata.json")
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert (pred["num_channels"], pred["dtype"], pred["format"], pred["value_range"]) == (1, "uint8", "labels", [0, 2])
     assert meta["medseg_mem"]["stages"][STAGES[variant][-1]]["channels"] == [2, 4]

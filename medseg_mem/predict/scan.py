@@ -54,10 +54,27 @@ def check_scan(image, scan: Path, modalities: Sequence[str]) -> None:
             f"{scan}: has {image.ndim - 1} spatial dimension(s); expected a 3D scan (or 4D with channels last)"
         )
     if image.shape[0] != len(modalities):
-        raise MedsegError(
-            f"{scan}: has {image.shape[0]} channel(s), the checkpoint expects {len(modalities)} "
-            f"({', '.join(modalities)}); pass scans with those modalities, channels on the 4th axis"
-        )
+        raise channel_mismatch(str(scan), image.shape[0], modalities, "the checkpoint",
+                               "pass scans with those modalities, channels on the 4th axis")  # fmt: skip
     # a slab at a time: torch.isfinite makes full-size temporaries (abs() and two masks)
     if not all(bool(torch.isfinite(view).all()) for view in slab_views(image.as_tensor())):
         raise MedsegError(f"{scan}: contains NaN or infinite values; fix the scan before predicting")
+
+
+def channel_mismatch(where: str, found: int, modalities: Sequence[str], expecter: str, fix: str) -> MedsegError:
+    """The one-line error for images with ``found`` channels where ``expecter`` takes one per modality.
+
+    Example:
+        >>> str(channel_mismatch("a.nii.gz", 2, ["MRI"], "the checkpoint", "pass MRI scans"))
+        'a.nii.gz: has 2 channel(s), the checkpoint expects 1 (MRI); pass MRI scans'
+    """
+    return MedsegError(f"{where}: has {found} channel(s), {expecter} expects {len(modalities)} "
+                       f"({', '.join(modalities)}); {fix}")  # fmt: skip
+
+
+def header_channels(scan: Path) -> int:
+    """Channels of a 3D (1) or 4D channel-last NIfTI from its header, no voxel read; 0 when unknown."""
+    from medseg_mem.data.headers import SPATIAL_DIMS, header_shape
+
+    dims = header_shape(scan)
+    return (dims[3] if len(dims) == 4 else 1) if len(dims) in SPATIAL_DIMS else 0
