@@ -73,6 +73,7 @@ def test_liver_like_full_does_not_fit(tmp_path):
         (["--cache", "lots"], "--cache"),
         (["--workers", "-1"], "--workers"),
         (["--precision", "fp8"], "--precision"),
+        (["--nproc", "0"], "--nproc"),
     ],
 )
 def test_bad_options_give_one_line_errors(args, option):
@@ -158,6 +159,58 @@ def test_options_of_the_other_mode_give_a_notice(tmp_path, monkeypatch):
     assert "note: --overlap only apply to --mode inference; ignored for training" in training.stderr
     assert "note" not in plan("--shape", "1,64,64,48", "--classes", "3", "--variant", "full", "--precision", "bf16",
                               *NO_CAL, *TINY).stderr  # fmt: skip
+
+
+def stage_parameter_bytes(variant, shape=(2, 64, 64, 48), classes=3):
+    """The float32 parameter bytes of each stage's network of ``variant`` at the tiny widths."""
+    from medseg_mem.config import ModelConfig
+    from medseg_mem.memory.planner_trace import meta_networks
+    from medseg_mem.variants import get_variant
+
+    nets = meta_networks(get_variant(variant), shape[0], classes, ModelConfig(channels=(4, 8, 16)))
+    return [sum(p.numel() * p.element_size() for p in net.parameters()) for net in nets.values()]
+
+
+def test_nproc_adds_ddp_buckets_to_each_rank(tmp_path, monkeypatch):
+    from medseg_mem.memory.planner_training import ddp_bytes
+
+    monkeypatch.chdir(tmp_path)
+    options = ("--shape", "2,64,64,48", "--classes", "3", "--mode", "training", "--calibration", "none.json")
+    one, two = plan_json(*options), plan_json(*options, "--nproc", "2")
+    for variant in ("full", "patch", "cascade"):
+        added = two[variant]["predicted_bytes"] - one[variant]["predicted_bytes"]
+        assert added == two[variant]["resident_bytes"] - one[variant]["resident_bytes"] > 0
+        assert added in {ddp_bytes(p, 2) for p in stage_parameter_bytes(variant)}, variant
+        assert two[variant]["nproc"] == 2 and one[variant]["nproc"] == 1
+        assert two[variant]["host_bytes"] == one[variant]["host_bytes"]  # each rank's loader: the same per rank
+    (full,) = stage_parameter_bytes("full")
+    assert two["full"]["predicted_bytes"] - one["full"]["predicted_bytes"] == ddp_bytes(full, 2)
+
+
+def test_nproc_table_is_per_rank_and_cpu_ranks_share_the_budget(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    options = ("--shape", "2,64,64,48", "--classes", "3", "--mode", "training", "--variant", "full", "--cache", "0",
+               "--calibration", "none.json", *NO_CAL, *TINY)  # fmt: skip
+    rank = json.loads(plan(*options, "--nproc", "2", "--json").stdout)[0]["predicted_bytes"]
+    result = plan(*options, "--nproc", "2", "--budget", str(rank * 3 // 2))
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("training (fp32, no checkpointing, channels-last, batch 1) peak memory per rank, "
+                               "2 processes, global batch 2x1, image 2x64x64x48")  # fmt: skip
+    assert lines[2].split()[0] == "full" and lines[2].endswith("NO")  # 2 ranks x predicted > 1.5 x predicted
+    assert "fits: 2 x predicted" in result.output
+    alone = plan(*options, "--budget", str(rank * 3 // 2)).output.splitlines()
+    assert alone[2].endswith("yes") and "per rank" not in alone[0]
+
+
+def test_nproc_in_inference_gives_a_notice(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = plan("--shape", "1,64,64,48", "--classes", "3", "--variant", "full", "--nproc", "2", "--json",
+                  *NO_CAL, *TINY)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    notice = [line for line in result.stderr.splitlines() if line.strip()]
+    assert notice == ["note: --nproc only apply to --mode training; ignored for inference"]
+    assert json.loads(result.stdout)[0]["nproc"] == 1
 
 
 def test_inference_levers_reach_the_plan(calibration_file):

@@ -5,7 +5,8 @@ largest case and its classes). Inference plans are for ``medseg-mem predict`` (w
 on disk while it reads it slab by slab) and model its levers: ``--precision``, ``--overlap``,
 ``--sw-batch-size``, ``--no-channels-last`` and ``--batch``. ``--mode training`` plans one training
 step with the memory levers of ``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--no-channels-last``,
-``--batch``, and the loader's ``--workers``/``--cache``. The default budget is the memory free now on the device
+``--batch``, the loader's ``--workers``/``--cache``, and ``--nproc`` (processes under ``torchrun``: each row is one
+rank's memory). The default budget is the memory free now on the device
 (CUDA: ``mem_get_info``; CPU: available RAM) less a margin (:data:`~medseg_mem.memory.budget.MARGIN`).
 Only click and torch-free modules are imported here; the planner (and torch) load inside the command.
 """
@@ -26,7 +27,7 @@ from medseg_mem.names import DEFAULT_WORKDIR, DEVICE_NAMES, GUIDANCE_NAMES, PREC
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
 DEFAULT_CACHE = TrainConfig.cache_bytes
-TRAINING_OPTIONS = ("--checkpointing", "--workers", "--cache")
+TRAINING_OPTIONS = ("--checkpointing", "--workers", "--cache", "--nproc")
 INFERENCE_OPTIONS = ("--overlap", "--sw-batch-size")
 
 
@@ -44,7 +45,8 @@ def parse_shape(ctx, param, value: Optional[str]) -> Optional[Tuple[int, int, in
 
 
 def render_table(plans, header: str, device: str = "cpu") -> str:
-    """A plain-text table: variant, predicted, budget, fits; training plans add the loader's host memory."""
+    """A plain-text table: variant, predicted, budget, fits; training plans add the loader's host memory (and,
+    for several processes on a CPU, how ``fits`` counts them)."""
     training = any(plan.mode == "training" for plan in plans)
     host = f" {'host':>11}" if training else ""
     lines = [header, f"{'variant':<9} {'predicted':>11}{host} {'budget':>11}  fits"]
@@ -55,6 +57,8 @@ def render_table(plans, header: str, device: str = "cpu") -> str:
         lines.append(f"{plan.variant:<9} {predicted:>11}{host} {budget:>11}  {fits}")
     if training:
         lines.append(HOST_NOTES["cuda" if device.startswith("cuda") else "cpu"])
+    if plans[0].nproc > 1 and not device.startswith("cuda"):
+        lines.append(f"fits: {plans[0].nproc} x predicted against the budget (the processes share this machine's RAM)")
     return "\n".join(lines)
 
 
@@ -95,7 +99,7 @@ def image_size(shape, classes, data) -> Tuple[Tuple[int, int, int, int], int]:
 
 def mode_levers(
     mode: str, precision: str, checkpointing: bool, workers: int, cache: Optional[int], channels_last: bool = True,
-    overlap: float = 0.0, sw_batch_size: int = 1,
+    overlap: float = 0.0, sw_batch_size: int = 1, nproc: int = 1,
 ) -> dict:  # fmt: skip
     """The planner's options for ``mode``; options of the other mode get a one-line notice on stderr."""
     from medseg_mem.config import InferenceConfig
@@ -104,8 +108,8 @@ def mode_levers(
         _ignored(INFERENCE_OPTIONS, (overlap != 0, sw_batch_size != 1), "inference")
         cache_bytes = DEFAULT_CACHE if cache is None else cache
         return dict(precision=precision, checkpointing=checkpointing, workers=workers, cache_bytes=cache_bytes,
-                    channels_last=channels_last)  # fmt: skip
-    _ignored(TRAINING_OPTIONS, (checkpointing, workers != 0, cache is not None), "training")
+                    channels_last=channels_last, nproc=nproc)  # fmt: skip
+    _ignored(TRAINING_OPTIONS, (checkpointing, workers != 0, cache is not None, nproc != 1), "training")
     return dict(inference=InferenceConfig(sw_batch_size, overlap, precision, channels_last))
 
 
@@ -145,6 +149,9 @@ def _ignored(options, given, mode: str) -> None:
               help="Training: DataLoader worker processes (host memory: samples in flight).")
 @click.option("--cache", callback=parse_cache,
               help="Training: host memory for cached cases, e.g. 4GB or 0. Default: 1 GiB (as `medseg-mem run`).")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Training: processes training together (`run --nproc`, torchrun); each row is one process's "
+                   "memory, --batch per process.")
 @click.option("--channels", callback=parse_channels, default="32,64,128,256,512", show_default=True,
               help="U-Net widths, one per level.")
 @click.option("--device", type=click.Choice(DEVICE_NAMES), default="auto", show_default=True,
@@ -157,8 +164,8 @@ def _ignored(options, given, mode: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per variant.")
 @library_errors
 def plan(shape, classes, data, variants, budget, slab, downsample, guidance, batch, mode, precision, overlap,
-         sw_batch_size, checkpointing, channels_last, workers, cache, channels, device, calibration_path, calibrate,
-         as_json) -> None:  # fmt: skip
+         sw_batch_size, checkpointing, channels_last, workers, cache, nproc, channels, device, calibration_path,
+         calibrate, as_json) -> None:  # fmt: skip
     """Predict the peak memory of each variant before allocating anything large.
 
     Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``, or
@@ -171,7 +178,7 @@ def plan(shape, classes, data, variants, budget, slab, downsample, guidance, bat
     from medseg_mem.variants import resolve_variants
 
     shape, classes = image_size(shape, classes, data)
-    levers = mode_levers(mode, precision, checkpointing, workers, cache, channels_last, overlap, sw_batch_size)
+    levers = mode_levers(mode, precision, checkpointing, workers, cache, channels_last, overlap, sw_batch_size, nproc)
     device = resolve_device(device).type
     budget_source = "--budget"
     if budget is None:
@@ -201,12 +208,15 @@ def inference_levers(plans) -> str:
 
 
 def header_line(plans, shape, classes, budget: int, budget_source: str, batch: int) -> str:
-    """First line of the table: mode (with the training levers), image, classes and budget."""
-    mode, size = plans[0].mode, "x".join(str(s) for s in shape)
+    """First line of the table: mode (with the training levers; per rank for several processes), image, classes
+    and budget."""
+    mode, size, nproc = plans[0].mode, "x".join(str(s) for s in shape), plans[0].nproc
     if mode == "inference":
         mode = f"inference ({inference_levers(plans)})"
     if plans[0].mode == "training":
         recompute = "checkpointing" if plans[0].checkpointing else "no checkpointing"
         layout = "channels-last" if plans[0].channels_last else "contiguous"
         mode = f"training ({plans[0].precision}, {recompute}, {layout}, batch {batch})"
-    return f"{mode} peak memory, image {size}, {classes} classes, budget {format_bytes(budget)} ({budget_source})"
+    ranks = f" per rank, {nproc} processes, global batch {nproc}x{batch}" if nproc > 1 else ""
+    budget = f"budget {format_bytes(budget)} ({budget_source})"
+    return f"{mode} peak memory{ranks}, image {size}, {classes} classes, {budget}"

@@ -21,7 +21,10 @@ run on ``meta``, so a bf16/fp16 step is traced with the network converted to the
 for the loss, float32 master gradients, and on CPU the float32 max-pool that CPU autocast uses),
 ``checkpointing`` (the meta U-Net is built with it, so the trace sees the recomputation) and the batch size.
 The loader's host memory (:func:`loader_host_bytes`) is reported as ``host_bytes``; on a CPU device it shares
-the budget and is part of ``predicted_bytes``.
+the budget and is part of ``predicted_bytes``. A training plan for ``nproc`` processes (``torchrun``, DDP) is
+one rank's: the batch is per process and DDP's gradient buckets are added
+(:func:`~medseg_mem.memory.planner_training.ddp_bytes`); on a CPU device the processes share the RAM, so
+``fits`` compares ``nproc`` times the plan with the budget.
 """
 
 from __future__ import annotations
@@ -52,7 +55,8 @@ class Plan:
         mode: ``inference`` or ``training``.
         predicted_bytes: predicted peak, resident weights and input included.
         budget_bytes: the memory available to it.
-        fits: ``predicted_bytes <= budget_bytes``.
+        fits: ``predicted_bytes <= budget_bytes``; on a CPU device ``nproc * predicted_bytes`` (the processes
+            share its RAM).
         resident_bytes: weights and input (plus the float32 optimizer states in training).
         traced_bytes: the uncalibrated structural peak of the activations (and gradients in training).
         calibration: key of the calibration applied (``uncalibrated`` for none).
@@ -64,6 +68,8 @@ class Plan:
             structural count is the same for both layouts).
         overlap: inference: the slabs' overlap (0 for training plans and ``full``).
         sw_batch_size: inference: slabs per network call.
+        nproc: training: processes training together under DDP; ``predicted_bytes`` is one rank's (1 for
+            inference plans).
     """
 
     variant: str
@@ -80,6 +86,7 @@ class Plan:
     channels_last: bool = False
     overlap: float = 0.0
     sw_batch_size: int = 1
+    nproc: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,6 +121,7 @@ def plan_variant(
     channels_last: bool = False,
     inference=None,
     input_on_disk: bool = False,
+    nproc: int = 1,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -140,9 +148,11 @@ def plan_variant(
         input_on_disk: inference only: as ``predict`` runs a variant that reads its image slab by slab
             (:meth:`~medseg_mem.variants.base.Variant.reads_slabs_only`: ``patch``), the image waits in a
             temporary file and is not resident; ``run``'s evaluation holds it (the default).
+        nproc: training only: processes training together (DDP under ``torchrun``, one machine); the plan is
+            one rank's (``batch`` per process, plus :func:`~medseg_mem.memory.planner_training.ddp_bytes`).
 
     Raises:
-        OptionError: for a bad shape, class count, batch, mode, precision, worker count or cache size;
+        OptionError: for a bad shape, class count, batch, mode, precision, worker count, cache size or nproc;
             MedsegError for an unknown variant.
 
     Example:
@@ -157,7 +167,7 @@ def plan_variant(
 
     shape, model = check_shape(shape), model or ModelConfig()
     _check_counts(classes, batch, mode)
-    _check_training(precision, workers, cache_bytes)
+    _check_training(precision, workers, cache_bytes, nproc)
     check_countable(shape, batch, 2 * model.channels[0] + classes)
     if mode == "inference":
         inference = inference or InferenceConfig()
@@ -166,22 +176,29 @@ def plan_variant(
         if input_on_disk and get_variant(variant).reads_slabs_only():
             resident -= batch * _voxels(shape) * FLOAT_BYTES
     else:
-        lever = (precision, bool(checkpointing), device)
+        lever = (precision, bool(checkpointing), device, nproc)
         resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever)
         host = loader_host_bytes(shape, batch, workers, cache_bytes)
     offsets = len(get_variant(variant).stages()) if mode == "inference" else 1
     predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
     predicted += 0 if str(device).startswith("cuda") else host
     if mode == "training":
-        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1)
+        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1, nproc)
     else:
         slabs = variant != "full"
         levers = (inference.precision, False, inference.channels_last, inference.overlap * slabs,
-                  inference.sw_batch_size if slabs else 1)  # fmt: skip
+                  inference.sw_batch_size if slabs else 1, 1)  # fmt: skip
     return Plan(
-        variant, mode, predicted, int(budget_bytes), predicted <= budget_bytes, int(resident), int(trace.peak()),
-        calibration.key, int(host), *levers,
+        variant, mode, predicted, int(budget_bytes), _fits(predicted, budget_bytes, levers[-1], device),
+        int(resident), int(trace.peak()), calibration.key, int(host), *levers,
     )  # fmt: skip
+
+
+def _fits(predicted: int, budget_bytes: int, nproc: int, device: str) -> bool:
+    """Whether ``nproc`` processes of ``predicted`` bytes each fit ``budget_bytes``: on a CPU device they share
+    the RAM the budget is, on CUDA each has a GPU of its own."""
+    sharing = 1 if str(device).startswith("cuda") else nproc
+    return sharing * predicted <= budget_bytes
 
 
 def _voxels(shape: Sequence[int]) -> int:
@@ -221,11 +238,13 @@ def _check_counts(classes: int, batch: int, mode: str) -> None:
         raise OptionError("--mode", f"must be one of {', '.join(MODES)}", mode)
 
 
-def _check_training(precision: str, workers: int, cache_bytes: int) -> None:
-    """Validate the training levers: ``precision``, ``workers`` (>= 0) and ``cache_bytes`` (>= 0)."""
+def _check_training(precision: str, workers: int, cache_bytes: int, nproc: int = 1) -> None:
+    """Validate the training levers: ``precision``, ``workers`` (>= 0), ``cache_bytes`` (>= 0), ``nproc`` (>= 1)."""
     if precision not in PRECISION_NAMES:
         raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", precision)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", workers)
     if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
         raise OptionError("--cache", "must be a size >= 0 like 4GB or 512MiB", cache_bytes)
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise OptionError("--nproc", "must be an integer >= 1 (processes training together)", nproc)

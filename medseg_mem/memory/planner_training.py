@@ -14,12 +14,39 @@ from medseg_mem.memory.planner_trace import countable, meta_networks, weight_byt
 
 ADAM_STATES = 2  # exp_avg and exp_avg_sq, one copy of the weights each
 HALF_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+DDP_PARAMETER_COPIES = 1  # DDP's gradient buckets: one float32 copy of the parameters (fitted 0.98-1.00, ddp_bytes)
+DDP_FIXED_BYTES = 5_200_000  # besides the buckets: gloo's and the reducer's working memory (fitted 4.3-5.2 MB)
+
+
+def ddp_bytes(parameter_bytes: int, nproc: int) -> int:
+    """Bytes :class:`~torch.nn.parallel.DistributedDataParallel` adds to each rank's training step (0 for one).
+
+    Counted: the reducer's gradient buckets, one float32 copy of the parameters (``parameter_bytes``), and a
+    fixed :data:`DDP_FIXED_BYTES`; the number of processes does not change a rank's share. Measured per rank of 2
+    gloo processes on CPU against one process at the same batch, peak over 5 steps (``benchmarks/
+    bench_ddp_memory.py``, ``benchmarks/results/ddp_memory_cpu.log``), with the network wrapped as ``run``
+    wraps it (``gradient_as_bucket_view``): +11.0, +24.9 and +93.3 MB for 5.65, 22.6 and 90.3 MB of parameters
+    (widths 8-128 at 1x32^3, 16-256 and the spec 32-512 at 1x64^3); the line through them is 0.98 x parameters
+    + 4.3 MB (without bucket views 0.98 x + 5.2 MB; an earlier run 1.00 x + 5.2 MB). The model takes one copy
+    of the parameters and the largest constant. Every peak from the third step on holds the buckets (DDP
+    rebuilds them after the first step; a new bucket takes memory once written). Where a step's peak comes after
+    the backward pass (the spec widths at 1x32^3, every gradient alive) the bucket views save most of the copy:
+    +32.8 MB measured, 95.5 MB planned.
+
+    Example:
+        >>> ddp_bytes(90_000_000, 1), ddp_bytes(90_000_000, 2) > 90_000_000
+        (0, True)
+    """
+    if nproc <= 1:
+        return 0
+    return int(DDP_PARAMETER_COPIES * parameter_bytes + DDP_FIXED_BYTES)
 
 
 def trace_training(variant, shape, classes, model, batch, lever):
     """Trace one training step of each stage; return the worst stage's ``(resident bytes, trace)``.
 
-    ``lever`` is ``(precision, checkpointing, device)``.
+    ``lever`` is ``(precision, checkpointing, device, nproc)``: ``nproc`` processes under DDP add
+    :func:`ddp_bytes` to each rank's resident bytes.
     """
     nets = meta_networks(variant, shape[0], classes, model, lever[1])
     worst = None
@@ -41,8 +68,9 @@ def _stage_size(stage, shape, model) -> Tuple[int, ...]:
     return tuple(size)
 
 
-def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpointing: bool, device: str):
-    """Trace one training step of ``net``; return ``(resident bytes, trace)``.
+def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpointing: bool, device: str,
+                nproc: int = 1):  # fmt: skip
+    """Trace one training step of ``net`` (one of ``nproc`` DDP ranks); return ``(resident bytes, trace)``.
 
     Traced: everything :func:`~medseg_mem.training.step.train_step` allocates, gradients included (the
     optimizer's step comes after the backward pass, when the activations are gone, and is not traced).
@@ -54,7 +82,7 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     net.train()
     image = torch.zeros((batch, net.in_channels, *size), device="meta")
     label = torch.zeros((batch, 1, *size), dtype=torch.uint8, device="meta")
-    resident = _training_resident(net, image, label, precision, checkpointing)
+    resident = _training_resident(net, image, label, precision, checkpointing, nproc)
     master_grads = []  # keeps the float32 gradients alive, as the float32 weights' .grad would
     if precision != "fp32":
         autocast_on_meta(net, precision, device, master_grads)
@@ -64,16 +92,17 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     return resident, tracer.trace
 
 
-def _training_resident(net, image, label, precision: str, checkpointing: bool) -> int:
-    """Bytes held through a whole training step of the float32 ``net``.
+def _training_resident(net, image, label, precision: str, checkpointing: bool, nproc: int = 1) -> int:
+    """Bytes held through a whole training step of the float32 ``net`` by one of ``nproc`` processes.
 
     Float32 weights and buffers, the two float32 Adam states, the float32 image and the uint8 label; for
     bf16/fp16 without checkpointing also autocast's half copies of the convolution weights (saved for the
     backward pass; with checkpointing they are dropped when the forward pass ends and recast one level at a
-    time during the backward pass).
+    time during the backward pass); under DDP its buckets (:func:`ddp_bytes`).
     """
     parameters = sum(_nbytes(p) for p in net.parameters())
     resident = weight_bytes({"net": net}) + ADAM_STATES * parameters + _nbytes(image) + _nbytes(label)
+    resident += ddp_bytes(parameters, nproc)
     if precision != "fp32" and not checkpointing:
         resident += _convweight_bytes(net) // 2
     return resident

@@ -31,6 +31,13 @@ WAIT = timedelta(hours=4)
 """How long a rank waits for the others: the other ranks wait at a barrier while rank 0 validates, and (``run``
 with several variants, or at the end) while it evaluates on the test split and measures memory."""
 
+BUCKET_VIEW = True
+"""DDP's ``gradient_as_bucket_view``: each ``.grad`` is a view into the reducer's gradient bucket instead of a
+second copy of it; the same values. Measured per rank of 2 CPU processes (``benchmarks/bench_ddp_memory.py``):
+62 MB (0.68x the parameter bytes) less for the spec U-Net at 1x32^3, where a step's peak comes after the backward
+pass with every gradient alive; the same peak where it is in the backward pass (1x64^3: the buckets are resident
+then, the single process's gradients not yet)."""
+
 
 def world_size() -> int:
     """How many processes train together (1 outside torchrun)."""
@@ -104,7 +111,8 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     """``net`` in :class:`~torch.nn.parallel.DistributedDataParallel` under torchrun, else ``net`` itself.
 
     Buffers are not broadcast at each forward (``broadcast_buffers=False``): each rank keeps its own running
-    statistics, averaged by :func:`average_buffers` (see the module docstring).
+    statistics, averaged by :func:`average_buffers` (see the module docstring). Gradients are views into DDP's
+    buckets (:data:`BUCKET_VIEW`).
     """
     if world_size() == 1:
         return net
@@ -113,7 +121,7 @@ def wrap(net: nn.Module, device: torch.device) -> nn.Module:
     # newer PyTorch names the option forward_sync_buffers (the buffers are equal at the start either way)
     newer = "forward_sync_buffers" in inspect.signature(ddp).parameters
     option = "forward_sync_buffers" if newer else "broadcast_buffers"
-    return ddp(net, device_ids=ids, **{option: False})
+    return ddp(net, device_ids=ids, gradient_as_bucket_view=BUCKET_VIEW, **{option: False})
 
 
 def unwrapped(net: nn.Module) -> nn.Module:
