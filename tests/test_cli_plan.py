@@ -153,10 +153,10 @@ def test_options_of_the_other_mode_give_a_notice(tmp_path, monkeypatch):
                   "--variant", "full", *NO_CAL, *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     notice = [line for line in result.stderr.splitlines() if line.strip()]
-    assert notice == ["note: --checkpointing, --workers only apply to --mode training; ignored for inference"]
+    assert notice == ["note: --checkpointing, --workers: only for --mode training; ignored for inference"]
     training = plan("--shape", "1,64,64,48", "--classes", "3", "--mode", "training", "--overlap", "0.5",
                     "--variant", "full", *NO_CAL, *TINY)  # fmt: skip
-    assert "note: --overlap only apply to --mode inference; ignored for training" in training.stderr
+    assert "note: --overlap: only for --mode inference; ignored for training" in training.stderr
     assert "note" not in plan("--shape", "1,64,64,48", "--classes", "3", "--variant", "full", "--precision", "bf16",
                               *NO_CAL, *TINY).stderr  # fmt: skip
 
@@ -209,7 +209,7 @@ def test_nproc_in_inference_gives_a_notice(tmp_path, monkeypatch):
                   *NO_CAL, *TINY)  # fmt: skip
     assert result.exit_code == 0, result.output
     notice = [line for line in result.stderr.splitlines() if line.strip()]
-    assert notice == ["note: --nproc only apply to --mode training; ignored for inference"]
+    assert notice == ["note: --nproc: only for --mode training; ignored for inference"]
     assert json.loads(result.stdout)[0]["nproc"] == 1
 
 

@@ -118,7 +118,7 @@ def _ignored(options, given, mode: str) -> None:
     ignored = [name for name, set_ in zip(options, given) if set_]
     if ignored:
         other = "inference" if mode == "training" else "training"
-        click.echo(f"note: {', '.join(ignored)} only apply to --mode {mode}; ignored for {other}", err=True)
+        click.echo(f"note: {', '.join(ignored)}: only for --mode {mode}; ignored for {other}", err=True)
 
 
 @click.command()

@@ -48,17 +48,25 @@ def training_bytes(dataset) -> int:
 
 
 def need(name, shape, classes, model, train, inference, device, echo) -> int:
-    """Planned peak of ``name``: the larger of one training step and the inference."""
+    """Planned peak of ``name``: the larger of one training step and the inference.
+
+    Under torchrun the training step is one rank's (DDP's buckets included), times the number of processes on
+    a CPU, whose RAM they share.
+    """
+    from medseg_mem.training import distributed
+
+    nproc = distributed.world_size()
     training = plan_variant(
         name, shape, classes, model, batch=train.batch_size, mode="training", device=device,
         calibration=_calibration(model, device, echo, "training", train.precision, train.checkpointing,
                                  train.channels_last),
         precision=train.precision, checkpointing=train.checkpointing, workers=train.workers,
-        cache_bytes=int(train.cache_bytes), channels_last=train.channels_last,
+        cache_bytes=int(train.cache_bytes), channels_last=train.channels_last, nproc=nproc,
     )  # fmt: skip
     calibration = _calibration(model, device, echo, "inference", inference.precision, False, inference.channels_last)
     infer = plan_variant(name, shape, classes, model, calibration=calibration, device=device, inference=inference)
-    return max(training.predicted_bytes, infer.predicted_bytes)
+    shared = nproc if device == "cpu" else 1
+    return max(shared * training.predicted_bytes, infer.predicted_bytes)
 
 
 def _calibration(model, device, echo, mode, precision, checkpointing, channels_last):
