@@ -26,14 +26,18 @@ TINY = (("channels", (2, 4)), ("slab_size", 8), ("downsample", 0.5), ("batch_siz
 
 
 class StepClock:
-    """A fake wall clock: ``per_step`` seconds pass during each training step, nothing else takes time.
-
-    It also records the learning rate of every step, and can interrupt the ``die_at``-th step.
+    """A fake wall clock: ``per_step`` seconds pass during each training step and ``per_validation`` during each
+    validation; nothing else takes time. It records the learning rate of every step, and can interrupt the
+    ``die_at``-th step.
     """
 
-    def __init__(self, monkeypatch, per_step=10.0, start=1000.0, die_at=None):
+    def __init__(self, monkeypatch, per_step=10.0, start=1000.0, die_at=None, per_validation=0.0):
         self.now, self.steps, self.lrs = start, 0, []
-        real = loop.train_step
+        real, real_validate = loop.train_step, loop.validate
+
+        def timed_validate(*args, **kwargs):
+            self.now += per_validation
+            return real_validate(*args, **kwargs)
 
         def timed_step(net, optimizer, *args, **kwargs):
             self.steps += 1
@@ -44,6 +48,7 @@ class StepClock:
             return real(net, optimizer, *args, **kwargs)
 
         monkeypatch.setattr(loop, "train_step", timed_step)
+        monkeypatch.setattr(loop, "validate", timed_validate)
 
     def __call__(self):
         return self.now
@@ -99,6 +104,17 @@ def test_a_snapshot_keeps_the_best_checkpoint_when_training_passes_its_mark(tmp_
     snapshot = load_checkpoint(tmp_path / "snap-30s.pt")  # digest-checked like every checkpoint
     assert snapshot["step"] == 3 and (tmp_path / "snap-30s.pt.sha256").is_file()
     assert load_checkpoint(tmp_path / "last.pt")["snapshots"] == outcome.snapshots
+
+
+def test_periodic_validations_count_and_validations_only_for_a_snapshot_do_not(tmp_path, tiny_prepared,
+                                                                               monkeypatch):  # fmt: skip
+    clock = StepClock(monkeypatch, per_validation=5.0)
+    times = StageTimes(limit=60, marks={30: 30.0})
+    outcome = train_stage(job(tmp_path, tiny_prepared, times, val_every=2), False, clock)
+    # step 2 at 20 s, validated (+5); step 3 at 35 s passes the mark, validated off the clock; step 4 at 45 s,
+    # validated (+5); step 5 ends at 60 s: the limit
+    assert outcome.snapshots == {30: {"seconds": 35.0, "step": 3}}
+    assert (outcome.steps, outcome.seconds, [h["step"] for h in outcome.history]) == (5, 60.0, [2, 3, 4, 5])
 
 
 def test_resume_trains_only_the_time_that_was_left(tmp_path, tiny_prepared, monkeypatch):

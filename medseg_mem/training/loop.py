@@ -5,7 +5,9 @@ from (:class:`~medseg_mem.training.sampling.StageData`). The best checkpoint (hi
 the foreground classes) is what evaluation uses; ``last.pt`` is the resume point, written after every validation.
 A stage may also train to a wall clock (:mod:`~medseg_mem.training.wallclock`): it stops at the first step that
 ends at or past its time limit, validates there, and keeps the best checkpoint at each snapshot mark it passes
-(validating there first). The clock is a parameter, so tests drive it without waiting.
+(validating there first). The clock counts the periodic validations (``val_every``), as nnU-Net's wall clock
+does, but not a validation made only for a snapshot, so measuring a curve does not shorten the training it
+measures. The clock is a parameter, so tests drive it without waiting.
 Everything random is seeded from the run's seed before the network is built, so the same seed on the same
 machine gives the same weights bit for bit.
 """
@@ -107,9 +109,8 @@ def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_c
     scaler = grad_scaler(job.train.precision, job.device)
     step, state = resume_state(job, net, optimizer, scaler)  # every rank loads the same last.pt
     loss_fn, precision = make_loss(job.stage, job.train, job.class_weights).to(job.device), job.train.precision
-    main = distributed.is_main()
     bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}",
-               disable=not (progress and main))  # fmt: skip
+               disable=not (progress and distributed.is_main()))  # fmt: skip
     elapsed, net = state["train_seconds"], net.train()
     started = clock() - elapsed
     trained = distributed.wrap(net, job.device)  # DDP under torchrun (gradients averaged over ranks), else net
@@ -122,20 +123,31 @@ def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_c
         bar.update(1)
         elapsed = read_clock(clock, started, times)
         marks, stop = times.due(elapsed, state["snapshots"]), times.out_of_time(elapsed)
-        if step % job.train.val_every == 0 or step == job.train.steps or marks or stop:
+        periodic = step % job.train.val_every == 0 or step == job.train.steps
+        if periodic or marks or stop:
             state["train_seconds"] = elapsed
             state["snapshots"].update({mark: {"seconds": elapsed, "step": step} for mark in marks})
-            loss = distributed.mean_over_ranks(loss)
-            distributed.average_buffers(net)
-            if main:  # rank 0 validates and writes; the others wait for it
-                record_validation(job, (net, optimizer, scaler), step, state, loss.item(), marks)
-                bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
-            distributed.barrier()
+            paused = clock()
+            validate_on_ranks(job, (net, optimizer, scaler), step, state, loss, marks, bar)
+            if not (periodic or stop):
+                started += clock() - paused  # validated only for a snapshot: off the clock
         if stop:
             break
     bar.close()
     return StageOutcome(job.folder / "best.pt", state["best_score"], state["best_step"], step,
                         state["train_seconds"], state["history"], state["snapshots"])  # fmt: skip
+
+
+def validate_on_ranks(job: StageJob, trained, step: int, state: Dict[str, Any], loss: torch.Tensor,
+                      marks: Sequence[int], bar) -> None:  # fmt: skip
+    """Average the loss and the CPU BatchNorm statistics over the ranks; rank 0 validates and writes
+    (:func:`record_validation`) while the others wait. ``trained`` is ``(net, optimizer, scaler)``."""
+    loss = distributed.mean_over_ranks(loss)
+    distributed.average_buffers(trained[0])
+    if distributed.is_main():
+        record_validation(job, trained, step, state, loss.item(), marks)
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
+    distributed.barrier()
 
 
 def read_clock(clock: Clock, started: float, times: StageTimes) -> float:
