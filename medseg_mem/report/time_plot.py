@@ -70,7 +70,9 @@ def plot_dice_over_time(results: pd.DataFrame, path: Path, title: str = "") -> O
         ax.set_xlabel(f"training time (min) — {device or 'unknown device'}")
         ax.set_ylabel("mean foreground Dice (%)")
         ax.set_title(f"{dataset or 'unknown dataset'}: test Dice against training time")
+        dice = [100 * d for line in lines.values() for _, d in line]
         ax.set_xlim(left=0)
+        ax.set_ylim(max(0.0, min(dice) - 5), min(100.0, max(dice) + 5) if max(dice) > 0 else 10.0)
         ax.grid(True, alpha=0.35)
         ax.legend(fontsize=8, loc="lower right")
     for ax in axes[len(curves):]:
