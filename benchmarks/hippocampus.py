@@ -7,6 +7,11 @@ and inference time to ``benchmarks/results/hippocampus_<device>.csv``; prints th
 Example (CPU, ~20 min per variant on 2 cores)::
 
     python benchmarks/hippocampus.py --steps 800 --channels 16,32,64,128,256 --batch-size 4 --lr 1e-3
+
+Dice per CPU-minute: ``--minutes 15 --snapshots 5,10`` trains each variant for 15 minutes of wall clock
+(``run --time-limit``; without ``--steps`` the step cap is then out of reach, so the clock decides) and files the
+test Dice of its best checkpoint at 5 and 10 minutes as snapshot rows (``run --snapshots``) beside the final
+rows; ``medseg-mem compare`` of the CSV then draws ``comparison-time.png``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from medseg_mem.training.run import run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
+STEPS = 800
+TIMED_STEPS = 1_000_000
 
 
 def arguments() -> argparse.Namespace:
@@ -29,7 +36,10 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--task", type=Path, default=TASK, help="MSD Task04_Hippocampus folder")
     parser.add_argument("--work", type=Path, default=Path("medseg-work/hippocampus"), help="prepared data + runs")
     parser.add_argument("--variants", default="full,patch,cascade")
-    parser.add_argument("--steps", type=int, default=800, help="training steps per stage")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"training steps per stage [{STEPS}; with --minutes {TIMED_STEPS}: the clock decides]")
+    parser.add_argument("--minutes", type=float, default=None, help="time limit per variant (run --time-limit)")
+    parser.add_argument("--snapshots", default=None, help="marks in minutes, e.g. 5,10 (run --snapshots)")
     parser.add_argument("--val-every", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--channels", default="16,32,64,128,256", help="U-Net widths (spec: 32,64,128,256,512)")
@@ -50,8 +60,11 @@ def main() -> None:
         prepare(PrepareConfig(task_dir=args.task, out_dir=prepared))
     device = resolve_device(args.device)
     results = args.results or ROOT / "benchmarks" / "results" / f"hippocampus_{device.type}.csv"
+    steps = args.steps or (STEPS if args.minutes is None else TIMED_STEPS)
+    marks = () if args.snapshots is None else tuple(float(mark) for mark in args.snapshots.split(","))
     overrides = (
-        ("steps", args.steps), ("val_every", args.val_every), ("batch_size", args.batch_size),
+        ("steps", steps), ("val_every", args.val_every), ("batch_size", args.batch_size),
+        ("time_limit", args.minutes), ("snapshots", marks),
         ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("lr", args.lr), ("device", device.type),
         ("guidance", args.guidance),
     )  # fmt: skip

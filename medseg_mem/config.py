@@ -5,6 +5,7 @@ They know nothing of files or click: the CLI builds them, library functions take
 
 from __future__ import annotations
 
+import math
 import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -135,6 +136,12 @@ class TrainConfig:
         workers: DataLoader worker processes (0: load in the training process).
         cache_bytes: host memory for cached training inputs; cases beyond it are read from disk per sample.
         deterministic: also ask torch for deterministic algorithms (``torch.use_deterministic_algorithms``).
+        time_limit: minutes of training wall clock per variant (validation included), or ``None`` (train
+            ``steps``). Training stops at the first step that ends at or past it, or at ``steps``, whichever comes
+            first; a variant of several stages shares it (:mod:`medseg_mem.training.wallclock`). ``poly`` then
+            decays over the larger of the step fraction and the fraction of the time spent.
+        snapshots: training-time marks in minutes (each below ``time_limit`` when one is given): when training
+            passes one, the best checkpoint so far is kept as ``snap-<seconds>s.pt`` and evaluated at the end.
     """
 
     steps: int = 300
@@ -155,8 +162,11 @@ class TrainConfig:
     workers: int = 0
     cache_bytes: int = 2**30
     deterministic: bool = False
+    time_limit: Optional[float] = None
+    snapshots: Tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "snapshots", check_wall_clock(self.time_limit, self.snapshots))  # run.json: a list
         if self.precision not in PRECISION_NAMES:
             raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", self.precision)
         if isinstance(self.workers, bool) or int(self.workers) < 0:
@@ -180,6 +190,39 @@ class TrainConfig:
             raise OptionError("--seed", "must be >= 0", self.seed)
         if not 0 <= self.guidance_noise <= 1:
             raise OptionError("--guidance-noise", "must be a probability in [0, 1]", self.guidance_noise)
+
+
+def check_minutes(option: str, value) -> float:
+    """``value`` as a positive, finite number of minutes that is at least one second.
+
+    Raises:
+        OptionError: naming ``option``, the rule and the value.
+    """
+    number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if not (number and math.isfinite(value) and value * 60 >= 1):
+        raise OptionError(option, "must be a positive number of minutes (at least 1 second, e.g. 0.5 or 15)", value)
+    return float(value)
+
+
+def check_wall_clock(time_limit, snapshots) -> Tuple[float, ...]:
+    """Check ``--time-limit`` and ``--snapshots`` together; return the snapshot marks sorted.
+
+    Marks are kept to the whole second (``snap-<seconds>s.pt``), so two marks may not round to the same second,
+    and each must lie below ``time_limit`` (a mark at the limit is the final model itself).
+
+    Raises:
+        OptionError: naming the option, the rule and the value.
+    """
+    if time_limit is not None:
+        check_minutes("--time-limit", time_limit)
+    marks = sorted(check_minutes("--snapshots", mark) for mark in snapshots)
+    seconds = [round(mark * 60) for mark in marks]
+    if len(set(seconds)) < len(seconds):
+        raise OptionError("--snapshots", "must list distinct marks (whole seconds apart)", tuple(snapshots))
+    if time_limit is not None and marks and marks[-1] >= time_limit:
+        rule = f"must each lie below --time-limit {time_limit:g} (the final model stands for the limit itself)"
+        raise OptionError("--snapshots", rule, marks[-1])
+    return tuple(marks)
 
 
 def check_overlap(overlap) -> float:

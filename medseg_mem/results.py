@@ -2,7 +2,10 @@
 
 The file is tidy (long): one row per (run, class), the run-level columns repeated on each of a run's rows.
 Benchmark rows (``source == "benchmark"``) measure memory and time only: ``dice`` empty, ``class_name`` empty and
-``class_index`` -1. pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
+``class_index`` -1. Snapshot rows (``run --snapshots``) hold the test Dice of a run's best checkpoint at a
+training-time mark: ``budget_seconds`` is the mark (empty on a run's final rows, :func:`final_rows`) and
+``train_steps`` / ``train_seconds`` what had been trained by then. pandas is imported only by
+:func:`read_results`, so the CLI stays quick to start.
 """
 
 from __future__ import annotations
@@ -30,18 +33,18 @@ RESULT_COLUMNS = (
     "peak_memory_bytes", "memory_method", "device", "inference_seconds_per_case", "train_steps", "train_seconds",
     "seed", "channels", "loss", "slab_size", "downsample", "n_test_cases", "package_version", "source",
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
-    "inference_precision", "overlap", "sw_batch_size",
+    "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
-    "inference_precision", "overlap", "sw_batch_size",
+    "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark")
 #: Columns that :func:`read_results` parses as numbers; an empty cell becomes NaN (``<NA>`` for integers).
 NUMERIC_COLUMNS = (
     "class_index", "dice", "peak_memory_bytes", "inference_seconds_per_case", "train_steps", "train_seconds",
-    "seed", "n_test_cases", "planned_bytes",
+    "seed", "n_test_cases", "planned_bytes", "budget_seconds", "time_limit_seconds",
 )  # fmt: skip
 INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases")
 _FIX = "move it away or name another results CSV: run --results NEW.csv, compare NEW.csv"
@@ -139,6 +142,13 @@ def read_results(path: Path) -> "pandas.DataFrame":
         frame[column] = _numeric_column(path, frame[column], column)
     _check_sources(path, frame["source"])
     return frame
+
+
+def final_rows(results: "pandas.DataFrame") -> "pandas.DataFrame":
+    """The rows of final models: ``results`` without snapshot rows (those with a ``budget_seconds``)."""
+    if "budget_seconds" not in results:
+        return results
+    return results[results["budget_seconds"].isna()]
 
 
 def _validated_row(row: Mapping, number: int) -> dict:

@@ -21,7 +21,8 @@ from medseg_mem.names import DEFAULT_RESULTS
     "out_dir",
     type=click.Path(path_type=Path),
     default=None,
-    help="Folder for comparison.md, comparison.csv and comparison.png [default: next to RESULTS_CSV].",
+    help="Folder for comparison.md, comparison.csv, comparison.png (and comparison-time.png) [default: next to "
+    "RESULTS_CSV].",
 )
 @library_errors
 def compare(results_csv: Path, out_dir: Optional[Path]) -> None:
@@ -29,11 +30,14 @@ def compare(results_csv: Path, out_dir: Optional[Path]) -> None:
 
     Prints one table per dataset, device and memory method (rows: variants; columns: Dice per class, mean
     foreground Dice, peak memory, inference time) and writes them as Markdown, CSV and a Dice-against-memory plot.
+    When RESULTS_CSV holds snapshot rows (run --snapshots), also comparison-time.png: mean foreground Dice against
+    training minutes, one line per variant; the tables show final models only.
     """
     from medseg_mem.report import compare as write_report
 
     report = write_report(results_csv, out_dir)
     click.echo(report.text)
     click.echo("")
-    for path in (report.markdown_path, report.csv_path, report.png_path):
-        click.echo(f"wrote {path}")
+    for path in (report.markdown_path, report.csv_path, report.png_path, report.time_png_path):
+        if path is not None:
+            click.echo(f"wrote {path}")

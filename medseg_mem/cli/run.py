@@ -76,6 +76,38 @@ def parse_cache(ctx, param, value: Optional[str]) -> Optional[int]:
         raise click.BadParameter(f"must be a size like 4GB, 512MiB or 0 (no cache); got {value!r}") from error
 
 
+def parse_time_limit(ctx, param, value: Optional[float]) -> Optional[float]:
+    """``--time-limit`` in minutes: positive and finite, at least a second."""
+    from medseg_mem.config import check_minutes
+
+    return library_check(lambda minutes: check_minutes("--time-limit", minutes), value)
+
+
+def parse_snapshots(ctx, param, value: Optional[str]) -> Optional[Tuple[float, ...]]:
+    """``5,10`` -> training-time marks in minutes, sorted; each positive and at least a second from the others."""
+    from medseg_mem.config import check_wall_clock
+
+    if value is None:
+        return None
+    try:
+        marks = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"must list training-time marks in minutes like 5,10; got {value!r}") from None
+    return library_check(lambda given: check_wall_clock(None, given), marks)
+
+
+def library_check(check, value):
+    """``check(value)`` (``None`` passes through); its :class:`OptionError` becomes click's ``BadParameter``."""
+    from medseg_mem.errors import OptionError
+
+    if value is None:
+        return None
+    try:
+        return check(value)
+    except OptionError as error:
+        raise click.BadParameter(str(error).split(" ", 1)[1]) from error
+
+
 def parse_run_id(ctx, param, value: Optional[str]) -> Optional[str]:
     """A run id is a folder name under --runs, never a path."""
     if value is not None and (not value.strip() or value in (".", "..") or "/" in value or "\\" in value):
@@ -158,6 +190,15 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               "process [0].")
 @click.option("--cache", "cache_bytes", callback=parse_cache, metavar="SIZE",
               help="Host memory for cached training inputs, e.g. 4GB; cases beyond it are read per sample [1GiB].")
+@click.option("--time-limit", type=float, callback=parse_time_limit, metavar="MINUTES",
+              help="Training wall clock per variant, validation included: training stops at the first step that "
+                   "ends past it, or at --steps, whichever first. A cascade shares it: each stage gets an equal "
+                   "share of what the stages before it left (stage 1 half, stage 2 the rest). --lr-schedule poly "
+                   "then decays over the larger of the step and the time fraction [none].")
+@click.option("--snapshots", callback=parse_snapshots, metavar="MINUTES,...",
+              help="Training-time marks, e.g. 5,10 (each below --time-limit): when training passes one, the best "
+                   "checkpoint so far is kept (snap-<seconds>s.pt) and at the end evaluated on the test split into "
+                   "rows of its own (budget_seconds) [none].")
 @click.option("--seed", type=click.IntRange(min=0), help="Seed for weights and sampling [0].")
 @click.option("--deterministic/--no-deterministic", default=None,
               help="Also make torch refuse nondeterministic algorithms (the same seed already repeats a CPU run).")
@@ -180,6 +221,10 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
         raise click.UsageError("--budget only applies to --variant auto; drop it or add --variant auto")
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
+    if options["snapshots"] is not None:
+        from medseg_mem.config import check_wall_clock
+
+        check_wall_clock(options["time_limit"], options["snapshots"])  # a mark past the limit: one line, at once
     if nproc > 1:
         from medseg_mem.training.launch import relaunch
 

@@ -50,10 +50,10 @@ def _mean_dice(results: Path, dataset: str) -> dict:
     """``{variant: mean Dice}`` of the ``run`` rows of ``dataset`` in ``results`` (empty when there are none)."""
     if not results.is_file():
         return {}
-    from medseg_mem.results import read_results
+    from medseg_mem.results import final_rows, read_results
 
     try:
-        table = read_results(results)
+        table = final_rows(read_results(results))
     except MedsegError:
         return {}
     rows = table[(table.dataset == dataset) & (table.source == "run") & table.variant.isin(THESIS_ORDER)]

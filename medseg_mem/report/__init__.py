@@ -1,4 +1,5 @@
-"""The comparison report: thesis-style tables (Markdown and CSV) and a memory/accuracy plot from the results CSV.
+"""The comparison report: thesis-style tables (Markdown and CSV) and a memory/accuracy plot from the results CSV,
+plus a Dice-against-training-time plot when the CSV holds snapshot rows.
 
 Example:
     >>> from medseg_mem.report import compare
@@ -35,6 +36,8 @@ class CompareReport:
         results_csv: the results file read.
         markdown_path, csv_path, png_path: ``comparison.md``, ``comparison.csv``, ``comparison.png``.
         text: the tables as padded Markdown (also the body of ``comparison.md``).
+        time_png_path: ``comparison-time.png`` (Dice against training time), or ``None`` when the results hold no
+            snapshot rows and it was not drawn.
     """
 
     results_csv: Path
@@ -42,6 +45,7 @@ class CompareReport:
     csv_path: Path
     png_path: Path
     text: str
+    time_png_path: Optional[Path] = None
 
 
 def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
@@ -49,13 +53,14 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
 
     Args:
         results_csv: a results CSV written by :func:`medseg_mem.results.append_rows`.
-        out_dir: where ``comparison.md``, ``comparison.csv`` and ``comparison.png`` go; default: next to
-            ``results_csv``. Created when missing.
+        out_dir: where ``comparison.md``, ``comparison.csv`` and ``comparison.png`` (and, with snapshot rows,
+            ``comparison-time.png``) go; default: next to ``results_csv``. Created when missing.
 
     Raises:
         MedsegError: the results file is missing, malformed or has no rows; ``out_dir`` is not a folder.
     """
     from medseg_mem.report.plot import plot_comparison  # matplotlib only when a plot is drawn
+    from medseg_mem.report.time_plot import FILE_NAME, plot_dice_over_time
 
     results_csv = Path(results_csv)
     results = read_results(results_csv)
@@ -68,10 +73,12 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
     groups = build_groups(results)
     text = "\n\n".join(render_group(group) for group in groups)
     paths = [out_dir / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
-    paths[0].write_text(_markdown(results_csv, results, text), encoding="utf-8")
+    title = f"medseg-mem comparison — {results_csv.name}"
+    time_path = plot_dice_over_time(results, out_dir / FILE_NAME, title=title)
+    paths[0].write_text(_markdown(results_csv, results, text, time_path), encoding="utf-8")
     comparison_frame(groups).to_csv(paths[1], index=False)
-    plot_comparison(groups, paths[2], title=f"medseg-mem comparison — {results_csv.name}")
-    return CompareReport(results_csv, *paths, text=text)
+    plot_comparison(groups, paths[2], title=title)
+    return CompareReport(results_csv, *paths, text=text, time_png_path=time_path)
 
 
 def comparison_frame(groups: List[Group]) -> pd.DataFrame:
@@ -86,8 +93,9 @@ def comparison_frame(groups: List[Group]) -> pd.DataFrame:
     return frame[[*CSV_LEAD, *dice, *rest]]
 
 
-def _markdown(results_csv: Path, results: pd.DataFrame, text: str) -> str:
-    """Return the body of ``comparison.md``: a title, where the numbers come from, the tables, the plot."""
+def _markdown(results_csv: Path, results: pd.DataFrame, text: str, time_path: Optional[Path] = None) -> str:
+    """Return the body of ``comparison.md``: a title, where the numbers come from, the tables, the plots."""
+    time_plot = f"\n![mean Dice against training time]({time_path.name})\n" if time_path is not None else ""
     runs = results["run_id"].nunique()
     return (
         "# medseg-mem comparison\n\n"
@@ -95,5 +103,5 @@ def _markdown(results_csv: Path, results: pd.DataFrame, text: str) -> str:
         "Dice in percent on the test split; *mean Dice % (fg)* averages the foreground classes; "
         "each row is the latest run of its variant. Memory and time are compared only within one table "
         "(same dataset, device and memory method).\n\n"
-        f"{text}\n\n![mean Dice against peak memory](comparison.png)\n"
+        f"{text}\n\n![mean Dice against peak memory](comparison.png)\n{time_plot}"
     )

@@ -2,7 +2,9 @@
 
 Memory and time measured on different devices or with different memory methods are not comparable, so they never
 share a table; a note says when a dataset has results in several such groups. Each variant shows its latest run
-(by timestamp); the ``n_runs`` column and a note say when there were several.
+(by timestamp); the ``n_runs`` column and a note say when there were several. Snapshot rows (Dice at a
+training-time mark, ``budget_seconds`` set) are left out: the tables show final models, the time plot
+(:mod:`medseg_mem.report.time_plot`) the snapshots.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Iterable, List, Tuple
 import pandas as pd
 
 from medseg_mem.names import VARIANT_NAMES
+from medseg_mem.results import final_rows
 
 GROUP_KEYS = ("dataset", "device", "memory_method")
 #: Run-level columns copied from a run's first row into its summary.
@@ -57,11 +60,12 @@ def build_groups(results: pd.DataFrame) -> List[Group]:
     """Split ``results`` (as from :func:`medseg_mem.results.read_results`) into comparison tables.
 
     Args:
-        results: tidy results rows, possibly filtered (e.g. to one dataset).
+        results: tidy results rows, possibly filtered (e.g. to one dataset); snapshot rows are left out.
 
     Returns:
         run groups first, then benchmark groups, each sorted by dataset, device and memory method.
     """
+    results = final_rows(results)
     groups: List[Group] = []
     for source, build in (("run", run_table), ("benchmark", benchmark_table)):
         rows = results[results["source"] == source]

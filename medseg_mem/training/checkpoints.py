@@ -8,12 +8,15 @@ import torch
 
 from medseg_mem.checkpoint import load_checkpoint
 
-KEPT = ("best_score", "best_step", "history", "train_seconds")
+KEPT = ("best_score", "best_step", "history", "train_seconds", "snapshots")
 
 
 def fresh_state() -> Dict[str, Any]:
-    """The progress of a stage that has not trained yet (a new dict each call: the loop appends to it)."""
-    return {"best_score": -1.0, "best_step": 0, "history": [], "train_seconds": 0.0}
+    """The progress of a stage that has not trained yet (a new dict each call: the loop appends to it).
+
+    ``snapshots`` maps each mark passed (seconds) to the stage's ``{"seconds", "step"}`` when it was taken.
+    """
+    return {"best_score": -1.0, "best_step": 0, "history": [], "train_seconds": 0.0, "snapshots": {}}
 
 
 def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Dict[str, Any]:
@@ -44,6 +47,9 @@ def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Di
             "loss": job.train.loss,
             "guidance_noise": job.train.guidance_noise,
             "class_weights": None if job.class_weights is None else list(job.class_weights),
+            "time_limit": job.train.time_limit,
+            "snapshots": list(job.train.snapshots),
+            "stage_time_limit_seconds": job.times.limit,
         },
         "meta": job.meta,
         **state,
@@ -62,4 +68,4 @@ def resume_state(job, net, optimizer, scaler) -> Tuple[int, Dict[str, Any]]:
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     torch.set_rng_state(saved["torch_rng"])
-    return int(saved["step"]), {key: saved[key] for key in KEPT}
+    return int(saved["step"]), {**fresh_state(), **{key: saved[key] for key in KEPT if key in saved}}

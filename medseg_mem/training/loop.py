@@ -3,6 +3,11 @@
 The loop never asks which variant it serves: a :class:`StageJob` says what to train and where its data comes
 from (:class:`~medseg_mem.training.sampling.StageData`). The best checkpoint (highest mean validation Dice over
 the foreground classes) is what evaluation uses; ``last.pt`` is the resume point, written after every validation.
+A stage may also train to a wall clock (:mod:`~medseg_mem.training.wallclock`): it stops at the first step that
+ends at or past its time limit, validates there, and keeps the best checkpoint at each snapshot mark it passes
+(validating there first). The clock counts the periodic validations (``val_every``), as nnU-Net's wall clock
+does, but not a validation made only for a snapshot, so measuring a curve does not shorten the training it
+measures. The clock is a parameter, so tests drive it without waiting.
 Everything random is seeded from the run's seed before the network is built, so the same seed on the same
 machine gives the same weights bit for bit.
 """
@@ -12,14 +17,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 from tqdm.auto import tqdm
 
-from medseg_mem.checkpoint import save_checkpoint
+from medseg_mem.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.evaluate import dice_per_class
 from medseg_mem.models.build import build_network
@@ -28,6 +33,7 @@ from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
+from medseg_mem.training.wallclock import Clock, StageTimes, snapshot_path
 from medseg_mem.variants.base import Stage
 
 
@@ -36,7 +42,8 @@ class StageJob:
     """Everything needed to train one stage. ``meta`` is stored in checkpoints (classes, preprocessing …).
 
     ``data`` provides ``batches(first_step)`` (training batches from that step on) and ``validation()``
-    (whole-volume val pairs), e.g. a :class:`~medseg_mem.training.sampling.StageData`.
+    (whole-volume val pairs), e.g. a :class:`~medseg_mem.training.sampling.StageData`. ``times`` is the stage's
+    share of the variant's time limit and snapshot marks (default: neither).
     """
 
     variant: str
@@ -51,16 +58,20 @@ class StageJob:
     meta: Dict[str, Any] = field(default_factory=dict)
     seed_offset: int = 0
     class_weights: Optional[Tuple[float, ...]] = None
+    times: StageTimes = field(default_factory=StageTimes)
 
 
 @dataclass(frozen=True)
 class StageOutcome:
+    """How a stage trained; ``snapshots`` maps each mark it passed (seconds) to ``{"seconds", "step"}``."""
+
     best_path: Path
     best_score: float
     best_step: int
     steps: int
     seconds: float
     history: List[Dict[str, Any]]
+    snapshots: Dict[int, Dict[str, float]] = field(default_factory=dict)
 
 
 def make_loss(stage: Stage, train: TrainConfig, weights: Optional[Tuple[float, ...]] = None) -> torch.nn.Module:
@@ -87,42 +98,69 @@ def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
     return torch.cat(scores).mean(dim=0).tolist()
 
 
-def train_stage(job: StageJob, progress: bool = True) -> StageOutcome:
-    """Train one stage for ``job.train.steps`` steps (continuing from ``last.pt`` if present)."""
+def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_counter) -> StageOutcome:
+    """Train one stage for ``job.train.steps`` steps or until its time share is spent (continuing from
+    ``last.pt`` if present, with the time it had spent); ``clock`` reads the wall clock in seconds."""
     seed_everything(job.train.seed, job.seed_offset, job.train.deterministic)
-    train = job.train
+    train, times = job.train, job.times
     net = build_network(job.in_channels, job.num_classes, job.model, train.checkpointing, train.channels_last)
     net = distributed.sync_norms(net.to(job.device), job.device)
     optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
     scaler = grad_scaler(job.train.precision, job.device)
     step, state = resume_state(job, net, optimizer, scaler)  # every rank loads the same last.pt
     loss_fn, precision = make_loss(job.stage, job.train, job.class_weights).to(job.device), job.train.precision
-    main = distributed.is_main()
     bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}",
-               disable=not (progress and main))  # fmt: skip
-    started, net = time.perf_counter() - state["train_seconds"], net.train()
+               disable=not (progress and distributed.is_main()))  # fmt: skip
+    elapsed, net = state["train_seconds"], net.train()
+    started = clock() - elapsed
     trained = distributed.wrap(net, job.device)  # DDP under torchrun (gradients averaged over ranks), else net
-    for x, y in job.data.batches(step):
-        set_learning_rate(optimizer, learning_rate(job.train.lr, job.train.lr_schedule, step, job.train.steps))
+    spent = step > 0 and times.out_of_time(elapsed)  # resumed after its time limit: nothing left to train
+    for x, y in () if spent else job.data.batches(step):
+        lr = learning_rate(train.lr, train.lr_schedule, step, train.steps, times.spent(elapsed))
+        set_learning_rate(optimizer, lr)
         loss = train_step(trained, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
         step += 1
         bar.update(1)
-        if step % job.train.val_every == 0 or step == job.train.steps:
-            state["train_seconds"] = time.perf_counter() - started
-            loss = distributed.mean_over_ranks(loss)
-            distributed.average_buffers(net)
-            if main:  # rank 0 validates and writes; the others wait for it
-                record_validation(job, (net, optimizer, scaler), step, state, loss.item())
-                bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
-            distributed.barrier()
+        elapsed = read_clock(clock, started, times)
+        marks, stop = times.due(elapsed, state["snapshots"]), times.out_of_time(elapsed)
+        periodic = step % job.train.val_every == 0 or step == job.train.steps
+        if periodic or marks or stop:
+            state["train_seconds"] = elapsed
+            state["snapshots"].update({mark: {"seconds": elapsed, "step": step} for mark in marks})
+            paused = clock()
+            validate_on_ranks(job, (net, optimizer, scaler), step, state, loss, marks, bar)
+            if not (periodic or stop):
+                started += clock() - paused  # validated only for a snapshot: off the clock
+        if stop:
+            break
     bar.close()
-    return StageOutcome(
-        job.folder / "best.pt", state["best_score"], state["best_step"], step, state["train_seconds"], state["history"]
-    )
+    return StageOutcome(job.folder / "best.pt", state["best_score"], state["best_step"], step,
+                        state["train_seconds"], state["history"], state["snapshots"])  # fmt: skip
 
 
-def record_validation(job: StageJob, trained, step: int, state: Dict[str, Any], loss: float) -> None:
-    """Validate, keep the best checkpoint, then write the resume point (both atomically).
+def validate_on_ranks(job: StageJob, trained, step: int, state: Dict[str, Any], loss: torch.Tensor,
+                      marks: Sequence[int], bar) -> None:  # fmt: skip
+    """Average the loss and the CPU BatchNorm statistics over the ranks; rank 0 validates and writes
+    (:func:`record_validation`) while the others wait. ``trained`` is ``(net, optimizer, scaler)``."""
+    loss = distributed.mean_over_ranks(loss)
+    distributed.average_buffers(trained[0])
+    if distributed.is_main():
+        record_validation(job, trained, step, state, loss.item(), marks)
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
+    distributed.barrier()
+
+
+def read_clock(clock: Clock, started: float, times: StageTimes) -> float:
+    """Seconds since the stage started; under torchrun, when the clock decides anything, rank 0's reading, so
+    every rank stops and validates at the same step."""
+    elapsed = clock() - started
+    return distributed.from_main(elapsed) if times.timed else elapsed
+
+
+def record_validation(job: StageJob, trained, step: int, state: Dict[str, Any], loss: float,
+                      marks: Sequence[int] = ()) -> None:  # fmt: skip
+    """Validate, keep the best checkpoint, copy it to the snapshot of each of ``marks`` (seconds) passed now,
+    then write the resume point (all atomically).
 
     ``trained`` is ``(net, optimizer, scaler)``.
     """
@@ -132,4 +170,6 @@ def record_validation(job: StageJob, trained, step: int, state: Dict[str, Any], 
     if mean > state["best_score"]:
         state["best_score"], state["best_step"] = mean, step
         save_checkpoint(job.folder / "best.pt", payload(job, *trained, step, state))
+    for mark in marks:
+        save_checkpoint(snapshot_path(job.folder, mark), load_checkpoint(job.folder / "best.pt"))
     save_checkpoint(job.folder / "last.pt", payload(job, *trained, step, {**state, "torch_rng": torch.get_rng_state()}))

@@ -5,6 +5,9 @@ Flow per variant: train each stage on samples streamed from the prepared cases
 variant with the best checkpoints on the test split one case at a time (per-class Dice on the reconstructed full
 volume, seconds per case), measure peak inference memory on the largest test case
 (:func:`medseg_mem.memory.measure.measure_peak`), and append one row per foreground class to the results CSV.
+With ``--snapshots``, each snapshot the variant reached (:mod:`~medseg_mem.training.wallclock`) is evaluated the
+same way and filed as rows of its own (``budget_seconds`` = the mark; their peak memory is the final model's,
+not measured again: the networks are the same size).
 No split is ever loaded whole: host memory does not grow with the number of cases.
 """
 
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
@@ -31,11 +35,12 @@ from medseg_mem.models.build import load_networks
 from medseg_mem.results import append_rows, new_run_id, read_results, utc_timestamp
 from medseg_mem.training import distributed
 from medseg_mem.training.class_weights import class_weights
-from medseg_mem.training.loop import StageJob, train_stage
+from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
 from medseg_mem.training.sampling import CaseStream, StageData, open_case
 from medseg_mem.names import DEFAULT_RUNS
 from medseg_mem.training.resume import filed_rows, resumed_request, same_path
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
+from medseg_mem.training.wallclock import Clock, Snapshot, describe, record_training, stage_times
 from medseg_mem.variants import get_variant, resolve_variants, warn_thick_slabs
 from medseg_mem.writable import check_output_file, check_output_folder
 
@@ -48,16 +53,17 @@ class VariantResult:
     memory: MemoryReading
     train_steps: int
     train_seconds: float
+    budget_seconds: Optional[int] = None  # a snapshot's mark; None for the final model
 
 
 def train_variant(
-    name, run_dir, dataset, model, train, device, progress, weights=None
-) -> Tuple[Dict[str, Path], int, float]:
-    """Train each stage of variant ``name`` (loss class ``weights``, if any); return best checkpoint paths, total
-    steps, total seconds."""
+    name, run_dir, dataset, model, train, device, progress, weights=None, clock: Clock = time.perf_counter
+) -> Dict[str, StageOutcome]:
+    """Train each stage of variant ``name`` (loss class ``weights``, if any), each to its share of the time limit
+    and snapshot marks (:func:`~medseg_mem.training.wallclock.stage_times`); return ``{stage name: outcome}``."""
     variant, num_classes = get_variant(name), dataset.num_classes
-    best, steps, seconds = {}, 0, 0.0
-    for index, stage in enumerate(variant.stages()):
+    stages, outcomes = variant.stages(), {}
+    for index, stage in enumerate(stages):
         job = StageJob(
             variant=name,
             stage=stage,
@@ -71,10 +77,10 @@ def train_variant(
             meta=checkpoint_meta(dataset),
             seed_offset=index,
             class_weights=weights,
+            times=stage_times(train, list(outcomes.values()), len(stages)),
         )
-        outcome = train_stage(job, progress=progress)
-        best[stage.name], steps, seconds = outcome.best_path, steps + outcome.steps, seconds + outcome.seconds
-    return best, steps, seconds
+        outcomes[stage.name] = train_stage(job, progress=progress, clock=clock)
+    return outcomes
 
 
 def checkpoint_meta(dataset: PreparedDataset) -> dict:
@@ -127,6 +133,8 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "precision": train.precision, "checkpointing": train.checkpointing, "channels_last": train.channels_last,
         "inference_precision": inference.precision, "overlap": inference.overlap if slabs else "",
         "sw_batch_size": inference.sw_batch_size if slabs else "",
+        "budget_seconds": result.budget_seconds,
+        "time_limit_seconds": None if train.time_limit is None else round(train.time_limit * 60, 3),
     }  # fmt: skip
     names = dataset.class_names[1:]
     return [
@@ -135,12 +143,14 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
     ]
 
 
-def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> List[VariantResult]:
+def run_variants(request: RunRequest, echo: Callable[[str], None] = print,
+                 clock: Clock = time.perf_counter) -> List[VariantResult]:  # fmt: skip
     """Train, select, evaluate and record each requested variant (see the module docstring).
 
     A resumed run that is finished already (its rows are in the results CSV) is reported, not evaluated again.
     Under ``torchrun`` every process trains (:mod:`~medseg_mem.training.distributed`); only rank 0 prints, writes
     ``run.json``, checkpoints and the results CSV, evaluates and measures memory, and only it returns results.
+    ``clock`` is the wall clock of ``--time-limit`` and ``--snapshots`` (tests pass a fake one).
 
     Raises:
         MedsegError: missing/malformed prepared data or results CSV, an output folder that cannot be written,
@@ -148,7 +158,7 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     """
     joined = distributed.start()
     try:
-        results = run_all(request, echo if distributed.is_main() else lambda *_: None)
+        results = run_all(request, echo if distributed.is_main() else lambda *_: None, clock)
     except BaseException:
         distributed.stop(clean=False)  # torchrun ends the other ranks once this one exits
         raise
@@ -157,7 +167,7 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print) -> Li
     return results
 
 
-def run_all(request: RunRequest, echo: Callable[[str], None]) -> List[VariantResult]:
+def run_all(request: RunRequest, echo: Callable[[str], None], clock: Clock = time.perf_counter) -> List[VariantResult]:
     """:func:`run_variants` in this process (one rank of several under torchrun)."""
     request, record = resolved(request)
     if record is not None and finished(request, echo):
@@ -171,7 +181,7 @@ def run_all(request: RunRequest, echo: Callable[[str], None]) -> List[VariantRes
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
     weights = class_weights(jobs[0][2].class_weights, dataset)  # one pass over the labels for every variant
-    results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights)
+    results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights, clock)
                for run_id, name, train, model in jobs]  # fmt: skip
     if not distributed.is_main():
         return []
@@ -239,7 +249,8 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional
     return [(new_run_id(name), name, train, model) for name in names]
 
 
-def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None) -> Optional[VariantResult]:
+def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None,
+            clock: Clock = time.perf_counter) -> Optional[VariantResult]:  # fmt: skip
     run_dir = request.runs_dir / run_id
     info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
             "results": os.path.abspath(request.results)}  # fmt: skip
@@ -248,27 +259,50 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
         write_run_record(run_dir, info, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
          f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}"
-         f"{', channels-last' if train.channels_last else ''}, seed {train.seed}")
+         f"{', channels-last' if train.channels_last else ''}, seed {train.seed}{describe(train)}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
     with resumable(run_id, request, "stopped at its last checkpoint", "continues it"):
-        paths, steps, seconds = train_variant(name, run_dir, dataset, model, train, device, request.progress and main,
-                                              weights)  # fmt: skip
+        outcomes = train_variant(name, run_dir, dataset, model, train, device, request.progress and main, weights,
+                                 clock)  # fmt: skip
     if not main:
         return None  # rank 0 evaluates, measures and files the rows
+    paths = {stage: outcome.best_path for stage, outcome in outcomes.items()}
+    steps, seconds = sum(o.steps for o in outcomes.values()), sum(o.seconds for o in outcomes.values())
+    snapshots = record_training(run_dir, info, model, train, outcomes, echo)
     inference = request.evaluation(train)
     with resumable(run_id, request, "finished training", "evaluates it and files the rows without training again"):
-        nets = load_networks(paths, device, inference.channels_last)
-        evaluation = evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model,
-                                      dataset.num_classes, device, inference)  # fmt: skip
+        evaluation = evaluate_checkpoints(name, paths, dataset, model, device, inference)
         memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device, inference)
         result = VariantResult(run_id, name, evaluation, memory, steps, seconds)
-        append_rows(request.results, result_rows(result, dataset, model, train, device, inference))
+        rows = result_rows(result, dataset, model, train, device, inference)
+        for snapshot in snapshots:
+            rows += result_rows(evaluate_snapshot(result, snapshot, dataset, model, device, inference, echo),
+                                dataset, model, train, device, inference)  # fmt: skip
+        append_rows(request.results, rows)
     dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
     echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); peak memory "
          f"{format_bytes(memory.peak_bytes)} ({memory.method}); {evaluation.seconds_per_case:.3f} s/case")
     return result
+
+
+def evaluate_checkpoints(name, paths, dataset, model, device, inference: InferenceConfig) -> Evaluation:
+    """Segment the test split with variant ``name`` made of the stage checkpoints ``paths`` and score it."""
+    nets = load_networks(paths, device, inference.channels_last)
+    return evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model, dataset.num_classes,
+                            device, inference)  # fmt: skip
+
+
+def evaluate_snapshot(final: VariantResult, snapshot: Snapshot, dataset, model, device, inference,
+                      echo) -> VariantResult:  # fmt: skip
+    """The variant as it was at a snapshot mark, evaluated like the final model; its memory is the final one's."""
+    evaluation = evaluate_checkpoints(final.variant, snapshot.paths, dataset, model, device, inference)
+    dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
+    echo(f"[{final.variant}] snapshot at {snapshot.mark / 60:g} min ({snapshot.steps} steps, "
+         f"{snapshot.seconds / 60:.2f} min trained): test Dice {dice}")
+    return VariantResult(final.run_id, final.variant, evaluation, final.memory, snapshot.steps, snapshot.seconds,
+                         budget_seconds=snapshot.mark)  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -11,16 +11,22 @@ from medseg_mem.training.precision import autocast
 POLY_EXPONENT = 0.9
 
 
-def learning_rate(base: float, schedule: str, step: int, steps: int) -> float:
+def learning_rate(base: float, schedule: str, step: int, steps: int, spent: float = 0.0) -> float:
     """The learning rate of step ``step`` (0-based) of ``steps``: ``base``, or nnU-Net's polynomial decay.
+
+    Args:
+        spent: under a time limit, the fraction of the stage's time already spent: the decay then runs over the
+            larger of it and ``step / steps``, so it reaches its end whichever limit comes first.
 
     Example:
         >>> learning_rate(1e-2, "poly", 0, 100), round(learning_rate(1e-2, "poly", 50, 100), 5)
         (0.01, 0.00536)
+        >>> round(learning_rate(1e-2, "poly", 10, 100, spent=0.5), 5)  # half the time spent at step 10
+        0.00536
     """
     if schedule == "constant":
         return base
-    return base * (1 - step / steps) ** POLY_EXPONENT
+    return base * (1 - min(1.0, max(step / steps, spent))) ** POLY_EXPONENT
 
 
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
