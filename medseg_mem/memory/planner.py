@@ -64,6 +64,7 @@ class Plan:
             structural count is the same for both layouts).
         overlap: inference: the slabs' overlap (0 for training plans and ``full``).
         sw_batch_size: inference: slabs per network call.
+        tta: inference: the spatial axes every network call is mirrored along (``()``: no test-time mirroring).
     """
 
     variant: str
@@ -80,6 +81,7 @@ class Plan:
     channels_last: bool = False
     overlap: float = 0.0
     sw_batch_size: int = 1
+    tta: Tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -173,11 +175,11 @@ def plan_variant(
     predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
     predicted += 0 if str(device).startswith("cuda") else host
     if mode == "training":
-        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1)
+        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1, ())
     else:
         slabs = variant != "full"
         levers = (inference.precision, False, inference.channels_last, inference.overlap * slabs,
-                  inference.sw_batch_size if slabs else 1)  # fmt: skip
+                  inference.sw_batch_size if slabs else 1, inference.mirror_axes)  # fmt: skip
     return Plan(
         variant, mode, predicted, int(budget_bytes), predicted <= budget_bytes, int(resident), int(trace.peak()),
         calibration.key, int(host), *levers,
