@@ -14,6 +14,7 @@ from typing import Optional, Tuple, Union
 from medseg_mem.errors import OptionError
 from medseg_mem.names import (
     CLASS_WEIGHT_NAMES,
+    DEEP_SUPERVISION_LEVELS,
     DEFAULT_PREPARED,
     DEFAULT_RESULTS,
     DEFAULT_RUNS,
@@ -91,12 +92,18 @@ class ModelConfig:
         guidance: how stage 1's segmentation enters stage 2: ``"onehot"`` (one channel per foreground class, as
             nnU-Net; default, see docs/method.md for the measurement behind it) or ``"label"`` (one channel,
             class index / (K-1), as the thesis).
+        deep_supervision: train with nnU-Net's deep supervision: a 1x1x1 head on each decoder level below the top
+            one and a loss weighted 1, 1/2, 1/4, ... over the resolutions
+            (:mod:`medseg_mem.training.deep_supervision`). It adds parameters, so checkpoints record it and
+            inference rebuilds the same network (whose output is the plain network's: the heads are used only in
+            training). Needs at least 3 levels.
     """
 
     channels: Tuple[int, ...] = (32, 64, 128, 256, 512)
     slab_size: int = 16
     downsample: float = 0.3
     guidance: str = "onehot"
+    deep_supervision: bool = False
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or min(self.channels) < 1:
@@ -107,6 +114,11 @@ class ModelConfig:
             raise OptionError("--downsample", "must lie strictly between 0 and 1", self.downsample)
         if self.guidance not in GUIDANCE_NAMES:
             raise OptionError("--guidance", f"must be one of {', '.join(GUIDANCE_NAMES)}", self.guidance)
+        if self.deep_supervision and len(self.channels) < DEEP_SUPERVISION_LEVELS:
+            rule = (f"needs a U-Net of at least {DEEP_SUPERVISION_LEVELS} levels (a decoder level below the top one "
+                    "to supervise), e.g. --channels 8,16,32")  # fmt: skip
+            given = f"--channels {','.join(map(str, self.channels))} ({len(self.channels)} levels)"
+            raise OptionError("--deep-supervision", rule, given)
 
 
 @dataclass(frozen=True)
@@ -254,6 +266,10 @@ class InferenceConfig:
             reordering each input and output into its blocked layout (spec U-Net on one 256x256x16 slab: 540 MiB
             instead of 782, 1.1x faster). Labels agree with the contiguous layout to rounding (1 voxel in 16.7
             million differed on a 512x512x64 scan).
+        tta: test-time mirroring (nnU-Net): every network call is averaged, as softmax probabilities, over the
+            ``2**k`` flips of the ``k`` axes of ``tta_axes`` (:mod:`~medseg_mem.inference.mirror`); whole-volume
+            stages mirror the volume, slab stages each slab. ``2**k`` times the network time.
+        tta_axes: the spatial axes (0, 1, 2 of X, Y, Z; the slab axis is 2) that ``tta`` mirrors (default: all).
 
     Raises:
         OptionError: naming the option, its rule and the value.
@@ -263,6 +279,8 @@ class InferenceConfig:
     overlap: float = 0.0
     precision: str = "fp32"
     channels_last: bool = True
+    tta: bool = False
+    tta_axes: Tuple[int, ...] = (0, 1, 2)
 
     def __post_init__(self) -> None:
         if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
@@ -270,13 +288,45 @@ class InferenceConfig:
         check_overlap(self.overlap)
         if self.precision not in PRECISION_NAMES:
             raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", self.precision)
+        check_tta_axes(self.tta_axes)
+
+    @property
+    def mirror_axes(self) -> Tuple[int, ...]:
+        """The spatial axes each network call is mirrored along: :attr:`tta_axes` with ``tta``, else none."""
+        return tuple(self.tta_axes) if self.tta else ()
 
     def describe(self) -> str:
-        """Short text, e.g. ``"bf16, overlap 0.5, 2 slabs per call"`` (the defaults are left out)."""
+        """Short text, e.g. ``"bf16, overlap 0.5, 2 slabs per call, tta 0-1-2"`` (the defaults are left out)."""
         parts = [self.precision] + ([] if self.channels_last else ["contiguous"])
         parts += [f"overlap {self.overlap:g}"] if self.overlap else []
         parts += [f"{self.sw_batch_size} slabs per call"] if self.sw_batch_size > 1 else []
+        parts += [f"tta {tta_text(self.mirror_axes)}"] if self.tta else []
         return ", ".join(parts)
+
+
+def check_tta_axes(axes) -> Tuple[int, ...]:
+    """``axes`` as a tuple of distinct spatial axes, each 0, 1 or 2 (X, Y, Z), at least one.
+
+    Raises:
+        OptionError: naming ``--tta-axes``, the rule and the value.
+    """
+    rule = "must list distinct spatial axes 0, 1 or 2 (X, Y, Z; the slab axis is 2) like 0,1,2"
+    if not isinstance(axes, (tuple, list)) or not axes:
+        raise OptionError("--tta-axes", rule, axes)
+    integral = all(isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in axes)
+    if not integral or len(set(axes)) != len(axes) or not all(0 <= a <= 2 for a in axes):
+        raise OptionError("--tta-axes", rule, ",".join(map(str, axes)))
+    return tuple(int(a) for a in axes)
+
+
+def tta_text(axes: Tuple[int, ...]) -> str:
+    """The results CSV's ``tta`` cell: the mirrored axes like ``0-1-2``, or ``off`` for none.
+
+    Example:
+        >>> tta_text((0, 1, 2)), tta_text(())
+        ('0-1-2', 'off')
+    """
+    return "-".join(map(str, axes)) if axes else "off"
 
 
 @dataclass(frozen=True)

@@ -100,13 +100,15 @@ def stage_files(variant: str) -> Dict[str, str]:
 
 
 def write_weights(path: Path, state_dict: Dict[str, Any]) -> Path:
-    """Save a plain ``state_dict`` (tensors only: loads with ``weights_only=True``) to ``path`` atomically."""
+    """Save a plain ``state_dict`` (tensors only: loads with ``weights_only=True``) to ``path`` atomically, without
+    deep-supervision heads (``network_def`` is the plain U-Net, whose output does not use them)."""
     import torch
 
     from medseg_mem.atomic import replacing
+    from medseg_mem.models.build import inference_state_dict
 
     with replacing(path, suffix=".pt") as temp:
-        torch.save({name: tensor.cpu() for name, tensor in state_dict.items()}, temp)
+        torch.save({name: tensor.cpu() for name, tensor in inference_state_dict(state_dict).items()}, temp)
     return path
 
 

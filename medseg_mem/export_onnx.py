@@ -88,11 +88,12 @@ def export_stage_onnx(saved: Dict[str, Any], path: Path) -> Path:
         MedsegError: the exported logits differ from PyTorch's (:func:`check_onnx_logits`); ``path`` is kept.
     """
     from medseg_mem.atomic import replacing
+    from medseg_mem.models.build import inference_state_dict
     from medseg_mem.onnx_engine import OnnxUNet3D
 
     spec = saved["model"]
     net = OnnxUNet3D(int(spec["in_channels"]), int(spec["num_classes"]), channels=tuple(spec["channels"]))
-    net.load_state_dict(saved["state_dict"])
+    net.load_state_dict(inference_state_dict(saved["state_dict"]))  # deep-supervision heads stay behind
     example = example_input(net.eval())
     with replacing(path, suffix=".onnx") as temp:
         trace_to_onnx(net, example, temp)
@@ -147,11 +148,12 @@ def check_onnx_logits(onnx_path: Path, saved: Dict[str, Any], example, target: P
     import torch
 
     from medseg_mem.config import ModelConfig
-    from medseg_mem.models.build import build_network
+    from medseg_mem.models.build import build_network, saved_deep_supervision
     from medseg_mem.onnx_engine import OnnxNetwork
 
     spec = saved["model"]
-    reference = build_network(int(spec["in_channels"]), int(spec["num_classes"]), ModelConfig(tuple(spec["channels"])))
+    model = ModelConfig(tuple(spec["channels"]), deep_supervision=saved_deep_supervision(spec))
+    reference = build_network(int(spec["in_channels"]), int(spec["num_classes"]), model)
     reference.load_state_dict(saved["state_dict"])
     with torch.inference_mode():
         expected = reference.eval()(example)

@@ -20,6 +20,8 @@ MAX_OVERLAP = 0.5
 LR_SCHEDULE_NAMES = ("constant", "poly")
 #: Class weights of the loss: none, or ``sqrt(max count / count)`` from the training split's labels.
 CLASS_WEIGHT_NAMES = ("none", "balanced")
+#: Fewest U-Net levels ``--deep-supervision`` accepts: the top one and a decoder level below it to supervise.
+DEEP_SUPERVISION_LEVELS = 3
 #: Generated tasks ``prepare --synthetic`` writes: the embedded default, and a BraTS-sized capacity task.
 SYNTHETIC_NAMES = ("rods", "brats-like")
 

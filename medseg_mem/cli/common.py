@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
 import click
 
@@ -61,3 +61,34 @@ def slab_inference_options(func: Callable) -> Callable:
     return click.option("--overlap", type=float, default=0.0, show_default=True, callback=parse_overlap,
                         help="Inference: fraction of a slab shared with the next, 0-0.5, blended with Gaussian "
                              "weights.")(func)  # fmt: skip
+
+
+def parse_tta_axes(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]]:
+    """``0,1`` -> the spatial axes ``--tta`` mirrors (the rule of :func:`medseg_mem.config.check_tta_axes`)."""
+    from medseg_mem.config import check_tta_axes
+
+    def parse(text: str) -> Tuple[int, ...]:
+        parts = [part.strip() for part in text.split(",")]
+        return check_tta_axes(tuple(int(part) if part.lstrip("-").isdigit() else part for part in parts))
+
+    return _library_parse(parse, "--tta-axes", value)
+
+
+def tta_options(func: Callable) -> Callable:
+    """``--tta`` and ``--tta-axes``: test-time mirroring, for ``run``'s evaluation, ``predict`` and ``plan``."""
+    func = click.option("--tta-axes", callback=parse_tta_axes, metavar="AXES",
+                        help="With --tta: the spatial axes to mirror, e.g. 0,1 (4 passes) [0,1,2].")(func)  # fmt: skip
+    return click.option("--tta", is_flag=True,
+                        help="Test-time mirroring (nnU-Net): average the softmax over the network applied to every "
+                             "flip of the mirrored axes (8 passes for 0,1,2; slab stages mirror each slab).")(func)
+
+
+def tta_config(tta: bool, tta_axes: Optional[Tuple[int, ...]]) -> dict:
+    """``InferenceConfig`` keywords of ``--tta``/``--tta-axes``.
+
+    Raises:
+        click.UsageError: ``--tta-axes`` without ``--tta`` (it would change nothing).
+    """
+    if tta_axes is not None and not tta:
+        raise click.UsageError(f"--tta-axes {','.join(map(str, tta_axes))} only applies with --tta; add --tta")
+    return {"tta": bool(tta), **({"tta_axes": tta_axes} if tta_axes is not None else {})}

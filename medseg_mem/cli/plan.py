@@ -3,7 +3,7 @@
 The image size comes from ``--shape``/``--classes`` or from a prepared dataset (``--data``: its channels, its
 largest case and its classes). Inference plans are for ``medseg-mem predict`` (which keeps ``patch``'s input
 on disk while it reads it slab by slab) and model its levers: ``--precision``, ``--overlap``,
-``--sw-batch-size``, ``--no-channels-last`` and ``--batch``. ``--mode training`` plans one training
+``--sw-batch-size``, ``--tta``, ``--no-channels-last`` and ``--batch``. ``--mode training`` plans one training
 step with the memory levers of ``medseg-mem run``: ``--precision``, ``--checkpointing``, ``--no-channels-last``,
 ``--batch``, the loader's ``--workers``/``--cache``, and ``--nproc`` (processes under ``torchrun``: each row is one
 rank's memory). The default budget is the memory free now on the device
@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options
+from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.run import parse_cache, parse_channels, parse_variants
 from medseg_mem.config import TrainConfig
 from medseg_mem.memory.units import format_bytes
@@ -28,7 +28,7 @@ from medseg_mem.names import DEFAULT_WORKDIR, DEVICE_NAMES, GUIDANCE_NAMES, PREC
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
 DEFAULT_CACHE = TrainConfig.cache_bytes
 TRAINING_OPTIONS = ("--checkpointing", "--workers", "--cache", "--nproc")
-INFERENCE_OPTIONS = ("--overlap", "--sw-batch-size")
+INFERENCE_OPTIONS = ("--overlap", "--sw-batch-size", "--tta")
 
 
 def parse_shape(ctx, param, value: Optional[str]) -> Optional[Tuple[int, int, int, int]]:
@@ -99,18 +99,22 @@ def image_size(shape, classes, data) -> Tuple[Tuple[int, int, int, int], int]:
 
 def mode_levers(
     mode: str, precision: str, checkpointing: bool, workers: int, cache: Optional[int], channels_last: bool = True,
-    overlap: float = 0.0, sw_batch_size: int = 1, nproc: int = 1,
+    overlap: float = 0.0, sw_batch_size: int = 1, mirroring: Optional[dict] = None, nproc: int = 1,
 ) -> dict:  # fmt: skip
-    """The planner's options for ``mode``; options of the other mode get a one-line notice on stderr."""
+    """The planner's options for ``mode``; options of the other mode get a one-line notice on stderr.
+
+    ``mirroring``: the ``tta``/``tta_axes`` keywords of :class:`~medseg_mem.config.InferenceConfig`.
+    """
     from medseg_mem.config import InferenceConfig
 
+    mirroring = mirroring or {}
     if mode == "training":
-        _ignored(INFERENCE_OPTIONS, (overlap != 0, sw_batch_size != 1), "inference")
+        _ignored(INFERENCE_OPTIONS, (overlap != 0, sw_batch_size != 1, mirroring.get("tta", False)), "inference")
         cache_bytes = DEFAULT_CACHE if cache is None else cache
         return dict(precision=precision, checkpointing=checkpointing, workers=workers, cache_bytes=cache_bytes,
                     channels_last=channels_last, nproc=nproc)  # fmt: skip
     _ignored(TRAINING_OPTIONS, (checkpointing, workers != 0, cache is not None, nproc != 1), "training")
-    return dict(inference=InferenceConfig(sw_batch_size, overlap, precision, channels_last))
+    return dict(inference=InferenceConfig(sw_batch_size, overlap, precision, channels_last, **mirroring))
 
 
 def _ignored(options, given, mode: str) -> None:
@@ -141,6 +145,7 @@ def _ignored(options, given, mode: str) -> None:
 @click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
               help="Autocast dtype of the network passes (training: weights, gradients and Adam stay float32).")
 @slab_inference_options
+@tta_options
 @click.option("--checkpointing/--no-checkpointing", default=False, show_default=True,
               help="Training: recompute each U-Net level in the backward pass instead of storing its activations.")
 @click.option("--channels-last/--no-channels-last", default=TrainConfig.channels_last, show_default=True,
@@ -164,8 +169,8 @@ def _ignored(options, given, mode: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list, one object per variant.")
 @library_errors
 def plan(shape, classes, data, variants, budget, slab, downsample, guidance, batch, mode, precision, overlap,
-         sw_batch_size, checkpointing, channels_last, workers, cache, nproc, channels, device, calibration_path,
-         calibrate, as_json) -> None:  # fmt: skip
+         sw_batch_size, tta, tta_axes, checkpointing, channels_last, workers, cache, nproc, channels, device,
+         calibration_path, calibrate, as_json) -> None:  # fmt: skip
     """Predict the peak memory of each variant before allocating anything large.
 
     Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``, or
@@ -178,7 +183,8 @@ def plan(shape, classes, data, variants, budget, slab, downsample, guidance, bat
     from medseg_mem.variants import resolve_variants
 
     shape, classes = image_size(shape, classes, data)
-    levers = mode_levers(mode, precision, checkpointing, workers, cache, channels_last, overlap, sw_batch_size, nproc)
+    levers = mode_levers(mode, precision, checkpointing, workers, cache, channels_last, overlap, sw_batch_size,
+                         tta_config(tta, tta_axes), nproc)  # fmt: skip
     device = resolve_device(device).type
     budget_source = "--budget"
     if budget is None:
@@ -204,7 +210,8 @@ def inference_levers(plans) -> str:
     from medseg_mem.config import InferenceConfig
 
     overlap, batch = max(p.overlap for p in plans), max(p.sw_batch_size for p in plans)
-    return InferenceConfig(batch, overlap, plans[0].precision, plans[0].channels_last).describe()
+    mirroring = {"tta": True, "tta_axes": plans[0].tta} if plans[0].tta else {}
+    return InferenceConfig(batch, overlap, plans[0].precision, plans[0].channels_last, **mirroring).describe()
 
 
 def header_line(plans, shape, classes, budget: int, budget_source: str, batch: int) -> str:

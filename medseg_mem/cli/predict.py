@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options
+from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.run import parse_variants
 from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 
@@ -34,6 +34,7 @@ ENGINES = ("torch", "onnxruntime")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES), default="fp32", show_default=True,
               help="fp32, or autocast the networks to bf16 / fp16 (about half the memory).")
 @slab_inference_options
+@tta_options
 @click.option("--channels-last/--no-channels-last", default=True, show_default=True,
               help="Channels-last network layout (less memory and faster on CPU; labels agree to rounding).")
 @click.option("--engine", type=click.Choice(ENGINES), default="torch", show_default=True,
@@ -43,7 +44,7 @@ ENGINES = ("torch", "onnxruntime")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
 def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwrite, device, precision, overlap,
-            sw_batch_size, channels_last, engine, quiet) -> None:  # fmt: skip
+            sw_batch_size, tta, tta_axes, channels_last, engine, quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
@@ -59,7 +60,7 @@ def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwr
     from medseg_mem.config import InferenceConfig
     from medseg_mem.predict import predict as run_predict
 
-    inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last)
+    inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last, **tta_config(tta, tta_axes))
     checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
                           inference=inference, engine=engine)  # fmt: skip

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap
+from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap, tta_config, tta_options
 from medseg_mem.errors import did_you_mean
 from medseg_mem.names import (
     CLASS_WEIGHT_NAMES,
@@ -165,6 +165,9 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--batch-dice/--no-batch-dice", default=None, help="Dice over the whole batch [default: on].")
 @click.option("--channels", callback=parse_channels,
               help="U-Net widths per level [spec 32,64,128,256,512; embedded default 8,16,32,64,128].")
+@click.option("--deep-supervision/--no-deep-supervision", default=None,
+              help="nnU-Net's deep supervision: a 1x1x1 head on each decoder level below the top, loss weighted "
+                   "1, 1/2, 1/4 ... over the resolutions (training only; needs >= 3 levels) [off].")
 @click.option("--slab-size", type=click.IntRange(min=1), help="Slab thickness along the last axis [16].")
 @click.option("--downsample", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Cascade stage-1 scale factor [0.3].")
@@ -181,6 +184,7 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--overlap", type=float, callback=parse_overlap,
               help="Evaluation: fraction of a slab shared with the next, 0-0.5, blended with Gaussian weights [0].")
 @click.option("--sw-batch-size", type=click.IntRange(min=1), help="Evaluation: slabs per network call [1].")
+@tta_options
 @click.option("--checkpointing/--no-checkpointing", default=None,
               help="Activation checkpointing: recompute each U-Net level in the backward pass (less training "
                    "memory, ~1/3 more compute) [off].")
@@ -225,6 +229,7 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
         from medseg_mem.config import check_wall_clock
 
         check_wall_clock(options["time_limit"], options["snapshots"])  # a mark past the limit: one line, at once
+    check_network_options(options)
     if nproc > 1:
         from medseg_mem.training.launch import relaunch
 
@@ -249,8 +254,21 @@ def inference_options(options: dict):
     from medseg_mem.config import InferenceConfig
 
     overlap, sw_batch_size = options.pop("overlap"), options.pop("sw_batch_size")
-    inference = InferenceConfig(sw_batch_size=sw_batch_size or 1, overlap=overlap or 0.0)
+    mirroring = tta_config(options.pop("tta"), options.pop("tta_axes"))
+    inference = InferenceConfig(sw_batch_size=sw_batch_size or 1, overlap=overlap or 0.0, **mirroring)
     return inference, options.pop("inference_precision")
+
+
+def check_network_options(options: dict) -> None:
+    """Refuse ``--deep-supervision`` with a ``--channels`` list too shallow for it before any data is read.
+
+    Raises:
+        OptionError: from :class:`~medseg_mem.config.ModelConfig`, naming ``--deep-supervision`` and the widths.
+    """
+    from medseg_mem.config import ModelConfig
+
+    if options.get("deep_supervision") and options.get("channels") is not None:
+        ModelConfig(channels=options["channels"], deep_supervision=True)
 
 
 def lever_notices(options: dict):

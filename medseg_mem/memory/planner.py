@@ -70,6 +70,7 @@ class Plan:
         sw_batch_size: inference: slabs per network call.
         nproc: training: processes training together under DDP; ``predicted_bytes`` is one rank's (1 for
             inference plans).
+        tta: inference: the spatial axes every network call is mirrored along (``()``: no test-time mirroring).
     """
 
     variant: str
@@ -87,6 +88,7 @@ class Plan:
     overlap: float = 0.0
     sw_batch_size: int = 1
     nproc: int = 1
+    tta: Tuple[int, ...] = ()
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -183,13 +185,13 @@ def plan_variant(
     predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
     predicted += 0 if str(device).startswith("cuda") else host
     if mode == "training":
-        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1, nproc)
+        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1, nproc, ())
     else:
         slabs = variant != "full"
         levers = (inference.precision, False, inference.channels_last, inference.overlap * slabs,
-                  inference.sw_batch_size if slabs else 1, 1)  # fmt: skip
+                  inference.sw_batch_size if slabs else 1, 1, inference.mirror_axes)  # fmt: skip
     return Plan(
-        variant, mode, predicted, int(budget_bytes), _fits(predicted, budget_bytes, levers[-1], device),
+        variant, mode, predicted, int(budget_bytes), _fits(predicted, budget_bytes, levers[5], device),
         int(resident), int(trace.peak()), calibration.key, int(host), *levers,
     )  # fmt: skip
 

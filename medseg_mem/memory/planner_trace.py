@@ -18,7 +18,7 @@ LARGEST_BYTES = 2**63 - 1  # torch counts a storage's bytes in a signed 64-bit i
 
 
 def meta_networks(variant, image_channels: int, classes: int, model, checkpointing: bool = False):
-    """One random-free ``meta`` U-Net per stage, keyed by stage name."""
+    """One random-free ``meta`` U-Net per stage (with ``model``'s deep-supervision heads), keyed by stage name."""
     import torch
 
     from medseg_mem.models.unet import UNet3D
@@ -26,7 +26,7 @@ def meta_networks(variant, image_channels: int, classes: int, model, checkpointi
     with torch.device("meta"):
         return {
             stage.name: UNet3D(stage.in_channels(image_channels, classes, model), classes, model.channels,
-                               checkpointing=checkpointing)
+                               checkpointing=checkpointing, deep_supervision=model.deep_supervision)
             for stage in variant.stages()
         }  # fmt: skip
 

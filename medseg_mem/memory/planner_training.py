@@ -1,8 +1,9 @@
 """The planner's training half: one training step of each stage traced on the ``meta`` device.
 
 It follows :func:`medseg_mem.training.step.train_step` and its levers - precision (autocast emulated with half
-weights, float32 master gradients and CPU autocast's float32 max-pool), activation checkpointing and the batch
-size - and counts what is held through the whole step (weights, Adam states, image, label).
+weights, float32 master gradients and CPU autocast's float32 max-pool), activation checkpointing, the batch
+size and deep supervision (the heads, their outputs and loss terms) - and counts what is held through the whole
+step (weights, Adam states, image, label).
 """
 
 from __future__ import annotations
@@ -154,10 +155,15 @@ def _master_grad(kept: List, parameter) -> None:
 
 def _step_on_meta(net, image, label) -> None:
     """:func:`~medseg_mem.training.step.train_step` without the optimizer: forward, Dice+CE loss on float32
-    logits and the int64 label, backward."""
+    logits and the int64 label (on every output of a deep-supervised network), backward."""
+    import torch
     from monai.losses import DiceCELoss
 
-    logits = net(image)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)(logits.float(), label.long())
+    from medseg_mem.training.deep_supervision import DeepSupervisionLoss
+
+    logits, loss_fn = net(image), DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    if isinstance(logits, list):
+        loss_fn = DeepSupervisionLoss(loss_fn, outputs=len(logits))
+    loss = loss_fn(logits.float() if isinstance(logits, torch.Tensor) else logits, label.long())
     del logits
     loss.backward()

@@ -11,15 +11,19 @@ from medseg_mem.checkpoint import load_checkpoint
 from medseg_mem.config import ModelConfig
 from medseg_mem.models.unet import UNet3D
 
+AUX_PREFIX = "aux_heads."  # the deep-supervision heads' entries in a state dict
+
 
 def build_network(
     in_channels: int, num_classes: int, model: ModelConfig, checkpointing: bool = False, channels_last: bool = False
 ) -> UNet3D:
-    """The spec U-Net with ``model``'s widths (random weights: seed torch first for a repeatable network).
+    """The spec U-Net with ``model``'s widths and deep-supervision heads (random weights: seed torch first for a
+    repeatable network).
 
     ``channels_last`` stores the convolution weights channels-last (:func:`channels_last_layout`).
     """
-    net = UNet3D(in_channels, num_classes, channels=model.channels, checkpointing=checkpointing)
+    net = UNet3D(in_channels, num_classes, channels=model.channels, checkpointing=checkpointing,
+                 deep_supervision=model.deep_supervision)  # fmt: skip
     return channels_last_layout(net) if channels_last else net
 
 
@@ -49,8 +53,25 @@ def load_networks(
     for stage, path in paths.items():
         saved = load_checkpoint(path, map_location=device)
         spec = saved["model"]
-        model = ModelConfig(channels=tuple(spec["channels"]))
+        model = ModelConfig(channels=tuple(spec["channels"]), deep_supervision=saved_deep_supervision(spec))
         net = build_network(spec["in_channels"], spec["num_classes"], model, channels_last=channels_last)
         net.load_state_dict(saved["state_dict"])
         nets[stage] = net.to(device).eval()
     return nets
+
+
+def saved_deep_supervision(spec: Dict) -> bool:
+    """Whether a checkpoint's ``model`` settings had deep-supervision heads (checkpoints from before the option:
+    no)."""
+    return bool(spec.get("deep_supervision", False))
+
+
+def inference_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """``state_dict`` without the deep-supervision heads, which no inference uses: the weights of the plain
+    U-Net (what the ONNX export and the MONAI bundle's ``network_def`` load).
+
+    Example:
+        >>> sorted(inference_state_dict({"head.weight": 1, "aux_heads.0.weight": 2}))
+        ['head.weight']
+    """
+    return {name: tensor for name, tensor in state_dict.items() if not name.startswith(AUX_PREFIX)}

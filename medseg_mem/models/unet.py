@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Callable, Iterator, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
+
+from medseg_mem.names import DEEP_SUPERVISION_LEVELS
 
 SPEC_CHANNELS: Tuple[int, ...] = (32, 64, 128, 256, 512)
 
@@ -99,6 +101,11 @@ class UNet3D(nn.Module):
             (only while training with autograd enabled; inference is unchanged). Saves 40-50 % of a
             step's activation memory for one more forward pass of every level; outputs, gradients and
             BatchNorm statistics are identical.
+        deep_supervision: add a 1x1x1 head to each decoder level below the top one; in training mode
+            ``forward`` returns the logits of every head, highest resolution first (needs at least 3 levels).
+
+    Raises:
+        ValueError: a width list of fewer than 2 positive widths, or deep supervision with fewer than 3 levels.
 
     Example:
         >>> net = UNet3D(1, 3, channels=(4, 8, 16))
@@ -113,6 +120,7 @@ class UNet3D(nn.Module):
         channels: Sequence[int] = SPEC_CHANNELS,
         momentum: float = 0.1,
         checkpointing: bool = False,
+        deep_supervision: bool = False,
     ) -> None:
         super().__init__()
         self.checkpointing = bool(checkpointing)
@@ -127,16 +135,21 @@ class UNet3D(nn.Module):
             decoders.append(double_conv(2 * shallow, shallow, momentum))
         self.ups, self.decoders = nn.ModuleList(ups), nn.ModuleList(decoders)
         self.head = nn.Conv3d(self.channels[0], self.out_channels, kernel_size=1)
+        self.deep_supervision = bool(deep_supervision)
+        self.aux_heads = nn.ModuleList(auxiliary_heads(self.channels, self.out_channels) if deep_supervision else [])
 
     @property
     def divisor(self) -> int:
         """Spatial sizes are padded to a multiple of this (one halving per pooling)."""
         return 2 ** (len(self.channels) - 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | List[torch.Tensor]:
+        """Logits ``(B, K, *size)``; with deep supervision in training mode, the list of every head's logits."""
         size = x.shape[2:]
         x = F.pad(x, pad_amounts(size, self.divisor))
-        if not torch.is_grad_enabled():
+        supervised = self.deep_supervision and self.training
+        levels = []  # decoder outputs below the top, deepest first (kept only with deep supervision)
+        if not torch.is_grad_enabled() and not supervised:
             x = self._forward_lean(x)
         else:
             skips = []
@@ -144,9 +157,19 @@ class UNet3D(nn.Module):
                 x = self._level(encoder, self._encode, index, x)
                 skips.append(x)
             for index, (decoder, skip) in enumerate(zip(self.decoders, reversed(skips[:-1]))):
+                if supervised and index > 0:
+                    levels.append(x)  # the output of decoder level index - 1
                 x = self._level(decoder, self._decode, index, skip, x)
-        x = self.head(x)
-        return x[(..., *(slice(0, s) for s in size))]
+        x = self.head(x)[(..., *(slice(0, s) for s in size))]
+        if not supervised:
+            return x
+        return [x] + [self._auxiliary(index, level, size) for index, level in reversed(list(enumerate(levels)))]
+
+    def _auxiliary(self, index: int, level: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Logits of auxiliary head ``index`` (deepest first) on its decoder level, cropped to ``ceil(size / f)``
+        for the level's downsampling factor ``f``."""
+        factor = 2 ** (len(self.aux_heads) - index)
+        return self.aux_heads[index](level)[(..., *(slice(0, -(-s // factor)) for s in size))]
 
     def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
         """Encoder and decoder without autograd, holding less at once and computing exactly the same numbers.
@@ -189,6 +212,18 @@ class UNet3D(nn.Module):
             return function(index, *tensors)
         contexts = functools.partial(recompute_contexts, block)
         return checkpoint(function, index, *tensors, use_reentrant=False, context_fn=contexts)
+
+
+def auxiliary_heads(channels: Sequence[int], out_channels: int) -> List[nn.Module]:
+    """One 1x1x1 head per decoder level below the top one, deepest first (widths ``channels[-2]..channels[1]``).
+
+    Raises:
+        ValueError: fewer than :data:`DEEP_SUPERVISION_LEVELS` levels (no decoder level below the top).
+    """
+    if len(channels) < DEEP_SUPERVISION_LEVELS:
+        raise ValueError(f"deep supervision needs at least {DEEP_SUPERVISION_LEVELS} levels (a decoder level below "
+                         f"the top to supervise); got channels {tuple(channels)}")  # fmt: skip
+    return [nn.Conv3d(width, out_channels, kernel_size=1) for width in channels[-2:0:-1]]
 
 
 def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:

@@ -33,6 +33,7 @@ def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Di
             "slab_size": job.model.slab_size,
             "downsample": job.model.downsample,
             "guidance": job.model.guidance,
+            "deep_supervision": job.model.deep_supervision,
             "in_channels": job.in_channels,
             "num_classes": job.num_classes,
         },

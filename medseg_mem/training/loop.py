@@ -30,6 +30,7 @@ from medseg_mem.evaluate import dice_per_class
 from medseg_mem.models.build import build_network
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
+from medseg_mem.training.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
@@ -74,9 +75,20 @@ class StageOutcome:
     snapshots: Dict[int, Dict[str, float]] = field(default_factory=dict)
 
 
-def make_loss(stage: Stage, train: TrainConfig, weights: Optional[Tuple[float, ...]] = None) -> torch.nn.Module:
+def make_loss(
+    stage: Stage, train: TrainConfig, weights: Optional[Tuple[float, ...]] = None, model: Optional[ModelConfig] = None
+) -> torch.nn.Module:
     """Dice (thesis) or Dice + cross-entropy (nnU-Net), on softmax outputs, background per the stage, with
-    optional class ``weights`` (one per class, background included)."""
+    optional class ``weights`` (one per class, background included); summed over every resolution when ``model``
+    has deep supervision (:class:`~medseg_mem.training.deep_supervision.DeepSupervisionLoss`)."""
+    loss = plain_loss(stage, train, weights)
+    if model is None or not model.deep_supervision:
+        return loss
+    return DeepSupervisionLoss(loss, outputs=len(model.channels) - 1)
+
+
+def plain_loss(stage: Stage, train: TrainConfig, weights: Optional[Tuple[float, ...]] = None) -> torch.nn.Module:
+    """The loss of one output: see :func:`make_loss`."""
     options = dict(include_background=stage.include_background, to_onehot_y=True, softmax=True, batch=train.batch_dice)
     weight = None if weights is None else torch.tensor(weights, dtype=torch.float32)
     if train.loss == "dice_ce":
@@ -108,7 +120,8 @@ def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_c
     optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
     scaler = grad_scaler(job.train.precision, job.device)
     step, state = resume_state(job, net, optimizer, scaler)  # every rank loads the same last.pt
-    loss_fn, precision = make_loss(job.stage, job.train, job.class_weights).to(job.device), job.train.precision
+    loss_fn = make_loss(job.stage, job.train, job.class_weights, job.model).to(job.device)
+    precision = job.train.precision
     bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}",
                disable=not (progress and distributed.is_main()))  # fmt: skip
     elapsed, net = state["train_seconds"], net.train()

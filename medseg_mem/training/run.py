@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from medseg_mem import __version__
-from medseg_mem.config import InferenceConfig, ModelConfig, RunRequest, TrainConfig
+from medseg_mem.config import InferenceConfig, ModelConfig, RunRequest, TrainConfig, tta_text
 from medseg_mem.data.prepared import SPLITS, PreparedDataset
 from medseg_mem.device import resolve_device
 from medseg_mem.errors import MedsegError
@@ -135,6 +135,7 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "sw_batch_size": inference.sw_batch_size if slabs else "",
         "budget_seconds": result.budget_seconds,
         "time_limit_seconds": None if train.time_limit is None else round(train.time_limit * 60, 3),
+        "deep_supervision": model.deep_supervision, "tta": tta_text(inference.mirror_axes),
     }  # fmt: skip
     names = dataset.class_names[1:]
     return [
@@ -258,7 +259,8 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     if main:
         write_run_record(run_dir, info, model, train)
     echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
-         f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}"
+         f"loss {train.loss}{', deep supervision' if model.deep_supervision else ''}, {train.precision}"
+         f"{', checkpointing' if train.checkpointing else ''}"
          f"{', channels-last' if train.channels_last else ''}, seed {train.seed}{describe(train)}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "

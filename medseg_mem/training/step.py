@@ -48,7 +48,9 @@ def train_step(
     Args:
         net: the network, in training mode, on ``x``'s device.
         optimizer: over ``net``'s parameters.
-        loss_fn: maps ``(logits float32, label (B, 1, ...) int64)`` to a scalar.
+        loss_fn: maps ``(logits float32, label (B, 1, ...) int64)`` to a scalar; for a deep-supervised network,
+            whose training output is a list of logits, ``(that list, label)`` (it casts each output itself:
+            :class:`~medseg_mem.training.deep_supervision.DeepSupervisionLoss`).
         x: input batch ``(B, C, X, Y, Z)`` float32.
         y: label batch ``(B, 1, X, Y, Z)``, any integer dtype (uint8 from the loader); made int64 here only.
         precision: ``fp32``, ``bf16`` or ``fp16``.
@@ -60,7 +62,7 @@ def train_step(
     optimizer.zero_grad(set_to_none=True)
     with autocast(precision, x.device):
         logits = net(x)
-    loss = loss_fn(logits.float(), y.long())
+    loss = loss_fn(logits.float() if isinstance(logits, torch.Tensor) else logits, y.long())
     del logits
     if scaler is None:
         loss.backward()

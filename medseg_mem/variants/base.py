@@ -15,6 +15,7 @@ from torch import nn
 
 from medseg_mem.config import InferenceConfig, ModelConfig
 from medseg_mem.inference.labels import labels_of
+from medseg_mem.inference.mirror import mirrored
 from medseg_mem.inference.precision import with_precision
 from medseg_mem.inference.slab import SlabInferer
 from medseg_mem.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
@@ -72,9 +73,10 @@ class Stage:
     def forward(
         self, net: nn.Module, x: torch.Tensor, model: ModelConfig, inference: InferenceConfig = None
     ) -> torch.Tensor:
-        """Logits of the whole (stage-resolution) volume ``x``: slab-wise or in one pass (``inference``: how)."""
+        """Logits of the whole (stage-resolution) volume ``x``: slab-wise or in one pass (``inference``: how; with
+        ``tta`` the log of the mirrored mean probabilities, :func:`~medseg_mem.inference.mirror.mirrored`)."""
         inference = inference or InferenceConfig()
-        network = with_precision(net, inference.precision)
+        network = self.network(net, inference)
         if self.slab:
             return self.inferer(model, inference)(x, network)
         return network(x)
@@ -86,10 +88,17 @@ class Stage:
         ``device`` (default: the network's): slab by slab, or the argmax of one pass taken a few slices at a
         time. ``x`` may be a :class:`~medseg_mem.inference.source.SlabSource` for a slab stage."""
         inference = inference or InferenceConfig()
-        network = with_precision(net, inference.precision)
+        network = self.network(net, inference)
         if self.slab:
             return self.inferer(model, inference, output="labels", device=device)(x, network)
         return labels_of(network(x), device)
+
+    @staticmethod
+    def network(net: nn.Module, inference: InferenceConfig):
+        """What each network call runs: ``net`` at the inference's precision, mirrored when it asks for ``tta``
+        (inside every call, so a slab stage mirrors each slab and holds one slab's probabilities)."""
+        network = with_precision(net, inference.precision)
+        return mirrored(network, inference.mirror_axes) if inference.tta else network
 
     @staticmethod
     def inferer(
