@@ -22,6 +22,10 @@ LR_SCHEDULE_NAMES = ("constant", "poly")
 CLASS_WEIGHT_NAMES = ("none", "balanced")
 #: Generated tasks ``prepare --synthetic`` writes: the embedded default, and a BraTS-sized capacity task.
 SYNTHETIC_NAMES = ("rods", "brats-like")
+#: Optimizers of ``run --optimizer``: Adam (thesis), or SGD with Nesterov momentum 0.99 (nnU-Net).
+OPTIMIZER_NAMES = ("adam", "sgd")
+#: Data augmentation of ``run --augment``: none, or nnU-Net's spatial, intensity and mirroring transforms.
+AUGMENT_NAMES = ("none", "nnunet")
 
 DEFAULT_WORKDIR = Path("medseg-work")
 DEFAULT_PREPARED = DEFAULT_WORKDIR / "prepared"

@@ -25,6 +25,7 @@ from medseg_mem.evaluate import dice_per_class
 from medseg_mem.models.build import build_network
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
+from medseg_mem.training.optimizer import build_optimizer
 from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
@@ -93,7 +94,7 @@ def train_stage(job: StageJob, progress: bool = True) -> StageOutcome:
     train = job.train
     net = build_network(job.in_channels, job.num_classes, job.model, train.checkpointing, train.channels_last)
     net = distributed.sync_norms(net.to(job.device), job.device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
+    optimizer = build_optimizer(train.optimizer, net.parameters(), train.lr)
     scaler = grad_scaler(job.train.precision, job.device)
     step, state = resume_state(job, net, optimizer, scaler)  # every rank loads the same last.pt
     loss_fn, precision = make_loss(job.stage, job.train, job.class_weights).to(job.device), job.train.precision
