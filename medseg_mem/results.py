@@ -30,11 +30,11 @@ RESULT_COLUMNS = (
     "peak_memory_bytes", "memory_method", "device", "inference_seconds_per_case", "train_steps", "train_seconds",
     "seed", "channels", "loss", "slab_size", "downsample", "n_test_cases", "package_version", "source",
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
-    "inference_precision", "overlap", "sw_batch_size",
+    "inference_precision", "overlap", "sw_batch_size", "optimizer", "augment", "foreground_oversample",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
-    "inference_precision", "overlap", "sw_batch_size",
+    "inference_precision", "overlap", "sw_batch_size", "optimizer", "augment", "foreground_oversample",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark")

@@ -127,6 +127,8 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "precision": train.precision, "checkpointing": train.checkpointing, "channels_last": train.channels_last,
         "inference_precision": inference.precision, "overlap": inference.overlap if slabs else "",
         "sw_batch_size": inference.sw_batch_size if slabs else "",
+        "optimizer": train.optimizer, "augment": train.augment,
+        "foreground_oversample": train.foreground_oversample if slabs else "",
     }  # fmt: skip
     names = dataset.class_names[1:]
     return [
@@ -246,9 +248,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     main = distributed.is_main()
     if main:
         write_run_record(run_dir, info, model, train)
-    echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
-         f"loss {train.loss}, {train.precision}{', checkpointing' if train.checkpointing else ''}"
-         f"{', channels-last' if train.channels_last else ''}, seed {train.seed}")
+    echo(f"[{name}] run {run_id}: {run_settings(model, train)}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
@@ -269,6 +269,21 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); peak memory "
          f"{format_bytes(memory.peak_bytes)} ({memory.method}); {evaluation.seconds_per_case:.3f} s/case")
     return result
+
+
+def run_settings(model: ModelConfig, train: TrainConfig) -> str:
+    """The header line's settings, e.g. ``channels 4-8, 2 steps/stage, loss dice_ce, fp32, seed 0``; the levers
+    and nnU-Net's recipe options are named when they are on (``sgd lr 0.01, augment nnunet, ...``)."""
+    parts = [f"channels {'-'.join(map(str, model.channels))}", f"{train.steps} steps/stage", f"loss {train.loss}",
+             train.precision]  # fmt: skip
+    optional = {
+        "checkpointing": train.checkpointing,
+        "channels-last": train.channels_last,
+        f"sgd lr {train.lr:g}": train.optimizer == "sgd",
+        f"augment {train.augment}": train.augment != "none",
+        f"foreground oversample {train.foreground_oversample:g}": train.foreground_oversample > 0,
+    }
+    return ", ".join(parts + [text for text, shown in optional.items() if shown] + [f"seed {train.seed}"])
 
 
 @contextlib.contextmanager
