@@ -2,7 +2,7 @@
 
 It follows :func:`medseg_mem.training.step.train_step` and its levers - precision (autocast emulated with half
 weights, float32 master gradients and CPU autocast's float32 max-pool), activation checkpointing and the batch
-size - and counts what is held through the whole step (weights, Adam states, image, label).
+size - and counts what is held through the whole step (weights, the optimizer's states, image, label).
 """
 
 from __future__ import annotations
@@ -11,21 +11,24 @@ import functools
 from typing import List, Tuple
 
 from medseg_mem.memory.planner_trace import countable, meta_networks, weight_bytes
+from medseg_mem.training.optimizer import optimizer_states
 
-ADAM_STATES = 2  # exp_avg and exp_avg_sq, one copy of the weights each
+ADAM_STATES = optimizer_states("adam")  # exp_avg and exp_avg_sq, one copy of the weights each
 HALF_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 
 
-def trace_training(variant, shape, classes, model, batch, lever):
+def trace_training(variant, shape, classes, model, batch, lever, optimizer: str = "adam"):
     """Trace one training step of each stage; return the worst stage's ``(resident bytes, trace)``.
 
-    ``lever`` is ``(precision, checkpointing, device)``.
+    ``lever`` is ``(precision, checkpointing, device)``; ``optimizer`` (``TrainConfig.optimizer``) sets how many
+    weight-sized states are resident.
     """
     nets = meta_networks(variant, shape[0], classes, model, lever[1])
     worst = None
     for stage in variant.stages():
         with countable(shape, batch):
-            resident, trace = _trace_step(nets[stage.name], batch, _stage_size(stage, shape, model), *lever)
+            size = _stage_size(stage, shape, model)
+            resident, trace = _trace_step(nets[stage.name], batch, size, *lever, optimizer_states(optimizer))
         if worst is None or resident + trace.peak() > worst[0] + worst[1].peak():
             worst = (resident, trace)
     return worst
@@ -41,8 +44,10 @@ def _stage_size(stage, shape, model) -> Tuple[int, ...]:
     return tuple(size)
 
 
-def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpointing: bool, device: str):
-    """Trace one training step of ``net``; return ``(resident bytes, trace)``.
+def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpointing: bool, device: str,
+                states: int = ADAM_STATES):  # fmt: skip
+    """Trace one training step of ``net`` with an optimizer of ``states`` weight-sized states; return
+    ``(resident bytes, trace)``.
 
     Traced: everything :func:`~medseg_mem.training.step.train_step` allocates, gradients included (the
     optimizer's step comes after the backward pass, when the activations are gone, and is not traced).
@@ -54,7 +59,7 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     net.train()
     image = torch.zeros((batch, net.in_channels, *size), device="meta")
     label = torch.zeros((batch, 1, *size), dtype=torch.uint8, device="meta")
-    resident = _training_resident(net, image, label, precision, checkpointing)
+    resident = _training_resident(net, image, label, precision, checkpointing, states)
     master_grads = []  # keeps the float32 gradients alive, as the float32 weights' .grad would
     if precision != "fp32":
         autocast_on_meta(net, precision, device, master_grads)
@@ -64,16 +69,16 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     return resident, tracer.trace
 
 
-def _training_resident(net, image, label, precision: str, checkpointing: bool) -> int:
+def _training_resident(net, image, label, precision: str, checkpointing: bool, states: int = ADAM_STATES) -> int:
     """Bytes held through a whole training step of the float32 ``net``.
 
-    Float32 weights and buffers, the two float32 Adam states, the float32 image and the uint8 label; for
+    Float32 weights and buffers, the optimizer's ``states`` float32 states (Adam two, SGD one), the float32 image
+    and the uint8 label; for
     bf16/fp16 without checkpointing also autocast's half copies of the convolution weights (saved for the
     backward pass; with checkpointing they are dropped when the forward pass ends and recast one level at a
     time during the backward pass).
     """
-    parameters = sum(_nbytes(p) for p in net.parameters())
-    resident = weight_bytes({"net": net}) + ADAM_STATES * parameters + _nbytes(image) + _nbytes(label)
+    resident = weight_bytes({"net": net}) + states * _parameter_bytes(net) + _nbytes(image) + _nbytes(label)
     if precision != "fp32" and not checkpointing:
         resident += _convweight_bytes(net) // 2
     return resident
@@ -85,6 +90,11 @@ def _convweight_bytes(net) -> int:
 
     convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
     return sum(_nbytes(p) for conv in convs for p in conv.parameters())
+
+
+def _parameter_bytes(net) -> int:
+    """Bytes of ``net``'s parameters: the size of one optimizer state."""
+    return sum(_nbytes(p) for p in net.parameters())
 
 
 def _nbytes(tensor) -> int:
