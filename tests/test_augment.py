@@ -137,3 +137,18 @@ def test_augmented_batches_repeat_with_workers_and_resume_and_differ_from_plain(
 def test_unknown_augmentation_is_an_option_error():
     with pytest.raises(OptionError, match="--augment"):
         TrainConfig(augment="heavy")
+
+
+def test_a_sample_does_not_depend_on_the_thread_count():
+    """DataLoader workers run torch on one thread, the training process on several: the contrast's and gamma's
+    means are sums whose last bits depend on the threads, so ``--workers`` must not change a sample."""
+    augment = SampleAugmentation("nnunet", slab=False, image_channels=1)
+    x, y = pair(size=(64, 64, 48))
+    threads, outputs = torch.get_num_threads(), {}
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outputs[count] = [augment((x, y), seed=seed) for seed in range(16)]
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(outputs[1], outputs[2]))

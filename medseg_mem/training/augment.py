@@ -22,7 +22,8 @@ mirroring                 each spatial axis on its own                          
 Shapes do not change (rotation and scaling keep the size: zero padding, cropping), so a slab stays one slab of
 the inference grid's thickness. Labels leave as uint8 and the image as float32. Every sample is augmented with
 a generator seeded from that sample's own seed (:class:`~medseg_mem.training.sampling.StepSamples`), so a run
-is repeatable with any ``--workers`` and across ``--resume``.
+is repeatable with any ``--workers`` (augmentation runs on one torch thread wherever it runs,
+:func:`one_thread`) and across ``--resume``.
 
 Example:
     >>> augment = SampleAugmentation("nnunet", slab=True, image_channels=1)
@@ -33,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import List, Optional, Sequence, Tuple
 
@@ -121,9 +123,23 @@ class SampleAugmentation:
         data = {"image": x[: self.image_channels], "label": y}
         if self.guided:
             data["guidance"] = x[self.image_channels :]
-        out = self.transform.set_random_state(seed=seed)(data)
+        with one_thread():
+            out = self.transform.set_random_state(seed=seed)(data)
         parts = [plain(out["image"])] + ([plain(out["guidance"])] if self.guided else [])
         return torch.cat(parts).float(), plain(out["label"]).round().to(y.dtype)
+
+
+@contextlib.contextmanager
+def one_thread():
+    """Run torch on one thread inside, as in a DataLoader worker: the contrast's and gamma's means and standard
+    deviations are sums, whose last bits depend on how many threads share them, so a sample augmented in the
+    training process (``--workers 0``) would otherwise differ from the same sample augmented in a worker."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def plain(tensor) -> torch.Tensor:
