@@ -118,7 +118,8 @@ class TrainConfig:
         steps: optimisation steps per stage.
         batch_size: samples per step (volumes for whole-volume stages, slabs for slab stages).
         val_every: validate (per-class Dice on the val split) every this many steps; the best checkpoint is kept.
-        lr: learning rate (Adam, thesis: 3e-4; SGD, nnU-Net: 1e-2, see :func:`medseg_mem.training.optimizer.default_lr`).
+        lr: learning rate (Adam, thesis: 3e-4; SGD, nnU-Net: 1e-2: see
+            :func:`medseg_mem.training.optimizer.default_lr`).
         lr_schedule: ``"constant"`` (thesis) or ``"poly"`` (nnU-Net: ``lr * (1 - step / steps) ** 0.9``).
         optimizer: ``"adam"`` (thesis) or ``"sgd"``: SGD with Nesterov momentum 0.99 and weight decay 3e-5
             (nnU-Net; :mod:`medseg_mem.training.optimizer`).

@@ -10,11 +10,12 @@ order and with these parameters (probabilities per sample):
 rotation                  ±15° around each axis; slab stages in-plane only          0.2
                           (around the slab axis), as nnU-Net's 2D augmentation of
                           anisotropic data
-scaling                   zoom 0.85-1.25, one factor for all axes; slab stages      0.2
-                          in-plane only (the slab axis keeps its voxels)
+scaling                   zoom 0.85-1.25 (above 1 enlarges), one factor for all     0.2
+                          axes; slab stages in-plane only (the slab axis keeps
+                          its voxels)
 Gaussian noise            std drawn from 0-0.1                                      0.1
 brightness                multiplicative, 0.75-1.25                                 0.15
-contrast                  around the mean, 0.75-1.25, clipped to the sample's range 0.15
+contrast                  0.75-1.25 around the mean, clipped to its range           0.15
 gamma                     0.7-1.5 on the range-normalised image, mean/std kept      0.3
 mirroring                 each spatial axis on its own                              0.5
 ========================  =======================================================  =====
@@ -113,7 +114,8 @@ class SampleAugmentation:
     """
 
     def __init__(self, name: str, slab: bool, image_channels: int, guided: bool = False) -> None:
-        self.transform, self.image_channels, self.guided = build_augmentation(name, slab, guided), image_channels, guided
+        self.transform = build_augmentation(name, slab, guided)
+        self.image_channels, self.guided = image_channels, guided
 
     def __call__(self, pair: Pair, seed: int) -> Pair:
         """The augmented pair; the same ``seed`` gives the same augmentation."""
