@@ -13,6 +13,7 @@ from typing import Optional, Tuple, Union
 
 from medseg_mem.errors import OptionError
 from medseg_mem.names import (
+    AUGMENT_NAMES,
     CLASS_WEIGHT_NAMES,
     DEEP_SUPERVISION_LEVELS,
     DEFAULT_PREPARED,
@@ -23,6 +24,7 @@ from medseg_mem.names import (
     LOSS_NAMES,
     LR_SCHEDULE_NAMES,
     MAX_OVERLAP,
+    OPTIMIZER_NAMES,
     PRECISION_NAMES,
     READER_NAMES,
     SYNTHETIC_NAMES,
@@ -129,13 +131,20 @@ class TrainConfig:
         steps: optimisation steps per stage.
         batch_size: samples per step (volumes for whole-volume stages, slabs for slab stages).
         val_every: validate (per-class Dice on the val split) every this many steps; the best checkpoint is kept.
-        lr: Adam learning rate (thesis: 3e-4).
+        lr: learning rate (Adam, thesis: 3e-4; SGD, nnU-Net: 1e-2: see
+            :func:`medseg_mem.training.optimizer.default_lr`).
         lr_schedule: ``"constant"`` (thesis) or ``"poly"`` (nnU-Net: ``lr * (1 - step / steps) ** 0.9``).
+        optimizer: ``"adam"`` (thesis) or ``"sgd"``: SGD with Nesterov momentum 0.99 and weight decay 3e-5
+            (nnU-Net; :mod:`medseg_mem.training.optimizer`).
         loss: ``"dice_ce"`` (Dice + cross-entropy, nnU-Net; default) or ``"dice"`` (thesis).
         class_weights: ``"none"``, or ``"balanced"``: loss weights ``sqrt(max count / count)`` per class from
             the training split's labels (:mod:`medseg_mem.training.class_weights`), so a rare class cannot die.
         batch_dice: compute Dice over the whole batch instead of per sample (MONAI ``DiceLoss(batch=True)``).
-        skip_empty_slabs: slab stages draw slabs that contain foreground (thesis, liver); else any slab.
+        foreground_oversample: fraction of slab samples drawn among the slabs that hold foreground (nnU-Net:
+            0.33; 1: every slab sample, what the thesis did for the liver; 0: any slab). Whole-volume stages
+            have no crops: it does not apply to them.
+        augment: ``"none"``, or ``"nnunet"``: nnU-Net's random rotation, scaling, noise, brightness, contrast,
+            gamma and mirroring of every training sample (:mod:`medseg_mem.training.augment`).
         guidance_noise: chance per foreground class that the cascade's stage-2 training guidance gets a random
             morphological perturbation (nnU-Net's cascade; :mod:`medseg_mem.training.guidance_noise`); 0: none.
         seed: seeds weights and sampling so a run is repeatable (same seed, same machine: identical weights).
@@ -161,10 +170,12 @@ class TrainConfig:
     val_every: int = 50
     lr: float = 3e-4
     lr_schedule: str = "constant"
+    optimizer: str = "adam"
     loss: str = "dice_ce"
     batch_dice: bool = True
     class_weights: str = "none"
-    skip_empty_slabs: bool = False
+    foreground_oversample: float = 0.0
+    augment: str = "none"
     guidance_noise: float = 0.0
     seed: int = 0
     device: str = "auto"
@@ -202,6 +213,17 @@ class TrainConfig:
             raise OptionError("--seed", "must be >= 0", self.seed)
         if not 0 <= self.guidance_noise <= 1:
             raise OptionError("--guidance-noise", "must be a probability in [0, 1]", self.guidance_noise)
+        self._check_recipe()
+
+    def _check_recipe(self) -> None:
+        """Validate the options of nnU-Net's training recipe: optimizer, augmentation, foreground oversampling."""
+        if self.optimizer not in OPTIMIZER_NAMES:
+            raise OptionError("--optimizer", f"must be one of {', '.join(OPTIMIZER_NAMES)}", self.optimizer)
+        if self.augment not in AUGMENT_NAMES:
+            raise OptionError("--augment", f"must be one of {', '.join(AUGMENT_NAMES)}", self.augment)
+        fraction = self.foreground_oversample
+        if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
+            raise OptionError("--foreground-oversample", "must be a fraction of the slab samples in [0, 1]", fraction)
 
 
 def check_minutes(option: str, value) -> float:

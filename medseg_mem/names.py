@@ -24,6 +24,10 @@ CLASS_WEIGHT_NAMES = ("none", "balanced")
 DEEP_SUPERVISION_LEVELS = 3
 #: Generated tasks ``prepare --synthetic`` writes: the embedded default, and a BraTS-sized capacity task.
 SYNTHETIC_NAMES = ("rods", "brats-like")
+#: Optimizers of ``run --optimizer``: Adam (thesis), or SGD with Nesterov momentum 0.99 (nnU-Net).
+OPTIMIZER_NAMES = ("adam", "sgd")
+#: Data augmentation of ``run --augment``: none, or nnU-Net's spatial, intensity and mirroring transforms.
+AUGMENT_NAMES = ("none", "nnunet")
 
 DEFAULT_WORKDIR = Path("medseg-work")
 DEFAULT_PREPARED = DEFAULT_WORKDIR / "prepared"

@@ -34,12 +34,12 @@ RESULT_COLUMNS = (
     "seed", "channels", "loss", "slab_size", "downsample", "n_test_cases", "package_version", "source",
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
-    "deep_supervision", "tta",
+    "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
-    "deep_supervision", "tta",
+    "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark")

@@ -38,7 +38,8 @@ def test_bad_channels():
 @pytest.mark.parametrize(
     "option,value",
     [("--cache", "lots"), ("--cache", "-1GB"), ("--workers", "-1"), ("--precision", "fp8"), ("--workers", "two"),
-     ("--guidance-noise", "1.5"), ("--class-weights", "inverse")],
+     ("--guidance-noise", "1.5"), ("--class-weights", "inverse"), ("--optimizer", "rmsprop"),
+     ("--augment", "heavy"), ("--foreground-oversample", "1.5"), ("--foreground-oversample", "-0.1")],
 )
 def test_bad_loader_and_precision_options(option, value):
     result = invoke(option, value)
@@ -129,3 +130,37 @@ def test_bad_inference_options_are_one_line_errors(option, value):
     result = invoke(option, value)
     assert result.exit_code == 2 and option in result.output and "Traceback" not in result.output
     assert len(error_lines(result)) == 1
+
+
+def test_recipe_options_reach_the_header_run_json_checkpoints_and_csv(tmp_path, prepared_default):
+    import json
+
+    from medseg_mem.checkpoint import load_checkpoint
+
+    results, runs = tmp_path / "results.csv", tmp_path / "runs"
+    args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(runs)]
+    recipe = ["--optimizer", "sgd", "--augment", "nnunet", "--foreground-oversample", "0.33"]
+    result = invoke("--variant", "patch", *args, *TINY, *recipe)
+    assert result.exit_code == 0, result.output
+    assert "sgd lr 0.01, augment nnunet, foreground oversample 0.33" in result.output  # SGD's own default lr
+    table = pd.read_csv(results)
+    assert (table.optimizer == "sgd").all() and (table.augment == "nnunet").all()
+    assert (table.foreground_oversample == 0.33).all()
+    (run_dir,) = runs.iterdir()
+    train = json.loads((run_dir / "run.json").read_text())["train"]
+    assert (train["optimizer"], train["augment"], train["foreground_oversample"], train["lr"]) == ("sgd", "nnunet",
+                                                                                                   0.33, 0.01)
+    saved = load_checkpoint(run_dir / "patch" / "best.pt")["training"]
+    assert (saved["optimizer"], saved["augment"], saved["foreground_oversample"]) == ("sgd", "nnunet", 0.33)
+
+
+def test_skip_empty_slabs_is_the_older_spelling_of_foreground_oversample_1(tmp_path, prepared_default):
+    import json
+
+    runs = tmp_path / "runs"
+    args = ["--variant", "patch", "--data", str(prepared_default), "--results", str(tmp_path / "r.csv"), *TINY]
+    assert invoke(*args, "--runs", str(runs), "--skip-empty-slabs").exit_code == 0
+    (run_dir,) = runs.iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["train"]["foreground_oversample"] == 1.0
+    both = invoke(*args, "--runs", str(runs), "--any-slab", "--foreground-oversample", "0.5")
+    assert both.exit_code == 2 and "--foreground-oversample" in both.output and len(error_lines(both)) == 1

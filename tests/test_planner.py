@@ -256,6 +256,17 @@ def test_bad_training_levers():
         training_plan(workers=-1)
     with pytest.raises(OptionError, match="--cache must be a size >= 0"):
         training_plan(cache_bytes=-5)
+    with pytest.raises(OptionError, match="--optimizer must be one of adam, sgd; got 'rmsprop'"):
+        training_plan(optimizer="rmsprop")
+
+
+def test_sgd_holds_one_weight_sized_state_less_than_adam():
+    from medseg_mem.models.build import build_network
+
+    weights = sum(p.numel() * 4 for p in build_network(2, 3, TINY).parameters())  # float32 parameters
+    adam, sgd = training_plan(), training_plan(optimizer="sgd")
+    assert adam.resident_bytes - sgd.resident_bytes == weights  # Adam: exp_avg, exp_avg_sq; SGD: momentum
+    assert adam.traced_bytes == sgd.traced_bytes
 
 
 @pytest.mark.parametrize("length,group", [(35, 1), (64, 1), (100, 2), (97, 3)])

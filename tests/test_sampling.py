@@ -6,6 +6,7 @@ import torch
 
 from medseg_mem.config import ModelConfig, PrepareConfig, TrainConfig
 from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.errors import OptionError
 from medseg_mem.inference.slab import cut_slab, slab_starts
 from medseg_mem.training.sampling import CaseStream, RandStageSampled, StageData, StageInputsd
 from medseg_mem.variants import get_variant
@@ -29,7 +30,7 @@ def stage(variant, index=0):
 
 
 def data(dataset, variant, index=0, **train):
-    config = TrainConfig(**{"batch_size": 2, "steps": 3, "skip_empty_slabs": False, **train})
+    config = TrainConfig(**{"batch_size": 2, "steps": 3, **train})
     return StageData(dataset, stage(variant, index), MODEL, config, stage_index=index)
 
 
@@ -46,7 +47,7 @@ def test_batches_have_the_stage_shapes_and_uint8_labels(brats_like):
 
 def test_slab_sample_equals_the_whole_volume_inputs_cut_on_the_inference_grid(brats_like):
     guided = stage("cascade", 1)
-    sampler = RandStageSampled(brats_like, guided, MODEL, skip_empty=False)
+    sampler = RandStageSampled(brats_like, guided, MODEL)
     case_id = brats_like.ids("train")[0]
     item = StageInputsd(brats_like, guided, MODEL)({"case": case_id})
     loaded = brats_like.load(case_id, mmap=False)
@@ -64,13 +65,13 @@ def test_slab_sample_equals_the_whole_volume_inputs_cut_on_the_inference_grid(br
     assert seen == {0, 8, 16}  # the last slab (16..19) is zero-padded, as at inference
 
 
-def test_skip_empty_slabs_draws_only_slabs_with_foreground(brats_like):
+def test_a_foreground_sample_draws_only_slabs_with_foreground(brats_like):
     patch = stage("patch")
-    sampler = RandStageSampled(brats_like, patch, ModelConfig(channels=(2, 4), slab_size=4), skip_empty=True)
+    sampler = RandStageSampled(brats_like, patch, ModelConfig(channels=(2, 4), slab_size=4))
     for case_id in brats_like.ids("train"):
         for seed in range(5):
             sampler.set_random_state(seed=seed)
-            _, y = sampler({"case": case_id})
+            _, y = sampler({"case": case_id}, foreground=True)
             assert y.max() > 0
 
 
@@ -123,3 +124,31 @@ def test_guidance_noise_changes_only_the_guidance_channels_and_repeats(brats_lik
         assert torch.equal(y, yn) and torch.equal(x[:, :channels], xn[:, :channels])
         assert torch.equal(xn, xa) and torch.equal(yn, ya)
     assert any(not torch.equal(x, xn) for (x, _), (xn, _) in zip(clean, noisy))
+
+
+def foreground_share(dataset, oversample, seed=0, steps=12):
+    """Share of a patch stage's slab samples (slabs of 4 of 20 slices) that hold foreground."""
+    model = ModelConfig(channels=(2, 4), slab_size=4)
+    config = TrainConfig(batch_size=2, steps=steps, foreground_oversample=oversample, seed=seed)
+    labels = torch.cat([y for _, y in StageData(dataset, stage("patch"), model, config).batches(0)])
+    return (labels.flatten(1).amax(dim=1) > 0).float().mean().item()
+
+
+def test_foreground_oversample_forces_that_share_of_slab_samples_to_hold_foreground(brats_like):
+    none, half, every = (foreground_share(brats_like, p) for p in (0.0, 0.5, 1.0))
+    assert every == 1.0 and none < 0.8  # the task has empty slabs: the check can fail
+    assert none < half < every
+    assert half == foreground_share(brats_like, 0.5)  # the choice is drawn from each sample's seed
+
+
+def test_foreground_oversample_does_not_apply_to_whole_volumes(brats_like):
+    plain = list(data(brats_like, "cascade", 0).batches(0))
+    oversampled = list(data(brats_like, "cascade", 0, foreground_oversample=1.0).batches(0))
+    for (x, y), (xo, yo) in zip(plain, oversampled):
+        assert torch.equal(x, xo) and torch.equal(y, yo)
+
+
+@pytest.mark.parametrize("value", [1.5, -0.1, True, "half"])
+def test_foreground_oversample_must_be_a_fraction(value):
+    with pytest.raises(OptionError, match="--foreground-oversample"):
+        TrainConfig(foreground_oversample=value)

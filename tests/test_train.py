@@ -38,8 +38,9 @@ def test_trains_and_keeps_the_best_checkpoint(tmp_path, tiny_prepared):
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
-def test_resume_continues_an_interrupted_run_bit_for_bit(tmp_path, tiny_prepared, monkeypatch):
-    reference = train_stage(job(tmp_path / "straight", tiny_prepared), progress=False)
+@pytest.mark.parametrize("recipe", [{}, {"optimizer": "sgd", "augment": "nnunet", "foreground_oversample": 0.5}])
+def test_resume_continues_an_interrupted_run_bit_for_bit(tmp_path, tiny_prepared, monkeypatch, recipe):
+    reference = train_stage(job(tmp_path / "straight", tiny_prepared, **recipe), progress=False)
     calls = {"n": 0}
     real_step = train_module.train_step
 
@@ -51,10 +52,10 @@ def test_resume_continues_an_interrupted_run_bit_for_bit(tmp_path, tiny_prepared
 
     monkeypatch.setattr(train_module, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_stage(job(tmp_path / "resumed", tiny_prepared), progress=False)
+        train_stage(job(tmp_path / "resumed", tiny_prepared, **recipe), progress=False)
     assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
     monkeypatch.setattr(train_module, "train_step", real_step)
-    resumed = train_stage(job(tmp_path / "resumed", tiny_prepared), progress=False)
+    resumed = train_stage(job(tmp_path / "resumed", tiny_prepared, **recipe), progress=False)
     assert [h["step"] for h in resumed.history] == [2, 4, 6]
     final_straight = load_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]
     final_resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]
@@ -97,6 +98,35 @@ def test_guidance_noise_trains_the_cascade_stage_2_and_is_recorded(tmp_path, tin
     outcome = train_stage(job(tmp_path, tiny_prepared, variant="cascade", stage=1, steps=2, guidance_noise=0.5),
                           progress=False)  # fmt: skip
     assert load_checkpoint(outcome.best_path)["training"]["guidance_noise"] == 0.5
+
+
+def test_sgd_trains_with_nesterov_momentum_and_is_recorded(tmp_path, tiny_prepared):
+    one_step = job(tmp_path / "one", tiny_prepared, variant="full", steps=1, val_every=1, optimizer="sgd", lr=1e-2)
+    train_stage(one_step, progress=False)
+    outcome = train_stage(job(tmp_path / "sgd", tiny_prepared, variant="full", steps=3, val_every=3, optimizer="sgd",
+                              lr=1e-2), progress=False)  # fmt: skip
+    saved = load_checkpoint(tmp_path / "sgd" / "last.pt")
+    assert saved["training"]["optimizer"] == "sgd" and load_checkpoint(outcome.best_path)["training"]["lr"] == 1e-2
+    (group,) = saved["optimizer"]["param_groups"]
+    assert group["momentum"] == 0.99 and group["nesterov"] is True and group["weight_decay"] == 3e-5
+    buffers = [state["momentum_buffer"] for state in saved["optimizer"]["state"].values()]
+    assert len(buffers) == len(group["params"])
+    assert all(buffer.abs().sum() > 0 for buffer in buffers)  # the momentum SGD carries from step to step
+    after_one = load_checkpoint(tmp_path / "one" / "last.pt")["state_dict"]
+    assert not all(torch.equal(after_one[k], saved["state_dict"][k]) for k in after_one)  # steps 2, 3 moved it
+
+
+def test_sgd_without_lr_trains_at_nnunets_rate_and_adam_at_the_profiles():
+    from types import SimpleNamespace
+
+    from medseg_mem.config import RunRequest
+    from medseg_mem.training.settings import resolve_settings
+
+    dataset = SimpleNamespace(name="Hippocampus")
+    lr = {name: resolve_settings(RunRequest(overrides=tuple(options)), dataset)[1].lr
+          for name, options in (("adam", ()), ("sgd", [("optimizer", "sgd")]),
+                                ("sgd 3e-3", [("optimizer", "sgd"), ("lr", 3e-3)]))}  # fmt: skip
+    assert lr == {"adam": 3e-4, "sgd": 1e-2, "sgd 3e-3": 3e-3}
 
 
 class Evil:
@@ -152,6 +182,21 @@ def test_a_run_recorded_before_channels_last_resumes_contiguous(tmp_path):
     del record["train"]["channels_last"]
     (tmp_path / "run.json").write_text(json.dumps(record))
     assert TrainConfig().channels_last is True and load_run_record(tmp_path)["train"].channels_last is False
+
+
+@pytest.mark.parametrize("skip, oversample", [(True, 1.0), (False, 0.0)])
+def test_a_run_recorded_with_skip_empty_slabs_resumes_with_that_oversampling(tmp_path, skip, oversample):
+    """``run.json`` of an older run has ``skip_empty_slabs``: it resumes drawing the same slabs."""
+    import json
+
+    from medseg_mem.training.settings import load_run_record, write_run_record
+
+    write_run_record(tmp_path, {"run_id": "old"}, MODEL, TrainConfig())
+    record = json.loads((tmp_path / "run.json").read_text())
+    del record["train"]["foreground_oversample"], record["train"]["optimizer"], record["train"]["augment"]
+    (tmp_path / "run.json").write_text(json.dumps({**record, "train": {**record["train"], "skip_empty_slabs": skip}}))
+    train = load_run_record(tmp_path)["train"]
+    assert train.foreground_oversample == oversample and train.optimizer == "adam" and train.augment == "none"
 
 
 def test_every_checkpoint_gets_a_sha256_that_load_checks(tmp_path):

@@ -10,6 +10,7 @@ import click
 from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap, tta_config, tta_options
 from medseg_mem.errors import did_you_mean
 from medseg_mem.names import (
+    AUGMENT_NAMES,
     CLASS_WEIGHT_NAMES,
     DEFAULT_PREPARED,
     DEFAULT_RESULTS,
@@ -18,6 +19,7 @@ from medseg_mem.names import (
     GUIDANCE_NAMES,
     LOSS_NAMES,
     LR_SCHEDULE_NAMES,
+    OPTIMIZER_NAMES,
     PRECISION_NAMES,
     VARIANT_NAMES,
 )
@@ -155,9 +157,15 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--steps", type=click.IntRange(min=1), help="Training steps per stage [300; embedded default 200].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [profile: 2].")
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps [profile: 50].")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate [3e-4; embedded default 3e-3].")
+@click.option("--lr", type=click.FloatRange(0, min_open=True),
+              help="Learning rate [Adam: 3e-4, embedded default 3e-3; SGD: 1e-2].")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_NAMES),
               help="constant, or poly: nnU-Net's lr * (1 - step/steps)^0.9 [constant].")
+@click.option("--optimizer", type=click.Choice(OPTIMIZER_NAMES),
+              help="adam, or sgd: SGD with Nesterov momentum 0.99 and weight decay 3e-5 (nnU-Net) [adam].")
+@click.option("--augment", type=click.Choice(AUGMENT_NAMES),
+              help="Augment each training sample: none, or nnunet: random rotation, scaling, noise, brightness, "
+                   "contrast, gamma and mirroring (slab stages rotate and scale in-plane) [none].")
 @click.option("--loss", type=click.Choice(LOSS_NAMES), help="dice_ce (default) or dice (thesis).")
 @click.option("--class-weights", type=click.Choice(CLASS_WEIGHT_NAMES),
               help="Loss class weights: none, or balanced (sqrt(max count / count) from the train split) "
@@ -172,7 +180,11 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--downsample", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               help="Cascade stage-1 scale factor [0.3].")
 @click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), help="Cascade guidance encoding [onehot].")
-@click.option("--skip-empty-slabs/--any-slab", default=None, help="Slab stages train on slabs with foreground.")
+@click.option("--foreground-oversample", type=click.FloatRange(0, 1), metavar="P",
+              help="Fraction of slab samples drawn among the slabs holding foreground (nnU-Net: 0.33); 1: all, "
+                   "0: any slab. Slab stages only: whole-volume stages have no crops [0].")
+@click.option("--skip-empty-slabs/--any-slab", default=None,
+              help="Older spelling of --foreground-oversample 1 / 0 (the same samples).")
 @click.option("--guidance-noise", type=click.FloatRange(0, 1),
               help="Chance per class of a random dilation/erosion/opening/closing of the cascade's stage-2 "
                    "training guidance (nnU-Net's cascade) [0].")
@@ -221,6 +233,7 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
     Works in ./medseg-work/ by default, after `medseg-mem prepare`.
     """
     inference, inference_precision = inference_options(options)
+    fold_slab_alias(options)
     if budget_bytes is not None and tuple(variants) != ("auto",):
         raise click.UsageError("--budget only applies to --variant auto; drop it or add --variant auto")
     if resume and any(value is not None for value in options.values()):
@@ -269,6 +282,21 @@ def check_network_options(options: dict) -> None:
 
     if options.get("deep_supervision") and options.get("channels") is not None:
         ModelConfig(channels=options["channels"], deep_supervision=True)
+
+
+def fold_slab_alias(options: dict) -> None:
+    """``--skip-empty-slabs`` / ``--any-slab`` become ``--foreground-oversample 1`` / ``0`` in ``options``.
+
+    Raises:
+        click.UsageError: both spellings are given.
+    """
+    skip = options.pop("skip_empty_slabs")
+    if skip is None:
+        return
+    if options["foreground_oversample"] is not None:
+        raise click.UsageError("--skip-empty-slabs/--any-slab is the older spelling of --foreground-oversample 1 / 0; "
+                               "give one of them")
+    options["foreground_oversample"] = 1.0 if skip else 0.0
 
 
 def lever_notices(options: dict):

@@ -9,7 +9,7 @@ stage 2 on a guided slab, plus the full-resolution guidance and outputs - and it
 depth, slab size or channels change. A device calibration (:mod:`medseg_mem.memory.calibration`) scales the
 network part and adds a constant::
 
-    predicted = weights + input [+ Adam states] + max_t(outside(t) + multiplier * inside(t)) + n * offset [+ host]
+    predicted = weights + input [+ optimizer states] + max_t(outside(t) + multiplier * inside(t)) + n * offset [+ host]
 
 ``n`` is the number of networks an inference runs (the cascade's two; 1 for a training step): the offset is
 mostly what a network's first pass in a process sets up in the backend (oneDNN primitives and their scratch
@@ -38,7 +38,7 @@ from medseg_mem.memory.budget import default_budget  # noqa: F401 - re-exported:
 from medseg_mem.memory.calibration import UNCALIBRATED, Calibration
 from medseg_mem.memory.planner_trace import FLOAT_BYTES, check_countable, trace_inference
 from medseg_mem.memory.planner_training import trace_training
-from medseg_mem.names import PRECISION_NAMES
+from medseg_mem.names import OPTIMIZER_NAMES, PRECISION_NAMES
 
 MODES = ("inference", "training")
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)
@@ -124,6 +124,7 @@ def plan_variant(
     inference=None,
     input_on_disk: bool = False,
     nproc: int = 1,
+    optimizer: str = "adam",
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -133,7 +134,7 @@ def plan_variant(
         classes: output classes K, background included.
         model: a :class:`~medseg_mem.config.ModelConfig` (widths, slab size, downsample, guidance); default spec.
         batch: images per inference, or slabs / volumes per training step.
-        mode: ``inference`` (under ``torch.inference_mode``) or ``training`` (one Adam step).
+        mode: ``inference`` (under ``torch.inference_mode``) or ``training`` (one optimizer step).
         calibration: device correction; :data:`UNCALIBRATED` gives the raw structural count. Use a training
             calibration for training plans (:func:`~medseg_mem.memory.calibration.cached_calibration`).
         budget_bytes: memory available.
@@ -152,6 +153,7 @@ def plan_variant(
             temporary file and is not resident; ``run``'s evaluation holds it (the default).
         nproc: training only: processes training together (DDP under ``torchrun``, one machine); the plan is
             one rank's (``batch`` per process, plus :func:`~medseg_mem.memory.planner_training.ddp_bytes`).
+        optimizer: training only: ``adam`` (two float32 states per weight) or ``sgd`` (one momentum buffer).
 
     Raises:
         OptionError: for a bad shape, class count, batch, mode, precision, worker count, cache size or nproc;
@@ -169,7 +171,7 @@ def plan_variant(
 
     shape, model = check_shape(shape), model or ModelConfig()
     _check_counts(classes, batch, mode)
-    _check_training(precision, workers, cache_bytes, nproc)
+    _check_training(precision, workers, cache_bytes, nproc, optimizer)
     check_countable(shape, batch, 2 * model.channels[0] + classes)
     if mode == "inference":
         inference = inference or InferenceConfig()
@@ -179,7 +181,7 @@ def plan_variant(
             resident -= batch * _voxels(shape) * FLOAT_BYTES
     else:
         lever = (precision, bool(checkpointing), device, nproc)
-        resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever)
+        resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever, optimizer)
         host = loader_host_bytes(shape, batch, workers, cache_bytes)
     offsets = len(get_variant(variant).stages()) if mode == "inference" else 1
     predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
@@ -240,10 +242,13 @@ def _check_counts(classes: int, batch: int, mode: str) -> None:
         raise OptionError("--mode", f"must be one of {', '.join(MODES)}", mode)
 
 
-def _check_training(precision: str, workers: int, cache_bytes: int, nproc: int = 1) -> None:
-    """Validate the training levers: ``precision``, ``workers`` (>= 0), ``cache_bytes`` (>= 0), ``nproc`` (>= 1)."""
+def _check_training(precision: str, workers: int, cache_bytes: int, nproc: int = 1, optimizer: str = "adam") -> None:
+    """Validate the training levers: ``precision``, ``workers`` (>= 0), ``cache_bytes`` (>= 0), ``nproc`` (>= 1),
+    ``optimizer``."""
     if precision not in PRECISION_NAMES:
         raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", precision)
+    if optimizer not in OPTIMIZER_NAMES:
+        raise OptionError("--optimizer", f"must be one of {', '.join(OPTIMIZER_NAMES)}", optimizer)
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", workers)
     if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:

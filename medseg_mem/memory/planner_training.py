@@ -2,8 +2,8 @@
 
 It follows :func:`medseg_mem.training.step.train_step` and its levers - precision (autocast emulated with half
 weights, float32 master gradients and CPU autocast's float32 max-pool), activation checkpointing, the batch
-size and deep supervision (the heads, their outputs and loss terms) - and counts what is held through the whole
-step (weights, Adam states, image, label).
+size, deep supervision (the heads, their outputs and loss terms), the optimizer and DDP - and counts what is held
+through the whole step (weights, the optimizer's states, image, label, DDP's buckets).
 """
 
 from __future__ import annotations
@@ -12,8 +12,9 @@ import functools
 from typing import List, Tuple
 
 from medseg_mem.memory.planner_trace import countable, meta_networks, weight_bytes
+from medseg_mem.training.optimizer import optimizer_states
 
-ADAM_STATES = 2  # exp_avg and exp_avg_sq, one copy of the weights each
+ADAM_STATES = optimizer_states("adam")  # exp_avg and exp_avg_sq, one copy of the weights each
 HALF_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
 DDP_PARAMETER_COPIES = 1  # DDP's gradient buckets: one float32 copy of the parameters (fitted 0.98-1.00, ddp_bytes)
 DDP_FIXED_BYTES = 5_200_000  # besides the buckets: gloo's and the reducer's working memory (fitted 4.3-5.2 MB)
@@ -43,17 +44,19 @@ def ddp_bytes(parameter_bytes: int, nproc: int) -> int:
     return int(DDP_PARAMETER_COPIES * parameter_bytes + DDP_FIXED_BYTES)
 
 
-def trace_training(variant, shape, classes, model, batch, lever):
+def trace_training(variant, shape, classes, model, batch, lever, optimizer: str = "adam"):
     """Trace one training step of each stage; return the worst stage's ``(resident bytes, trace)``.
 
     ``lever`` is ``(precision, checkpointing, device, nproc)``: ``nproc`` processes under DDP add
-    :func:`ddp_bytes` to each rank's resident bytes.
+    :func:`ddp_bytes` to each rank's resident bytes; ``optimizer`` (``TrainConfig.optimizer``) sets how many
+    weight-sized states are resident.
     """
     nets = meta_networks(variant, shape[0], classes, model, lever[1])
     worst = None
     for stage in variant.stages():
         with countable(shape, batch):
-            resident, trace = _trace_step(nets[stage.name], batch, _stage_size(stage, shape, model), *lever)
+            size = _stage_size(stage, shape, model)
+            resident, trace = _trace_step(nets[stage.name], batch, size, *lever, optimizer_states(optimizer))
         if worst is None or resident + trace.peak() > worst[0] + worst[1].peak():
             worst = (resident, trace)
     return worst
@@ -70,8 +73,9 @@ def _stage_size(stage, shape, model) -> Tuple[int, ...]:
 
 
 def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpointing: bool, device: str,
-                nproc: int = 1):  # fmt: skip
-    """Trace one training step of ``net`` (one of ``nproc`` DDP ranks); return ``(resident bytes, trace)``.
+                nproc: int = 1, states: int = ADAM_STATES):  # fmt: skip
+    """Trace one training step of ``net`` (one of ``nproc`` DDP ranks) with an optimizer of ``states``
+    weight-sized states; return ``(resident bytes, trace)``.
 
     Traced: everything :func:`~medseg_mem.training.step.train_step` allocates, gradients included (the
     optimizer's step comes after the backward pass, when the activations are gone, and is not traced).
@@ -83,7 +87,7 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     net.train()
     image = torch.zeros((batch, net.in_channels, *size), device="meta")
     label = torch.zeros((batch, 1, *size), dtype=torch.uint8, device="meta")
-    resident = _training_resident(net, image, label, precision, checkpointing, nproc)
+    resident = _training_resident(net, image, label, precision, checkpointing, nproc, states)
     master_grads = []  # keeps the float32 gradients alive, as the float32 weights' .grad would
     if precision != "fp32":
         autocast_on_meta(net, precision, device, master_grads)
@@ -93,16 +97,18 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     return resident, tracer.trace
 
 
-def _training_resident(net, image, label, precision: str, checkpointing: bool, nproc: int = 1) -> int:
+def _training_resident(net, image, label, precision: str, checkpointing: bool, nproc: int = 1,
+                        states: int = ADAM_STATES) -> int:  # fmt: skip
     """Bytes held through a whole training step of the float32 ``net`` by one of ``nproc`` processes.
 
-    Float32 weights and buffers, the two float32 Adam states, the float32 image and the uint8 label; for
+    Float32 weights and buffers, the optimizer's ``states`` float32 states (Adam two, SGD one), the float32 image
+    and the uint8 label; for
     bf16/fp16 without checkpointing also autocast's half copies of the convolution weights (saved for the
     backward pass; with checkpointing they are dropped when the forward pass ends and recast one level at a
     time during the backward pass); under DDP its buckets (:func:`ddp_bytes`).
     """
-    parameters = sum(_nbytes(p) for p in net.parameters())
-    resident = weight_bytes({"net": net}) + ADAM_STATES * parameters + _nbytes(image) + _nbytes(label)
+    parameters = _parameter_bytes(net)
+    resident = weight_bytes({"net": net}) + states * parameters + _nbytes(image) + _nbytes(label)
     resident += ddp_bytes(parameters, nproc)
     if precision != "fp32" and not checkpointing:
         resident += _convweight_bytes(net) // 2
@@ -115,6 +121,11 @@ def _convweight_bytes(net) -> int:
 
     convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
     return sum(_nbytes(p) for conv in convs for p in conv.parameters())
+
+
+def _parameter_bytes(net) -> int:
+    """Bytes of ``net``'s parameters: the size of one optimizer state."""
+    return sum(_nbytes(p) for p in net.parameters())
 
 
 def _nbytes(tensor) -> int:

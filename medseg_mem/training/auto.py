@@ -62,6 +62,7 @@ def need(name, shape, classes, model, train, inference, device, echo) -> int:
                                  train.channels_last),
         precision=train.precision, checkpointing=train.checkpointing, workers=train.workers,
         cache_bytes=int(train.cache_bytes), channels_last=train.channels_last, nproc=nproc,
+        optimizer=train.optimizer,
     )  # fmt: skip
     calibration = _calibration(model, device, echo, "inference", inference.precision, False, inference.channels_last)
     infer = plan_variant(name, shape, classes, model, calibration=calibration, device=device, inference=inference)

@@ -31,6 +31,7 @@ from medseg_mem.models.build import build_network
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.deep_supervision import DeepSupervisionLoss
+from medseg_mem.training.optimizer import build_optimizer
 from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
@@ -117,7 +118,7 @@ def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_c
     train, times = job.train, job.times
     net = build_network(job.in_channels, job.num_classes, job.model, train.checkpointing, train.channels_last)
     net = distributed.sync_norms(net.to(job.device), job.device)
-    optimizer = torch.optim.Adam(net.parameters(), lr=job.train.lr)
+    optimizer = build_optimizer(train.optimizer, net.parameters(), train.lr)
     scaler = grad_scaler(job.train.precision, job.device)
     step, state = resume_state(job, net, optimizer, scaler)  # every rank loads the same last.pt
     loss_fn = make_loss(job.stage, job.train, job.class_weights, job.model).to(job.device)

@@ -136,6 +136,8 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "budget_seconds": result.budget_seconds,
         "time_limit_seconds": None if train.time_limit is None else round(train.time_limit * 60, 3),
         "deep_supervision": model.deep_supervision, "tta": tta_text(inference.mirror_axes),
+        "optimizer": train.optimizer, "augment": train.augment,
+        "foreground_oversample": train.foreground_oversample if slabs else "",
     }  # fmt: skip
     names = dataset.class_names[1:]
     return [
@@ -258,10 +260,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     main = distributed.is_main()
     if main:
         write_run_record(run_dir, info, model, train)
-    echo(f"[{name}] run {run_id}: channels {'-'.join(map(str, model.channels))}, {train.steps} steps/stage, "
-         f"loss {train.loss}{', deep supervision' if model.deep_supervision else ''}, {train.precision}"
-         f"{', checkpointing' if train.checkpointing else ''}"
-         f"{', channels-last' if train.channels_last else ''}, seed {train.seed}{describe(train)}")
+    echo(f"[{name}] run {run_id}: {run_settings(model, train)}{describe(train)}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
@@ -305,6 +304,22 @@ def evaluate_snapshot(final: VariantResult, snapshot: Snapshot, dataset, model, 
          f"{snapshot.seconds / 60:.2f} min trained): test Dice {dice}")
     return VariantResult(final.run_id, final.variant, evaluation, final.memory, snapshot.steps, snapshot.seconds,
                          budget_seconds=snapshot.mark)  # fmt: skip
+
+
+def run_settings(model: ModelConfig, train: TrainConfig) -> str:
+    """The header line's settings, e.g. ``channels 4-8, 2 steps/stage, loss dice_ce, fp32, seed 0``; the levers
+    and nnU-Net's recipe options are named when they are on (``sgd lr 0.01, augment nnunet, ...``)."""
+    parts = [f"channels {'-'.join(map(str, model.channels))}", f"{train.steps} steps/stage", f"loss {train.loss}",
+             train.precision]  # fmt: skip
+    optional = {
+        "deep supervision": model.deep_supervision,
+        "checkpointing": train.checkpointing,
+        "channels-last": train.channels_last,
+        f"sgd lr {train.lr:g}": train.optimizer == "sgd",
+        f"augment {train.augment}": train.augment != "none",
+        f"foreground oversample {train.foreground_oversample:g}": train.foreground_oversample > 0,
+    }
+    return ", ".join(parts + [text for text, shown in optional.items() if shown] + [f"seed {train.seed}"])
 
 
 @contextlib.contextmanager

@@ -8,11 +8,12 @@ recomputed per sample): the cascade's stage 1 caches its downsampled volume, sta
 guidance is made from. Stage 2's guidance is then made per sample, for the sample's slab only
 (:func:`~medseg_mem.resample.guidance_range`). Labels stay uint8 until the loss.
 
-Sample ``i`` of a stage draws its case and slab from ``numpy.random.default_rng([seed, stage, i])``: a run gives
-the same samples (and the same guidance noise, ``--guidance-noise``) with any number of ``--workers``, and a
-resumed run continues with exactly the samples an uninterrupted run would have drawn. Slabs are cut on the slab
-inferer's grid (starts 0, s, 2s, ..., the last slab zero-padded), so training sees exactly the inputs inference
-will see.
+Sample ``i`` of a stage draws its case, its slab, whether that slab must hold foreground
+(``--foreground-oversample``) and its augmentation (``--augment``) from ``numpy.random.default_rng([seed, stage,
+i])``: a run gives the same samples (and the same guidance noise, ``--guidance-noise``) with any number of
+``--workers``, and a resumed run continues with exactly the samples an uninterrupted run would have drawn. Slabs
+are cut on the slab inferer's grid (starts 0, s, 2s, ..., the last slab zero-padded), so training sees exactly
+the inputs inference will see (before augmentation, :mod:`~medseg_mem.training.augment`).
 
 Example:
     >>> data = StageData(PreparedDataset.open(Path("medseg-work/prepared")), stage, model, train)  # doctest: +SKIP
@@ -23,7 +24,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence as SequenceBase
-from typing import Dict, Iterator, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +36,7 @@ from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.inference.slab import cut_slab, slab_starts
 from medseg_mem.training import distributed
+from medseg_mem.training.augment import SampleAugmentation
 from medseg_mem.training.guidance_noise import perturb_label
 from medseg_mem.resample import guidance_range, scaled_size
 from medseg_mem.variants.base import Stage
@@ -94,26 +96,27 @@ class RandStageSampled(Randomizable, MapTransform):
         dataset: the prepared dataset the memory-mapped cases are read from.
         stage: the stage being trained.
         model: slab size, guidance encoding and downsampling.
-        skip_empty: slab stages draw among the slabs that hold foreground (all slabs when none does).
         guidance_noise: chance per foreground class of a random perturbation of a guided stage's guidance
             (:func:`~medseg_mem.training.guidance_noise.perturb_label`).
     """
 
-    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig, skip_empty: bool,
+    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig,
                  guidance_noise: float = 0.0) -> None:  # fmt: skip
         MapTransform.__init__(self, keys=("image", "label"))
-        self.dataset, self.stage, self.model, self.skip_empty = dataset, stage, model, skip_empty
+        self.dataset, self.stage, self.model = dataset, stage, model
         self.guidance_noise = guidance_noise
         self._start = 0
 
     def randomize(self, starts: Sequence[int]) -> None:
         self._start = int(starts[self.R.randint(len(starts))])
 
-    def __call__(self, data: Dict) -> Pair:
+    def __call__(self, data: Dict, foreground: bool = False) -> Pair:
+        """The sample of ``data``; ``foreground``: a slab stage draws among the slabs that hold foreground (all
+        slabs when none does); whole-volume stages ignore it."""
         image, label = (data["image"], data["label"]) if "image" in data else open_case(self.dataset, data["case"])
         depth = self.model.slab_size if self.stage.slab else label.shape[-1]
         if self.stage.slab:
-            self.randomize(self.candidates(label))
+            self.randomize(self.candidates(label, foreground))
         else:
             self._start = 0
         x, y = slab_of(image, self._start, depth), slab_of(label, self._start, depth)
@@ -121,10 +124,10 @@ class RandStageSampled(Randomizable, MapTransform):
             x = torch.cat([x, self.guidance(data["low_label"], label.shape[1:], depth)], dim=0)
         return x.float(), y
 
-    def candidates(self, label: np.ndarray) -> List[int]:
-        """Grid starts to draw from: those whose slab holds foreground when ``skip_empty``, else all."""
+    def candidates(self, label: np.ndarray, foreground: bool) -> List[int]:
+        """Grid starts to draw from: those whose slab holds foreground when ``foreground``, else all."""
         starts = slab_starts(label.shape[-1], self.model.slab_size)
-        if not self.skip_empty:
+        if not foreground:
             return starts
         present = np.asarray(label).reshape(-1, label.shape[-1]).max(axis=0) > 0
         return [s for s in starts if present[s : s + self.model.slab_size].any()] or starts
@@ -169,6 +172,10 @@ class StepSamples(torch.utils.data.Dataset):
     single process with ``--batch-size batch * world`` would draw, and a resumed run continues with them.
     With ``world == 1`` the ``k``-th item is sample ``first + k``, as always.
 
+    Sample ``i``'s generator draws, in this order, its case, the sampler's seed (slab, guidance noise), whether it
+    must hold foreground and its augmentation's seed: the draws added later come last, so the samples of a run
+    without oversampling or augmentation are exactly those drawn before those options existed.
+
     Args:
         cases: the cached per-case items (a MONAI dataset over the train split).
         sampler: turns a cached item into a sample.
@@ -177,13 +184,18 @@ class StepSamples(torch.utils.data.Dataset):
         total: index past the last sample (``steps * batch_size``).
         batch: the per-rank batch size (only used when ``world > 1``).
         rank: this process's rank; ``world``: how many processes train together.
+        foreground: the fraction of samples that must hold foreground (``TrainConfig.foreground_oversample``;
+            slab stages only).
+        augment: augments each sample from its own seed (``None``: no augmentation).
     """
 
     def __init__(self, cases, sampler: RandStageSampled, seed: int, stage_index: int, first: int, total: int,
-                 batch: int = 1, rank: int = 0, world: int = 1):  # fmt: skip
+                 batch: int = 1, rank: int = 0, world: int = 1, foreground: float = 0.0,
+                 augment: SampleAugmentation = None):  # fmt: skip
         self.cases, self.sampler = cases, sampler
         self.seed, self.stage_index, self.first, self.total = seed, stage_index, first, total
         self.batch, self.rank, self.world = batch, rank, world
+        self.foreground, self.augment = foreground, augment
 
     def __len__(self) -> int:
         return max(0, self.total - self.first)
@@ -199,7 +211,9 @@ class StepSamples(torch.utils.data.Dataset):
         rng = np.random.default_rng([self.seed, self.stage_index, self.sample_index(index)])
         item = self.cases[int(rng.integers(len(self.cases)))]
         self.sampler.set_random_state(seed=int(rng.integers(2**31)))
-        return self.sampler(item)
+        foreground, augment_seed = bool(rng.random() < self.foreground), int(rng.integers(2**31))
+        pair = self.sampler(item, foreground=foreground)
+        return pair if self.augment is None else self.augment(pair, augment_seed)
 
 
 class StageData:
@@ -209,7 +223,7 @@ class StageData:
         dataset: the prepared dataset.
         stage: the stage.
         model: the variant settings.
-        train: batch size, workers, cache budget, seed and whether slab stages skip empty slabs.
+        train: batch size, workers, cache budget, seed, foreground oversampling and augmentation.
         stage_index: the stage's position in its variant (so two stages draw different samples).
         progress: show a progress bar while the cache fills.
     """
@@ -242,15 +256,20 @@ class StageData:
     def batches(self, first_step: int) -> Iterator[Pair]:
         """Training batches for steps ``first_step .. steps - 1`` through a DataLoader with ``workers`` (this
         rank's share of each step's samples under torchrun, see :class:`StepSamples`)."""
-        batch = self.train.batch_size
-        sampler = RandStageSampled(self.dataset, self.stage, self.model, self.train.skip_empty_slabs,
-                                   self.train.guidance_noise)  # fmt: skip
-        samples = StepSamples(self.cases(), sampler, self.train.seed, self.stage_index, first_step * batch,
-                              self.train.steps * batch, batch, distributed.rank(),
-                              distributed.world_size())  # fmt: skip
+        batch, train = self.train.batch_size, self.train
+        sampler = RandStageSampled(self.dataset, self.stage, self.model, train.guidance_noise)
+        samples = StepSamples(self.cases(), sampler, train.seed, self.stage_index, first_step * batch,
+                              train.steps * batch, batch, distributed.rank(), distributed.world_size(),
+                              train.foreground_oversample, self.augmentation())  # fmt: skip
         workers = self.train.workers
         return iter(DataLoader(samples, batch_size=batch, shuffle=False, num_workers=workers, collate_fn=collate,
                                persistent_workers=False, prefetch_factor=2 if workers else None))  # fmt: skip
+
+    def augmentation(self) -> Optional[SampleAugmentation]:
+        """What augments this stage's training samples (``None`` with ``--augment none``)."""
+        if self.train.augment == "none":
+            return None
+        return SampleAugmentation(self.train.augment, self.stage.slab, self.dataset.in_channels, self.stage.guided)
 
     def validation(self) -> Iterator[Pair]:
         """Whole-volume ``(x, y)`` pairs of the val split, batched, one case in memory at a time."""

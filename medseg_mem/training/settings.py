@@ -10,6 +10,8 @@ seed 0: validation Dice 0.0 from step 100 to 300, also at lr 1e-3 after step 150
 and without batch Dice; the cascade's stage 2 seed 3 likewise), with them the same ``full`` run reached 1.0 / 1.0
 by step 150 (see :mod:`medseg_mem.training.class_weights`).
 Every other dataset gets the spec widths (32..512), the thesis's learning rate 3e-4 and no class weights.
+Both profiles train with Adam; ``--optimizer sgd`` without ``--lr`` trains at nnU-Net's 1e-2 instead of the
+profile's rate (:func:`~medseg_mem.training.optimizer.default_lr`).
 Both default to Dice + cross-entropy with batch Dice: plain Dice let one hippocampus class collapse to ~0.05
 Dice in early experiments, while cross-entropy gives every voxel a gradient from the first step.
 """
@@ -25,6 +27,7 @@ from medseg_mem.atomic import write_json_atomic
 from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.errors import MedsegError
 from medseg_mem.names import EMBEDDED_DATASET
+from medseg_mem.training.optimizer import default_lr
 
 EMBEDDED_MODEL = ModelConfig(channels=(8, 16, 32, 64, 128))
 EMBEDDED_TRAIN = TrainConfig(steps=200, batch_size=2, val_every=50, lr=3e-3, class_weights="balanced")
@@ -51,6 +54,8 @@ def resolve_settings(request: RunRequest, dataset) -> Tuple[ModelConfig, TrainCo
         raise MedsegError(f"unknown run setting(s): {', '.join(sorted(unknown))}")
     model = dataclasses.replace(model, **{k: v for k, v in overrides.items() if k in MODEL_FIELDS})
     train = dataclasses.replace(train, **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
+    if "lr" not in overrides:
+        train = dataclasses.replace(train, lr=default_lr(train.optimizer, train.lr))
     return model, train
 
 
@@ -68,8 +73,21 @@ def load_run_record(run_dir: Path) -> Dict[str, Any]:
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         record["model"] = ModelConfig(**{**record["model"], "channels": tuple(record["model"]["channels"])})
-        # runs recorded before the channels_last option trained with contiguous weights: resume them so
-        record["train"] = TrainConfig(**{"channels_last": False, **record["train"]})
+        record["train"] = TrainConfig(**older_train_record(record["train"]))
     except (ValueError, KeyError, TypeError) as error:
         raise MedsegError(f"{path}: not a readable run record ({error}); start a new run instead") from error
     return record
+
+
+def older_train_record(train: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``train`` settings of a ``run.json``, with those of runs recorded before an option existed.
+
+    Runs recorded before ``channels_last`` trained with contiguous weights, and resume so. Runs recorded before
+    ``foreground_oversample`` saved ``skip_empty_slabs``: true is an oversampling of 1 (every slab sample holds
+    foreground), false of 0 (any slab); both draw exactly the slabs they drew before.
+    """
+    train = {"channels_last": False, **train}
+    if "skip_empty_slabs" in train:
+        skip = train.pop("skip_empty_slabs")
+        train.setdefault("foreground_oversample", 1.0 if skip else 0.0)
+    return train
