@@ -2,7 +2,9 @@
 
 The file is tidy (long): one row per (run, class), the run-level columns repeated on each of a run's rows.
 Benchmark rows (``source == "benchmark"``) measure memory and time only: ``dice`` empty, ``class_name`` empty and
-``class_index`` -1. pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
+``class_index`` -1. Peer rows (``source == "peer"``) are runs of another tool (nnU-Net, a MONAI tutorial U-Net) on
+medseg-mem's split and budget, filed by ``benchmarks/peer_*.py`` like a run's; they also fill
+``train_peak_memory_bytes``, the resident memory their training added at its peak. pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
 """
 
 from __future__ import annotations
@@ -30,18 +32,18 @@ RESULT_COLUMNS = (
     "peak_memory_bytes", "memory_method", "device", "inference_seconds_per_case", "train_steps", "train_seconds",
     "seed", "channels", "loss", "slab_size", "downsample", "n_test_cases", "package_version", "source",
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
-    "inference_precision", "overlap", "sw_batch_size",
+    "inference_precision", "overlap", "sw_batch_size", "train_peak_memory_bytes",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
-    "inference_precision", "overlap", "sw_batch_size",
+    "inference_precision", "overlap", "sw_batch_size", "train_peak_memory_bytes",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
-SOURCES = ("run", "benchmark")
+SOURCES = ("run", "benchmark", "peer")
 #: Columns that :func:`read_results` parses as numbers; an empty cell becomes NaN (``<NA>`` for integers).
 NUMERIC_COLUMNS = (
     "class_index", "dice", "peak_memory_bytes", "inference_seconds_per_case", "train_steps", "train_seconds",
-    "seed", "n_test_cases", "planned_bytes",
+    "seed", "n_test_cases", "planned_bytes", "train_peak_memory_bytes",
 )  # fmt: skip
 INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases")
 _FIX = "move it away or name another results CSV: run --results NEW.csv, compare NEW.csv"
