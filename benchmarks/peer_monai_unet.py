@@ -49,8 +49,8 @@ from medseg_mem.training.seeding import seed_everything
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers_common import (  # noqa: E402
-    BudgetClock, OneLineParser, PeerRun, add_common_arguments, file_run, prepared_dataset, score_cases,
-    training_peak,
+    BudgetClock, OneLineParser, PeerRun, add_common_arguments, check_results, file_run, prepared_dataset,
+    score_cases, training_peak,
 )  # fmt: skip
 
 PROG = "peer_monai_unet.py"
@@ -213,6 +213,7 @@ def peer_run(trainer: Trainer, evaluation, memory, peak, clock: BudgetClock, run
 
 def main(argv=None) -> None:
     args = arguments(argv)
+    check_results(args.results, PROG)
     dataset = prepared_dataset(args, PROG)
     seed_everything(args.seed)
     clock = BudgetClock(args.minutes)

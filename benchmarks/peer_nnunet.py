@@ -45,8 +45,8 @@ from typing import Dict, List
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peers_common import (  # noqa: E402
-    BudgetClock, OneLineParser, PeerRun, add_common_arguments, fail, file_run, prepared_dataset, score_cases,
-    training_peak,
+    BudgetClock, OneLineParser, PeerRun, add_common_arguments, check_results, fail, file_run, prepared_dataset,
+    score_cases, training_peak,
 )  # fmt: skip
 
 PROG = "peer_nnunet.py"
@@ -331,6 +331,7 @@ def main(argv=None) -> None:
     require_nnunet()
     if not (args.task / "dataset.json").is_file():
         fail(PROG, f"--task {args.task}: no MSD task there (dataset.json missing); nnU-Net converts it itself")
+    check_results(args.results, PROG)
     dataset = prepared_dataset(args, PROG)
     folders = use_nnunet_folders(args.work)
     dataset_id = task_id(args.task)

@@ -61,6 +61,20 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the sampling [%(default)s]")
 
 
+def check_results(path: Path, prog: str) -> None:
+    """Refuse an unwritable ``--results`` or a malformed results CSV before any training (one line, exit 2)."""
+    from medseg_mem.errors import MedsegError
+    from medseg_mem.results import read_results
+    from medseg_mem.writable import check_output_file
+
+    try:
+        check_output_file(path, "--results")
+        if path.is_file() and path.read_bytes().strip():
+            read_results(path)
+    except MedsegError as error:
+        fail(prog, str(error))
+
+
 def prepared_dataset(args: argparse.Namespace, prog: str):
     """medseg-mem's prepared task: ``--prepared`` if given, else ``WORK/prepared`` (prepared from ``--task`` once).
 

@@ -139,3 +139,15 @@ def test_monai_unet_peer_trains_tests_and_files_rows(tiny_prepared, tmp_path):
     details = json.loads((tmp_path / "work" / "peer-runs" / f"{row['run_id']}.json").read_text())
     assert details["budget_minutes"] == 0.05 and details["validations"] and details["train_shape"][-3:] == [16, 16, 32]
     assert (tmp_path / "work" / "monai-unet" / f"{row['run_id']}.pt").is_file()
+
+
+def test_monai_unet_peer_refuses_a_malformed_results_csv_before_training(tiny_prepared, tmp_path):
+    bad = tmp_path / "results.csv"
+    bad.write_text("name,score\nx,1\n")
+    command = [sys.executable, str(BENCHMARKS / "peer_monai_unet.py"), "--minutes", "5", "--prepared",
+               str(tiny_prepared.root), "--work", str(tmp_path / "work"), "--results", str(bad)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("peer_monai_unet.py: error:") and "is not a results CSV" in lines[0]
+    assert not (tmp_path / "work").exists()
