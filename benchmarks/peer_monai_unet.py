@@ -85,8 +85,8 @@ def rounded_up(shape: Sequence[int]) -> Tuple[int, ...]:
 
 
 def load_split(dataset, split: str):
-    """The whole split in memory: images ``(N, C, X, Y, Z)`` float32 and labels ``(N, 1, X, Y, Z)`` uint8, padded to
-    the largest case's shape rounded up to a multiple of 16."""
+    """The whole split in memory: images ``(N, C, X, Y, Z)`` float32 and labels ``(N, 1, X, Y, Z)`` uint8, each
+    zero-padded at its end to the split's largest extent per axis, rounded up to a multiple of 16."""
     cases = CaseStream(dataset, split)
     size = rounded_up(_largest(dataset, cases.ids))
     images, labels = zip(*(cases[i] for i in range(len(cases))))
@@ -185,8 +185,9 @@ def memory_setup(weights: str, in_channels: int, num_classes: int, image):
     return lambda: segment(net, image)
 
 
-def test_loader(dataset):
+def case_loader(dataset):
     """``load(case_id) -> (image (1, C, X, Y, Z), label (1, 1, X, Y, Z))`` of a prepared case."""
+
     def load(case_id: str):
         image, label = open_case(dataset, case_id)
         return as_tensor(image)[None], as_tensor(label)[None]
@@ -227,7 +228,7 @@ def main(argv=None) -> None:
     torch.save(trainer.best_state, weights)
     trainer.net.load_state_dict(trainer.best_state)
     trainer.net.eval()
-    evaluation = score_cases(lambda image: segment(trainer.net, image), test_loader(dataset), dataset.ids("test"),
+    evaluation = score_cases(lambda image: segment(trainer.net, image), case_loader(dataset), dataset.ids("test"),
                              dataset.num_classes)  # fmt: skip
     image = np.array(open_case(dataset, dataset.largest("test"))[0])[None]
     memory = measure_peak(memory_setup, (str(weights), dataset.in_channels, dataset.num_classes, image), "cpu")
