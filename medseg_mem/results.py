@@ -4,7 +4,8 @@ The file is tidy (long): one row per (run, class), the run-level columns repeate
 Benchmark rows (``source == "benchmark"``) measure memory and time only: ``dice`` empty, ``class_name`` empty and
 ``class_index`` -1. Peer rows (``source == "peer"``) are runs of another tool (nnU-Net, a MONAI tutorial U-Net) on
 medseg-mem's split and budget, filed by ``benchmarks/peer_*.py`` like a run's; they also fill
-``train_peak_memory_bytes``, the resident memory their training added at its peak. pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
+``train_peak_memory_bytes``, the resident memory their training added at its peak. pandas is imported only by
+:func:`read_results`, so the CLI stays quick to start.
 """
 
 from __future__ import annotations
