@@ -20,9 +20,10 @@ import argparse
 import time
 from pathlib import Path
 
-from medseg_mem.config import PrepareConfig, RunRequest
+from medseg_mem.config import InferenceConfig, PrepareConfig, RunRequest
 from medseg_mem.data.prepare import prepare
 from medseg_mem.device import resolve_device
+from medseg_mem.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES
 from medseg_mem.training.run import run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--channels", default="16,32,64,128,256", help="U-Net widths (spec: 32,64,128,256,512)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (thesis: 3e-4)")
     parser.add_argument("--loss", default="dice_ce", choices=("dice", "dice_ce"))
+    parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULE_NAMES)
+    parser.add_argument("--optimizer", default="adam", choices=OPTIMIZER_NAMES)
+    parser.add_argument("--augment", default="none", choices=AUGMENT_NAMES)
+    parser.add_argument("--foreground-oversample", type=float, default=0.0, help="slab stages: share of slabs with foreground")
+    parser.add_argument("--deep-supervision", action="store_true")
+    parser.add_argument("--tta", action="store_true", help="test-time mirroring in the test evaluation")
     parser.add_argument("--guidance", default="onehot", choices=("onehot", "label"), help="cascade guidance")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--results", type=Path, default=None, help="default: benchmarks/results/hippocampus_<device>.csv")
@@ -66,9 +73,12 @@ def main() -> None:
         ("steps", steps), ("val_every", args.val_every), ("batch_size", args.batch_size),
         ("time_limit", args.minutes), ("snapshots", marks),
         ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("lr", args.lr), ("device", device.type),
-        ("guidance", args.guidance),
+        ("guidance", args.guidance), ("lr_schedule", args.lr_schedule), ("optimizer", args.optimizer),
+        ("augment", args.augment), ("foreground_oversample", args.foreground_oversample),
+        ("deep_supervision", args.deep_supervision),
     )  # fmt: skip
-    request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides)
+    request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
+                         inference=InferenceConfig(tta=args.tta))  # fmt: skip
     started = time.perf_counter()
     run_variants(request)
     print(f"benchmark finished in {time.perf_counter() - started:.0f} s on {device}; rows in {results}")

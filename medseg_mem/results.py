@@ -4,7 +4,10 @@ The file is tidy (long): one row per (run, class), the run-level columns repeate
 Benchmark rows (``source == "benchmark"``) measure memory and time only: ``dice`` empty, ``class_name`` empty and
 ``class_index`` -1. Snapshot rows (``run --snapshots``) hold the test Dice of a run's best checkpoint at a
 training-time mark: ``budget_seconds`` is the mark (empty on a run's final rows, :func:`final_rows`) and
-``train_steps`` / ``train_seconds`` what had been trained by then. pandas is imported only by
+``train_steps`` / ``train_seconds`` what had been trained by then. Peer rows (``source == "peer"``) are runs of
+another tool (nnU-Net, a MONAI tutorial U-Net) on medseg-mem's split and budget, filed by
+``benchmarks/peer_*.py`` like a run's; they also fill ``train_peak_memory_bytes``, the resident memory their
+training added at its peak. pandas is imported only by
 :func:`read_results`, so the CLI stays quick to start.
 """
 
@@ -34,19 +37,19 @@ RESULT_COLUMNS = (
     "seed", "channels", "loss", "slab_size", "downsample", "n_test_cases", "package_version", "source",
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
-    "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample",
+    "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
-    "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample",
+    "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
-SOURCES = ("run", "benchmark")
+SOURCES = ("run", "benchmark", "peer")
 #: Columns that :func:`read_results` parses as numbers; an empty cell becomes NaN (``<NA>`` for integers).
 NUMERIC_COLUMNS = (
     "class_index", "dice", "peak_memory_bytes", "inference_seconds_per_case", "train_steps", "train_seconds",
-    "seed", "n_test_cases", "planned_bytes", "budget_seconds", "time_limit_seconds",
+    "seed", "n_test_cases", "planned_bytes", "budget_seconds", "time_limit_seconds", "train_peak_memory_bytes",
 )  # fmt: skip
 INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases")
 _FIX = "move it away or name another results CSV: run --results NEW.csv, compare NEW.csv"

@@ -114,7 +114,7 @@ def test_row_with_missing_or_unknown_columns_is_named(tmp_path):
 
 
 def test_unknown_source_is_refused(tmp_path):
-    with pytest.raises(MedsegError, match="source must be one of run, benchmark; got 'training'"):
+    with pytest.raises(MedsegError, match="source must be one of run, benchmark, peer; got 'training'"):
         append_rows(tmp_path / "results.csv", make_rows(source="training"))
 
 

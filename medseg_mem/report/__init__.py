@@ -83,7 +83,7 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
 
 def comparison_frame(groups: List[Group]) -> pd.DataFrame:
     """Return every group's table stacked into one machine-readable frame (Dice as fractions, memory in bytes)."""
-    frames = [group.table.assign(dataset=group.dataset, source=group.source) for group in groups]
+    frames = [_with_source(group.table, group.source).assign(dataset=group.dataset) for group in groups]
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(CSV_LEAD))
     for column in CSV_LEAD:
         if column not in frame:
@@ -91,6 +91,11 @@ def comparison_frame(groups: List[Group]) -> pd.DataFrame:
     dice = [c for c in frame.columns if c.startswith("dice_")]
     rest = [c for c in frame.columns if c not in CSV_LEAD and c not in dice]
     return frame[[*CSV_LEAD, *dice, *rest]]
+
+
+def _with_source(table: pd.DataFrame, source: str) -> pd.DataFrame:
+    """``table`` with a ``source`` column: each row's own (``run`` or ``peer`` in a run table), else ``source``."""
+    return table if "source" in table else table.assign(source=source)
 
 
 def _markdown(results_csv: Path, results: pd.DataFrame, text: str, time_path: Optional[Path] = None) -> str:

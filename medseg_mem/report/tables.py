@@ -4,7 +4,9 @@ Memory and time measured on different devices or with different memory methods a
 share a table; a note says when a dataset has results in several such groups. Each variant shows its latest run
 (by timestamp); the ``n_runs`` column and a note say when there were several. Snapshot rows (Dice at a
 training-time mark, ``budget_seconds`` set) are left out: the tables show final models, the time plot
-(:mod:`medseg_mem.report.time_plot`) the snapshots.
+(:mod:`medseg_mem.report.time_plot`) the snapshots. Peer runs (``source == "peer"``: another tool on the same
+split and budget, e.g. ``nnunet-3d_fullres``) share the run tables, one row per peer variant after medseg-mem's
+own, with a note naming them.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from medseg_mem.names import VARIANT_NAMES
 from medseg_mem.results import final_rows
 
 GROUP_KEYS = ("dataset", "device", "memory_method")
+#: Sources shown in the run tables: medseg-mem's runs and the peers' (Dice, memory, time).
+RUN_SOURCES = ("run", "peer")
 #: Run-level columns copied from a run's first row into its summary.
 RUN_COLUMNS = (
-    "run_id", "timestamp", "dataset", "variant", "device", "memory_method", "peak_memory_bytes",
+    "run_id", "timestamp", "dataset", "variant", "source", "device", "memory_method", "peak_memory_bytes",
     "inference_seconds_per_case", "train_steps", "n_test_cases", "channels", "loss", "slab_size", "downsample",
     "planned_bytes", "planner_error", "inferer",
 )  # fmt: skip
@@ -35,7 +39,8 @@ class Group:
 
     Args:
         dataset, device, memory_method: what every row of ``table`` shares.
-        source: ``"run"`` (Dice, memory, time) or ``"benchmark"`` (memory and time only).
+        source: ``"run"`` (Dice, memory, time; medseg-mem's runs and peers') or ``"benchmark"`` (memory and time
+            only).
         table: raw numbers, one row per variant (benchmark: per configuration); Dice as fractions, memory in bytes.
         classes: the class names, in class-index order, of the ``dice_<class>`` columns.
         notes: sentences to print under the table.
@@ -68,7 +73,7 @@ def build_groups(results: pd.DataFrame) -> List[Group]:
     results = final_rows(results)
     groups: List[Group] = []
     for source, build in (("run", run_table), ("benchmark", benchmark_table)):
-        rows = results[results["source"] == source]
+        rows = results[results["source"].isin(RUN_SOURCES if source == "run" else (source,))]
         for key, part in sorted(rows.groupby(list(GROUP_KEYS), sort=False), key=lambda item: item[0]):
             table, classes, notes = build(part)
             groups.append(Group(*key, source=source, table=table, classes=classes, notes=notes))
@@ -95,14 +100,20 @@ def run_summaries(rows: pd.DataFrame) -> Tuple[pd.DataFrame, Tuple[str, ...]]:
 
 
 def run_table(rows: pd.DataFrame) -> Tuple[pd.DataFrame, Tuple[str, ...], List[str]]:
-    """Return the table of one run group: the latest run of each variant, with ``n_runs``; classes; notes."""
+    """Return the table of one run group: the latest run of each variant (medseg-mem's first, then the peers'),
+    with ``n_runs``; classes; notes."""
     summary, classes = run_summaries(rows)
     table, notes = _latest(summary, ["variant"])
+    table = table.sort_values("source", key=lambda s: s.eq("peer"), kind="stable").reset_index(drop=True)
+    peers = table.loc[table["source"] == "peer", "variant"].tolist()
+    if peers:
+        notes.append(f"peer runs (another tool on the same split and training budget, benchmarks/peer_*.py): "
+                     f"{', '.join(peers)}.")
     for column, label in (("train_steps", "train steps"), ("n_test_cases", "test cases")):
         if table[column].nunique(dropna=False) > 1:
             values = ", ".join(f"{v}: {_plain(n)}" for v, n in zip(table["variant"], table[column]))
             notes.append(f"{label} differ between the variants shown ({values}).")
-    columns = ["variant", *(DICE_PREFIX + c for c in classes), "mean_dice", "peak_memory_bytes",
+    columns = ["variant", "source", *(DICE_PREFIX + c for c in classes), "mean_dice", "peak_memory_bytes",
                "inference_seconds_per_case", "device", "memory_method", "train_steps", "n_runs", "run_id",
                "timestamp", "n_test_cases", "channels", "slab_size", "downsample"]  # fmt: skip
     return table[columns], classes, notes
