@@ -40,7 +40,7 @@ from medseg_mem.training.sampling import CaseStream, StageData, open_case
 from medseg_mem.names import DEFAULT_RUNS
 from medseg_mem.training.resume import filed_rows, resumed_request, same_path
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
-from medseg_mem.training.wallclock import Clock, Snapshot, describe, record_training, stage_times
+from medseg_mem.training.wallclock import Clock, Snapshot, describe, record_training, recorded_training, stage_times
 from medseg_mem.variants import get_variant, resolve_variants, warn_thick_slabs
 from medseg_mem.writable import check_output_file, check_output_folder
 
@@ -258,8 +258,8 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
             "results": os.path.abspath(request.results)}  # fmt: skip
     main = distributed.is_main()
-    if main:
-        write_run_record(run_dir, info, model, train)
+    if main:  # a resumed run's record keeps what its training recorded
+        write_run_record(run_dir, {**info, **recorded_training(run_dir)}, model, train)
     echo(f"[{name}] run {run_id}: {run_settings(model, train)}{describe(train)}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "

@@ -17,6 +17,8 @@ Example:
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -146,6 +148,19 @@ def describe(train: TrainConfig) -> str:
     if train.snapshots:
         text += f", snapshots at {', '.join(f'{m:g}' for m in train.snapshots)} min"
     return text
+
+
+TRAINING_KEYS = ("trained", "snapshots_taken")
+
+
+def recorded_training(run_dir: Path) -> dict:
+    """What :func:`record_training` added to an existing ``run.json`` (nothing for a new run), so rewriting the
+    record when a run resumes keeps it until the resumed training records its own."""
+    path = Path(run_dir) / "run.json"
+    if not path.is_file():
+        return {}
+    record = json.loads(path.read_text(encoding="utf-8"))
+    return {key: record[key] for key in TRAINING_KEYS if key in record}
 
 
 def record_training(run_dir: Path, info: dict, model, train: TrainConfig, outcomes: Mapping[str, object],
