@@ -14,7 +14,6 @@ from click.testing import CliRunner
 from monai.losses import DiceCELoss
 from torch.nn import functional as F
 
-import medseg_mem.training.loop as train_module
 from medseg_mem.checkpoint import load_checkpoint
 from medseg_mem.cli import main
 from medseg_mem.config import ModelConfig, TrainConfig
@@ -27,6 +26,7 @@ from medseg_mem.training.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.loop import StageJob, make_loss, train_stage
 from medseg_mem.training.sampling import StageData
 from medseg_mem.variants import get_variant
+from test_train import interrupted_at_step_5
 
 K = 3
 DS_MODEL = ModelConfig(channels=(2, 4, 8), slab_size=8, downsample=0.5, deep_supervision=True)
@@ -98,18 +98,7 @@ def ds_job(folder, dataset, steps=6):
 
 def test_a_deep_supervised_stage_trains_resumes_bit_for_bit_and_is_rebuilt(tmp_path, tiny_prepared, monkeypatch):
     train_stage(ds_job(tmp_path / "straight", tiny_prepared), progress=False)
-    real_step, calls = train_module.train_step, {"n": 0}
-
-    def interrupted(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # dies during step 5, after last.pt was written at step 4
-            raise KeyboardInterrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "train_step", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train_stage(ds_job(tmp_path / "resumed", tiny_prepared), progress=False)
-    monkeypatch.setattr(train_module, "train_step", real_step)
+    interrupted_at_step_5(monkeypatch, lambda: train_stage(ds_job(tmp_path / "resumed", tiny_prepared), progress=False))
     train_stage(ds_job(tmp_path / "resumed", tiny_prepared), progress=False)
     straight = load_checkpoint(tmp_path / "straight" / "last.pt")
     resumed = load_checkpoint(tmp_path / "resumed" / "last.pt")["state_dict"]

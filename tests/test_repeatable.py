@@ -10,10 +10,10 @@ from medseg_mem.checkpoint import load_checkpoint
 RUN = ["run", "--variant", "full", "--steps", "3", "--val-every", "3", "--channels", "2,4", "--quiet"]
 
 
-def train_in_new_process(prepared, folder, seed):
-    """``medseg-mem run`` in a fresh interpreter; returns the run's best weights."""
+def train_in_new_process(prepared, folder, seed, *options):
+    """``medseg-mem run`` (with ``options``) in a fresh interpreter; returns the run's best weights."""
     args = [*RUN, "--seed", str(seed), "--data", str(prepared), "--runs", str(folder / "runs"),
-            "--results", str(folder / "results.csv")]  # fmt: skip
+            "--results", str(folder / "results.csv"), *options]  # fmt: skip
     code = "import sys; from medseg_mem.cli import main; main(sys.argv[1:])"
     done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

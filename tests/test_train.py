@@ -38,23 +38,29 @@ def test_trains_and_keeps_the_best_checkpoint(tmp_path, tiny_prepared):
     assert load_checkpoint(tmp_path / "last.pt")["step"] == 6
 
 
-@pytest.mark.parametrize("recipe", [{}, {"optimizer": "sgd", "augment": "nnunet", "foreground_oversample": 0.5}])
-def test_resume_continues_an_interrupted_run_bit_for_bit(tmp_path, tiny_prepared, monkeypatch, recipe):
-    reference = train_stage(job(tmp_path / "straight", tiny_prepared, **recipe), progress=False)
-    calls = {"n": 0}
-    real_step = train_module.train_step
+def interrupted_at_step_5(monkeypatch, train) -> None:
+    """Run ``train()`` with a training step that dies during step 5 (after ``last.pt`` was written at step 4),
+    then put the real step back."""
+    calls, real_step = {"n": 0}, train_module.train_step
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:  # dies during step 5, after last.pt was written at step 4
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         return real_step(*args, **kwargs)
 
     monkeypatch.setattr(train_module, "train_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        train_stage(job(tmp_path / "resumed", tiny_prepared, **recipe), progress=False)
-    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
+        train()
     monkeypatch.setattr(train_module, "train_step", real_step)
+
+
+@pytest.mark.parametrize("recipe", [{}, {"optimizer": "sgd", "augment": "nnunet", "foreground_oversample": 0.5}])
+def test_resume_continues_an_interrupted_run_bit_for_bit(tmp_path, tiny_prepared, monkeypatch, recipe):
+    reference = train_stage(job(tmp_path / "straight", tiny_prepared, **recipe), progress=False)
+    interrupted_at_step_5(monkeypatch, lambda: train_stage(job(tmp_path / "resumed", tiny_prepared, **recipe),
+                                                           progress=False))  # fmt: skip
+    assert load_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 4
     resumed = train_stage(job(tmp_path / "resumed", tiny_prepared, **recipe), progress=False)
     assert [h["step"] for h in resumed.history] == [2, 4, 6]
     final_straight = load_checkpoint(tmp_path / "straight" / "last.pt")["state_dict"]

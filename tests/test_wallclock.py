@@ -14,6 +14,7 @@ from medseg_mem.checkpoint import load_checkpoint
 from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.errors import OptionError
 from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
+from test_repeatable import train_in_new_process
 from medseg_mem.training.run import run_variants
 from medseg_mem.training.sampling import StageData
 from medseg_mem.training.settings import load_run_record, write_run_record
@@ -261,24 +262,9 @@ def test_run_help_states_how_the_cascade_shares_the_time_limit():
     assert "validation included" in text and "poly then decays over the larger of the step and the time" in text
 
 
-def train_in_new_process(prepared, folder, *options):
-    """``medseg-mem run`` with ``options`` in a fresh interpreter (as tests/test_repeatable.py); its best weights."""
-    import subprocess
-    import sys
-
-    args = ["run", "--variant", "full", "--steps", "3", "--val-every", "3", "--channels", "2,4", "--quiet",
-            "--seed", "7", "--data", str(prepared), "--runs", str(folder / "runs"),
-            "--results", str(folder / "results.csv"), *options]  # fmt: skip
-    code = "import sys; from medseg_mem.cli import main; main(sys.argv[1:])"
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-2000:]
-    (best,) = (folder / "runs").glob("*/full/best.pt")
-    return load_checkpoint(best)["state_dict"]
-
-
 def test_a_time_limit_and_snapshots_never_reached_change_no_bit(prepared_default, tmp_path):
     """The wall clock only acts when it is reached, so the default run trains exactly as before --time-limit
     existed (and a run's seed still fixes its weights)."""
-    plain = train_in_new_process(prepared_default, tmp_path / "plain")
-    timed = train_in_new_process(prepared_default, tmp_path / "timed", "--time-limit", "600", "--snapshots", "300")
+    plain = train_in_new_process(prepared_default, tmp_path / "plain", 7)
+    timed = train_in_new_process(prepared_default, tmp_path / "timed", 7, "--time-limit", "600", "--snapshots", "300")
     assert all(torch.equal(plain[name], timed[name]) for name in plain)

@@ -123,7 +123,8 @@ def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_c
     step, state = resume_state(job, net, optimizer, scaler)  # every rank loads the same last.pt
     loss_fn = make_loss(job.stage, job.train, job.class_weights, job.model).to(job.device)
     precision = job.train.precision
-    bar = tqdm(total=job.train.steps, initial=step, desc=f"{job.variant}/{job.stage.name}",
+    total = None if times.limit is not None else train.steps  # time-limited: a count, not a bar to --steps
+    bar = tqdm(total=total, initial=step, desc=f"{job.variant}/{job.stage.name}",
                disable=not (progress and distributed.is_main()))  # fmt: skip
     elapsed, net = state["train_seconds"], net.train()
     started = clock() - elapsed
