@@ -74,7 +74,7 @@ def plot_dice_over_time(results: pd.DataFrame, path: Path, title: str = "") -> O
         ax.set_xlim(left=0)
         ax.set_ylim(max(0.0, min(dice) - 5), min(100.0, max(dice) + 5) if max(dice) > 0 else 10.0)
         ax.grid(True, alpha=0.35)
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="best")  # placed where it hides no point
     for ax in axes[len(curves):]:
         ax.set_axis_off()
     if title:
