@@ -34,17 +34,17 @@ def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:
     """``--overlap`` must be a fraction of a slab in [0, 0.5] (the rule of :func:`medseg_mem.config.check_overlap`)."""
     from medseg_mem.config import check_overlap
 
-    return _library_parse(check_overlap, "--overlap", value)
+    return library_parse(check_overlap, "--overlap", value)
 
 
 def parse_budget(ctx, param, value: Optional[str]) -> Optional[int]:
     """``8GB``, ``512MiB`` or ``1.5e9`` -> bytes (``None``: use the device default)."""
     from medseg_mem.memory.units import parse_bytes
 
-    return _library_parse(parse_bytes, "--budget", value)
+    return library_parse(parse_bytes, "--budget", value)
 
 
-def _library_parse(parse: Callable, option: str, value):
+def library_parse(parse: Callable, option: str, value):
     """``parse(value)`` (``None`` passes through); its :class:`OptionError` becomes click's ``BadParameter``."""
     if value is None:
         return None
@@ -71,7 +71,7 @@ def parse_tta_axes(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]
         parts = [part.strip() for part in text.split(",")]
         return check_tta_axes(tuple(int(part) if part.lstrip("-").isdigit() else part for part in parts))
 
-    return _library_parse(parse, "--tta-axes", value)
+    return library_parse(parse, "--tta-axes", value)
 
 
 def tta_options(func: Callable) -> Callable:

@@ -7,7 +7,7 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap, tta_config, tta_options
+from medseg_mem.cli.common import library_errors, library_parse, parse_budget, parse_overlap, tta_config, tta_options
 from medseg_mem.errors import did_you_mean
 from medseg_mem.names import (
     AUGMENT_NAMES,
@@ -82,7 +82,7 @@ def parse_time_limit(ctx, param, value: Optional[float]) -> Optional[float]:
     """``--time-limit`` in minutes: positive and finite, at least a second."""
     from medseg_mem.config import check_minutes
 
-    return library_check(lambda minutes: check_minutes("--time-limit", minutes), value)
+    return library_parse(lambda minutes: check_minutes("--time-limit", minutes), "--time-limit", value)
 
 
 def parse_snapshots(ctx, param, value: Optional[str]) -> Optional[Tuple[float, ...]]:
@@ -95,19 +95,7 @@ def parse_snapshots(ctx, param, value: Optional[str]) -> Optional[Tuple[float, .
         marks = tuple(float(part) for part in value.split(","))
     except ValueError:
         raise click.BadParameter(f"must list training-time marks in minutes like 5,10; got {value!r}") from None
-    return library_check(lambda given: check_wall_clock(None, given), marks)
-
-
-def library_check(check, value):
-    """``check(value)`` (``None`` passes through); its :class:`OptionError` becomes click's ``BadParameter``."""
-    from medseg_mem.errors import OptionError
-
-    if value is None:
-        return None
-    try:
-        return check(value)
-    except OptionError as error:
-        raise click.BadParameter(str(error).split(" ", 1)[1]) from error
+    return library_parse(lambda given: check_wall_clock(None, given), "--snapshots", marks)
 
 
 def parse_run_id(ctx, param, value: Optional[str]) -> Optional[str]:
