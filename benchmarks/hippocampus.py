@@ -53,6 +53,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--deep-supervision", action="store_true")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in the test evaluation")
     parser.add_argument("--guidance", default="onehot", choices=("onehot", "label"), help="cascade guidance")
+    parser.add_argument("--seed", type=int, default=0, help="seeds weights and sampling (run --seed)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--results", type=Path, default=None, help="default: benchmarks/results/hippocampus_<device>.csv")
     return parser.parse_args()
@@ -75,7 +76,7 @@ def main() -> None:
         ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("lr", args.lr), ("device", device.type),
         ("guidance", args.guidance), ("lr_schedule", args.lr_schedule), ("optimizer", args.optimizer),
         ("augment", args.augment), ("foreground_oversample", args.foreground_oversample),
-        ("deep_supervision", args.deep_supervision),
+        ("deep_supervision", args.deep_supervision), ("seed", args.seed),
     )  # fmt: skip
     request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
                          inference=InferenceConfig(tta=args.tta))  # fmt: skip
