@@ -23,7 +23,7 @@ from pathlib import Path
 from medseg_mem.config import InferenceConfig, PrepareConfig, RunRequest
 from medseg_mem.data.prepare import prepare
 from medseg_mem.device import resolve_device
-from medseg_mem.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES
+from medseg_mem.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES, STAGE2_GUIDANCE_NAMES
 from medseg_mem.training.run import run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,9 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--deep-supervision", action="store_true")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in the test evaluation")
     parser.add_argument("--guidance", default="onehot", choices=("onehot", "label"), help="cascade guidance")
+    parser.add_argument("--stage2-guidance", default="truth", choices=STAGE2_GUIDANCE_NAMES,
+                        help="cascade stage 2 trained on the ground truth or on stage 1's out-of-fold predictions")
+    parser.add_argument("--guidance-folds", type=int, default=2, help="folds with --stage2-guidance predicted")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights and sampling (run --seed)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--results", type=Path, default=None, help="default: benchmarks/results/hippocampus_<device>.csv")
@@ -77,6 +80,7 @@ def main() -> None:
         ("guidance", args.guidance), ("lr_schedule", args.lr_schedule), ("optimizer", args.optimizer),
         ("augment", args.augment), ("foreground_oversample", args.foreground_oversample),
         ("deep_supervision", args.deep_supervision), ("seed", args.seed),
+        ("stage2_guidance", args.stage2_guidance), ("guidance_folds", args.guidance_folds),
     )  # fmt: skip
     request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
                          inference=InferenceConfig(tta=args.tta))  # fmt: skip

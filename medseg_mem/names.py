@@ -28,6 +28,9 @@ SYNTHETIC_NAMES = ("rods", "brats-like")
 OPTIMIZER_NAMES = ("adam", "sgd")
 #: Data augmentation of ``run --augment``: none, or nnU-Net's spatial, intensity and mirroring transforms.
 AUGMENT_NAMES = ("none", "nnunet")
+#: Where the cascade's stage-2 training guidance comes from: the ground truth (thesis), or stage 1's predictions
+#: on cases it did not train on (nnU-Net's cascade: out-of-fold).
+STAGE2_GUIDANCE_NAMES = ("truth", "predicted")
 
 DEFAULT_WORKDIR = Path("medseg-work")
 DEFAULT_PREPARED = DEFAULT_WORKDIR / "prepared"

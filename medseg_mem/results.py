@@ -6,8 +6,8 @@ Benchmark rows (``source == "benchmark"``) measure memory and time only: ``dice`
 training-time mark: ``budget_seconds`` is the mark (empty on a run's final rows, :func:`final_rows`) and
 ``train_steps`` / ``train_seconds`` what had been trained by then. Peer rows (``source == "peer"``) are runs of
 another tool (nnU-Net, a MONAI tutorial U-Net) on medseg-mem's split and budget, filed by
-``benchmarks/peer_*.py`` like a run's; they also fill ``train_peak_memory_bytes``, the resident memory their
-training added at its peak. pandas is imported only by
+``benchmarks/peer_*.py`` like a run's. ``train_peak_memory_bytes`` is the memory training added at its peak
+(CPU: resident memory; CUDA: memory reserved), a run's largest over its stages. pandas is imported only by
 :func:`read_results`, so the CLI stays quick to start.
 """
 
@@ -38,11 +38,13 @@ RESULT_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
+    "stage2_guidance",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
+    "stage2_guidance",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark", "peer")

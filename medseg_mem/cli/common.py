@@ -32,7 +32,7 @@ def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list 
 
 def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:
     """``--overlap`` must be a fraction of a slab in [0, 0.5] (the rule of :func:`medseg_mem.config.check_overlap`)."""
-    from medseg_mem.config import check_overlap
+    from medseg_mem.inference_config import check_overlap
 
     return library_parse(check_overlap, "--overlap", value)
 
@@ -65,7 +65,7 @@ def slab_inference_options(func: Callable) -> Callable:
 
 def parse_tta_axes(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]]:
     """``0,1`` -> the spatial axes ``--tta`` mirrors (the rule of :func:`medseg_mem.config.check_tta_axes`)."""
-    from medseg_mem.config import check_tta_axes
+    from medseg_mem.inference_config import check_tta_axes
 
     def parse(text: str) -> Tuple[int, ...]:
         parts = [part.strip() for part in text.split(",")]

@@ -21,6 +21,7 @@ from medseg_mem.names import (
     LR_SCHEDULE_NAMES,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
+    STAGE2_GUIDANCE_NAMES,
     VARIANT_NAMES,
 )
 
@@ -176,6 +177,12 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--guidance-noise", type=click.FloatRange(0, 1),
               help="Chance per class of a random dilation/erosion/opening/closing of the cascade's stage-2 "
                    "training guidance (nnU-Net's cascade) [0].")
+@click.option("--stage2-guidance", type=click.Choice(STAGE2_GUIDANCE_NAMES),
+              help="What the cascade's stage 2 trains on: truth (the ground truth at stage-1 resolution, thesis) or "
+                   "predicted (stage 1's out-of-fold predictions, nnU-Net's cascade; adds --guidance-folds stage-1 "
+                   "trainings) [truth].")
+@click.option("--guidance-folds", type=click.IntRange(min=2),
+              help="Folds of the out-of-fold stage-1 models with --stage2-guidance predicted [2].")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES),
               help="Training (and, without --inference-precision, evaluation) precision: fp32, or autocast to "
                    "bf16 / fp16 (less memory) [fp32].")
@@ -261,15 +268,18 @@ def inference_options(options: dict):
 
 
 def check_network_options(options: dict) -> None:
-    """Refuse ``--deep-supervision`` with a ``--channels`` list too shallow for it before any data is read.
+    """Refuse ``--deep-supervision`` with a ``--channels`` list too shallow for it, and ``--snapshots`` with
+    ``--stage2-guidance predicted``, before any data is read.
 
     Raises:
-        OptionError: from :class:`~medseg_mem.config.ModelConfig`, naming ``--deep-supervision`` and the widths.
+        OptionError: from :class:`~medseg_mem.config.ModelConfig` / ``TrainConfig``, naming the option.
     """
-    from medseg_mem.config import ModelConfig
+    from medseg_mem.config import ModelConfig, TrainConfig
 
     if options.get("deep_supervision") and options.get("channels") is not None:
         ModelConfig(channels=options["channels"], deep_supervision=True)
+    if options.get("stage2_guidance") == "predicted" and options.get("snapshots"):
+        TrainConfig(stage2_guidance="predicted", time_limit=options["time_limit"], snapshots=options["snapshots"])
 
 
 def fold_slab_alias(options: dict) -> None:

@@ -21,7 +21,6 @@ from typing import List
 
 import torch
 
-from medseg_mem.config import check_overlap
 from medseg_mem.inference.labels import argmax_into
 
 SIGMA_SCALE = 0.125  # MONAI's and nnU-Net's default: sigma = slab_size / 8

@@ -25,7 +25,7 @@ import torch
 from monai.inferers import Inferer
 from torch.nn import functional as F
 
-from medseg_mem.config import check_overlap
+from medseg_mem.inference_config import check_overlap
 from medseg_mem.errors import OptionError
 from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
 from medseg_mem.inference.labels import argmax_into, empty_labels

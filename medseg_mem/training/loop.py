@@ -65,7 +65,8 @@ class StageJob:
 
 @dataclass(frozen=True)
 class StageOutcome:
-    """How a stage trained; ``snapshots`` maps each mark it passed (seconds) to ``{"seconds", "step"}``."""
+    """How a stage trained; ``snapshots`` maps each mark it passed (seconds) to ``{"seconds", "step"}``;
+    ``peak_bytes``: the memory its training added at its peak, when measured (``training.variant.measured``)."""
 
     best_path: Path
     best_score: float
@@ -74,6 +75,7 @@ class StageOutcome:
     seconds: float
     history: List[Dict[str, Any]]
     snapshots: Dict[int, Dict[str, float]] = field(default_factory=dict)
+    peak_bytes: int = 0
 
 
 def make_loss(

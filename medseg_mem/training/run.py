@@ -7,7 +7,8 @@ volume, seconds per case), measure peak inference memory on the largest test cas
 (:func:`medseg_mem.memory.measure.measure_peak`), and append one row per foreground class to the results CSV.
 With ``--snapshots``, each snapshot the variant reached (:mod:`~medseg_mem.training.wallclock`) is evaluated the
 same way and filed as rows of its own (``budget_seconds`` = the mark; their peak memory is the final model's,
-not measured again: the networks are the same size).
+not measured again: the networks are the same size). Training (:mod:`~medseg_mem.training.variant`) and the
+test evaluation with the rows it is filed as (:mod:`~medseg_mem.training.evaluation`) have modules of their own.
 No split is ever loaded whole: host memory does not grow with the number of cases.
 """
 
@@ -16,134 +17,30 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
 
-import numpy as np
-import torch
-
-from medseg_mem import __version__
-from medseg_mem.config import InferenceConfig, ModelConfig, RunRequest, TrainConfig, tta_text
+from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.data.prepared import SPLITS, PreparedDataset
 from medseg_mem.device import resolve_device
 from medseg_mem.errors import MedsegError
-from medseg_mem.evaluate import Evaluation, evaluate_variant
-from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.memory.units import format_bytes
-from medseg_mem.models.build import load_networks
-from medseg_mem.results import append_rows, new_run_id, read_results, utc_timestamp
+from medseg_mem.names import DEFAULT_RUNS
+from medseg_mem.results import append_rows, new_run_id, read_results
 from medseg_mem.training import distributed
 from medseg_mem.training.class_weights import class_weights
-from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
-from medseg_mem.training.sampling import CaseStream, StageData, open_case
-from medseg_mem.names import DEFAULT_RUNS
+from medseg_mem.training.evaluation import (
+    VariantResult,
+    evaluate_checkpoints,
+    evaluate_snapshot,
+    measure_variant_memory,
+    result_rows,
+)
 from medseg_mem.training.resume import filed_rows, resumed_request, same_path
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
-from medseg_mem.training.wallclock import Clock, Snapshot, describe, record_training, recorded_training, stage_times
-from medseg_mem.variants import get_variant, resolve_variants, warn_thick_slabs
+from medseg_mem.training.variant import stage_names, train_variant
+from medseg_mem.training.wallclock import Clock, describe, record_training, recorded_training
+from medseg_mem.variants import resolve_variants, warn_thick_slabs
 from medseg_mem.writable import check_output_file, check_output_folder
-
-
-@dataclass(frozen=True)
-class VariantResult:
-    run_id: str
-    variant: str
-    evaluation: Evaluation
-    memory: MemoryReading
-    train_steps: int
-    train_seconds: float
-    budget_seconds: Optional[int] = None  # a snapshot's mark; None for the final model
-
-
-def train_variant(
-    name, run_dir, dataset, model, train, device, progress, weights=None, clock: Clock = time.perf_counter
-) -> Dict[str, StageOutcome]:
-    """Train each stage of variant ``name`` (loss class ``weights``, if any), each to its share of the time limit
-    and snapshot marks (:func:`~medseg_mem.training.wallclock.stage_times`); return ``{stage name: outcome}``."""
-    variant, num_classes = get_variant(name), dataset.num_classes
-    stages, outcomes = variant.stages(), {}
-    for index, stage in enumerate(stages):
-        job = StageJob(
-            variant=name,
-            stage=stage,
-            in_channels=stage.in_channels(dataset.in_channels, num_classes, model),
-            num_classes=num_classes,
-            model=model,
-            train=train,
-            data=StageData(dataset, stage, model, train, stage_index=index, progress=progress),
-            folder=run_dir / stage.name,
-            device=device,
-            meta=checkpoint_meta(dataset),
-            seed_offset=index,
-            class_weights=weights,
-            times=stage_times(train, list(outcomes.values()), len(stages)),
-        )
-        outcomes[stage.name] = train_stage(job, progress=progress, clock=clock)
-    return outcomes
-
-
-def checkpoint_meta(dataset: PreparedDataset) -> dict:
-    """What predict needs to preprocess new scans and name the classes (stored in every checkpoint)."""
-    manifest = dataset.manifest
-    return {
-        "dataset": dataset.name,
-        "class_names": list(dataset.class_names),
-        "modalities": list(dataset.modalities),
-        "preprocessing": manifest.get("settings", manifest.get("preprocessing", {})),
-        "package_version": __version__,
-    }
-
-
-def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
-                 inference: InferenceConfig = InferenceConfig()):  # fmt: skip
-    """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
-    torch_device = torch.device(device)
-    nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last)
-    variant, image = get_variant(variant_name), torch.as_tensor(image).to(torch_device)
-
-    def infer():
-        with torch.inference_mode():
-            return variant.segment(nets, image, model, num_classes, inference=inference)
-
-    return infer
-
-
-def measure_variant_memory(name, paths, dataset: PreparedDataset, model, num_classes, device,
-                           inference: InferenceConfig = None) -> MemoryReading:  # fmt: skip
-    """Peak inference memory of the whole variant on the largest test case."""
-    image = np.array(open_case(dataset, dataset.largest("test"))[0])[None]
-    args = (name, {k: str(v) for k, v in paths.items()}, image, model, num_classes, device.type, inference)
-    return measure_peak(memory_setup, args, device.type)
-
-
-def result_rows(result: VariantResult, dataset, model: ModelConfig, train: TrainConfig, device,
-                inference: InferenceConfig = InferenceConfig()) -> List[dict]:  # fmt: skip
-    """One tidy row per foreground class, run-level columns repeated."""
-    slabs = result.variant != "full"
-    run = {
-        "run_id": result.run_id, "timestamp": utc_timestamp(), "dataset": dataset.name, "variant": result.variant,
-        "peak_memory_bytes": result.memory.peak_bytes, "memory_method": result.memory.method,
-        "device": str(device), "inference_seconds_per_case": result.evaluation.seconds_per_case,
-        "train_steps": result.train_steps, "train_seconds": round(result.train_seconds, 2), "seed": train.seed,
-        "channels": "-".join(map(str, model.channels)), "loss": train.loss + ("+batch" if train.batch_dice else ""),
-        "slab_size": model.slab_size if slabs else "",
-        "downsample": model.downsample if result.variant == "cascade" else "",
-        "n_test_cases": result.evaluation.n_cases, "package_version": __version__, "source": "run",
-        "precision": train.precision, "checkpointing": train.checkpointing, "channels_last": train.channels_last,
-        "inference_precision": inference.precision, "overlap": inference.overlap if slabs else "",
-        "sw_batch_size": inference.sw_batch_size if slabs else "",
-        "budget_seconds": result.budget_seconds,
-        "time_limit_seconds": None if train.time_limit is None else round(train.time_limit * 60, 3),
-        "deep_supervision": model.deep_supervision, "tta": tta_text(inference.mirror_axes),
-        "optimizer": train.optimizer, "augment": train.augment,
-        "foreground_oversample": train.foreground_oversample if slabs else "",
-    }  # fmt: skip
-    names = dataset.class_names[1:]
-    return [
-        {**run, "class_name": names[i], "class_index": i + 1, "dice": round(d, 6)}
-        for i, d in enumerate(result.evaluation.dice)
-    ]
 
 
 def run_variants(request: RunRequest, echo: Callable[[str], None] = print,
@@ -269,14 +166,15 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
                                  clock)  # fmt: skip
     if not main:
         return None  # rank 0 evaluates, measures and files the rows
-    paths = {stage: outcome.best_path for stage, outcome in outcomes.items()}
+    paths = {stage: outcomes[stage].best_path for stage in stage_names(outcomes, name)}
     steps, seconds = sum(o.steps for o in outcomes.values()), sum(o.seconds for o in outcomes.values())
     snapshots = record_training(run_dir, info, model, train, outcomes, echo)
     inference = request.evaluation(train)
     with resumable(run_id, request, "finished training", "evaluates it and files the rows without training again"):
         evaluation = evaluate_checkpoints(name, paths, dataset, model, device, inference)
         memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device, inference)
-        result = VariantResult(run_id, name, evaluation, memory, steps, seconds)
+        result = VariantResult(run_id, name, evaluation, memory, steps, seconds,
+                               train_peak_bytes=max(o.peak_bytes for o in outcomes.values()))  # fmt: skip
         rows = result_rows(result, dataset, model, train, device, inference)
         for snapshot in snapshots:
             rows += result_rows(evaluate_snapshot(result, snapshot, dataset, model, device, inference, echo),
@@ -284,33 +182,16 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
         append_rows(request.results, rows)
     dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
     echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); peak memory "
-         f"{format_bytes(memory.peak_bytes)} ({memory.method}); {evaluation.seconds_per_case:.3f} s/case")
+         f"{format_bytes(memory.peak_bytes)} ({memory.method}); {evaluation.seconds_per_case:.3f} s/case; "
+         f"training peak {format_bytes(result.train_peak_bytes)}")
     return result
-
-
-def evaluate_checkpoints(name, paths, dataset, model, device, inference: InferenceConfig) -> Evaluation:
-    """Segment the test split with variant ``name`` made of the stage checkpoints ``paths`` and score it."""
-    nets = load_networks(paths, device, inference.channels_last)
-    return evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model, dataset.num_classes,
-                            device, inference)  # fmt: skip
-
-
-def evaluate_snapshot(final: VariantResult, snapshot: Snapshot, dataset, model, device, inference,
-                      echo) -> VariantResult:  # fmt: skip
-    """The variant as it was at a snapshot mark, evaluated like the final model; its memory is the final one's."""
-    evaluation = evaluate_checkpoints(final.variant, snapshot.paths, dataset, model, device, inference)
-    dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
-    echo(f"[{final.variant}] snapshot at {snapshot.mark / 60:g} min ({snapshot.steps} steps, "
-         f"{snapshot.seconds / 60:.2f} min trained): test Dice {dice}")
-    return VariantResult(final.run_id, final.variant, evaluation, final.memory, snapshot.steps, snapshot.seconds,
-                         budget_seconds=snapshot.mark)  # fmt: skip
 
 
 def run_settings(model: ModelConfig, train: TrainConfig) -> str:
     """The header line's settings, e.g. ``channels 4-8, 2 steps/stage, loss dice_ce, fp32, seed 0``; the levers
     and nnU-Net's recipe options are named when they are on (``sgd lr 0.01, augment nnunet, ...``)."""
-    parts = [f"channels {'-'.join(map(str, model.channels))}", f"{train.steps} steps/stage", f"loss {train.loss}",
-             train.precision]  # fmt: skip
+    steps = f"{train.steps} steps/stage" + (" at most" if train.time_limit is not None else "")
+    parts = [f"channels {'-'.join(map(str, model.channels))}", steps, f"loss {train.loss}", train.precision]
     optional = {
         "deep supervision": model.deep_supervision,
         "checkpointing": train.checkpointing,
@@ -318,6 +199,7 @@ def run_settings(model: ModelConfig, train: TrainConfig) -> str:
         f"sgd lr {train.lr:g}": train.optimizer == "sgd",
         f"augment {train.augment}": train.augment != "none",
         f"foreground oversample {train.foreground_oversample:g}": train.foreground_oversample > 0,
+        f"stage-2 guidance predicted ({train.guidance_folds} folds)": train.stage2_guidance == "predicted",
     }
     return ", ".join(parts + [text for text, shown in optional.items() if shown] + [f"seed {train.seed}"])
 

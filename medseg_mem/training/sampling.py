@@ -4,8 +4,9 @@ No split is ever held in memory. A case is a pair of memory-mapped arrays
 (:meth:`~medseg_mem.data.prepared.PreparedDataset.load`), opened per sample and dropped with it, so a slab
 sample reads one slab's worth of data and nothing stays resident afterwards. What costs compute per case is
 cached by a MONAI :class:`~monai.data.CacheDataset`, up to ``TrainConfig.cache_bytes`` (whatever does not fit is
-recomputed per sample): the cascade's stage 1 caches its downsampled volume, stage 2 the downsampled label its
-guidance is made from. Stage 2's guidance is then made per sample, for the sample's slab only
+recomputed per sample): the cascade's stage 1 caches its downsampled volume, stage 2 the low-resolution label its
+guidance is made from (the ground truth downsampled, or stage 1's prediction read from the run's ``guidance``
+folder with ``--stage2-guidance predicted``, :mod:`~medseg_mem.training.out_of_fold`). Stage 2's guidance is then made per sample, for the sample's slab only
 (:func:`~medseg_mem.resample.guidance_range`). Labels stay uint8 until the loss.
 
 Sample ``i`` of a stage draws its case, its slab, whether that slab must hold foreground
@@ -24,6 +25,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence as SequenceBase
+from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -38,6 +40,7 @@ from medseg_mem.inference.slab import cut_slab, slab_starts
 from medseg_mem.training import distributed
 from medseg_mem.training.augment import SampleAugmentation
 from medseg_mem.training.guidance_noise import perturb_label
+from medseg_mem.training.out_of_fold import load_guidance
 from medseg_mem.resample import guidance_range, scaled_size
 from medseg_mem.variants.base import Stage
 
@@ -63,8 +66,8 @@ class StageInputsd(Transform):
     * nothing for full-resolution stages: they read the memory-mapped case per sample.
     """
 
-    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig) -> None:
-        self.dataset, self.stage, self.model = dataset, stage, model
+    def __init__(self, dataset: PreparedDataset, stage: Stage, model: ModelConfig, guidance: Path = None) -> None:
+        self.dataset, self.stage, self.model, self.guidance = dataset, stage, model, guidance
 
     def __call__(self, data: Dict) -> Dict:
         if self.stage.factor(self.model) != 1.0:
@@ -72,8 +75,8 @@ class StageInputsd(Transform):
             x, y = self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model, self.num_classes)
             return {**data, "image": x[0], "label": y[0].to(torch.uint8)}
         if self.stage.guided:
-            label = as_tensor(open_case(self.dataset, data["case"])[1])[None]
-            return {**data, "low_label": self.stage.low_label(label, self.model, self.num_classes)[0]}
+            return {**data, "low_label": low_label_of(self.dataset, data["case"], self.stage, self.model,
+                                                      self.guidance)[0]}  # fmt: skip
         return dict(data)
 
     @property
@@ -86,6 +89,16 @@ class StageInputsd(Transform):
         if self.stage.factor(self.model) != 1.0:
             return low * (4 * self.dataset.in_channels + 1)
         return low if self.stage.guided else 0
+
+
+def low_label_of(dataset: PreparedDataset, case_id: str, stage: Stage, model: ModelConfig,
+                 guidance: Optional[Path] = None) -> torch.Tensor:  # fmt: skip
+    """A guided stage's label map at stage-1 resolution ``(1, 1, x, y, z)`` uint8: stage 1's prediction from the
+    ``guidance`` folder (:mod:`~medseg_mem.training.out_of_fold`), or the ground truth downsampled when ``None``."""
+    if guidance is not None:
+        return load_guidance(guidance, case_id)[None]
+    label = as_tensor(open_case(dataset, case_id)[1])[None]
+    return stage.low_label(label, model, dataset.num_classes)
 
 
 class RandStageSampled(Randomizable, MapTransform):
@@ -226,12 +239,14 @@ class StageData:
         train: batch size, workers, cache budget, seed, foreground oversampling and augmentation.
         stage_index: the stage's position in its variant (so two stages draw different samples).
         progress: show a progress bar while the cache fills.
+        guidance: a guided stage's stage-1 predictions (``<case>.npy`` label maps at stage-1 resolution, for the
+            train and val cases; :mod:`~medseg_mem.training.out_of_fold`); ``None``: guidance from the ground truth.
     """
 
     def __init__(self, dataset, stage: Stage, model: ModelConfig, train: TrainConfig, stage_index: int = 0,
-                 progress: bool = False) -> None:  # fmt: skip
+                 progress: bool = False, guidance: Optional[Path] = None) -> None:  # fmt: skip
         self.dataset, self.stage, self.model, self.train = dataset, stage, model, train
-        self.stage_index, self.progress = stage_index, progress
+        self.stage_index, self.progress, self.guidance = stage_index, progress, guidance
         self._cases = None
 
     def cache_count(self, ids: Sequence[str]) -> int:
@@ -240,7 +255,7 @@ class StageData:
         return len(ids) if per_case == 0 else min(len(ids), self.train.cache_bytes // per_case)
 
     def inputs(self) -> StageInputsd:
-        return StageInputsd(self.dataset, self.stage, self.model)
+        return StageInputsd(self.dataset, self.stage, self.model, self.guidance)
 
     def cases(self) -> CacheDataset:
         """The train split as a MONAI ``CacheDataset`` of per-case stage inputs, cached up to the budget."""
@@ -275,7 +290,9 @@ class StageData:
         """Whole-volume ``(x, y)`` pairs of the val split, batched, one case in memory at a time."""
         for case_id in self.dataset.ids("val"):
             image, label = open_case(self.dataset, case_id)
-            yield self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model, self.dataset.num_classes)
+            low = low_label_of(self.dataset, case_id, self.stage, self.model, self.guidance) if self.guidance else None
+            yield self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model,
+                                    self.dataset.num_classes, low)  # fmt: skip
 
 
 class CaseStream(SequenceBase):

@@ -48,19 +48,21 @@ class Stage:
         return image_channels + extra
 
     def inputs(
-        self, image: torch.Tensor, label: torch.Tensor, model: ModelConfig, num_classes: int
-    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        self, image: torch.Tensor, label: torch.Tensor, model: ModelConfig, num_classes: int,
+        low_label: torch.Tensor = None,
+    ) -> Tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         """Whole-volume pair ``(x, y)`` of this stage from a batched image and ground-truth label (validation).
 
-        Guided stages get the ground truth downsampled by ``model.downsample`` and upsampled again (the blur of
-        a good stage-1 output), made by :func:`~medseg_mem.resample.guidance_range` as training samples are.
+        Guided stages get ``low_label`` ``(B, 1, x, y, z)`` at stage-1 resolution (stage 1's prediction) or, when
+        it is ``None``, the ground truth downsampled by ``model.downsample`` (the blur of a good stage-1 output),
+        upsampled by :func:`~medseg_mem.resample.guidance_range` as training samples are.
         """
         factor = self.factor(model)
         if factor != 1.0:
             size = scaled_size(image.shape[2:], factor)
             image, label = resample_image(image, size), resample_label(label, size, num_classes)
         if self.guided:
-            low = self.low_label(label, model, num_classes)
+            low = self.low_label(label, model, num_classes) if low_label is None else low_label
             guide = guidance_range(low, label.shape[2:], 0, label.shape[-1], model.guidance, num_classes)
             image = torch.cat([image, guide], dim=1)
         return image, label

@@ -1,0 +1,118 @@
+"""What a trained variant is filed as: its test-split evaluation, its peak inference memory and its result rows.
+
+:func:`evaluate_checkpoints` segments the test split one case at a time with the stage checkpoints;
+:func:`measure_variant_memory` measures the whole variant's inference peak on the largest test case
+(:func:`medseg_mem.memory.measure.measure_peak`, in a fresh process); :func:`result_rows` makes one tidy row per
+foreground class for the results CSV (:mod:`medseg_mem.results`), the training's own peak memory included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from medseg_mem import __version__
+from medseg_mem.config import InferenceConfig, ModelConfig, TrainConfig
+from medseg_mem.inference_config import tta_text
+from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.evaluate import Evaluation, evaluate_variant
+from medseg_mem.memory.measure import MemoryReading, measure_peak
+from medseg_mem.models.build import load_networks
+from medseg_mem.results import utc_timestamp
+from medseg_mem.training.sampling import CaseStream, open_case
+from medseg_mem.training.wallclock import Snapshot
+from medseg_mem.variants import get_variant
+
+
+@dataclass(frozen=True)
+class VariantResult:
+    run_id: str
+    variant: str
+    evaluation: Evaluation
+    memory: MemoryReading
+    train_steps: int
+    train_seconds: float
+    budget_seconds: Optional[int] = None  # a snapshot's mark; None for the final model
+    train_peak_bytes: Optional[int] = None  # training memory at its peak, the largest over the stages (and folds)
+
+
+def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
+                 inference: InferenceConfig = InferenceConfig()):  # fmt: skip
+    """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
+    torch_device = torch.device(device)
+    nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last)
+    variant, image = get_variant(variant_name), torch.as_tensor(image).to(torch_device)
+
+    def infer():
+        with torch.inference_mode():
+            return variant.segment(nets, image, model, num_classes, inference=inference)
+
+    return infer
+
+
+def measure_variant_memory(name, paths, dataset: PreparedDataset, model, num_classes, device,
+                           inference: InferenceConfig = None) -> MemoryReading:  # fmt: skip
+    """Peak inference memory of the whole variant on the largest test case."""
+    image = np.array(open_case(dataset, dataset.largest("test"))[0])[None]
+    args = (name, {k: str(v) for k, v in paths.items()}, image, model, num_classes, device.type, inference)
+    return measure_peak(memory_setup, args, device.type)
+
+
+def result_rows(result: VariantResult, dataset, model: ModelConfig, train: TrainConfig, device,
+                inference: InferenceConfig = InferenceConfig()) -> List[dict]:  # fmt: skip
+    """One tidy row per foreground class, run-level columns repeated."""
+    slabs = result.variant != "full"
+    run = {
+        "run_id": result.run_id, "timestamp": utc_timestamp(), "dataset": dataset.name, "variant": result.variant,
+        "peak_memory_bytes": result.memory.peak_bytes, "memory_method": result.memory.method,
+        "device": str(device), "inference_seconds_per_case": result.evaluation.seconds_per_case,
+        "train_steps": result.train_steps, "train_seconds": round(result.train_seconds, 2), "seed": train.seed,
+        "channels": "-".join(map(str, model.channels)), "loss": train.loss + ("+batch" if train.batch_dice else ""),
+        "slab_size": model.slab_size if slabs else "",
+        "downsample": model.downsample if result.variant == "cascade" else "",
+        "n_test_cases": result.evaluation.n_cases, "package_version": __version__, "source": "run",
+        "precision": train.precision, "checkpointing": train.checkpointing, "channels_last": train.channels_last,
+        "inference_precision": inference.precision, "overlap": inference.overlap if slabs else "",
+        "sw_batch_size": inference.sw_batch_size if slabs else "",
+        "budget_seconds": result.budget_seconds,
+        "time_limit_seconds": None if train.time_limit is None else round(train.time_limit * 60, 3),
+        "deep_supervision": model.deep_supervision, "tta": tta_text(inference.mirror_axes),
+        "optimizer": train.optimizer, "augment": train.augment,
+        "foreground_oversample": train.foreground_oversample if slabs else "",
+        "train_peak_memory_bytes": result.train_peak_bytes,
+        "stage2_guidance": stage2_guidance_text(train) if result.variant == "cascade" else "",
+    }  # fmt: skip
+    names = dataset.class_names[1:]
+    return [
+        {**run, "class_name": names[i], "class_index": i + 1, "dice": round(d, 6)}
+        for i, d in enumerate(result.evaluation.dice)
+    ]
+
+
+def evaluate_checkpoints(name, paths, dataset, model, device, inference: InferenceConfig) -> Evaluation:
+    """Segment the test split with variant ``name`` made of the stage checkpoints ``paths`` and score it."""
+    nets = load_networks(paths, device, inference.channels_last)
+    return evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model, dataset.num_classes,
+                            device, inference)  # fmt: skip
+
+
+def evaluate_snapshot(final: VariantResult, snapshot: Snapshot, dataset, model, device, inference,
+                      echo) -> VariantResult:  # fmt: skip
+    """The variant as it was at a snapshot mark, evaluated like the final model; its memory is the final one's."""
+    evaluation = evaluate_checkpoints(final.variant, snapshot.paths, dataset, model, device, inference)
+    dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
+    echo(f"[{final.variant}] snapshot at {snapshot.mark / 60:g} min ({snapshot.steps} steps, "
+         f"{snapshot.seconds / 60:.2f} min trained): test Dice {dice}")
+    return VariantResult(final.run_id, final.variant, evaluation, final.memory, snapshot.steps, snapshot.seconds,
+                         budget_seconds=snapshot.mark, train_peak_bytes=final.train_peak_bytes)  # fmt: skip
+
+
+def stage2_guidance_text(train: TrainConfig) -> str:
+    """The CSV's ``stage2_guidance``: ``truth``, or ``predicted-2fold``."""
+    if train.stage2_guidance == "predicted":
+        return f"predicted-{train.guidance_folds}fold"
+    return train.stage2_guidance
