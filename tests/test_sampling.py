@@ -8,7 +8,8 @@ from medseg_mem.config import ModelConfig, PrepareConfig, TrainConfig
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.errors import OptionError
 from medseg_mem.inference.slab import cut_slab, slab_starts
-from medseg_mem.training.sampling import CaseStream, RandStageSampled, StageData, StageInputsd
+from medseg_mem.data.cases import CaseStream
+from medseg_mem.training.sampling import RandStageSampled, StageData, StageInputsd
 from medseg_mem.variants import get_variant
 
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)

@@ -149,6 +149,18 @@ def test_each_stage_gets_an_equal_share_of_what_the_stages_before_it_left():
     assert stage_times(TrainConfig(), [], 2) == StageTimes(None, {})
 
 
+def test_a_resumed_stage_keeps_the_training_peak_its_first_process_recorded():
+    from dataclasses import replace
+
+    from medseg_mem.training.wallclock import with_recorded_peaks
+
+    resumed = {"stage1": replace(outcome(30.0), peak_bytes=10), "stage2": replace(outcome(30.0), peak_bytes=700)}
+    earlier = {"trained": {"stage1": {"steps": 3, "peak_bytes": 500}}}  # stage 2 had not finished: no record
+    peaks = {name: o.peak_bytes for name, o in with_recorded_peaks(resumed, earlier).items()}
+    assert peaks == {"stage1": 500, "stage2": 700}
+    assert with_recorded_peaks(resumed, {}) == resumed  # a new run
+
+
 def test_a_snapshot_is_reached_when_the_last_stage_passed_its_mark():
     train = TrainConfig(time_limit=10, snapshots=(1, 4))
     first = outcome(100.0, steps=7, snapshots={60: {"seconds": 31.0, "step": 2}}, folder="stage1")
@@ -208,6 +220,7 @@ def test_a_time_limited_run_files_the_final_and_snapshot_rows(tmp_path, tiny_pre
     run_dir = tmp_path / "runs" / result.run_id
     assert load_checkpoint(run_dir / "full" / "snap-30s.pt")["step"] <= 3
     record = json.loads((run_dir / "run.json").read_text())
+    assert record["trained"]["full"].pop("peak_bytes") > 0  # what training added to the process's memory
     assert record["trained"]["full"] == {"steps": 6, "seconds": 60.0, "stopped_by_time": True}
     assert record["train"]["time_limit"] == 1 and record["snapshots_taken"][0]["budget_seconds"] == 30
 

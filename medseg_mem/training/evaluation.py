@@ -18,12 +18,12 @@ import torch
 from medseg_mem import __version__
 from medseg_mem.config import InferenceConfig, ModelConfig, TrainConfig
 from medseg_mem.inference_config import tta_text
+from medseg_mem.data.cases import CaseStream, open_case
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.evaluate import Evaluation, evaluate_variant
 from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.models.build import load_networks
 from medseg_mem.results import utc_timestamp
-from medseg_mem.training.sampling import CaseStream, open_case
 from medseg_mem.training.wallclock import Snapshot
 from medseg_mem.variants import get_variant
 

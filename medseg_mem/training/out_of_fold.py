@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from medseg_mem.atomic import replacing
+from medseg_mem.data.cases import as_tensor, open_case
 from medseg_mem.errors import MedsegError
 from medseg_mem.models.build import load_networks
 from medseg_mem.training import distributed
@@ -97,8 +98,6 @@ def predict_cases(checkpoint: Path, stage, model, dataset, device, case_ids: Seq
         stage: the :class:`~medseg_mem.variants.base.Stage` it belongs to; ``model``: its ``ModelConfig``.
         dataset: the prepared dataset the cases are read from; ``device``: where the network runs.
     """
-    from medseg_mem.training.sampling import as_tensor, open_case
-
     net = load_networks({stage.name: checkpoint}, device)[stage.name]
     with torch.inference_mode():
         for case_id in case_ids:

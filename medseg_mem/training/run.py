@@ -23,6 +23,7 @@ from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.data.prepared import SPLITS, PreparedDataset
 from medseg_mem.device import resolve_device
 from medseg_mem.errors import MedsegError
+from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.memory.units import format_bytes
 from medseg_mem.names import DEFAULT_RUNS
 from medseg_mem.results import append_rows, new_run_id, read_results
@@ -38,7 +39,7 @@ from medseg_mem.training.evaluation import (
 from medseg_mem.training.resume import filed_rows, resumed_request, same_path
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
 from medseg_mem.training.variant import stage_names, train_variant
-from medseg_mem.training.wallclock import Clock, describe, record_training, recorded_training
+from medseg_mem.training.wallclock import Clock, describe, record_training, recorded_training, with_recorded_peaks
 from medseg_mem.variants import resolve_variants, warn_thick_slabs
 from medseg_mem.writable import check_output_file, check_output_folder
 
@@ -154,9 +155,9 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     run_dir = request.runs_dir / run_id
     info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
             "results": os.path.abspath(request.results)}  # fmt: skip
-    main = distributed.is_main()
+    main, earlier = distributed.is_main(), recorded_training(run_dir)
     if main:  # a resumed run's record keeps what its training recorded
-        write_run_record(run_dir, {**info, **recorded_training(run_dir)}, model, train)
+        write_run_record(run_dir, {**info, **earlier}, model, train)
     echo(f"[{name}] run {run_id}: {run_settings(model, train)}{describe(train)}")
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
@@ -166,10 +167,14 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
                                  clock)  # fmt: skip
     if not main:
         return None  # rank 0 evaluates, measures and files the rows
+    outcomes = with_recorded_peaks(outcomes, earlier)
     paths = {stage: outcomes[stage].best_path for stage in stage_names(outcomes, name)}
     steps, seconds = sum(o.steps for o in outcomes.values()), sum(o.seconds for o in outcomes.values())
     snapshots = record_training(run_dir, info, model, train, outcomes, echo)
     inference = request.evaluation(train)
+    note = unmirrored_note(train.augment, inference.mirror_axes)
+    if note:
+        echo(f"[{name}] {note}")
     with resumable(run_id, request, "finished training", "evaluates it and files the rows without training again"):
         evaluation = evaluate_checkpoints(name, paths, dataset, model, device, inference)
         memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device, inference)

@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Sequence as SequenceBase
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -35,6 +34,7 @@ from monai.transforms import MapTransform, Randomizable, Transform
 from torch.nn import functional as F
 
 from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.data.cases import as_tensor, open_case
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.inference.slab import cut_slab, slab_starts
 from medseg_mem.training import distributed
@@ -45,17 +45,6 @@ from medseg_mem.resample import guidance_range, scaled_size
 from medseg_mem.variants.base import Stage
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
-
-
-def open_case(dataset: PreparedDataset, case_id: str) -> Tuple[np.ndarray, np.ndarray]:
-    """``(image, label)`` of a case as read-only memory maps (nothing is read until sliced)."""
-    case = dataset.load(case_id, mmap=True)
-    return case.image, case.label
-
-
-def as_tensor(array) -> torch.Tensor:
-    """A tensor owning a copy of (a slice of) a memory map, so the map can be dropped; tensors pass through."""
-    return array if isinstance(array, torch.Tensor) else torch.from_numpy(np.array(array))
 
 
 class StageInputsd(Transform):
@@ -293,25 +282,3 @@ class StageData:
             low = low_label_of(self.dataset, case_id, self.stage, self.model, self.guidance) if self.guidance else None
             yield self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model,
                                     self.dataset.num_classes, low)  # fmt: skip
-
-
-class CaseStream(SequenceBase):
-    """The cases of a split as batched ``(image (1,C,X,Y,Z) float32, label (1,1,X,Y,Z) uint8)`` tensors, each
-    read from disk when indexed, so evaluation holds one case at a time.
-
-    Example:
-        >>> test = CaseStream(PreparedDataset.open(Path("medseg-work/prepared")), "test")  # doctest: +SKIP
-        >>> image, label = test[0]  # doctest: +SKIP
-    """
-
-    def __init__(self, dataset: PreparedDataset, split: str) -> None:
-        self.dataset, self.ids = dataset, dataset.ids(split)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> Pair:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        image, label = open_case(self.dataset, self.ids[index])
-        return as_tensor(image)[None], as_tensor(label)[None]
