@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from medseg_mem.cli import main
 from medseg_mem.config import InferenceConfig, ModelConfig
 from medseg_mem.errors import OptionError
-from medseg_mem.inference.mirror import flips, mirrored
+from medseg_mem.inference.mirror import flips, mirrored, unmirrored_note
 from medseg_mem.variants import Stage, get_variant
 
 K = 3
@@ -139,3 +139,9 @@ def test_plan_models_the_mirroring_buffer():
         mirrored_plan = plan_variant(name, (1, 32, 32, 40), K, model=MODEL, inference=TTA)
         assert mirrored_plan.tta == (0, 1, 2) and plain.tta == ()
         assert mirrored_plan.traced_bytes > plain.traced_bytes  # the probability sum and the flipped copies
+
+
+def test_mirroring_a_network_trained_without_mirroring_is_noted_and_otherwise_silent():
+    note = unmirrored_note("none", (0, 1, 2))
+    assert note.startswith("note: --tta mirrors axes 0,1,2") and "--augment nnunet" in note
+    assert unmirrored_note("nnunet", (0, 1, 2)) is None and unmirrored_note("none", ()) is None

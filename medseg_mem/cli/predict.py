@@ -63,7 +63,7 @@ def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwr
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last, **tta_config(tta, tta_axes))
     checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
-                          inference=inference, engine=engine)  # fmt: skip
+                          inference=inference, engine=engine, warn=lambda line: click.echo(line, err=True))  # fmt: skip
     for _scan, reason in summary.failed:
         click.echo(f"failed: {reason}", err=True)
     click.echo(summary.line())

@@ -20,9 +20,20 @@ Example:
 from __future__ import annotations
 
 import itertools
-from typing import Any, Callable, List, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
+
+
+def unmirrored_note(augment: str, axes: Sequence[int]) -> Optional[str]:
+    """What to tell a user who mirrors (``axes``; empty: no ``--tta``) a network trained with ``augment``: nothing,
+    unless it never saw a mirrored sample (``--augment none``), which mirroring then shows images unlike any it
+    was trained on (measured on hippocampus: see docs/results.md, "Ablation")."""
+    if not axes or augment != "none":
+        return None
+    return (f"note: --tta mirrors axes {','.join(map(str, axes))}, but the network was trained without mirroring "
+            "(--augment none): on asymmetric anatomy that lowers Dice (docs/results.md, Ablation); train with "
+            "--augment nnunet, or drop --tta")
 
 
 def flips(axes: Sequence[int]) -> List[Tuple[int, ...]]:

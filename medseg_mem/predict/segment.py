@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -32,6 +32,7 @@ import torch
 from medseg_mem.config import InferenceConfig
 from medseg_mem.data.transforms import build_preprocessing, load_steps
 from medseg_mem.errors import MedsegError
+from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.predict.scan import check_scan, load_scan, metadata_only
 from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
@@ -199,6 +200,7 @@ def predict(
     progress: bool = True,
     inference: InferenceConfig = None,
     engine: str = "torch",
+    warn: Callable[[str], None] = None,
 ) -> PredictSummary:
     """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
 
@@ -213,6 +215,7 @@ def predict(
         engine: ``"torch"`` (default) or ``"onnxruntime"``: the run's ONNX export (``<run folder>/onnx``, from
             ``medseg-mem export --format onnx``; made in a temporary folder when it is missing or was made from
             other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.onnx_engine`).
+        warn: receives a note when ``--tta`` mirrors a network trained without mirroring (default: stderr).
 
     Returns:
         a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
@@ -231,6 +234,9 @@ def predict(
     start = time.perf_counter()
     engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)
     trained = open_trained_run(Path(checkpoint))
+    note = unmirrored_note(trained.augment, (inference or InferenceConfig()).mirror_axes)
+    if note:
+        (warn or (lambda line: print(line, file=sys.stderr)))(note)
     jobs = plan_outputs(collect_inputs([Path(p) for p in inputs]), Path(out_dir), overwrite)
     check_output_folder(Path(out_dir), "--out")  # before any scan is segmented
     torch_device = resolve_device(engine_device)

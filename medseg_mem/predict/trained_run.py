@@ -43,6 +43,7 @@ class TrainedRun:
         modalities: one name per image channel the networks expect.
         preprocessing: the settings for :func:`~medseg_mem.data.transforms.build_preprocessing`.
         dataset: the name of the dataset the run was trained on.
+        augment: the training augmentation (``"none"`` for checkpoints that predate the option).
     """
 
     variant: str
@@ -53,6 +54,7 @@ class TrainedRun:
     modalities: Tuple[str, ...]
     preprocessing: dict
     dataset: str
+    augment: str = "none"
 
 
 def open_trained_run(checkpoint: Path) -> TrainedRun:
@@ -137,6 +139,7 @@ def _trained_run(variant: str, paths: Dict[str, Path], payloads: Dict[str, Dict[
         modalities=tuple(meta["modalities"]),
         preprocessing=dict(meta["preprocessing"]),
         dataset=str(meta.get("dataset", "")),
+        augment=str(first.get("training", {}).get("augment", "none")),
     )
 
 
