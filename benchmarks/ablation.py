@@ -2,8 +2,8 @@
 one wall-clock budget, one job at a time.
 
 Every arm is ``benchmarks/hippocampus.py`` with the baseline settings plus one element (``ARMS``); test-time
-mirroring is the baseline's own checkpoints evaluated again with ``--tta`` (``run --resume``), so it changes
-nothing but the evaluation. A second seed of the baseline shows the run-to-run spread an element must exceed.
+mirroring is the baseline's and the augmented arm's own checkpoints evaluated again with ``--tta`` (``run
+--resume``), so it changes nothing but the evaluation. A second seed of the baseline shows the run-to-run spread an element must exceed.
 Then one markdown row per arm: what differs from its variant's baseline (read from each run's ``run.json``), mean
 test Dice and its change, steps, training wall time, training peak memory and inference time per case.
 
@@ -52,16 +52,17 @@ def run_arms(args: argparse.Namespace) -> None:
         print(f"== {variant} {' '.join(extra) or '(baseline)'}", flush=True)
         subprocess.run([sys.executable, str(ROOT / "hippocampus.py"), "--variants", variant, *common, *BASELINE,
                         *extra], check=True)  # fmt: skip
-    mirror_baseline(args, first_run(args.results, "full"))
+    for augment in ("none", "nnunet"):  # mirroring pays only on a network that saw mirrored samples
+        mirror(args, first_run(args.results, "full", augment))
 
 
-def first_run(results: Path, variant: str) -> str:
-    """The run id of ``variant``'s first run in the CSV (its baseline: the arms run in ``ARMS`` order)."""
+def first_run(results: Path, variant: str, augment: str) -> str:
+    """The run id of ``variant``'s first run in the CSV with ``augment`` (the arms run in ``ARMS`` order)."""
     table = pd.read_csv(results)
-    return str(table[table.variant == variant].run_id.iloc[0])
+    return str(table[(table.variant == variant) & (table.augment == augment)].run_id.iloc[0])
 
 
-def mirror_baseline(args: argparse.Namespace, run_id: str) -> None:
+def mirror(args: argparse.Namespace, run_id: str) -> None:
     """Evaluate run ``run_id`` again with ``--tta`` (nothing is trained: its clock is spent) and add its rows."""
     with tempfile.TemporaryDirectory() as folder:
         mirrored = Path(folder) / "tta.csv"

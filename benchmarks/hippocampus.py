@@ -11,7 +11,8 @@ Example (CPU, ~20 min per variant on 2 cores)::
 Dice per CPU-minute: ``--minutes 15 --snapshots 5,10`` trains each variant for 15 minutes of wall clock
 (``run --time-limit``; without ``--steps`` the step cap is then out of reach, so the clock decides) and files the
 test Dice of its best checkpoint at 5 and 10 minutes as snapshot rows (``run --snapshots``) beside the final
-rows; ``medseg-mem compare`` of the CSV then draws ``comparison-time.png``.
+rows; ``medseg-mem compare`` of the CSV then draws ``comparison-time.png``. A cascade takes snapshots only with
+``--stage2-guidance truth`` (real data's default, ``predicted``, trains fold models in stage 1's share).
 """
 
 from __future__ import annotations
@@ -46,16 +47,17 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--channels", default="16,32,64,128,256", help="U-Net widths (spec: 32,64,128,256,512)")
     parser.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (thesis: 3e-4)")
     parser.add_argument("--loss", default="dice_ce", choices=("dice", "dice_ce"))
-    parser.add_argument("--lr-schedule", default="constant", choices=LR_SCHEDULE_NAMES)
+    parser.add_argument("--lr-schedule", default=None, choices=LR_SCHEDULE_NAMES, help="[the profile's: poly]")
     parser.add_argument("--optimizer", default="adam", choices=OPTIMIZER_NAMES)
     parser.add_argument("--augment", default="none", choices=AUGMENT_NAMES)
     parser.add_argument("--foreground-oversample", type=float, default=0.0, help="slab stages: share of slabs with foreground")
     parser.add_argument("--deep-supervision", action="store_true")
     parser.add_argument("--tta", action="store_true", help="test-time mirroring in the test evaluation")
     parser.add_argument("--guidance", default="onehot", choices=("onehot", "label"), help="cascade guidance")
-    parser.add_argument("--stage2-guidance", default="truth", choices=STAGE2_GUIDANCE_NAMES,
-                        help="cascade stage 2 trained on the ground truth or on stage 1's out-of-fold predictions")
-    parser.add_argument("--guidance-folds", type=int, default=2, help="folds with --stage2-guidance predicted")
+    parser.add_argument("--stage2-guidance", default=None, choices=STAGE2_GUIDANCE_NAMES,
+                        help="cascade stage 2 trained on stage 1's out-of-fold predictions or on the ground truth "
+                             "[the profile's: predicted]")
+    parser.add_argument("--guidance-folds", type=int, default=None, help="folds with --stage2-guidance predicted [2]")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights and sampling (run --seed)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--results", type=Path, default=None, help="default: benchmarks/results/hippocampus_<device>.csv")
@@ -82,6 +84,7 @@ def main() -> None:
         ("deep_supervision", args.deep_supervision), ("seed", args.seed),
         ("stage2_guidance", args.stage2_guidance), ("guidance_folds", args.guidance_folds),
     )  # fmt: skip
+    overrides = tuple((name, value) for name, value in overrides if value is not None)  # None: the profile's
     request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
                          inference=InferenceConfig(tta=args.tta))  # fmt: skip
     started = time.perf_counter()

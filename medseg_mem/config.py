@@ -150,7 +150,9 @@ class TrainConfig:
             morphological perturbation (nnU-Net's cascade; :mod:`medseg_mem.training.guidance_noise`); 0: none.
         stage2_guidance: what the cascade's stage 2 trains and validates on: ``"truth"`` (the ground truth
             downsampled to stage-1 resolution; thesis) or ``"predicted"`` (stage 1's predictions: out-of-fold on
-            the train split, the final stage 1's on the val split; :mod:`medseg_mem.training.out_of_fold`).
+            the train split, the final stage 1's on the val split; :mod:`medseg_mem.training.out_of_fold`). The
+            dataclass default is the thesis's; ``run``'s real-data profile (:mod:`medseg_mem.training.settings`)
+            uses ``"predicted"``, and ``"poly"`` for ``lr_schedule``: both paid on hippocampus.
         guidance_folds: folds of the out-of-fold stage-1 models with ``stage2_guidance="predicted"`` (>= 2).
         seed: seeds weights and sampling so a run is repeatable (same seed, same machine: identical weights).
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
@@ -234,7 +236,7 @@ class TrainConfig:
         self._check_stage2_guidance()
 
     def _check_stage2_guidance(self) -> None:
-        """Validate ``stage2_guidance`` and ``guidance_folds`` (and that no snapshot is asked of fold models)."""
+        """Validate ``stage2_guidance`` and ``guidance_folds``."""
         if self.stage2_guidance not in STAGE2_GUIDANCE_NAMES:
             raise OptionError("--stage2-guidance", f"must be one of {', '.join(STAGE2_GUIDANCE_NAMES)}",
                               self.stage2_guidance)  # fmt: skip
@@ -242,10 +244,6 @@ class TrainConfig:
         if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 2:
             raise OptionError("--guidance-folds", "must be a whole number >= 2 (each fold holds out part of the "
                                                   "train split)", folds)  # fmt: skip
-        if self.stage2_guidance == "predicted" and self.snapshots:
-            raise OptionError("--snapshots", "cannot be combined with --stage2-guidance predicted (its fold models "
-                                             "train in stage 1's share of the clock); drop one of them",
-                              self.snapshots)  # fmt: skip
 
 
 def check_minutes(option: str, value) -> float:

@@ -142,7 +142,8 @@ def test_recipe_options_reach_the_header_run_json_checkpoints_and_csv(tmp_path, 
     recipe = ["--optimizer", "sgd", "--augment", "nnunet", "--foreground-oversample", "0.33"]
     result = invoke("--variant", "patch", *args, *TINY, *recipe)
     assert result.exit_code == 0, result.output
-    assert "sgd lr 0.01, augment nnunet, foreground oversample 0.33" in result.output  # SGD's own default lr
+    assert "lr 0.01 constant" in result.output  # SGD's own default lr, the embedded profile's schedule
+    assert "sgd, augment nnunet, foreground oversample 0.33" in result.output
     table = pd.read_csv(results)
     assert (table.optimizer == "sgd").all() and (table.augment == "nnunet").all()
     assert (table.foreground_oversample == 0.33).all()

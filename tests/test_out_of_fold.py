@@ -13,6 +13,7 @@ from medseg_mem.errors import MedsegError, OptionError
 from medseg_mem.training.out_of_fold import folds, guidance_path, predict_cases
 from medseg_mem.training.run import run_variants
 from medseg_mem.training.sampling import StageData
+from medseg_mem.training.variant import check_snapshots
 from medseg_mem.variants import get_variant
 from test_wallclock import MODEL, TINY, StepClock
 
@@ -43,7 +44,6 @@ def test_fewer_train_cases_than_folds_is_an_error_naming_the_option():
 @pytest.mark.parametrize("changes, option", [
     ({"stage2_guidance": "oracle"}, "--stage2-guidance"), ({"guidance_folds": 1}, "--guidance-folds"),
     ({"guidance_folds": 2.5}, "--guidance-folds"),
-    ({"stage2_guidance": "predicted", "time_limit": 10, "snapshots": (5,)}, "--snapshots"),
 ])  # fmt: skip
 def test_bad_stage2_guidance_settings_name_the_option(changes, option):
     with pytest.raises(OptionError, match=f"^{option} "):
@@ -105,7 +105,7 @@ def test_fold_models_share_stage_1s_clock_and_are_not_trained_again_on_resume(tm
     (["--stage2-guidance", "oracle"], "'--stage2-guidance': 'oracle' is not one of 'truth', 'predicted'"),
     (["--guidance-folds", "1"], "'--guidance-folds': 1 is not in the range x>=2"),
     (["--stage2-guidance", "predicted", "--time-limit", "10", "--snapshots", "5"],
-     "--snapshots cannot be combined with --stage2-guidance predicted"),
+     "--snapshots cannot be taken of a cascade trained with --stage2-guidance predicted"),
 ])  # fmt: skip
 def test_bad_stage2_guidance_options_are_one_line_errors(tmp_path, args, says):
     from click.testing import CliRunner
@@ -116,3 +116,12 @@ def test_bad_stage2_guidance_options_are_one_line_errors(tmp_path, args, says):
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert result.exit_code in (1, 2) and len(errors) == 1 and says in errors[0], result.output
     assert "Traceback" not in result.output
+
+
+def test_snapshots_are_refused_for_a_predicted_guidance_cascade_only(tmp_path, tiny_prepared):
+    asked = request(tiny_prepared, tmp_path, time_limit=1, snapshots=(0.5,))  # the cascade, predicted guidance
+    with pytest.raises(OptionError, match="^--snapshots cannot be taken of a cascade .* add --stage2-guidance truth"):
+        run_variants(asked, print)
+    assert not list((tmp_path / "runs").glob("*/run.json"))  # refused before any run was started
+    check_snapshots(["full", "patch"], TrainConfig(stage2_guidance="predicted", time_limit=1, snapshots=(0.5,)))
+    check_snapshots(["cascade"], TrainConfig(stage2_guidance="truth", time_limit=1, snapshots=(0.5,)))

@@ -226,7 +226,8 @@ def test_a_time_limited_run_files_the_final_and_snapshot_rows(tmp_path, tiny_pre
 
 
 def test_the_cascade_shares_its_time_and_resumes_with_what_was_left(tmp_path, tiny_prepared, monkeypatch):
-    asked = request(tiny_prepared, tmp_path, "cascade", time_limit=1, snapshots=(0.5,), val_every=1)
+    asked = request(tiny_prepared, tmp_path, "cascade", time_limit=1, snapshots=(0.5,), val_every=1,
+                    stage2_guidance="truth")  # a predicted-guidance cascade takes no snapshots (test_out_of_fold)
     with pytest.raises(KeyboardInterrupt):  # stage 1 trains steps 1-3, stage 2 dies in its second step
         run_variants(asked, print, StepClock(monkeypatch, die_at=5))
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -271,7 +272,8 @@ def test_run_help_states_how_the_cascade_shares_the_time_limit():
     from medseg_mem.cli import main
 
     text = " ".join(CliRunner().invoke(main, ["run", "--help"]).output.split())
-    assert "each stage gets an equal share of what the stages before it left (stage 1 half, stage 2 the rest)" in text
+    assert ("each stage gets an equal share of what the stages before it left (stage 1 half, shared with its fold "
+            "models under --stage2-guidance predicted; stage 2 the rest)") in text
     assert "validation included" in text and "poly then decays over the larger of the step and the time" in text
 
 

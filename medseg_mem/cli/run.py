@@ -149,7 +149,8 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--lr", type=click.FloatRange(0, min_open=True),
               help="Learning rate [Adam: 3e-4, embedded default 3e-3; SGD: 1e-2].")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_NAMES),
-              help="constant, or poly: nnU-Net's lr * (1 - step/steps)^0.9 [constant].")
+              help="poly: nnU-Net's lr * (1 - step/steps)^0.9, or constant (thesis) [real data: poly; embedded "
+                   "default: constant].")
 @click.option("--optimizer", type=click.Choice(OPTIMIZER_NAMES),
               help="adam, or sgd: SGD with Nesterov momentum 0.99 and weight decay 3e-5 (nnU-Net) [adam].")
 @click.option("--augment", type=click.Choice(AUGMENT_NAMES),
@@ -180,7 +181,7 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--stage2-guidance", type=click.Choice(STAGE2_GUIDANCE_NAMES),
               help="What the cascade's stage 2 trains on: truth (the ground truth at stage-1 resolution, thesis) or "
                    "predicted (stage 1's out-of-fold predictions, nnU-Net's cascade; adds --guidance-folds stage-1 "
-                   "trainings) [truth].")
+                   "trainings) [real data: predicted; embedded default: truth].")
 @click.option("--guidance-folds", type=click.IntRange(min=2),
               help="Folds of the out-of-fold stage-1 models with --stage2-guidance predicted [2].")
 @click.option("--precision", type=click.Choice(PRECISION_NAMES),
@@ -204,7 +205,8 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--time-limit", type=float, callback=parse_time_limit, metavar="MINUTES",
               help="Training wall clock per variant, validation included: training stops at the first step that "
                    "ends past it, or at --steps, whichever first. A cascade shares it: each stage gets an equal "
-                   "share of what the stages before it left (stage 1 half, stage 2 the rest). --lr-schedule poly "
+                   "share of what the stages before it left (stage 1 half, shared with its fold models under "
+                   "--stage2-guidance predicted; stage 2 the rest). --lr-schedule poly "
                    "then decays over the larger of the step and the time fraction [none].")
 @click.option("--snapshots", callback=parse_snapshots, metavar="MINUTES,...",
               help="Training-time marks, e.g. 5,10 (each below --time-limit): when training passes one, the best "
@@ -237,7 +239,7 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
         from medseg_mem.config import check_wall_clock
 
         check_wall_clock(options["time_limit"], options["snapshots"])  # a mark past the limit: one line, at once
-    check_network_options(options)
+    check_network_options(options, tuple(variants))
     if nproc > 1:
         from medseg_mem.training.launch import relaunch
 
@@ -267,9 +269,9 @@ def inference_options(options: dict):
     return inference, options.pop("inference_precision")
 
 
-def check_network_options(options: dict) -> None:
-    """Refuse ``--deep-supervision`` with a ``--channels`` list too shallow for it, and ``--snapshots`` with
-    ``--stage2-guidance predicted``, before any data is read.
+def check_network_options(options: dict, variants) -> None:
+    """Refuse ``--deep-supervision`` with a ``--channels`` list too shallow for it, and ``--snapshots`` of a cascade
+    with ``--stage2-guidance predicted``, before any data is read.
 
     Raises:
         OptionError: from :class:`~medseg_mem.config.ModelConfig` / ``TrainConfig``, naming the option.
@@ -278,8 +280,12 @@ def check_network_options(options: dict) -> None:
 
     if options.get("deep_supervision") and options.get("channels") is not None:
         ModelConfig(channels=options["channels"], deep_supervision=True)
-    if options.get("stage2_guidance") == "predicted" and options.get("snapshots"):
-        TrainConfig(stage2_guidance="predicted", time_limit=options["time_limit"], snapshots=options["snapshots"])
+    if options.get("stage2_guidance") == "predicted" and options.get("snapshots") and variants != ("auto",):
+        from medseg_mem.training.variant import check_snapshots
+        from medseg_mem.variants import resolve_variants
+
+        train = TrainConfig(stage2_guidance="predicted", time_limit=options["time_limit"], snapshots=options["snapshots"])
+        check_snapshots(resolve_variants(list(variants)), train)
 
 
 def fold_slab_alias(options: dict) -> None:

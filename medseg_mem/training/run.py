@@ -38,7 +38,7 @@ from medseg_mem.training.evaluation import (
 )
 from medseg_mem.training.resume import filed_rows, resumed_request, same_path
 from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
-from medseg_mem.training.variant import stage_names, train_variant
+from medseg_mem.training.variant import check_snapshots, stage_names, train_variant
 from medseg_mem.training.wallclock import Clock, describe, record_training, recorded_training, with_recorded_peaks
 from medseg_mem.variants import resolve_variants, warn_thick_slabs
 from medseg_mem.writable import check_output_file, check_output_folder
@@ -147,6 +147,7 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional
         names = [auto_variant(request, dataset, model, train, resolve_device(train.device).type, echo)]
     else:
         names = resolve_variants(list(request.variants))
+    check_snapshots(names, train)
     return [(new_run_id(name), name, train, model) for name in names]
 
 
@@ -193,15 +194,16 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
 
 
 def run_settings(model: ModelConfig, train: TrainConfig) -> str:
-    """The header line's settings, e.g. ``channels 4-8, 2 steps/stage, loss dice_ce, fp32, seed 0``; the levers
-    and nnU-Net's recipe options are named when they are on (``sgd lr 0.01, augment nnunet, ...``)."""
+    """The header line's settings, e.g. ``channels 4-8, 2 steps/stage, lr 0.003 poly, loss dice_ce, fp32, seed 0``;
+    the levers and nnU-Net's recipe options are named when they are on (``sgd, augment nnunet, ...``)."""
     steps = f"{train.steps} steps/stage" + (" at most" if train.time_limit is not None else "")
-    parts = [f"channels {'-'.join(map(str, model.channels))}", steps, f"loss {train.loss}", train.precision]
+    parts = [f"channels {'-'.join(map(str, model.channels))}", steps, f"lr {train.lr:g} {train.lr_schedule}",
+             f"loss {train.loss}", train.precision]  # fmt: skip
     optional = {
         "deep supervision": model.deep_supervision,
         "checkpointing": train.checkpointing,
         "channels-last": train.channels_last,
-        f"sgd lr {train.lr:g}": train.optimizer == "sgd",
+        "sgd": train.optimizer == "sgd",
         f"augment {train.augment}": train.augment != "none",
         f"foreground oversample {train.foreground_oversample:g}": train.foreground_oversample > 0,
         f"stage-2 guidance predicted ({train.guidance_folds} folds)": train.stage2_guidance == "predicted",

@@ -13,8 +13,12 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import torch
+
 from medseg_mem import __version__
 from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.errors import OptionError
+from medseg_mem.memory import rss
 from medseg_mem.memory.measure import InProcessPeak
 from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
 from medseg_mem.training.out_of_fold import predicted_guidance
@@ -32,6 +36,7 @@ def train_variant(
     stages = get_variant(name).stages()
     outcomes: Dict[str, StageOutcome] = {}
     guidance: Optional[Path] = None
+    since = resident_now(device)  # every stage's peak counts from here: stages of one variant compare alike
     for index, stage in enumerate(stages):
         feeds = feeds_predictions(stages, index, train)
         times = stage_times(train, list(outcomes.values()), len(stages) + len(outcomes) - index)
@@ -43,12 +48,26 @@ def train_variant(
             folder=run_dir / stage.name, device=device, meta=checkpoint_meta(dataset), seed_offset=index,
             class_weights=weights, times=divided(times, train.guidance_folds + 1) if feeds else times,
         )  # fmt: skip
-        outcomes[stage.name] = measured(job, progress, clock)
+        outcomes[stage.name] = measured(job, progress, clock, since)
         if feeds:
             guidance, folds = predicted_guidance(job, outcomes[stage.name].best_path, run_dir,
-                                                 lambda fold: measured(fold, progress, clock))  # fmt: skip
+                                                 lambda fold: measured(fold, progress, clock, since))  # fmt: skip
             outcomes.update({f"{stage.name}/fold-{i}": outcome for i, outcome in enumerate(folds)})
     return outcomes
+
+
+def check_snapshots(names: List[str], train) -> None:
+    """Refuse ``--snapshots`` for a cascade whose stage 2 trains on predicted guidance: its fold models train in
+    stage 1's share of the clock, so no pair of checkpoints stands for the cascade at a mark.
+
+    Raises:
+        OptionError: naming ``--snapshots``, the rule and the marks.
+    """
+    guided = any(stage.guided for name in names for stage in get_variant(name).stages())
+    if train.snapshots and guided and train.stage2_guidance == "predicted":
+        raise OptionError("--snapshots", "cannot be taken of a cascade trained with --stage2-guidance predicted (real "
+                                         "data's default; its fold models share stage 1's clock): add "
+                                         "--stage2-guidance truth, or leave the cascade out", train.snapshots)  # fmt: skip
 
 
 def feeds_predictions(stages, index: int, train) -> bool:
@@ -63,10 +82,23 @@ def divided(times: StageTimes, models: int) -> StageTimes:
                       {mark: at / models for mark, at in times.marks.items()})  # fmt: skip
 
 
-def measured(job: StageJob, progress: bool, clock: Clock) -> StageOutcome:
-    """:func:`train_stage` with the peak memory its training added (:class:`InProcessPeak`: CPU resident memory,
-    CUDA memory reserved) in ``peak_bytes``."""
-    with InProcessPeak(job.device.type, resident_bytes=0) as peak:
+def resident_now(device) -> int:
+    """Memory the process holds now, after handing back what is free (so an earlier variant's or stage's freed
+    memory cannot absorb the next one's growth): CPU resident memory after ``malloc_trim``, or CUDA memory
+    reserved by the caching allocator after ``empty_cache``."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+        return int(torch.cuda.memory_reserved(device))
+    rss.release_freed_heap()
+    return rss.current_bytes()
+
+
+def measured(job: StageJob, progress: bool, clock: Clock, since: int) -> StageOutcome:
+    """:func:`train_stage` with its peak memory (:class:`InProcessPeak`: CPU resident memory, CUDA memory reserved)
+    above ``since`` (:func:`resident_now` before the variant's first stage) in ``peak_bytes``: what the variant's
+    training had added at the stage's peak, whatever earlier stages of this process left allocated or cached."""
+    held = max(0, resident_now(job.device) - since)
+    with InProcessPeak(job.device.type, resident_bytes=held) as peak:
         outcome = train_stage(job, progress=progress, clock=clock)
     return dataclasses.replace(outcome, peak_bytes=peak.peak_bytes)
 

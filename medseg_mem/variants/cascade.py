@@ -2,11 +2,11 @@
 
 Stage 1 segments the volume downsampled by ``downsample`` (thesis: 0.3 brain, 0.2 liver). Stage 2 sees, slab
 by slab, the full-resolution image concatenated with stage 1's segmentation upsampled back to full size; that
-guidance is made per slab from stage 1's small output (:class:`~medseg_mem.variants.guided.GuidedSlabs`). By
-default the stages are trained independently (thesis 2.2.3): stage 2's training guidance is the ground-truth
-label downsampled and upsampled again, so it carries the same blur as a good stage-1 output; with
-``--stage2-guidance predicted`` it is stage 1's own out-of-fold predictions
-(:mod:`~medseg_mem.training.out_of_fold`).
+guidance is made per slab from stage 1's small output (:class:`~medseg_mem.variants.guided.GuidedSlabs`). The
+thesis trains the stages independently (2.2.3; ``--stage2-guidance truth``): stage 2's training guidance is the
+ground-truth label downsampled and upsampled again, the blur of a good stage-1 output. On real data stage 2
+trains by default on stage 1's own out-of-fold predictions instead (:mod:`~medseg_mem.training.out_of_fold`), as
+nnU-Net does.
 """
 
 from __future__ import annotations
