@@ -20,7 +20,7 @@ from typing import Optional, Tuple
 import click
 
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
-from medseg_mem.cli.run import parse_cache, parse_channels, parse_variants
+from medseg_mem.cli.training_options import parse_cache, parse_channels, parse_variants
 from medseg_mem.config import TrainConfig
 from medseg_mem.memory.units import format_bytes
 from medseg_mem.names import DEFAULT_WORKDIR, DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
-from medseg_mem.cli.run import parse_variants
+from medseg_mem.cli.training_options import parse_variants
 from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 
 #: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.onnx_engine.ENGINE_NAMES``).
