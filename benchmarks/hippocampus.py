@@ -21,7 +21,8 @@ import argparse
 import time
 from pathlib import Path
 
-from medseg_mem.config import InferenceConfig, PrepareConfig, RunRequest
+from medseg_mem.config import InferenceConfig, RunRequest
+from medseg_mem.prepare_config import PrepareConfig
 from medseg_mem.data.prepare import prepare
 from medseg_mem.device import resolve_device
 from medseg_mem.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES, STAGE2_GUIDANCE_NAMES

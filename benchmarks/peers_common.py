@@ -80,7 +80,7 @@ def prepared_dataset(args: argparse.Namespace, prog: str):
 
     A missing task folder is a one-line error (exit 2).
     """
-    from medseg_mem.config import PrepareConfig
+    from medseg_mem.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.prepared import PreparedDataset
 

@@ -191,7 +191,7 @@ def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_d
 
 def ensure_prepared(data_dir: Path, task_dir=None, progress: bool = True) -> Path:
     """Prepare ``task_dir`` (``None``: the embedded default) into ``data_dir`` unless it is prepared already."""
-    from medseg_mem.config import PrepareConfig
+    from medseg_mem.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
 
     if (Path(data_dir) / "manifest.json").is_file():

@@ -1,6 +1,7 @@
 """Small frozen dataclasses that group the options of each command, validated once on construction.
 
-They know nothing of files or click: the CLI builds them, library functions take them.
+They know nothing of files or click: the CLI builds them, library functions take them. ``prepare``'s options
+(:mod:`medseg_mem.prepare_config`) and inference's (:mod:`medseg_mem.inference_config`) have modules of their own.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ import math
 import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Optional, Tuple
 
 from medseg_mem.errors import OptionError
 from medseg_mem.inference_config import InferenceConfig  # re-exported: RunRequest uses it, callers import it here
@@ -26,63 +27,8 @@ from medseg_mem.names import (
     LR_SCHEDULE_NAMES,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
-    READER_NAMES,
     STAGE2_GUIDANCE_NAMES,
-    SYNTHETIC_NAMES,
 )
-
-Spacing = Union[Tuple[float, float, float], str, None]
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """Options of ``medseg-mem prepare``.
-
-    Args:
-        task_dir: an MSD task folder; ``None`` writes and prepares the embedded default task.
-        out_dir: where the prepared dataset appears (atomically).
-        reader: ``"nibabel"`` or ``"itk"``, the MONAI image reader.
-        spacing: ``None`` keeps the native voxel grid (thesis), ``"median"`` resamples to the dataset's median
-            spacing (nnU-Net), or three positive floats in mm.
-        crop_foreground: crop each case to the bounding box of its nonzero image voxels.
-        seed: seed of the deterministic 60/20/20 train/val/test split (and of a generated task).
-        overwrite: replace an output folder that holds something else.
-        synthetic: with no ``task_dir``, which generated task to write and prepare: ``"rods"`` (the embedded
-            default) or ``"brats-like"`` (a capacity task of BraTS-sized 4-channel volumes).
-        cases: number of cases of a generated task (``None``: the task's default).
-        shape: spatial shape ``(X, Y, Z)`` of a generated task's volumes (``None``: the task's default).
-    """
-
-    task_dir: Optional[Path] = None
-    out_dir: Path = DEFAULT_PREPARED
-    reader: str = "nibabel"
-    spacing: Spacing = None
-    crop_foreground: bool = False
-    seed: int = 0
-    overwrite: bool = False
-    synthetic: str = "rods"
-    cases: Optional[int] = None
-    shape: Optional[Tuple[int, int, int]] = None
-
-    def __post_init__(self) -> None:
-        if self.reader not in READER_NAMES:
-            raise OptionError("--reader", f"must be one of {', '.join(READER_NAMES)}", self.reader)
-        if isinstance(self.spacing, str) and self.spacing != "median":
-            raise OptionError("--spacing", "must be 'median' or three positive numbers like 1,1,1.5", self.spacing)
-        if isinstance(self.spacing, tuple) and (len(self.spacing) != 3 or min(self.spacing) <= 0):
-            raise OptionError("--spacing", "must be three positive numbers like 1,1,1.5", self.spacing)
-        if self.seed < 0:
-            raise OptionError("--seed", "must be >= 0", self.seed)
-        if self.synthetic not in SYNTHETIC_NAMES:
-            raise OptionError("--synthetic", f"must be one of {', '.join(SYNTHETIC_NAMES)}", self.synthetic)
-        if self.task_dir is not None and (self.cases is not None or self.shape is not None or self.synthetic != "rods"):
-            rule = "only apply to a generated task (no TASK_DIR)"
-            raise OptionError("--synthetic/--cases/--shape", rule, str(self.task_dir))
-        if self.cases is not None and self.cases < 1:
-            raise OptionError("--cases", "must be a positive number of cases", self.cases)
-        if self.shape is not None and (len(self.shape) != 3 or min(self.shape) < 1):
-            raise OptionError("--shape", "must be three positive sizes X,Y,Z like 240,240,155", self.shape)
-
 
 @dataclass(frozen=True)
 class ModelConfig:

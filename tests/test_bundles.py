@@ -205,7 +205,7 @@ def test_inference_without_a_trained_model_is_one_line_on_the_command_line(tmp_p
 @pytest.fixture
 def two_channel_task(tmp_path, make_msd_task):
     """A 2-channel MSD task and its prepared folder: ``(task folder, prepared folder)``."""
-    from medseg_mem.config import PrepareConfig
+    from medseg_mem.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
 
     task = make_msd_task(tmp_path / "two", n_cases=4, shape=(8, 8, 20), channels=2)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_mem.config import PrepareConfig
+from medseg_mem.prepare_config import PrepareConfig
 from medseg_mem.data.msd import case_id_of, read_task
 from medseg_mem.errors import DatasetError
 

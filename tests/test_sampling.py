@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_mem.config import ModelConfig, PrepareConfig, TrainConfig
+from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.prepare_config import PrepareConfig
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.errors import OptionError
 from medseg_mem.inference.slab import cut_slab, slab_starts

@@ -145,7 +145,7 @@ def prepare(
             f"--synthetic {synthetic} generates a task, so it takes no TASK_DIR; got TASK_DIR {str(task_dir)!r}. "
             "Drop TASK_DIR or --synthetic."
         )
-    from medseg_mem.config import PrepareConfig
+    from medseg_mem.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare as run_prepare
 
     config = PrepareConfig(

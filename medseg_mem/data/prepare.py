@@ -24,7 +24,7 @@ import numpy as np
 
 from medseg_mem import __version__
 from medseg_mem.atomic import WriteError, publish_folder, remove_path, staging_folder
-from medseg_mem.config import PrepareConfig
+from medseg_mem.prepare_config import PrepareConfig
 from medseg_mem.data import capacity, msd, notices, prepared, staging as leftovers, transforms
 from medseg_mem.data.survey import survey
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task

@@ -189,7 +189,7 @@ def compare(content: Optional[bytes]) -> Callable[[Env], List[str]]:
 
 def thick_slabs(e: Env) -> List[str]:
     """A prepared task of 32-slice cases and ``--slab-size 64``; the run is stopped right after its start."""
-    from medseg_mem.config import PrepareConfig
+    from medseg_mem.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     import medseg_mem.training.run as training_run
 
