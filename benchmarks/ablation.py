@@ -3,9 +3,10 @@ one wall-clock budget, one job at a time.
 
 Every arm is ``benchmarks/hippocampus.py`` with the baseline settings plus one element (``ARMS``); test-time
 mirroring is the baseline's and the augmented arm's own checkpoints evaluated again with ``--tta`` (``run
---resume``), so it changes nothing but the evaluation. A second seed of the baseline shows the run-to-run spread an element must exceed.
-Then one markdown row per arm: what differs from its variant's baseline (read from each run's ``run.json``), mean
-test Dice and its change, steps, training wall time, training peak memory and inference time per case.
+--resume``), so it changes nothing but the evaluation. A second seed of the baseline shows the run-to-run spread an
+element must exceed. Then one markdown row per arm: what differs from its variant's baseline (read from each run's
+``run.json``), mean test Dice and its change, steps, training wall time, training peak memory and inference time per
+case.
 
 Example (2-core CPU: ~6 min per arm)::
 
@@ -66,8 +67,8 @@ def mirror(args: argparse.Namespace, run_id: str) -> None:
     """Evaluate run ``run_id`` again with ``--tta`` (nothing is trained: its clock is spent) and add its rows."""
     with tempfile.TemporaryDirectory() as folder:
         mirrored = Path(folder) / "tta.csv"
-        subprocess.run([sys.executable, "-m", "medseg_mem", "run", "--resume", run_id, "--runs",
-                        str(args.work / "runs"), "--results", str(mirrored), "--tta", "--quiet"], check=True)  # fmt: skip
+        command = ["run", "--resume", run_id, "--runs", str(args.work / "runs"), "--results", str(mirrored), "--tta"]
+        subprocess.run([sys.executable, "-m", "medseg_mem", *command, "--quiet"], check=True)
         rows = pd.concat([pd.read_csv(args.results), pd.read_csv(mirrored)], ignore_index=True)
     rows.to_csv(args.results, index=False)
 

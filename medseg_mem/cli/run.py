@@ -220,8 +220,9 @@ def check_network_options(options: dict, variants) -> None:
         from medseg_mem.training.variant import check_snapshots
         from medseg_mem.variants import resolve_variants
 
-        train = TrainConfig(stage2_guidance="predicted", time_limit=options["time_limit"], snapshots=options["snapshots"])
-        check_snapshots(resolve_variants(list(variants)), train)
+        marks = options["snapshots"]
+        check_snapshots(resolve_variants(list(variants)),
+                        TrainConfig(stage2_guidance="predicted", time_limit=options["time_limit"], snapshots=marks))
 
 
 def fold_slab_alias(options: dict) -> None:

@@ -1,13 +1,13 @@
 """Training samples streamed from a prepared dataset: memory-mapped cases, a bounded cache, a DataLoader.
 
 No split is ever held in memory. A case is a pair of memory-mapped arrays
-(:meth:`~medseg_mem.data.prepared.PreparedDataset.load`), opened per sample and dropped with it, so a slab
-sample reads one slab's worth of data and nothing stays resident afterwards. What costs compute per case is
-cached by a MONAI :class:`~monai.data.CacheDataset`, up to ``TrainConfig.cache_bytes`` (whatever does not fit is
-recomputed per sample): the cascade's stage 1 caches its downsampled volume, stage 2 the low-resolution label its
-guidance is made from (the ground truth downsampled, or stage 1's prediction read from the run's ``guidance``
-folder with ``--stage2-guidance predicted``, :mod:`~medseg_mem.training.out_of_fold`). Stage 2's guidance is then made per sample, for the sample's slab only
-(:func:`~medseg_mem.resample.guidance_range`). Labels stay uint8 until the loss.
+(:meth:`~medseg_mem.data.prepared.PreparedDataset.load`), opened per sample and dropped with it, so a slab sample
+reads one slab's worth of data and nothing stays resident afterwards. What costs compute per case is cached by a
+MONAI :class:`~monai.data.CacheDataset`, up to ``TrainConfig.cache_bytes`` (whatever does not fit is recomputed per
+sample): the cascade's stage 1 caches its downsampled volume, stage 2 the low-resolution label its guidance is made
+from (the ground truth downsampled, or stage 1's prediction read from the run's ``guidance`` folder with
+``--stage2-guidance predicted``, :mod:`~medseg_mem.training.out_of_fold`). Stage 2's guidance is then made per
+sample, for the sample's slab only (:func:`~medseg_mem.resample.guidance_range`). Labels stay uint8 until the loss.
 
 Sample ``i`` of a stage draws its case, its slab, whether that slab must hold foreground
 (``--foreground-oversample``) and its augmentation (``--augment``) from ``numpy.random.default_rng([seed, stage,
@@ -279,6 +279,6 @@ class StageData:
         """Whole-volume ``(x, y)`` pairs of the val split, batched, one case in memory at a time."""
         for case_id in self.dataset.ids("val"):
             image, label = open_case(self.dataset, case_id)
-            low = low_label_of(self.dataset, case_id, self.stage, self.model, self.guidance) if self.guidance else None
+            low = load_guidance(self.guidance, case_id)[None] if self.guidance else None  # None: from the label
             yield self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model,
                                     self.dataset.num_classes, low)  # fmt: skip

@@ -65,9 +65,9 @@ def check_snapshots(names: List[str], train) -> None:
     """
     guided = any(stage.guided for name in names for stage in get_variant(name).stages())
     if train.snapshots and guided and train.stage2_guidance == "predicted":
-        raise OptionError("--snapshots", "cannot be taken of a cascade trained with --stage2-guidance predicted (real "
-                                         "data's default; its fold models share stage 1's clock): add "
-                                         "--stage2-guidance truth, or leave the cascade out", train.snapshots)  # fmt: skip
+        rule = ("cannot be taken of a cascade trained with --stage2-guidance predicted (real data's default; its "
+                "fold models share stage 1's clock): add --stage2-guidance truth, or leave the cascade out")
+        raise OptionError("--snapshots", rule, train.snapshots)
 
 
 def feeds_predictions(stages, index: int, train) -> bool:

@@ -1,14 +1,14 @@
 """Training to a wall-clock budget: a variant's ``--time-limit`` and ``--snapshots`` marks, shared by its stages.
 
-A variant trains its stages one after another, so one budget B (the time limit, or a snapshot mark) is shared:
-each stage gets an equal share of what the stages before it left of B, ``(B - time the earlier stages spent
-towards B) / stages left``. A one-stage variant gets all of B; the cascade's stage 1 gets B/2 and stage 2 the
-rest (more than half when stage 1 reached its ``--steps`` first). With ``--stage2-guidance predicted`` stage 1
-shares its B/2 equally with its fold models (:mod:`~medseg_mem.training.variant`). Marks are shared by the same rule, so the
+A variant trains its stages one after another, so one budget B (the time limit, or a snapshot mark) is shared: each
+stage gets an equal share of what the stages before it left of B, ``(B - time the earlier stages spent towards B) /
+stages left``. A one-stage variant gets all of B; the cascade's stage 1 gets B/2 and stage 2 the rest (more than
+half when stage 1 reached its ``--steps`` first). With ``--stage2-guidance predicted`` stage 1 shares its B/2
+equally with its fold models (:mod:`~medseg_mem.training.variant`). Marks are shared by the same rule, so the
 cascade's snapshot at mark m is the pair of stage checkpoints that together trained m. A stage's clock counts
-everything from its start (validations included, as nnU-Net's), and every stage trains at least one step, even
-when the stages before it spent its share. What training did (steps and seconds per stage, whether the clock
-stopped it, the snapshots taken) is added to ``run.json`` at the end (:func:`record_training`).
+everything from its start (validations included, as nnU-Net's), and every stage trains at least one step, even when
+the stages before it spent its share. What training did (steps and seconds per stage, whether the clock stopped it,
+the snapshots taken) is added to ``run.json`` at the end (:func:`record_training`).
 
 Example:
     >>> train = TrainConfig(time_limit=10, snapshots=(5,))  # doctest: +SKIP
