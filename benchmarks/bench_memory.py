@@ -8,10 +8,13 @@ each ``--precisions`` (autocast of the network passes). Each (case, variant, pre
 The streamed slab inferer (``SlabInferer(output="labels")``: each slab's labels go straight into a uint8 map;
 overlapping slabs are blended in a rolling buffer) is compared with MONAI's
 ``SlidingWindowInferer(roi_size=(-1, -1, 16))`` at the same overlap (Gaussian blending when above 0, as nnU-Net)
-and precision, returning its float logits - MONAI's own output, before any argmax a user would add. Each of the
-two runs in its own measured process; their order alternates from one (overlap, precision) pair to the next, so
-load from other jobs hits both alike. Rows are written to a results CSV (schema of :mod:`medseg_mem.results`,
-Dice left empty) after every measurement.
+and precision, returning its float logits - MONAI's own output, before any argmax a user would add. A third row,
+``slab-labels-spilled``, is ours as ``predict`` runs the ``patch`` variant: the image waits in a temporary file and
+is read slab by slab (``SpilledImage``), so it is not resident; MONAI's inferer takes a tensor. Each runs in its
+own measured process; their order alternates from one (overlap, precision) pair to the next, so load from other
+jobs hits them alike. At a half precision the convolution weights are stored in it, as ``predict`` loads them.
+Rows are written to a results CSV (schema of :mod:`medseg_mem.results`, Dice left empty) after every
+measurement.
 
 Usage:
     python benchmarks/bench_memory.py --device cpu --sizes small,brats --repeats 3
@@ -36,6 +39,7 @@ CASES = {
 }
 CHANNELS = (32, 64, 128, 256, 512)
 INFERERS = ("slab-labels", "monai-sliding-window")
+SPILLED = "slab-labels-spilled"  # ours with the input in a temporary file, read slab by slab, as `predict` runs patch
 SAFETY = 0.85  # run a case only if its planned peak is below this share of the available memory
 
 
@@ -44,15 +48,16 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
     import torch
 
     from medseg_mem.config import InferenceConfig, ModelConfig
+    from medseg_mem.inference.precision import half_convolutions
+    from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
     from medseg_mem.variants import get_variant
 
-    from medseg_mem.models.build import channels_last_layout
-
     torch.manual_seed(0)
     model, variant = ModelConfig(channels=CHANNELS), get_variant(variant_name)
-    nets = {s.name: channels_last_layout(UNet3D(s.in_channels(shape[0], classes, model), classes, CHANNELS).eval())
-            .to(device) for s in variant.stages()}  # fmt: skip
+    nets = {s.name: half_convolutions(channels_last_layout(UNet3D(s.in_channels(shape[0], classes, model), classes,
+                                                                  CHANNELS).eval()).to(device), precision)
+            for s in variant.stages()}  # fmt: skip
     image = torch.randn((1, *shape), device=device)
     inference = InferenceConfig(precision=precision)
     return _timed(lambda: variant.segment(nets, image, model, classes, inference=inference), repeats, timing_file,
@@ -60,10 +65,14 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
 
 
 def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, timing_file, device):
-    """One U-Net on slabs of 16 with our streamed :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``."""
+    """One U-Net on slabs of 16 with our streamed :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``;
+    for :data:`SPILLED`, ours reads the image from a temporary file (``SpilledImage``), so it is not resident."""
     from medseg_mem.inference.precision import with_precision
+    from medseg_mem.predict.files import SpilledImage
 
-    net, image = _net_and_image(shape, classes, device)
+    net, image = _net_and_image(shape, classes, device, precision)
+    if inferer_name == SPILLED:
+        image = SpilledImage(image[0], device)
     inferer, network = _inferer(inferer_name, overlap), with_precision(net, precision)
     return _timed(lambda: inferer(image, network), repeats, timing_file, device)
 
@@ -75,7 +84,7 @@ def paired_setup(shape, classes, overlap, precision, repeats, timing_file, devic
 
     from medseg_mem.inference.precision import with_precision
 
-    net, image = _net_and_image(shape, classes, device)
+    net, image = _net_and_image(shape, classes, device, precision)
     inferers, network = {name: _inferer(name, overlap) for name in INFERERS}, with_precision(net, precision)
 
     def run():
@@ -106,15 +115,17 @@ def paired_timing(case, args):
                 + f"; streamed / MONAI {medians[INFERERS[0]] / medians[INFERERS[1]]:.3f}", flush=True)  # fmt: skip
 
 
-def _net_and_image(shape, classes, device):
-    """A random-weight spec U-Net in eval mode and a random image ``(1, *shape)``."""
+def _net_and_image(shape, classes, device, precision="fp32"):
+    """A random-weight spec U-Net in eval mode (half convolution weights at a half precision, as ``predict``
+    loads them) and a random image ``(1, *shape)``."""
     import torch
 
+    from medseg_mem.inference.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
 
     torch.manual_seed(0)
-    net = channels_last_layout(UNet3D(shape[0], classes, CHANNELS).eval()).to(device)
+    net = half_convolutions(channels_last_layout(UNet3D(shape[0], classes, CHANNELS).eval()).to(device), precision)
     return net, torch.randn((1, *shape), device=device)
 
 
@@ -125,7 +136,7 @@ def _inferer(name, overlap):
 
     from medseg_mem.inference import SlabInferer
 
-    if name == "slab-labels":
+    if name in ("slab-labels", SPILLED):
         return SlabInferer(slab_size=16, output="labels", overlap=overlap)
     mode = "gaussian" if overlap > 0 else "constant"
     return SlidingWindowInferer(roi_size=(-1, -1, 16), overlap=overlap, sw_batch_size=1, padding_mode="constant",
@@ -199,7 +210,7 @@ def write_rows(path: Path, rows) -> None:
     os.replace(temp, path)
 
 
-def planned(variant, case, args, budget, overlap=0.0, precision="fp32"):
+def planned(variant, case, args, budget, overlap=0.0, precision="fp32", input_on_disk=False):
     """The planner's prediction for ``variant`` on ``case`` at ``overlap`` and ``precision`` (channels-last)."""
     from medseg_mem.config import InferenceConfig, ModelConfig
     from medseg_mem.memory.calibration import cached_calibration
@@ -210,7 +221,8 @@ def planned(variant, case, args, budget, overlap=0.0, precision="fp32"):
                                      channels_last=True)  # fmt: skip
     inference = InferenceConfig(overlap=overlap, precision=precision)
     return plan_variant(variant, shape, classes, ModelConfig(channels=CHANNELS), calibration=calibration,
-                        budget_bytes=budget, inference=inference, device=args.device)  # fmt: skip
+                        budget_bytes=budget, inference=inference, device=args.device,
+                        input_on_disk=input_on_disk)  # fmt: skip
 
 
 def with_plan(row, plan, reading):
@@ -251,20 +263,23 @@ def compare_inferers(case, args, budget, out):
     pairs = [(overlap, precision) for precision in args.precisions for overlap in args.overlaps]
     for index, (overlap, precision) in enumerate(pairs):
         peaks, medians = {}, {}
-        for name in (INFERERS if index % 2 == 0 else INFERERS[::-1]):
+        for name in (INFERERS + (SPILLED,) if index % 2 == 0 else (SPILLED,) + INFERERS[::-1]):
             reading, medians[name] = measure(inferer_setup, (shape, classes, name, overlap, precision, repeats),
                                              args.device)  # fmt: skip
             row = base_row(case, "patch", args.device, reading, medians[name], name, precision, overlap)
             row["dataset"] = row["dataset"].replace("bench-", "bench-inferer-")
-            if name == INFERERS[0]:  # the streamed inferer is the patch variant's inference
-                row = with_plan(row, planned("patch", case, args, budget, overlap, precision), reading)
+            if name != INFERERS[1]:  # the streamed inferer is the patch variant's inference
+                plan = planned("patch", case, args, budget, overlap, precision, input_on_disk=name == SPILLED)
+                row = with_plan(row, plan, reading)
             write_rows(out, [{**row, "channels_last": True}])
             peaks[name] = reading.peak_bytes
             print(f"{case:6} {name:21} overlap {overlap:g} {precision}: peak {format_bytes(reading.peak_bytes):>9}"
                   f"  time {medians[name]:7.2f} s", flush=True)  # fmt: skip
-        memory, seconds = peaks[INFERERS[0]] / peaks[INFERERS[1]], medians[INFERERS[0]] / medians[INFERERS[1]]
-        print(f"{case:6} streamed slab / MONAI at overlap {overlap:g} {precision}: memory {memory:.3f}, "
-              f"time {seconds:.3f}", flush=True)  # fmt: skip
+        monai = INFERERS[1]
+        memory, seconds = peaks[INFERERS[0]] / peaks[monai], medians[INFERERS[0]] / medians[monai]
+        print(f"{case:6} streamed slab / MONAI at overlap {overlap:g} {precision}: memory {memory:.3f} "
+              f"(input on disk: {peaks[SPILLED] / peaks[monai]:.3f}), time {seconds:.3f} "
+              f"({medians[SPILLED] / medians[monai]:.3f})", flush=True)  # fmt: skip
 
 
 def main(argv=None) -> None:

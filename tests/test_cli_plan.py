@@ -53,7 +53,7 @@ def test_json_keys_and_single_variant(calibration_file):
 
 
 def test_liver_like_full_does_not_fit(tmp_path):
-    result = plan("--shape", "1,512,512,500", "--classes", "3", "--budget", "48GB", "--json", "--no-calibrate",
+    result = plan("--shape", "1,512,512,500", "--classes", "3", "--budget", "16GB", "--json", "--no-calibrate",
                   "--calibration", str(tmp_path / "none.json"))  # fmt: skip
     assert result.exit_code == 0, result.output
     fits = {row["variant"]: row["fits"] for row in json.loads(result.output)}
@@ -224,8 +224,8 @@ def test_inference_levers_reach_the_plan(calibration_file):
     assert bf16["precision"] == "bf16" and bf16["predicted_bytes"] < base["predicted_bytes"]
     assert overlap["overlap"] == 0.5 and overlap["predicted_bytes"] > base["predicted_bytes"]
     assert batch["sw_batch_size"] == 3 and batch["predicted_bytes"] > base["predicted_bytes"]
-    assert base["calibration"].endswith("inference-v2-fp32-channels-last")
-    assert row("--no-channels-last")["calibration"].endswith("inference-v2-fp32")
+    assert base["calibration"].endswith("inference-v3-fp32-channels-last")
+    assert row("--no-channels-last")["calibration"].endswith("inference-v3-fp32")
 
 
 def write_prepared(root, shapes, channels=2, classes=("background", "left", "right")):

@@ -29,8 +29,8 @@ def varied(monkeypatch):
     """The run's random U-Nets plus a rounding term, so that all three classes occur in the label map."""
     load = segment_module.load_networks
 
-    def load_varied(paths, device, channels_last=False):
-        nets = load(paths, device, channels_last)
+    def load_varied(paths, device, channels_last=False, precision="fp32"):
+        nets = load(paths, device, channels_last, precision)
         return {name: (lambda x, net=net: net(x) + 3 * rounding_net(len(CLASSES))(x)) for name, net in nets.items()}
 
     monkeypatch.setattr(segment_module, "load_networks", load_varied)

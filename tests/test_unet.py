@@ -175,7 +175,8 @@ def _with_running_stats(net):
 
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_lean_inference_pass_computes_the_same_numbers(channels_last):
-    """Without autograd the U-Net fills concatenation buffers instead of calling torch.cat: same output, bit for bit."""
+    """Without autograd the U-Net runs row-chunked (``models/lean.py``, tested in ``test_lean.py``): same output, bit
+    for bit."""
     from medseg_mem.models.build import channels_last_layout
 
     torch.manual_seed(0)

@@ -93,8 +93,8 @@ def calibration_key(
     key = f"{device_label(device)}|torch-{torch.__version__}|{'-'.join(str(c) for c in channels)}"
     if mode == "training":
         key += f"|training-{precision}{'-checkpointing' if checkpointing else ''}"
-    else:  # v2: the lean inference forward (models.unet._forward_lean); older inference entries are not reused
-        key += f"|inference-v2-{precision}"
+    else:  # v3: the row-chunked inference pass (models.lean) and half convolution weights; older entries not reused
+        key += f"|inference-v3-{precision}"
     return key + ("-channels-last" if channels_last else "")
 
 
@@ -104,12 +104,12 @@ def network_setup(shape: Shape, out_channels: int, channels: Tuple[int, ...], de
     ``channels_last`` weights) and a random input of ``shape``."""
     import torch
 
-    from medseg_mem.inference.precision import with_precision
+    from medseg_mem.inference.precision import half_convolutions, with_precision
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
 
     torch.manual_seed(0)
-    net = UNet3D(shape[1], out_channels, channels).eval().to(device)
+    net = half_convolutions(UNet3D(shape[1], out_channels, channels).eval().to(device), precision)
     network = with_precision(channels_last_layout(net) if channels_last else net, precision)
     image = torch.randn(shape, device=device)
     return lambda: network(image)

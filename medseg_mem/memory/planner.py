@@ -160,7 +160,7 @@ def plan_variant(
             MedsegError for an unknown variant.
 
     Example:
-        >>> plan_variant("full", (1, 512, 512, 500), 3, budget_bytes=48 * 10**9).fits
+        >>> plan_variant("full", (1, 512, 512, 500), 3, budget_bytes=16 * 10**9).fits
         False
         >>> plan_variant("full", (4, 96, 96, 64), 4, mode="training", precision="bf16", checkpointing=True,
         ...              workers=2, device="cuda").host_bytes > 0

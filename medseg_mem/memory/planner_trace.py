@@ -41,8 +41,8 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
 
     ``inference`` (:class:`~medseg_mem.config.InferenceConfig`) sets the slab batch and overlap, traced as they
     run, and the precision: autocast cannot run on ``meta``, so the networks compute in the half dtype as under
-    autocast (:func:`~medseg_mem.memory.planner_training.autocast_on_meta`). Resident: the float32 weights and
-    input.
+    autocast (:func:`~medseg_mem.memory.planner_training.autocast_on_meta`). Resident: the weights (half at a
+    half precision, as :func:`~medseg_mem.models.build.load_networks` loads them) and the float32 input.
     """
     import dataclasses
 
@@ -55,9 +55,9 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
 
     inference = inference or InferenceConfig()
     nets = {name: net.eval() for name, net in meta_networks(variant, shape[0], classes, model).items()}
-    resident = weight_bytes(nets)
     for net in nets.values() if inference.precision != "fp32" else ():
         autocast_on_meta(net, inference.precision, device, pool_fp32=False)  # models.unet._pooled
+    resident = weight_bytes(nets)  # half weights at a half precision (inference.precision.half_convolutions)
     on_meta = dataclasses.replace(inference, precision="fp32")  # the half networks stand for autocast
     with countable(shape, batch):
         image = torch.zeros((batch, *shape), device="meta")

@@ -45,10 +45,13 @@ def channels_last_layout(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_networks(
-    paths: Dict[str, Path], device: torch.device, channels_last: bool = False
+    paths: Dict[str, Path], device: torch.device, channels_last: bool = False, precision: str = "fp32"
 ) -> Dict[str, torch.nn.Module]:
     """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``), in eval mode on ``device``,
-    with channels-last weights when ``channels_last`` (:func:`channels_last_layout`)."""
+    with channels-last weights when ``channels_last`` (:func:`channels_last_layout`) and half convolution
+    weights for a ``bf16``/``fp16`` inference (:func:`~medseg_mem.inference.precision.half_convolutions`)."""
+    from medseg_mem.inference.precision import half_convolutions
+
     nets = {}
     for stage, path in paths.items():
         saved = load_checkpoint(path, map_location=device)
@@ -56,7 +59,7 @@ def load_networks(
         model = ModelConfig(channels=tuple(spec["channels"]), deep_supervision=saved_deep_supervision(spec))
         net = build_network(spec["in_channels"], spec["num_classes"], model, channels_last=channels_last)
         net.load_state_dict(saved["state_dict"])
-        nets[stage] = net.to(device).eval()
+        nets[stage] = half_convolutions(net.to(device).eval(), precision)
     return nets
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from medseg_mem.models.lean import lean_forward
 from medseg_mem.names import DEEP_SUPERVISION_LEVELS
 
 SPEC_CHANNELS: Tuple[int, ...] = (32, 64, 128, 256, 512)
@@ -146,21 +147,20 @@ class UNet3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor | List[torch.Tensor]:
         """Logits ``(B, K, *size)``; with deep supervision in training mode, the list of every head's logits."""
         size = x.shape[2:]
-        x = F.pad(x, pad_amounts(size, self.divisor))
+        crop = (..., *(slice(0, s) for s in size))
         supervised = self.deep_supervision and self.training
-        levels = []  # decoder outputs below the top, deepest first (kept only with deep supervision)
         if not torch.is_grad_enabled() and not supervised:
-            x = self._forward_lean(x)
-        else:
-            skips = []
-            for index, encoder in enumerate(self.encoders):
-                x = self._level(encoder, self._encode, index, x)
-                skips.append(x)
-            for index, (decoder, skip) in enumerate(zip(self.decoders, reversed(skips[:-1]))):
-                if supervised and index > 0:
-                    levels.append(x)  # the output of decoder level index - 1
-                x = self._level(decoder, self._decode, index, skip, x)
-        x = self.head(x)[(..., *(slice(0, s) for s in size))]
+            return lean_forward(self, x)[crop]
+        x = F.pad(x, pad_amounts(size, self.divisor))
+        levels, skips = [], []  # levels: decoder outputs below the top, deepest first (deep supervision only)
+        for index, encoder in enumerate(self.encoders):
+            x = self._level(encoder, self._encode, index, x)
+            skips.append(x)
+        for index, (decoder, skip) in enumerate(zip(self.decoders, reversed(skips[:-1]))):
+            if supervised and index > 0:
+                levels.append(x)  # the output of decoder level index - 1
+            x = self._level(decoder, self._decode, index, skip, x)
+        x = self.head(x)[crop]
         if not supervised:
             return x
         return [x] + [self._auxiliary(index, level, size) for index, level in reversed(list(enumerate(levels)))]
@@ -170,30 +170,6 @@ class UNet3D(nn.Module):
         for the level's downsampling factor ``f``."""
         factor = 2 ** (len(self.aux_heads) - index)
         return self.aux_heads[index](level)[(..., *(slice(0, -(-s // factor)) for s in size))]
-
-    def _forward_lean(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder and decoder without autograd, holding less at once and computing exactly the same numbers.
-
-        Each skip is copied into the first half of its decoder's concatenation buffer as soon as it is made
-        (and freed), and the up-sampled tensor is copied into the second half: ``torch.cat`` would need the
-        skip, the up-sampled tensor and their concatenation alive together, the largest moment of a U-Net pass
-        (at the first level: four tensors of its width), here three. Each buffer is freed as soon as the first
-        convolution that reads it returns, not at the end of its double convolution. Under autocast the max-pool
-        keeps the half dtype (:func:`_pooled`).
-        """
-        buffers = []
-        for index in range(len(self.encoders)):
-            x = self._encode(index, _pooled(self.pool, x) if index > 0 else x, pool=False)
-            if index < len(self.decoders):
-                buffers.append(_half_filled(x))
-                x = buffers[-1].narrow(1, 0, x.shape[1])
-        for index, decoder in enumerate(self.decoders):
-            half = buffers[-1].shape[1] // 2
-            buffers[-1].narrow(1, half, half).copy_(self.ups[index](x))
-            x = decoder[0](buffers.pop())  # the buffer's last reference goes with this call
-            for layer in decoder[1:]:
-                x = layer(x)
-        return x
 
     def _encode(self, index: int, x: torch.Tensor, pool: bool = True) -> torch.Tensor:
         """Encoder level ``index``: max-pool (below the first level, unless ``pool`` is off), then the double
@@ -237,21 +213,6 @@ def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return pool(x)
     with torch.autocast(device_type=x.device.type, enabled=False):
         return pool(x)
-
-
-def _half_filled(skip: torch.Tensor) -> torch.Tensor:
-    """A buffer of twice ``skip``'s channels whose first half is ``skip`` (the second is filled by the decoder)."""
-    shape = (skip.shape[0], 2 * skip.shape[1], *skip.shape[2:])
-    joined = torch.empty(shape, dtype=skip.dtype, device=skip.device, memory_format=_layout(skip))
-    joined.narrow(1, 0, skip.shape[1]).copy_(skip)
-    return joined
-
-
-def _layout(tensor: torch.Tensor) -> torch.memory_format:
-    """``channels_last_3d`` for a channels-last 5D tensor, else contiguous."""
-    if tensor.dim() == 5 and tensor.is_contiguous(memory_format=torch.channels_last_3d) and not tensor.is_contiguous():
-        return torch.channels_last_3d
-    return torch.contiguous_format
 
 
 def pad_amounts(size: Sequence[int], divisor: int) -> Tuple[int, ...]:

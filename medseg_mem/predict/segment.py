@@ -119,7 +119,7 @@ class Segmenter:
 
             self.nets = onnx_networks(trained)
         else:
-            self.nets = load_networks(trained.paths, device, self.inference.channels_last)
+            self.nets = load_networks(trained.paths, device, self.inference.channels_last, self.inference.precision)
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
         self.peak = (0, "")  # the largest inference peak so far, and how it was measured
 

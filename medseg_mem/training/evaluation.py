@@ -44,7 +44,8 @@ def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelCo
                  inference: InferenceConfig = InferenceConfig()):  # fmt: skip
     """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
     torch_device = torch.device(device)
-    nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last)
+    nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last,
+                         inference.precision)  # fmt: skip
     variant, image = get_variant(variant_name), torch.as_tensor(image).to(torch_device)
 
     def infer():
@@ -95,7 +96,7 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
 
 def evaluate_checkpoints(name, paths, dataset, model, device, inference: InferenceConfig) -> Evaluation:
     """Segment the test split with variant ``name`` made of the stage checkpoints ``paths`` and score it."""
-    nets = load_networks(paths, device, inference.channels_last)
+    nets = load_networks(paths, device, inference.channels_last, inference.precision)
     return evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model, dataset.num_classes,
                             device, inference)  # fmt: skip
 

@@ -1,0 +1,161 @@
+"""The U-Net's inference pass without autograd, a few slices at a time: about one tensor per level's width.
+
+A plain pass holds, at the first level's decoder step, the skip, the up-sampled tensor, their concatenation and
+the convolution's output: four tensors of the first width, each the size of the input times 32 channels. Here
+every convolution (with its BatchNorm and ReLU) runs over chunks of :data:`ROW_CHUNKS`-th of the first spatial
+axis (one slice of halo on each side, zero slices at the volume's ends), and:
+
+* a convolution whose input and output have the same width writes its result back into its own input, one chunk
+  behind the chunk it computes: chunk ``k``'s input rows are last read by chunk ``k + 1`` (its halo), so they
+  are overwritten only after that;
+* a decoder step never builds the concatenation: each chunk concatenates its rows of the skip with its rows of
+  the up-sampled tensor, up-sampled from the deeper level's rows on the spot (a stride-2 transposed convolution
+  maps each deeper slice to two), and writes its result into the skip.
+
+So a level keeps one tensor of its width (its skip, which becomes its decoder output) plus chunk-sized
+temporaries; the whole pass peaks near one first-level tensor plus the second level's, instead of three to four.
+Each output voxel is computed from the same inputs and weights as in the plain pass; the backends' summation
+order may differ in the last bit (see ``tests/test_unet.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+ROW_CHUNKS = 32  # chunks per convolution along the first spatial axis: temporaries ~ 4/32 of a level's tensor
+CHUNK_BYTES = 16 * 2**20  # ... but no chunk's output under this: small convolutions cost more than they save
+# PyTorch's CPU heuristic sends a float32 3x3x3 convolution with N * C * D * H <= 20480 to its slow fallback
+# instead of oneDNN (3x slower): a chunk of the few-channel input needs enough slices to stay above it
+ONEDNN_MIN_NCDH = 20480
+
+Rows = Callable[[int, int], torch.Tensor]  # (lo, hi) -> the input's slices lo..hi-1 along the first spatial axis
+
+
+def lean_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Logits of :class:`~medseg_mem.models.unet.UNet3D` ``net`` for ``x``, padded to ``net.divisor`` as its
+    forward pads them (the caller crops); to be called without autograd.
+
+    Example:
+        >>> from medseg_mem.models.unet import UNet3D
+        >>> net = UNet3D(1, 2, channels=(4, 8)).eval()
+        >>> with torch.no_grad():
+        ...     lean_forward(net, torch.zeros(1, 1, 5, 4, 4)).shape
+        torch.Size([1, 2, 6, 4, 4])
+    """
+    from medseg_mem.models.unet import _pooled, pad_amounts
+
+    padding = pad_amounts(x.shape[2:], net.divisor)
+    x = F.pad(x, padding) if any(padding) else x
+    skips = []
+    for index, encoder in enumerate(net.encoders):
+        if index:
+            x = mapped_rows(lambda rows: _pooled(net.pool, rows), x, stride=2)
+        x = conv_rows(encoder[0:3], slices_of(x), x)
+        x = conv_rows(encoder[3:6], slices_of(x), x, into=x)
+        skips.append(x)
+    x = skips.pop()
+    for up, decoder in zip(net.ups, net.decoders):
+        skip = skips.pop()
+        x = conv_rows(decoder[0:3], joined_slices(skip, up, x), skip, into=skip)
+        x = conv_rows(decoder[3:6], slices_of(x), x, into=x)
+        del skip
+    return mapped_rows(net.head, x)
+
+
+def slices_of(x: torch.Tensor) -> Rows:
+    """Rows of ``x`` itself."""
+    return lambda lo, hi: x.narrow(2, lo, hi - lo)
+
+
+def joined_slices(skip: torch.Tensor, up: nn.Module, deeper: torch.Tensor) -> Rows:
+    """Rows of ``cat([skip, up(deeper)], dim=1)``, made from the deeper level's rows on demand."""
+
+    def rows(lo: int, hi: int) -> torch.Tensor:
+        first = lo // 2
+        upsampled = up(deeper.narrow(2, first, (hi + 1) // 2 - first))
+        return torch.cat([skip.narrow(2, lo, hi - lo), upsampled.narrow(2, lo - 2 * first, hi - lo)], dim=1)
+
+    return rows
+
+
+def conv_rows(block: nn.Sequential, rows: Rows, like: torch.Tensor, into: Optional[torch.Tensor] = None):
+    """``block`` (Conv3d k3 p1, BatchNorm3d, ReLU) over the input given by ``rows``, shaped as ``like`` along the
+    spatial axes, chunk by chunk along the first one; the result goes into ``into`` (one chunk behind, so
+    ``into`` may be the input itself) or, when that is ``None`` or its dtype differs, a new tensor."""
+    depth = like.shape[2]
+    step = chunk_rows(like, block[0].out_channels, block[0].in_channels)
+    out, pending = into, None
+    for start in range(0, depth, step):
+        stop = min(start + step, depth)
+        y = block[2](block[1](_conv(block[0], _with_halo(rows, start, stop, depth))))
+        if stop - start == depth:
+            return y  # one chunk: nothing to save by writing it anywhere
+        if out is None or out.dtype != y.dtype:
+            out = torch.empty((*y.shape[:2], *like.shape[2:]), dtype=y.dtype, device=y.device,
+                              memory_format=_layout(y))  # fmt: skip
+        if pending is not None:
+            out.narrow(2, pending[0], pending[1].shape[2]).copy_(pending[1])
+        pending = (start, y)
+    out.narrow(2, pending[0], pending[1].shape[2]).copy_(pending[1])
+    return out
+
+
+def mapped_rows(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """``function`` of ``x``, computed chunk by chunk along the first spatial axis, for a function whose output
+    slice ``i`` depends only on input slices ``stride * i .. stride * (i + 1) - 1`` (the head's 1x1x1
+    convolution; the stride-2 max-pool). Whole, the head makes oneDNN reorder the first-level tensor (0.6 of its
+    bytes at BraTS size) and the max-pool keeps int64 indices of its whole output (twice its input's bytes in
+    bf16)."""
+    depth = x.shape[2]
+    step, out = stride * math.ceil(chunk_rows(x, x.shape[1]) / stride), None
+    for start in range(0, depth, step):
+        y = function(x.narrow(2, start, min(step, depth - start)))
+        if step >= depth:
+            return y
+        if out is None:
+            shape = (*y.shape[:2], depth // stride, *y.shape[3:])
+            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=_layout(y))
+        out.narrow(2, start // stride, y.shape[2]).copy_(y)
+    return out
+
+
+def chunk_rows(like: torch.Tensor, channels: int, in_channels: int = 0) -> int:
+    """Slices per chunk for an output of ``channels`` channels shaped as ``like`` (from ``in_channels``): a
+    :data:`ROW_CHUNKS`-th of the first spatial axis, or more where that would make chunks of less than
+    :data:`CHUNK_BYTES` or a float32 input chunk too small for oneDNN (:data:`ONEDNN_MIN_NCDH`)."""
+    batch, height = like.shape[0], like.shape[3]
+    row_bytes = batch * channels * height * like.shape[4] * like.element_size()
+    onednn = ONEDNN_MIN_NCDH // (batch * in_channels * height) + 1 if in_channels else 1
+    return max(math.ceil(like.shape[2] / ROW_CHUNKS), math.ceil(CHUNK_BYTES / max(row_bytes, 1)), onednn)
+
+
+def _with_halo(rows: Rows, start: int, stop: int, depth: int) -> torch.Tensor:
+    """Input slices ``start - 1 .. stop`` (the convolution's halo), zero slices past the volume's ends."""
+    lo, hi = max(start - 1, 0), min(stop + 1, depth)
+    chunk = rows(lo, hi)
+    border = (1 if start == 0 else 0, 1 if stop == depth else 0)
+    return F.pad(chunk, (0, 0, 0, 0, *border)) if any(border) else chunk
+
+
+def _conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
+    """``conv`` with no padding along the first spatial axis (the halo is in ``x``), computing in the weights'
+    dtype unless autocast chooses (the planner's half-dtype ``meta`` networks stand for autocast)."""
+    autocasting = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    if x.dtype != conv.weight.dtype and not autocasting:
+        x = x.to(conv.weight.dtype)
+    # a chunk contiguous in neither layout (rows of a contiguous few-channel input) sends oneDNN's CPU
+    # convolution to PyTorch's slow fallback, 3x slower on the first convolution
+    x = x.contiguous(memory_format=_layout(conv.weight) if conv.weight.dim() == 5 else torch.contiguous_format)
+    return F.conv3d(x, conv.weight, conv.bias, padding=(0, 1, 1))
+
+
+def _layout(tensor: torch.Tensor) -> torch.memory_format:
+    """``channels_last_3d`` for a channels-last 5D tensor, else contiguous."""
+    if tensor.is_contiguous(memory_format=torch.channels_last_3d) and not tensor.is_contiguous():
+        return torch.channels_last_3d
+    return torch.contiguous_format
