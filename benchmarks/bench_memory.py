@@ -79,23 +79,34 @@ def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, tim
 
 def paired_setup(shape, classes, overlap, precision, repeats, timing_file, device):
     """Both inferers on the same U-Net in one process, alternating (ours, MONAI, MONAI, ours, ...), so load from
-    other jobs hits both alike; writes ``{inferer: [seconds, ...]}`` to ``timing_file``."""
+    other jobs hits both alike; writes ``{inferer: [seconds, ...], "network " + inferer: [seconds, ...]}`` to
+    ``timing_file``: each run's seconds, and the part of them spent inside the network's calls."""
     import torch
 
     from medseg_mem.inference.precision import with_precision
 
     net, image = _net_and_image(shape, classes, device, precision)
     inferers, network = {name: _inferer(name, overlap) for name in INFERERS}, with_precision(net, precision)
+    inside = [0.0]
+
+    def timed_network(x):
+        start = time.perf_counter()
+        output = network(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        inside[0] += time.perf_counter() - start
+        return output
 
     def run():
-        seconds = {name: [] for name in INFERERS}
+        seconds = {key: [] for name in INFERERS for key in (name, f"network {name}")}
         for index in range(2 * repeats):
             name = INFERERS[index % 2] if (index // 2) % 2 == 0 else INFERERS[1 - index % 2]
-            start = time.perf_counter()
-            output = inferers[name](image, network)
+            inside[0], start = 0.0, time.perf_counter()
+            output = inferers[name](image, timed_network)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - start)
+            seconds[f"network {name}"].append(inside[0])
             del output
         Path(timing_file).write_text(json.dumps(seconds))
 
@@ -110,8 +121,11 @@ def paired_timing(case, args):
             _, seconds = measure_with_timings(paired_setup, (shape, classes, overlap, precision, args.repeats),
                                               args.device)  # fmt: skip
             medians = {name: statistics.median(values) for name, values in seconds.items()}
+            outside = {name: statistics.median(a - b for a, b in zip(seconds[name], seconds[f"network {name}"]))
+                       for name in INFERERS}  # fmt: skip
             print(f"{case:6} paired timing overlap {overlap:g} {precision}: " + ", ".join(
-                f"{name} {medians[name]:.2f} s {sorted(round(v, 2) for v in seconds[name])}" for name in INFERERS)
+                f"{name} {medians[name]:.2f} s {sorted(round(v, 2) for v in seconds[name])} (outside the network "
+                f"{outside[name]:.2f} s)" for name in INFERERS)
                 + f"; streamed / MONAI {medians[INFERERS[0]] / medians[INFERERS[1]]:.3f}", flush=True)  # fmt: skip
 
 

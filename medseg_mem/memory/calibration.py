@@ -32,6 +32,7 @@ from medseg_mem.writable import check_output_file
 
 CALIBRATION_FILE = DEFAULT_WORKDIR / "planner-calibration.json"
 TARGET_BYTES = (3e8, 7e8, 1.4e9)
+MAX_GROWTH_STEPS = 64  # divisor steps a calibration cube may grow past its extrapolated side
 Shape = Tuple[int, ...]
 
 
@@ -151,6 +152,10 @@ def calibration_shapes(
 ) -> List[Shape]:
     """Cubes (multiples of the U-Net divisor) whose structural count is close to each of ``targets`` bytes.
 
+    The side is first extrapolated from the traced bytes per voxel of a ``probe`` cube, then grown one divisor at
+    a time while the count stays under the target: the chunked inference pass (:mod:`medseg_mem.models.lean`)
+    holds fewer bytes per voxel on large volumes than on the probe.
+
     Args:
         channels: U-Net widths.
         targets: structural counts to aim at.
@@ -164,6 +169,10 @@ def calibration_shapes(
     shapes = []
     for target in targets:
         side = max(divisor, round((target / per_voxel) ** (1 / 3) / divisor) * divisor)
+        for _ in range(MAX_GROWTH_STEPS):
+            if traced((1, 1, side, side, side)) >= target:
+                break
+            side += divisor
         shapes.append((1, 1, side, side, side))
     return sorted(set(shapes))
 
