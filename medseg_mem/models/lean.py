@@ -29,8 +29,8 @@ from torch.nn import functional as F
 
 ROW_CHUNKS = 32  # chunks per convolution along the first spatial axis: temporaries ~ 4/32 of a level's tensor
 CHUNK_BYTES = 16 * 2**20  # ... but no chunk's output under this: small convolutions cost more than they save
-# PyTorch's CPU heuristic sends a float32 3x3x3 convolution with N * C * D * H <= 20480 to its slow fallback
-# instead of oneDNN (3x slower): a chunk of the few-channel input needs enough slices to stay above it
+# PyTorch's CPU heuristic sends a float32 3x3x3 convolution with N * C * D * H <= 20480 to its slow fallback instead
+# of oneDNN: 3x slower, and other numbers than the whole convolution's (which is above it) in the last bit
 ONEDNN_MIN_NCDH = 20480
 
 Rows = Callable[[int, int], torch.Tensor]  # (lo, hi) -> the input's slices lo..hi-1 along the first spatial axis
@@ -64,7 +64,7 @@ def lean_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = conv_rows(decoder[0:3], joined_slices(skip, up, x), skip, into=skip)
         x = conv_rows(decoder[3:6], slices_of(x), x, into=x)
         del skip
-    return mapped_rows(net.head, x)
+    return mapped_rows(lambda rows, depth=x.shape[2]: pointwise(net.head, rows, depth), x)
 
 
 def slices_of(x: torch.Tensor) -> Rows:
@@ -88,11 +88,11 @@ def conv_rows(block: nn.Sequential, rows: Rows, like: torch.Tensor, into: Option
     spatial axes, chunk by chunk along the first one; the result goes into ``into`` (one chunk behind, so
     ``into`` may be the input itself) or, when that is ``None`` or its dtype differs, a new tensor."""
     depth = like.shape[2]
-    step = chunk_rows(like, block[0].out_channels, block[0].in_channels)
+    step = chunk_rows(like, block[0].out_channels)
     out, pending = into, None
     for start in range(0, depth, step):
         stop = min(start + step, depth)
-        y = block[2](block[1](_conv(block[0], _with_halo(rows, start, stop, depth))))
+        y = block[2](block[1](_conv(block[0], _with_halo(rows, start, stop, depth), depth)))
         if stop - start == depth:
             return y  # one chunk: nothing to save by writing it anywhere
         if out is None or out.dtype != y.dtype:
@@ -124,14 +124,11 @@ def mapped_rows(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
     return out
 
 
-def chunk_rows(like: torch.Tensor, channels: int, in_channels: int = 0) -> int:
-    """Slices per chunk for an output of ``channels`` channels shaped as ``like`` (from ``in_channels``): a
-    :data:`ROW_CHUNKS`-th of the first spatial axis, or more where that would make chunks of less than
-    :data:`CHUNK_BYTES` or a float32 input chunk too small for oneDNN (:data:`ONEDNN_MIN_NCDH`)."""
-    batch, height = like.shape[0], like.shape[3]
-    row_bytes = batch * channels * height * like.shape[4] * like.element_size()
-    onednn = ONEDNN_MIN_NCDH // (batch * in_channels * height) + 1 if in_channels else 1
-    return max(math.ceil(like.shape[2] / ROW_CHUNKS), math.ceil(CHUNK_BYTES / max(row_bytes, 1)), onednn)
+def chunk_rows(like: torch.Tensor, channels: int) -> int:
+    """Slices per chunk for an output of ``channels`` channels shaped as ``like``: a :data:`ROW_CHUNKS`-th of the
+    first spatial axis, or more where that would make chunks of less than :data:`CHUNK_BYTES`."""
+    row_bytes = like.shape[0] * channels * like.shape[3] * like.shape[4] * like.element_size()
+    return max(math.ceil(like.shape[2] / ROW_CHUNKS), math.ceil(CHUNK_BYTES / max(row_bytes, 1)))
 
 
 def _with_halo(rows: Rows, start: int, stop: int, depth: int) -> torch.Tensor:
@@ -142,16 +139,41 @@ def _with_halo(rows: Rows, start: int, stop: int, depth: int) -> torch.Tensor:
     return F.pad(chunk, (0, 0, 0, 0, *border)) if any(border) else chunk
 
 
-def _conv(conv: nn.Conv3d, x: torch.Tensor) -> torch.Tensor:
-    """``conv`` with no padding along the first spatial axis (the halo is in ``x``), computing in the weights'
-    dtype unless autocast chooses (the planner's half-dtype ``meta`` networks stand for autocast)."""
+def _conv(conv: nn.Conv3d, x: torch.Tensor, depth: int) -> torch.Tensor:
+    """``conv`` with no padding along the first spatial axis (the halo is in ``x``; ``depth``: that axis's length
+    in the whole input), computing in the weights' dtype unless autocast chooses (the planner's half-dtype
+    ``meta`` networks stand for autocast), and with the CPU kernel the whole convolution would have used."""
     autocasting = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
     if x.dtype != conv.weight.dtype and not autocasting:
         x = x.to(conv.weight.dtype)
-    # a chunk contiguous in neither layout (rows of a contiguous few-channel input) sends oneDNN's CPU
-    # convolution to PyTorch's slow fallback, 3x slower on the first convolution
-    x = x.contiguous(memory_format=_layout(conv.weight) if conv.weight.dim() == 5 else torch.contiguous_format)
-    return F.conv3d(x, conv.weight, conv.bias, padding=(0, 1, 1))
+    return _convolve(conv, x, depth, (0, 1, 1), autocasting)
+
+
+def pointwise(conv: nn.Conv3d, x: torch.Tensor, depth: int) -> torch.Tensor:
+    """The 1x1x1 convolution ``conv`` (the head) of a chunk ``x`` of a ``depth``-slice input."""
+    autocasting = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+    return _convolve(conv, x if autocasting else x.to(conv.weight.dtype), depth, (0, 0, 0), autocasting)
+
+
+def _convolve(conv: nn.Conv3d, x: torch.Tensor, depth: int, padding, autocasting: bool) -> torch.Tensor:
+    """``conv`` of the chunk ``x`` with ``padding``, on oneDNN where PyTorch would have run the whole convolution
+    there but not this chunk (:func:`_onednn_for_whole_only`)."""
+    if not autocasting and _onednn_for_whole_only(x, conv, depth):
+        x = x.contiguous(memory_format=_layout(conv.weight))
+        return torch.mkldnn_convolution(x, conv.weight, conv.bias, padding, (1, 1, 1), (1, 1, 1), 1)
+    return F.conv3d(x, conv.weight, conv.bias, padding=padding)
+
+
+def _onednn_for_whole_only(x: torch.Tensor, conv: nn.Conv3d, depth: int) -> bool:
+    """Whether PyTorch's CPU heuristic (``ConvParams::use_mkldnn``, float32, batch under 16) would run the whole
+    convolution with oneDNN but this chunk of it with its slow fallback (:data:`ONEDNN_MIN_NCDH`)."""
+    if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+        return False
+    pointwise_kernel = conv.kernel_size[-1] == 1 and conv.kernel_size[-2] == 1
+    if not torch.backends.mkldnn.enabled or (pointwise_kernel and torch.get_num_threads() == 1):
+        return False
+    per_slice = x.shape[0] * x.shape[1] * x.shape[3]
+    return x.shape[0] == 1 and per_slice * x.shape[2] <= ONEDNN_MIN_NCDH < per_slice * depth
 
 
 def _layout(tensor: torch.Tensor) -> torch.memory_format:
