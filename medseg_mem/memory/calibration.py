@@ -135,14 +135,16 @@ def traced_network_bytes(shape: Shape, out_channels: int, channels: Sequence[int
     return tracer.trace.inside_peak()
 
 
-def resident_bytes(shape: Shape, out_channels: int, channels: Sequence[int]) -> int:
-    """Bytes ``network_setup`` leaves resident: weights, buffers and the float32 input."""
+def resident_bytes(shape: Shape, out_channels: int, channels: Sequence[int], precision: str = "fp32") -> int:
+    """Bytes ``network_setup`` leaves resident: weights (half convolutions at a half precision), buffers and the
+    float32 input."""
     import torch
 
+    from medseg_mem.inference.precision import half_convolutions
     from medseg_mem.models.unet import UNet3D
 
     with torch.device("meta"):
-        net = UNet3D(shape[1], out_channels, channels)
+        net = half_convolutions(UNet3D(shape[1], out_channels, channels), precision)
     tensors = [*net.parameters(), *net.buffers()]
     return sum(t.numel() * t.element_size() for t in tensors) + torch.Size(shape).numel() * 4
 
@@ -225,7 +227,7 @@ def calibrate(
         shape = tuple(int(s) for s in shape)
         setup_args = (shape, out_channels, channels, device, precision, channels_last)
         reading = measure_peak(network_setup, setup_args, device, reserved=device.startswith("cuda"))
-        measured = reading.peak_bytes - resident_bytes(shape, out_channels, channels)
+        measured = reading.peak_bytes - resident_bytes(shape, out_channels, channels, precision)
         points.append((traced_network_bytes(shape, out_channels, channels, precision, device), int(measured)))
     multiplier, offset = fit(points)
     key = calibration_key(device, channels, "inference", precision, channels_last=channels_last)
