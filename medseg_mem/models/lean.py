@@ -86,7 +86,8 @@ def joined_slices(skip: torch.Tensor, up: nn.Module, deeper: torch.Tensor) -> Ro
 def conv_rows(block: nn.Sequential, rows: Rows, like: torch.Tensor, into: Optional[torch.Tensor] = None):
     """``block`` (Conv3d k3 p1, BatchNorm3d, ReLU) over the input given by ``rows``, shaped as ``like`` along the
     spatial axes, chunk by chunk along the first one; the result goes into ``into`` (one chunk behind, so
-    ``into`` may be the input itself) or, when that is ``None`` or its dtype differs, a new tensor."""
+    ``into`` may be the input itself) or, when that is ``None`` or its dtype differs, a new tensor (each chunk
+    written at once: its pages become resident as it fills, as the planner's trace counts them)."""
     depth = like.shape[2]
     step = chunk_rows(like, block[0].out_channels)
     out, pending = into, None
@@ -101,7 +102,11 @@ def conv_rows(block: nn.Sequential, rows: Rows, like: torch.Tensor, into: Option
         if pending is not None:
             out.narrow(2, pending[0], pending[1].shape[2]).copy_(pending[1])
         pending = (start, y)
-    out.narrow(2, pending[0], pending[1].shape[2]).copy_(pending[1])
+        if out is not into:
+            out.narrow(2, start, y.shape[2]).copy_(y)
+            pending = None
+    if pending is not None:
+        out.narrow(2, pending[0], pending[1].shape[2]).copy_(pending[1])
     return out
 
 
@@ -126,9 +131,10 @@ def mapped_rows(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
 
 def chunk_rows(like: torch.Tensor, channels: int) -> int:
     """Slices per chunk for an output of ``channels`` channels shaped as ``like``: a :data:`ROW_CHUNKS`-th of the
-    first spatial axis, or more where that would make chunks of less than :data:`CHUNK_BYTES`."""
-    row_bytes = like.shape[0] * channels * like.shape[3] * like.shape[4] * like.element_size()
-    return max(math.ceil(like.shape[2] / ROW_CHUNKS), math.ceil(CHUNK_BYTES / max(row_bytes, 1)))
+    first spatial axis, or more where that would make chunks of less than :data:`CHUNK_BYTES`; balanced."""
+    depth, row_bytes = like.shape[2], like.shape[0] * channels * like.shape[3] * like.shape[4] * like.element_size()
+    step = max(math.ceil(depth / ROW_CHUNKS), math.ceil(CHUNK_BYTES / max(row_bytes, 1)))
+    return math.ceil(depth / math.ceil(depth / step))  # chunks of equal size, the last no smaller than the others
 
 
 def _with_halo(rows: Rows, start: int, stop: int, depth: int) -> torch.Tensor:
