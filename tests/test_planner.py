@@ -298,3 +298,13 @@ def test_slab_count_does_not_slow_planning():
     assert time.monotonic() - start < 10 and all(plan.predicted_bytes > 10**15 for plan in plans)
     with pytest.raises(OptionError, match=r"--shape with --batch 1000000 .* fits no device"):
         plan_variant("full", (1, 100000, 100000, 100000), 3, TINY, mode="training", batch=1000000)
+
+
+def test_input_on_disk_drops_the_input_but_keeps_the_slab_read_back():
+    """``predict`` spills ``patch``'s image to a file and reads one float32 slab per network call back from it."""
+    shape = (2, 48, 40, 64)
+    resident = plan_variant("patch", shape, 3, TINY).predicted_bytes
+    on_disk = plan_variant("patch", shape, 3, TINY, input_on_disk=True).predicted_bytes
+    assert resident - on_disk == 4 * 2 * 48 * 40 * (64 - TINY.slab_size)
+    full = plan_variant("full", shape, 3, TINY)
+    assert plan_variant("full", shape, 3, TINY, input_on_disk=True).predicted_bytes == full.predicted_bytes

@@ -179,6 +179,7 @@ def plan_variant(
                                                   device), 0  # fmt: skip
         if input_on_disk and get_variant(variant).reads_slabs_only():
             resident -= batch * _voxels(shape) * FLOAT_BYTES
+            resident += spilled_slab_bytes(shape, batch, model.slab_size, inference.sw_batch_size)
     else:
         lever = (precision, bool(checkpointing), device, nproc)
         resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever, optimizer)
@@ -196,6 +197,18 @@ def plan_variant(
         variant, mode, predicted, int(budget_bytes), _fits(predicted, budget_bytes, levers[5], device),
         int(resident), int(trace.peak()), calibration.key, int(host), *levers,
     )  # fmt: skip
+
+
+def spilled_slab_bytes(shape: Sequence[int], batch: int, slab_size: int, sw_batch_size: int) -> int:
+    """Float32 slabs read back from the spilled image (:class:`~medseg_mem.predict.files.SpilledImage`) that a
+    network call holds: the trace sees them as views of the input, which it no longer counts.
+
+    Example:
+        >>> spilled_slab_bytes((1, 10, 10, 40), 1, 16, 1)
+        6400
+    """
+    slab = batch * int(shape[0]) * int(shape[1]) * int(shape[2]) * min(int(slab_size), int(shape[3])) * FLOAT_BYTES
+    return int(sw_batch_size) * slab
 
 
 def _fits(predicted: int, budget_bytes: int, nproc: int, device: str) -> bool:
