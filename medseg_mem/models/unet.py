@@ -4,7 +4,8 @@ Each level is a double convolution (Conv3d k3 p1 -> BatchNorm3d momentum 0.1 -> 
 max-pools, the decoder upsamples with a transposed convolution and concatenates the skip; a 1x1x1 head gives
 ``out_channels`` logits (softmax is applied by the loss / at prediction time).
 Inputs whose spatial size is not divisible by ``2 ** (depth - 1)`` are zero-padded at the end and the output
-is cropped back: never silently resized.
+is cropped back: never silently resized. Without autograd (inference) the same numbers are computed a few
+slices at a time, holding about one first-level tensor (:mod:`medseg_mem.models.lean`).
 
 With ``checkpointing=True`` (activation checkpointing, training only) each level runs under
 :func:`torch.utils.checkpoint.checkpoint`: an encoder level (max-pool, double conv) and a decoder step
@@ -171,10 +172,9 @@ class UNet3D(nn.Module):
         factor = 2 ** (len(self.aux_heads) - index)
         return self.aux_heads[index](level)[(..., *(slice(0, -(-s // factor)) for s in size))]
 
-    def _encode(self, index: int, x: torch.Tensor, pool: bool = True) -> torch.Tensor:
-        """Encoder level ``index``: max-pool (below the first level, unless ``pool`` is off), then the double
-        convolution."""
-        if index > 0 and pool:
+    def _encode(self, index: int, x: torch.Tensor) -> torch.Tensor:
+        """Encoder level ``index``: max-pool (below the first level), then the double convolution."""
+        if index > 0:
             x = self.pool(x)
         return self.encoders[index](x)
 
