@@ -21,7 +21,7 @@ order may differ in the last bit (see ``tests/test_unet.py``).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -64,7 +64,7 @@ def lean_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         x = conv_rows(decoder[0:3], joined_slices(skip, up, x), skip, into=skip)
         x = conv_rows(decoder[3:6], slices_of(x), x, into=x)
         del skip
-    return mapped_rows(lambda rows, depth=x.shape[2]: pointwise(net.head, rows, depth), x)
+    return mapped_rows(lambda rows, depth=x.shape[2]: _convolve(net.head, rows, depth, (0, 0, 0)), x)
 
 
 def slices_of(x: torch.Tensor) -> Rows:
@@ -93,18 +93,17 @@ def conv_rows(block: nn.Sequential, rows: Rows, like: torch.Tensor, into: Option
     out, pending = into, None
     for start in range(0, depth, step):
         stop = min(start + step, depth)
-        y = block[2](block[1](_conv(block[0], _with_halo(rows, start, stop, depth), depth)))
+        y = block[2](block[1](_convolve(block[0], _with_halo(rows, start, stop, depth), depth, (0, 1, 1))))
         if stop - start == depth:
             return y  # one chunk: nothing to save by writing it anywhere
         if out is None or out.dtype != y.dtype:
-            out = torch.empty((*y.shape[:2], *like.shape[2:]), dtype=y.dtype, device=y.device,
-                              memory_format=_layout(y))  # fmt: skip
+            out = _output_for(y, depth)
+        if out is not into:
+            out.narrow(2, start, y.shape[2]).copy_(y)
+            continue
         if pending is not None:
             out.narrow(2, pending[0], pending[1].shape[2]).copy_(pending[1])
         pending = (start, y)
-        if out is not into:
-            out.narrow(2, start, y.shape[2]).copy_(y)
-            pending = None
     if pending is not None:
         out.narrow(2, pending[0], pending[1].shape[2]).copy_(pending[1])
     return out
@@ -123,8 +122,7 @@ def mapped_rows(function: Callable[[torch.Tensor], torch.Tensor], x: torch.Tenso
         if step >= depth:
             return y
         if out is None:
-            shape = (*y.shape[:2], depth // stride, *y.shape[3:])
-            out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=_layout(y))
+            out = _output_for(y, depth // stride)
         out.narrow(2, start // stride, y.shape[2]).copy_(y)
     return out
 
@@ -137,6 +135,12 @@ def chunk_rows(like: torch.Tensor, channels: int) -> int:
     return math.ceil(depth / math.ceil(depth / step))  # chunks of equal size, the last no smaller than the others
 
 
+def _output_for(chunk: torch.Tensor, depth: int) -> torch.Tensor:
+    """An empty tensor for ``depth`` slices of outputs like ``chunk`` (its dtype, device, layout and other axes)."""
+    shape = (*chunk.shape[:2], depth, *chunk.shape[3:])
+    return torch.empty(shape, dtype=chunk.dtype, device=chunk.device, memory_format=_layout(chunk))
+
+
 def _with_halo(rows: Rows, start: int, stop: int, depth: int) -> torch.Tensor:
     """Input slices ``start - 1 .. stop`` (the convolution's halo), zero slices past the volume's ends."""
     lo, hi = max(start - 1, 0), min(stop + 1, depth)
@@ -145,26 +149,16 @@ def _with_halo(rows: Rows, start: int, stop: int, depth: int) -> torch.Tensor:
     return F.pad(chunk, (0, 0, 0, 0, *border)) if any(border) else chunk
 
 
-def _conv(conv: nn.Conv3d, x: torch.Tensor, depth: int) -> torch.Tensor:
-    """``conv`` with no padding along the first spatial axis (the halo is in ``x``; ``depth``: that axis's length
-    in the whole input), computing in the weights' dtype unless autocast chooses (the planner's half-dtype
-    ``meta`` networks stand for autocast), and with the CPU kernel the whole convolution would have used."""
+def _convolve(conv: nn.Conv3d, x: torch.Tensor, depth: int, padding: Tuple[int, int, int]) -> torch.Tensor:
+    """``conv`` of the chunk ``x`` of a ``depth``-slice input, with ``padding`` (none along the first axis: the
+    halo is in ``x``). It computes in the weights' dtype unless autocast chooses (the planner's half-dtype ``meta``
+    networks stand for autocast), and on oneDNN where PyTorch would have run the whole convolution there but not
+    this chunk (:func:`_onednn_for_whole_only`)."""
     autocasting = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-    if x.dtype != conv.weight.dtype and not autocasting:
-        x = x.to(conv.weight.dtype)
-    return _convolve(conv, x, depth, (0, 1, 1), autocasting)
-
-
-def pointwise(conv: nn.Conv3d, x: torch.Tensor, depth: int) -> torch.Tensor:
-    """The 1x1x1 convolution ``conv`` (the head) of a chunk ``x`` of a ``depth``-slice input."""
-    autocasting = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-    return _convolve(conv, x if autocasting else x.to(conv.weight.dtype), depth, (0, 0, 0), autocasting)
-
-
-def _convolve(conv: nn.Conv3d, x: torch.Tensor, depth: int, padding, autocasting: bool) -> torch.Tensor:
-    """``conv`` of the chunk ``x`` with ``padding``, on oneDNN where PyTorch would have run the whole convolution
-    there but not this chunk (:func:`_onednn_for_whole_only`)."""
-    if not autocasting and _onednn_for_whole_only(x, conv, depth):
+    if autocasting:
+        return F.conv3d(x, conv.weight, conv.bias, padding=padding)
+    x = x.to(conv.weight.dtype)
+    if _onednn_for_whole_only(x, conv, depth):
         x = x.contiguous(memory_format=_layout(conv.weight))
         return torch.mkldnn_convolution(x, conv.weight, conv.bias, padding, (1, 1, 1), (1, 1, 1), 1)
     return F.conv3d(x, conv.weight, conv.bias, padding=padding)
