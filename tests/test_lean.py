@@ -103,3 +103,26 @@ def test_default_chunks():
     """A 32nd of the first axis, but no chunk under 16 MiB."""
     assert lean.chunk_rows(torch.empty(1, 32, 240, 240, 160), 32) == 8  # ceil(240 / 32)
     assert lean.chunk_rows(torch.empty(1, 32, 240, 240, 16), 32) * 32 * 240 * 16 * 4 >= lean.CHUNK_BYTES
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_batchnorm_of_a_chunk_is_written_over_it_with_the_modules_numbers(dtype, channels_last):
+    """On the CPU the chunk's BatchNorm needs no second chunk of memory, and gives what the module gives."""
+    norm = random_net(1, 2, (8, 16)).encoders[0][1]
+    chunk = torch.randn(2, 8, 3, 5, 6).to(dtype)
+    if channels_last:
+        chunk = chunk.contiguous(memory_format=torch.channels_last_3d)
+    with torch.inference_mode():
+        reference = norm(chunk)
+        result = lean._normalise(norm, chunk)
+    assert result.data_ptr() == chunk.data_ptr()
+    assert result.dtype == reference.dtype and torch.equal(result, reference)
+
+
+def test_batchnorm_in_training_mode_is_left_to_the_module():
+    norm = random_net(1, 2, (8, 16)).encoders[0][1].train()
+    chunk = torch.randn(2, 8, 3, 5, 6)
+    with torch.no_grad():
+        result = lean._normalise(norm, chunk)
+    assert result.data_ptr() != chunk.data_ptr()

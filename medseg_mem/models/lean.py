@@ -10,7 +10,11 @@ axis (one slice of halo on each side, zero slices at the volume's ends), and:
   are overwritten only after that;
 * a decoder step never builds the concatenation: each chunk concatenates its rows of the skip with its rows of
   the up-sampled tensor, up-sampled from the deeper level's rows on the spot (a stride-2 transposed convolution
-  maps each deeper slice to two), and writes its result into the skip.
+  maps each deeper slice to two), and writes its result into the skip;
+* on the CPU a chunk's BatchNorm is written over the convolution's output chunk (the same ``native_batch_norm``
+  the module runs), so a convolution step makes one chunk of fresh memory, not two: with glibc returning freed
+  blocks at once (as ``predict`` pins it) every fresh page is a page fault, and this saved a quarter of them
+  (BraTS-size slab, 6 % of the time in bf16 and 12 % in float32).
 
 So a level keeps one tensor of its width (its skip, which becomes its decoder output) plus chunk-sized
 temporaries; the whole pass peaks near one first-level tensor plus the second level's, instead of three to four.
@@ -93,7 +97,8 @@ def conv_rows(block: nn.Sequential, rows: Rows, like: torch.Tensor, into: Option
     out, pending = into, None
     for start in range(0, depth, step):
         stop = min(start + step, depth)
-        y = block[2](block[1](_convolve(block[0], _with_halo(rows, start, stop, depth), depth, (0, 1, 1))))
+        y = _convolve(block[0], _with_halo(rows, start, stop, depth), depth, (0, 1, 1))
+        y = block[2](_normalise(block[1], y))
         if stop - start == depth:
             return y  # one chunk: nothing to save by writing it anywhere
         if out is None or out.dtype != y.dtype:
@@ -162,6 +167,20 @@ def _convolve(conv: nn.Conv3d, x: torch.Tensor, depth: int, padding: Tuple[int, 
         x = x.contiguous(memory_format=_layout(conv.weight))
         return torch.mkldnn_convolution(x, conv.weight, conv.bias, padding, (1, 1, 1), (1, 1, 1), 1)
     return F.conv3d(x, conv.weight, conv.bias, padding=padding)
+
+
+def _normalise(norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """``norm`` (a BatchNorm in eval mode) of the chunk ``y``, written over ``y`` on the CPU: the same numbers as
+    ``norm(y)`` (one pass of ``native_batch_norm``) without a second chunk of fresh pages, a third of what a
+    convolution step allocated. Elsewhere, or for another module, ``norm(y)``."""
+    if y.device.type != "cpu" or not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training:
+        return norm(y)
+    if norm.running_mean is None or y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return norm(y)
+    unused = (y.new_empty(0, dtype=torch.float32), y.new_empty(0, dtype=torch.float32))  # (training only)
+    torch.ops.aten.native_batch_norm.out(y, norm.weight, norm.bias, norm.running_mean, norm.running_var, False,
+                                         0.0, norm.eps, out=y, save_mean=unused[0], save_invstd=unused[1])  # fmt: skip
+    return y
 
 
 def _onednn_for_whole_only(x: torch.Tensor, conv: nn.Conv3d, depth: int) -> bool:
