@@ -40,6 +40,7 @@ CASES = {
 CHANNELS = (32, 64, 128, 256, 512)
 INFERERS = ("slab-labels", "monai-sliding-window")
 SPILLED = "slab-labels-spilled"  # ours with the input in a temporary file, read slab by slab, as `predict` runs patch
+TIMED = INFERERS + (SPILLED,)  # the inferers of --paired-timing
 SAFETY = 0.85  # run a case only if its planned peak is below this share of the available memory
 
 
@@ -78,15 +79,19 @@ def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, tim
 
 
 def paired_setup(shape, classes, overlap, precision, repeats, timing_file, device):
-    """Both inferers on the same U-Net in one process, alternating (ours, MONAI, MONAI, ours, ...), so load from
-    other jobs hits both alike; writes ``{inferer: [seconds, ...], "network " + inferer: [seconds, ...]}`` to
-    ``timing_file``: each run's seconds, and the part of them spent inside the network's calls."""
+    """Our streamed inferer (image resident, and image in a temporary file as ``predict`` runs ``patch``) and
+    MONAI's on the same U-Net in one process, in rotating order (ours, MONAI, spilled, spilled, MONAI, ours, ...),
+    so load from other jobs hits all alike; writes ``{inferer: [seconds, ...], "network " + inferer: [seconds,
+    ...]}`` to ``timing_file``: each run's seconds, and the part of them spent inside the network's calls."""
     import torch
 
     from medseg_mem.inference.precision import with_precision
+    from medseg_mem.predict.files import SpilledImage
 
     net, image = _net_and_image(shape, classes, device, precision)
-    inferers, network = {name: _inferer(name, overlap) for name in INFERERS}, with_precision(net, precision)
+    inferers, network = {name: _inferer(name, overlap) for name in TIMED}, with_precision(net, precision)
+    images = {name: image for name in TIMED}
+    images[SPILLED] = SpilledImage(image[0], device)
     inside = [0.0]
 
     def timed_network(x):
@@ -98,11 +103,12 @@ def paired_setup(shape, classes, overlap, precision, repeats, timing_file, devic
         return output
 
     def run():
-        seconds = {key: [] for name in INFERERS for key in (name, f"network {name}")}
-        for index in range(2 * repeats):
-            name = INFERERS[index % 2] if (index // 2) % 2 == 0 else INFERERS[1 - index % 2]
+        seconds = {key: [] for name in TIMED for key in (name, f"network {name}")}
+        for index in range(len(TIMED) * repeats):
+            order = TIMED if (index // len(TIMED)) % 2 == 0 else TIMED[::-1]
+            name = order[index % len(TIMED)]
             inside[0], start = 0.0, time.perf_counter()
-            output = inferers[name](image, timed_network)
+            output = inferers[name](images[name], timed_network)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds[name].append(time.perf_counter() - start)
@@ -114,19 +120,21 @@ def paired_setup(shape, classes, overlap, precision, repeats, timing_file, devic
 
 
 def paired_timing(case, args):
-    """Median seconds of both inferers, alternating in one process, per (overlap, precision)."""
+    """Median seconds of the timed inferers, rotating in one process, per (overlap, precision)."""
     shape, classes = CASES[case]
+    monai = INFERERS[1]
     for precision in args.precisions:
         for overlap in args.overlaps:
             _, seconds = measure_with_timings(paired_setup, (shape, classes, overlap, precision, args.repeats),
                                               args.device)  # fmt: skip
             medians = {name: statistics.median(values) for name, values in seconds.items()}
             outside = {name: statistics.median(a - b for a, b in zip(seconds[name], seconds[f"network {name}"]))
-                       for name in INFERERS}  # fmt: skip
+                       for name in TIMED}  # fmt: skip
             print(f"{case:6} paired timing overlap {overlap:g} {precision}: " + ", ".join(
                 f"{name} {medians[name]:.2f} s {sorted(round(v, 2) for v in seconds[name])} (outside the network "
-                f"{outside[name]:.2f} s)" for name in INFERERS)
-                + f"; streamed / MONAI {medians[INFERERS[0]] / medians[INFERERS[1]]:.3f}", flush=True)  # fmt: skip
+                f"{outside[name]:.2f} s)" for name in TIMED)
+                + f"; streamed / MONAI {medians[INFERERS[0]] / medians[monai]:.3f}, input on disk / MONAI "
+                f"{medians[SPILLED] / medians[monai]:.3f}", flush=True)  # fmt: skip
 
 
 def _net_and_image(shape, classes, device, precision="fp32"):
@@ -308,8 +316,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="full,patch,cascade", help="variants measured for --sizes")
     parser.add_argument("--precisions", default="fp32", help="comma-separated inference precisions (fp32,bf16,fp16)")
     parser.add_argument("--overlaps", default="0", help="comma-separated slab overlaps for --compare, e.g. 0,0.5")
-    parser.add_argument("--paired-timing", default="", help="cases whose inferer times are taken in one process, "
-                        "alternating, --repeats runs each (no memory rows)")
+    parser.add_argument("--paired-timing", default="", help="cases whose inferer times (ours, MONAI, ours with the image on disk) are taken in one process, "
+                        "rotating, --repeats runs each (no memory rows)")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes + args.compare.split(",") if s and s not in CASES]
