@@ -316,8 +316,8 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", default="full,patch,cascade", help="variants measured for --sizes")
     parser.add_argument("--precisions", default="fp32", help="comma-separated inference precisions (fp32,bf16,fp16)")
     parser.add_argument("--overlaps", default="0", help="comma-separated slab overlaps for --compare, e.g. 0,0.5")
-    parser.add_argument("--paired-timing", default="", help="cases whose inferer times (ours, MONAI, ours with the image on disk) are taken in one process, "
-                        "rotating, --repeats runs each (no memory rows)")
+    parser.add_argument("--paired-timing", default="", help="cases whose inferer times (ours, MONAI, ours with the "
+                        "image on disk) are taken in one process, rotating, --repeats runs each (no memory rows)")
     args = parser.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     unknown = [s for s in sizes + args.compare.split(",") if s and s not in CASES]
