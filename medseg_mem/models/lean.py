@@ -14,7 +14,7 @@ axis (one slice of halo on each side, zero slices at the volume's ends), and:
 * on the CPU a chunk's BatchNorm is written over the convolution's output chunk (the same ``native_batch_norm``
   the module runs), so a convolution step makes one chunk of fresh memory, not two: with glibc returning freed
   blocks at once (as ``predict`` pins it) every fresh page is a page fault, and this saved a quarter of them
-  (BraTS-size slab, 6 % of the time in bf16 and 12 % in float32).
+  (BraTS-size slab: 3-7 % of the time in bf16, 12-13 % in float32; see docs/results.md).
 
 So a level keeps one tensor of its width (its skip, which becomes its decoder output) plus chunk-sized
 temporaries; the whole pass peaks near one first-level tensor plus the second level's, instead of three to four.
@@ -173,9 +173,8 @@ def _normalise(norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """``norm`` (a BatchNorm in eval mode) of the chunk ``y``, written over ``y`` on the CPU: the same numbers as
     ``norm(y)`` (one pass of ``native_batch_norm``) without a second chunk of fresh pages, a third of what a
     convolution step allocated. Elsewhere, or for another module, ``norm(y)``."""
-    if y.device.type != "cpu" or not isinstance(norm, nn.modules.batchnorm._BatchNorm) or norm.training:
-        return norm(y)
-    if norm.running_mean is None or y.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    batchnorm = isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_mean is not None
+    if y.device.type != "cpu" or not batchnorm or norm.training:
         return norm(y)
     unused = (y.new_empty(0, dtype=torch.float32), y.new_empty(0, dtype=torch.float32))  # (training only)
     torch.ops.aten.native_batch_norm.out(y, norm.weight, norm.bias, norm.running_mean, norm.running_var, False,
