@@ -12,6 +12,7 @@ import resource
 import sys
 import threading
 from pathlib import Path
+from typing import Optional
 
 STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -22,8 +23,9 @@ PINNED_SUFFIX = "+glibc-mmap-1MiB"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
-def pin_glibc_allocator(threshold: int = 1 << 20) -> bool:
-    """Make glibc serve blocks >= ``threshold`` bytes with ``mmap`` and return freed memory at once.
+def pin_glibc_allocator(threshold: int = 1 << 20, trim_threshold: Optional[int] = None) -> bool:
+    """Make glibc serve blocks >= ``threshold`` bytes with ``mmap`` and return freed memory at once (or, with
+    ``trim_threshold``, once that much is free at the top of its heap).
 
     By default glibc raises its mmap threshold as large blocks are freed (up to 32 MiB) and keeps freed heap
     memory, so the resident size of a process depends on its allocation history: repeated measurements of
@@ -35,7 +37,8 @@ def pin_glibc_allocator(threshold: int = 1 << 20) -> bool:
     """
     try:
         libc = ctypes.CDLL("libc.so.6")
-        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, threshold))
+        trim = threshold if trim_threshold is None else trim_threshold
+        return bool(libc.mallopt(_M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
     except (OSError, AttributeError):
         return False
 
