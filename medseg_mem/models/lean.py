@@ -14,7 +14,7 @@ axis (one slice of halo on each side, zero slices at the volume's ends), and:
 * on the CPU a chunk's BatchNorm is written over the convolution's output chunk (the same ``native_batch_norm``
   the module runs), so a convolution step makes one chunk of fresh memory, not two: with glibc returning freed
   blocks at once (as ``predict`` pins it) every fresh page is a page fault, and this saved a quarter of them
-  (BraTS-size slab: 3-7 % of the time in bf16, 12-13 % in float32; see docs/results.md).
+  (BraTS-size slab: 3-7 % of the time in bf16, 13-17 % in float32; see docs/results.md).
 
 So a level keeps one tensor of its width (its skip, which becomes its decoder output) plus chunk-sized
 temporaries; the whole pass peaks near one first-level tensor plus the second level's, instead of three to four.
