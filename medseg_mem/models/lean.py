@@ -171,8 +171,8 @@ def _convolve(conv: nn.Conv3d, x: torch.Tensor, depth: int, padding: Tuple[int, 
 
 def _normalise(norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """``norm`` (a BatchNorm in eval mode) of the chunk ``y``, written over ``y`` on the CPU: the same numbers as
-    ``norm(y)`` (one pass of ``native_batch_norm``) without a second chunk of fresh pages, a third of what a
-    convolution step allocated. Elsewhere, or for another module, ``norm(y)``."""
+    ``norm(y)`` (one pass of ``native_batch_norm``) without a second chunk of fresh pages. Elsewhere (the planner's
+    ``meta`` trace included, which so stays an upper bound), or for another module, ``norm(y)``."""
     batchnorm = isinstance(norm, nn.modules.batchnorm._BatchNorm) and norm.running_mean is not None
     if y.device.type != "cpu" or not batchnorm or norm.training:
         return norm(y)
