@@ -28,7 +28,7 @@ def random_net(in_channels, classes, channels, seed=0):
 
 def chunks_of(monkeypatch, rows):
     """Make every chunked operation take ``rows`` slices at a time."""
-    monkeypatch.setattr(lean, "chunk_rows", lambda like, channels, in_channels=0: rows)
+    monkeypatch.setattr(lean, "chunk_rows", lambda like, channels: rows)
 
 
 @pytest.mark.parametrize("rows", [1, 2, 3, 100])
@@ -57,6 +57,16 @@ def test_chunked_bf16_pass_equals_autocast_with_float32_weights(monkeypatch, row
     with torch.inference_mode():
         assert torch.equal(with_precision(half, "bf16")(x), reference)
 
+
+
+def test_default_chunked_bf16_pass_pools_in_bf16_with_the_same_numbers():
+    """Float32 weights, contiguous layout, the default chunks: the max-pool in bf16 gives autocast's numbers."""
+    net = random_net(1, 3, (4, 8, 16), seed=1)
+    x = torch.randn(1, 1, 16, 16, 16)
+    with torch.enable_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        reference = net(x).detach()  # CPU autocast: the max-pool upcasts to float32
+    with torch.inference_mode():
+        assert torch.equal(with_precision(net, "bf16")(x), reference)
 
 def test_half_convolutions_keeps_batchnorm_float32_and_fp32_untouched():
     net = UNet3D(1, 2, (4, 8))
