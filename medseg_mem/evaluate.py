@@ -67,6 +67,14 @@ def timed(segment: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, 
     return labels, time.perf_counter() - start
 
 
+def scored(segment: Callable, case: Tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device):
+    """``(Dice per foreground class (1, K-1), seconds)`` of one case; its image, label and label map are freed on
+    return, so no case is alive while the next one is read and segmented."""
+    image, label = case
+    labels, elapsed = timed(segment, image, device)
+    return dice_per_class(labels.cpu(), label, num_classes), elapsed
+
+
 def evaluate_variant(
     variant: Variant,
     nets: Mapping[str, nn.Module],
@@ -90,9 +98,9 @@ def evaluate_variant(
     scores, seconds = [], []
     with torch.inference_mode():
         segment(cases[0][0])
-        for image, label in cases:
-            labels, elapsed = timed(segment, image, device)
-            scores.append(dice_per_class(labels.cpu(), label, num_classes))
+        for index in range(len(cases)):
+            score, elapsed = scored(segment, cases[index], num_classes, device)
+            scores.append(score)
             seconds.append(elapsed)
     dice = torch.cat(scores).mean(dim=0).tolist()
     return Evaluation(dice=dice, seconds_per_case=sum(seconds) / len(seconds), n_cases=len(cases))

@@ -57,8 +57,8 @@ def test_stage_2_trains_and_validates_on_the_predicted_labels(tmp_path, tiny_pre
         np.save(guidance_path(tmp_path, case_id), np.full(shape, 2, dtype=np.uint8))  # "class 2 everywhere"
     data = StageData(tiny_prepared, stage, model, TrainConfig(batch_size=2, steps=1), guidance=tmp_path)
     x, _ = next(data.batches(first_step=0))
-    (val_x, _), *_ = data.validation()
-    for inputs in (x, val_x):  # onehot guidance: class 1's channel, then class 2's; 20 slices: a slab holds >= 4
+    val_source, _ = data.validation_pair(tiny_prepared.ids("val")[0])
+    for inputs in (x, val_source.cut(0, 16, -1)):  # onehot guidance: class 1's channel, then class 2's; 20 slices: a slab holds >= 4
         guide = inputs[:, -2:, :, :, :4]
         assert guide[:, 0].eq(0).all() and guide[:, 1].eq(1).all()
 

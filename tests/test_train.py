@@ -1,6 +1,7 @@
 """The training loop: best checkpoint kept, resume after an interruption, checkpoints are untrusted input."""
 
 import pickle
+import weakref
 
 import pytest
 import torch
@@ -273,3 +274,44 @@ def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_one(tmp_path, m
         save_checkpoint(path, {**PAYLOAD, "step": 2})
     assert path.read_bytes() == before and (tmp_path / "last.pt.sha256").read_bytes() == digest
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt", "last.pt.sha256"]
+
+
+class CountingCases:
+    """Val / test cases whose tensors are counted while alive: ``most`` is the most cases alive at once."""
+
+    def __init__(self, count: int = 4) -> None:
+        self.ids, self.alive, self.most = [f"case{i}" for i in range(count)], weakref.WeakSet(), 0
+
+    def pair(self):
+        image, label = torch.rand(1, 1, 6, 6, 8), torch.zeros(1, 1, 6, 6, 8, dtype=torch.uint8)
+        self.alive.add(image)
+        self.most = max(self.most, len(self.alive))
+        return image, label
+
+    def validation_ids(self):
+        return list(self.ids)
+
+    def validation_pair(self, case_id, device=None):
+        return self.pair()
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, index):
+        if not 0 <= index < len(self.ids):
+            raise IndexError(index)
+        return self.pair()
+
+
+@pytest.mark.parametrize("variant", ["full", "patch"])
+def test_validation_and_evaluation_hold_one_case_at_a_time(tmp_path, variant):
+    from medseg_mem.evaluate import evaluate_variant
+
+    stage = get_variant(variant).stages()[0]
+    net = torch.nn.Conv3d(1, K, 1)
+    cases = CountingCases()
+    validation_job = StageJob(variant, stage, 1, K, MODEL, TrainConfig(), cases, tmp_path, torch.device("cpu"))
+    assert len(train_module.validate(validation_job, net)) == K - 1 and cases.most == 1
+    evaluated = CountingCases()
+    evaluate_variant(get_variant(variant), {stage.name: net}, evaluated, MODEL, K, torch.device("cpu"))
+    assert evaluated.most == 1

@@ -5,6 +5,7 @@ import torch
 
 from medseg_mem.config import ModelConfig
 from medseg_mem.errors import MedsegError
+from medseg_mem.inference.slab import cut_slab
 from medseg_mem.models.unet import UNet3D
 from medseg_mem.variants import REGISTRY, get_variant, resolve_variants
 
@@ -61,6 +62,18 @@ class VariantContract:
             with torch.inference_mode():
                 assert stage.forward(nets[stage.name], x, MODEL).shape == (1, K, *x.shape[2:])
 
+    def test_validation_gives_the_labels_of_the_whole_stage_input(self):
+        variant = self.variant()
+        image, label = sample()
+        nets = networks(variant)
+        for stage in variant.stages():
+            whole, _ = stage.inputs(image, label, MODEL, K)
+            lazy, y = stage.validation_input(image, label, MODEL, K)
+            with torch.inference_mode():
+                expected = stage.forward(nets[stage.name], whole, MODEL).argmax(dim=1, keepdim=True)
+                labels = stage.labels(nets[stage.name], lazy, MODEL, device="cpu")
+            assert torch.equal(labels.long(), expected) and y.shape[2:] == labels.shape[2:]
+
     def test_multichannel_images(self):
         variant = self.variant()
         image, _ = sample(channels=4)
@@ -102,6 +115,18 @@ class TestCascade(VariantContract):
         with torch.inference_mode():
             out = self.variant().segment(networks(self.variant(), model), image, model, K)
         assert out.shape == (1, 1, *image.shape[2:])
+
+
+@pytest.mark.parametrize("guidance", ["label", "onehot"])
+def test_a_guided_stage_is_validated_slab_by_slab_on_the_very_input_of_the_whole_volume(guidance):
+    model = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5, guidance=guidance)
+    stage2 = get_variant("cascade").stages()[1]
+    image, label = sample((10, 12, 21))
+    whole, _ = stage2.inputs(image, label, model, K)
+    lazy, _ = stage2.validation_input(image, label, model, K)
+    assert lazy.shape == tuple(whole.shape)
+    for start in (0, 8, 16):  # the last slab is zero-padded, as cut_slab pads the whole volume's
+        assert torch.equal(lazy.cut(start, 8, -1), cut_slab(whole, start, 8, -1))
 
 
 def test_unknown_variant_suggests_the_nearest_name():

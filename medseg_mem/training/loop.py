@@ -43,9 +43,10 @@ from medseg_mem.variants.base import Stage
 class StageJob:
     """Everything needed to train one stage. ``meta`` is stored in checkpoints (classes, preprocessing …).
 
-    ``data`` provides ``batches(first_step)`` (training batches from that step on) and ``validation()``
-    (whole-volume val pairs), e.g. a :class:`~medseg_mem.training.sampling.StageData`. ``times`` is the stage's
-    share of the variant's time limit and snapshot marks (default: neither).
+    ``data`` provides ``batches(first_step)`` (training batches from that step on), ``validation_ids()`` and
+    ``validation_pair(case_id, device)`` (a val case's whole-volume input and label), e.g. a
+    :class:`~medseg_mem.training.sampling.StageData`. ``times`` is the stage's share of the variant's time limit
+    and snapshot marks (default: neither).
     """
 
     variant: str
@@ -104,13 +105,21 @@ def plain_loss(stage: Stage, train: TrainConfig, weights: Optional[Tuple[float, 
 def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
     """Mean Dice per foreground class of this stage's own output on the validation cases (one at a time)."""
     net.eval()
-    scores = []
     with torch.inference_mode():
-        for x, y in job.data.validation():
-            logits = job.stage.forward(net, x.to(job.device), job.model)
-            scores.append(dice_per_class(logits.argmax(dim=1, keepdim=True).cpu(), y, job.num_classes))
+        scores = [case_dice(job, net, case_id) for case_id in job.data.validation_ids()]
     net.train()
     return torch.cat(scores).mean(dim=0).tolist()
+
+
+def case_dice(job: StageJob, net: torch.nn.Module, case_id: str) -> torch.Tensor:
+    """Dice per foreground class ``(1, K-1)`` of one val case, segmented into a uint8 label map on the CPU.
+
+    Everything of the case is made and freed inside this call, so no case's input, output or logits is alive
+    while the next one is read (they were, and the run's peak grew with the val split).
+    """
+    x, y = job.data.validation_pair(case_id, job.device)
+    labels = job.stage.labels(net, x, job.model, device="cpu")
+    return dice_per_class(labels, y, job.num_classes)
 
 
 def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_counter) -> StageOutcome:

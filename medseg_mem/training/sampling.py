@@ -37,6 +37,7 @@ from medseg_mem.config import ModelConfig, TrainConfig
 from medseg_mem.data.cases import as_tensor, open_case
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.inference.slab import cut_slab, slab_starts
+from medseg_mem.inference.source import SlabSource
 from medseg_mem.training import distributed
 from medseg_mem.training.augment import SampleAugmentation
 from medseg_mem.training.guidance_noise import perturb_label
@@ -275,10 +276,15 @@ class StageData:
             return None
         return SampleAugmentation(self.train.augment, self.stage.slab, self.dataset.in_channels, self.stage.guided)
 
-    def validation(self) -> Iterator[Pair]:
-        """Whole-volume ``(x, y)`` pairs of the val split, batched, one case in memory at a time."""
-        for case_id in self.dataset.ids("val"):
-            image, label = open_case(self.dataset, case_id)
-            low = load_guidance(self.guidance, case_id)[None] if self.guidance else None  # None: from the label
-            yield self.stage.inputs(as_tensor(image)[None], as_tensor(label)[None], self.model,
-                                    self.dataset.num_classes, low)  # fmt: skip
+    def validation_ids(self) -> List[str]:
+        """The val split's case ids, in order."""
+        return self.dataset.ids("val")
+
+    def validation_pair(self, case_id: str, device=None) -> Tuple[torch.Tensor | SlabSource, torch.Tensor]:
+        """One val case as ``(x, y)`` on ``device``: the stage's whole-volume input (a guided stage's as a
+        :class:`~medseg_mem.inference.source.SlabSource` made slab by slab) and the uint8 label on the CPU.
+        Made per case, so validation holds one case at a time however large the val split."""
+        image, label = open_case(self.dataset, case_id)
+        low = load_guidance(self.guidance, case_id)[None].to(device) if self.guidance else None  # None: from the label
+        return self.stage.validation_input(as_tensor(image)[None].to(device), as_tensor(label)[None], self.model,
+                                           self.dataset.num_classes, low)  # fmt: skip

@@ -18,7 +18,9 @@ from medseg_mem.inference.labels import labels_of
 from medseg_mem.inference.mirror import mirrored
 from medseg_mem.inference.precision import with_precision
 from medseg_mem.inference.slab import SlabInferer
+from medseg_mem.inference.source import SlabSource
 from medseg_mem.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
+from medseg_mem.variants.guided import LabelGuidedSlabs
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,18 @@ class Stage:
             guide = guidance_range(low, label.shape[2:], 0, label.shape[-1], model.guidance, num_classes)
             image = torch.cat([image, guide], dim=1)
         return image, label
+
+    def validation_input(
+        self, image: torch.Tensor, label: torch.Tensor, model: ModelConfig, num_classes: int,
+        low_label: torch.Tensor = None,
+    ) -> Tuple[torch.Tensor | SlabSource, torch.Tensor]:  # fmt: skip
+        """:meth:`inputs` as validation needs them: the same pair, except that a guided stage's input is a
+        :class:`~medseg_mem.variants.guided.LabelGuidedSlabs` whose guidance is made slab by slab (for
+        :meth:`labels`, which gives the same labels as on the whole concatenated volume)."""
+        if not self.guided:
+            return self.inputs(image, label, model, num_classes)
+        low = self.low_label(label, model, num_classes) if low_label is None else low_label
+        return LabelGuidedSlabs(image, low, model.guidance, num_classes), label
 
     @staticmethod
     def low_label(label: torch.Tensor, model: ModelConfig, num_classes: int) -> torch.Tensor:

@@ -7,6 +7,8 @@ is done here in the same order in two exact steps: once along the last axis only
 (``K x x x y x Z``, a fraction ``downsample**2`` of one full-resolution channel per class), then, per slab,
 in-plane for that slab's slices only. A size-preserving axis gets weights 1 and 0, so each step performs
 exactly the arithmetic of the one-call interpolation: the guidance is bit for bit the whole-volume one.
+Validation guides a stage from a label map at stage-1 resolution instead (:class:`LabelGuidedSlabs`), slab by
+slab as well.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.nn import functional as F
 from medseg_mem.errors import OptionError
 from medseg_mem.inference.slab import cut_slab
 from medseg_mem.inference.source import SlabSource
-from medseg_mem.resample import encode_guidance, guidance_channels, resample_image
+from medseg_mem.resample import encode_guidance, guidance_channels, guidance_range, resample_image
 
 
 def along_last_axis(low: torch.Tensor, depth: int) -> torch.Tensor:
@@ -44,8 +46,41 @@ def guidance_slices(columns: torch.Tensor, size: Sequence[int], start: int, stop
     return encode_guidance(planes.argmax(dim=1, keepdim=True), encoding, num_classes)
 
 
-class GuidedSlabs(SlabSource):
-    """``cat([image, guidance])`` of a whole volume, cut slab by slab along the last axis without being made.
+class GuidedSource(SlabSource):
+    """``cat([image, guidance])`` of a whole volume, cut slab by slab along the last axis without being made;
+    subclasses make one slab's guidance (:meth:`guide`).
+
+    Args:
+        image: full-resolution ``(B, C, X, Y, Z)``.
+        encoding: guidance encoding (``ModelConfig.guidance``).
+        num_classes: K.
+    """
+
+    def __init__(self, image: torch.Tensor, encoding: str, num_classes: int) -> None:
+        self.image, self.encoding, self.num_classes = image, encoding, num_classes
+        extra = guidance_channels(encoding, num_classes)
+        self.shape = (image.shape[0], image.shape[1] + extra, *image.shape[2:])
+
+    def guide(self, start: int, stop: int) -> torch.Tensor:
+        """Encoded guidance ``(B, G, X, Y, stop - start)`` of the slices ``[start, stop)``."""
+        raise NotImplementedError
+
+    def cut(self, start: int, slab_size: int, axis: int) -> torch.Tensor:
+        """Image and guidance of ``slab_size`` slices from ``start``, zero-padded past the end (last axis only).
+
+        Raises:
+            OptionError: if ``axis`` is not the last axis.
+        """
+        if axis % 5 != 4:
+            raise OptionError("axis", "must be the last axis (-1 or 4): guidance is made along the last axis", axis)
+        image = cut_slab(self.image, start, slab_size, -1)
+        stop = min(start + slab_size, self.image.shape[-1])
+        guide = F.pad(self.guide(start, stop), [0, slab_size - (stop - start)])
+        return torch.cat([image, guide.to(image.device, image.dtype)], dim=1)
+
+
+class GuidedSlabs(GuidedSource):
+    """The cascade's stage-2 input at inference: guidance from stage 1's class probabilities.
 
     Args:
         image: full-resolution ``(B, C, X, Y, Z)``.
@@ -60,21 +95,36 @@ class GuidedSlabs(SlabSource):
     """
 
     def __init__(self, image: torch.Tensor, low_probabilities: torch.Tensor, encoding: str, num_classes: int) -> None:
-        self.image, self.encoding, self.num_classes = image, encoding, num_classes
+        super().__init__(image, encoding, num_classes)
         self.columns = along_last_axis(low_probabilities, image.shape[-1])
-        extra = guidance_channels(encoding, num_classes)
-        self.shape = (image.shape[0], image.shape[1] + extra, *image.shape[2:])
 
-    def cut(self, start: int, slab_size: int, axis: int) -> torch.Tensor:
-        """Image and guidance of ``slab_size`` slices from ``start``, zero-padded past the end (last axis only).
+    def guide(self, start: int, stop: int) -> torch.Tensor:
+        return guidance_slices(self.columns, self.image.shape[2:], start, stop, self.encoding, self.num_classes)
 
-        Raises:
-            OptionError: if ``axis`` is not the last axis.
-        """
-        if axis % 5 != 4:
-            raise OptionError("axis", "must be the last axis (-1 or 4): guidance is made along the last axis", axis)
-        image = cut_slab(self.image, start, slab_size, -1)
-        stop = min(start + slab_size, self.image.shape[-1])
-        guide = guidance_slices(self.columns, self.image.shape[2:], start, stop, self.encoding, self.num_classes)
-        guide = F.pad(guide, [0, slab_size - (stop - start)])
-        return torch.cat([image, guide.to(image.dtype)], dim=1)
+
+class LabelGuidedSlabs(GuidedSource):
+    """A guided stage's validation input: guidance from a label map at stage-1 resolution (the ground truth
+    downsampled, or stage 1's prediction), one slab at a time instead of ``G x`` the whole volume.
+
+    Each slab is exactly the whole volume's (:func:`~medseg_mem.resample.guidance_range` computes every output
+    slice on its own), so labels made from it equal those made from the concatenated volume.
+
+    Args:
+        image: full-resolution ``(B, C, X, Y, Z)``.
+        low_label: the label map ``(B, 1, x, y, z)`` at stage-1 resolution.
+        encoding: guidance encoding (``ModelConfig.guidance``).
+        num_classes: K.
+
+    Example:
+        >>> source = LabelGuidedSlabs(torch.zeros(1, 1, 8, 8, 10), torch.ones(1, 1, 4, 4, 5, dtype=torch.uint8),
+        ...                           "onehot", 3)
+        >>> source.shape, source.cut(8, 4, -1)[0, 1:, 0, 0].tolist()
+        ((1, 3, 8, 8, 10), [[1.0, 1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    """
+
+    def __init__(self, image: torch.Tensor, low_label: torch.Tensor, encoding: str, num_classes: int) -> None:
+        super().__init__(image, encoding, num_classes)
+        self.low_label = low_label
+
+    def guide(self, start: int, stop: int) -> torch.Tensor:
+        return guidance_range(self.low_label, self.image.shape[2:], start, stop, self.encoding, self.num_classes)
