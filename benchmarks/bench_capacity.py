@@ -1,25 +1,25 @@
-"""Training memory must not grow with the number of cases: `run` on a capacity task of N cases, for several N.
+"""A run's memory must not grow with the number of cases: `run` on the same task with N cases, for several N.
 
-For each prepared folder given (e.g. the BraTS-sized capacity task with 10 and with 40 cases, made by
-``medseg-mem prepare --synthetic brats-like --cases N``), runs ``run_variants`` (the library behind
-``medseg-mem run``) in a fresh Python process and reports:
+For each prepared folder (given, or made with ``--make``: the BraTS-sized capacity task with each case count, see
+``medseg_mem.data.capacity``) and each variant, runs ``run_variants`` (the library behind ``medseg-mem run``) for
+that one variant in a fresh Python process, so every variant's figures are its own, and reports:
 
-* ``peak_rss`` - the run process's own peak resident memory (``VmHWM`` of ``/proc/self/status``; the spawned
-  process that measures peak inference memory is not in it; ``ru_maxrss`` of the children is no help here, as a
-  spawned child counts its parent's pages between fork and exec);
-* ``s/step`` per variant - training seconds / training steps from the results CSV;
-* the wall time.
+* ``peak RSS`` - the run process's own peak resident memory (``VmHWM`` of ``/proc/self/status``; the spawned
+  process that measures peak inference memory is not in it);
+* ``train peak`` - the training peak the run files (``train_peak_memory_bytes``: what training added at its peak,
+  the largest over the stages and the cascade's fold models);
+* the split (train/val/test): the default 60/20/20 split grows the validation and test splits with the task, so
+  what validation and evaluation keep per case shows here too;
+* ``s/step`` - training seconds / training steps.
 
-It prints a table and the ratio of the largest to the smallest dataset's ``peak_rss`` (goal <= 1.10, and
-every run below 6 GiB), and appends to ``benchmarks/results/capacity_<device>.csv`` (with the precision,
-checkpointing and layout used; rows before 2026-11-29 were contiguous).
+It prints one table per variant and, per variant, the ratio of the largest to the smallest dataset's peak RSS
+(goal <= 1.10), and appends to ``benchmarks/results/capacity_per_variant_<device>.csv``.
 
-Example::
+Example (the issue's setting: 2 channels of 240 x 240 x 155, 6 and 24 cases, 2 steps of widths 2,4)::
 
-    medseg-mem prepare --synthetic brats-like --cases 10 --out /tmp/cap/c10/prepared
-    medseg-mem prepare --synthetic brats-like --cases 40 --out /tmp/cap/c40/prepared
-    python benchmarks/bench_capacity.py /tmp/cap/c10/prepared /tmp/cap/c40/prepared --steps 10
-    python benchmarks/bench_capacity.py /tmp/cap/c10/prepared /tmp/cap/c40/prepared --precision bf16 --checkpointing
+    python benchmarks/bench_capacity.py --make 6,24 --in-channels 2 --work /tmp/capacity
+    python benchmarks/bench_capacity.py /tmp/capacity/c6/prepared /tmp/capacity/c24/prepared --steps 10 \\
+        --channels 8,16,32,64,128 --precision bf16 --checkpointing
 """
 
 from __future__ import annotations
@@ -34,23 +34,31 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-GIB = 2**30
+GIB, MIB = 2**30, 2**20
+FIELDS = ["cases", "split", "variant", "peak_rss_bytes", "train_peak_bytes", "wall_seconds", "seconds_per_step",
+          "steps", "channels", "in_channels", "shape", "precision", "checkpointing", "channels_last", "device",
+          "torch"]  # fmt: skip
 
 
 def arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("prepared", type=Path, nargs="+", help="prepared folders, smallest first")
+    parser.add_argument("prepared", type=Path, nargs="*", help="prepared folders, smallest first (or use --make)")
+    parser.add_argument("--make", help="case counts to generate and prepare, e.g. 6,24 (capacity task)")
+    parser.add_argument("--in-channels", type=int, default=4, help="with --make: image channels, 1-4 [4]")
+    parser.add_argument("--shape", default="240,240,155", help="with --make: X,Y,Z of every case [240,240,155]")
+    parser.add_argument("--work", type=Path, help="with --make: where the tasks go (default: a temporary folder)")
     parser.add_argument("--variants", default="full,patch,cascade")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--channels", default="8,16,32,64,128")
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--channels", default="2,4", help="U-Net widths [2,4]")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"))
     parser.add_argument("--checkpointing", action="store_true", help="activation checkpointing (run --checkpointing)")
     parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                         help="channels-last training, run's default [on]")
-    parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/capacity_<device>.csv")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: benchmarks/results/capacity_per_variant_<device>.csv")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--run-work", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -62,45 +70,62 @@ def status_bytes(field: str) -> int:
 
 
 def child(args: argparse.Namespace) -> None:
-    """Runs in the fresh process: one ``run_variants`` call, then a JSON line with what it measured."""
+    """Runs in the fresh process: ``run_variants`` for the one variant ``args.child``, then a JSON line."""
     from medseg_mem.config import RunRequest
     from medseg_mem.training.run import run_variants
 
-    prepared = args.prepared[0]
     overrides = (("steps", args.steps), ("val_every", args.steps), ("device", args.device),
                  ("channels", tuple(int(c) for c in args.channels.split(","))),
                  ("precision", args.precision), ("checkpointing", args.checkpointing),
                  ("channels_last", args.channels_last))  # fmt: skip
-    results = args.work / "results.csv"
-    request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
-                         progress=False)  # fmt: skip
+    request = RunRequest((args.child,), args.prepared[0], args.run_work / "results.csv", args.run_work / "runs",
+                         None, overrides, progress=False)  # fmt: skip
     started = time.perf_counter()
-    outcomes = run_variants(request, echo=lambda line: print(line, file=sys.stderr))
-    report = {
-        "wall_seconds": time.perf_counter() - started,
-        "peak_rss": status_bytes("VmHWM"),
-        "seconds_per_step": {o.variant: o.train_seconds / o.train_steps for o in outcomes},
-        "dice": {o.variant: o.evaluation.dice for o in outcomes},
-    }
-    print(json.dumps(report))
+    (outcome,) = run_variants(request, echo=lambda line: print(line, file=sys.stderr))
+    print(json.dumps({
+        "wall_seconds": time.perf_counter() - started, "peak_rss": status_bytes("VmHWM"),
+        "train_peak": outcome.train_peak_bytes, "seconds_per_step": outcome.train_seconds / outcome.train_steps,
+    }))  # fmt: skip
 
 
-def measure(prepared: Path, args: argparse.Namespace) -> dict:
-    """Run the child for one prepared folder in a fresh interpreter and parse its report."""
+def measure(prepared: Path, variant: str, args: argparse.Namespace) -> dict:
+    """Run the child for one prepared folder and variant in a fresh interpreter and parse its report."""
     with tempfile.TemporaryDirectory(prefix="capacity-") as work:
-        command = [sys.executable, __file__, str(prepared), "--child", "--work", work, "--steps", str(args.steps),
-                   "--channels", args.channels, "--variants", args.variants, "--device", args.device,
+        command = [sys.executable, __file__, str(prepared), "--child", variant, "--run-work", work,
+                   "--steps", str(args.steps), "--channels", args.channels, "--device", args.device,
                    "--precision", args.precision] + (["--checkpointing"] if args.checkpointing else [])
         command += ["--channels-last" if args.channels_last else "--no-channels-last"]  # fmt: skip
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise SystemExit(f"run on {prepared} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{variant} run on {prepared} failed:\n{done.stderr[-3000:]}")
+    return {"prepared": str(prepared), "variant": variant, **describe(prepared),
+            **json.loads(done.stdout.splitlines()[-1])}  # fmt: skip
+
+
+def describe(prepared: Path) -> dict:
+    """Cases, split sizes, channels and largest shape of a prepared folder."""
     manifest = json.loads((prepared / "manifest.json").read_text())
-    return {"prepared": str(prepared), "cases": len(manifest["cases"]), **json.loads(done.stdout.splitlines()[-1])}
+    split = json.loads((prepared / "split.json").read_text())
+    shape = max((tuple(case["prepared_shape"]) for case in manifest["cases"]), key=lambda s: s[0] * s[1] * s[2])
+    return {"cases": len(manifest["cases"]), "split": "/".join(str(len(split[s])) for s in ("train", "val", "test")),
+            "in_channels": manifest["in_channels"], "shape": "x".join(map(str, shape))}  # fmt: skip
 
 
-FIELDS = ["cases", "peak_rss_bytes", "wall_seconds", "variant", "seconds_per_step",
-          "steps", "channels", "precision", "checkpointing", "channels_last", "device", "torch"]  # fmt: skip
+def make_tasks(args: argparse.Namespace, work: Path):
+    """Write and prepare the capacity task once per case count of ``--make``; return the prepared folders."""
+    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.data.capacity import TASK_FOLDER, write_brats_like_task
+    from medseg_mem.data.prepare import prepare
+
+    shape = tuple(int(side) for side in args.shape.split(","))
+    folders = []
+    for count in sorted(int(n) for n in args.make.split(",")):
+        task = write_brats_like_task(work / f"c{count}" / TASK_FOLDER, n_cases=count, shape=shape,
+                                     channels=args.in_channels)  # fmt: skip
+        out = work / f"c{count}" / "prepared"
+        prepare(PrepareConfig(task_dir=task, out_dir=out, overwrite=True), progress=False)
+        folders.append(out)
+    return folders
 
 
 def write_rows(rows, path: Path, args) -> None:
@@ -114,34 +139,44 @@ def write_rows(rows, path: Path, args) -> None:
         if new:
             writer.writeheader()
         for row in rows:
-            for variant, seconds in row["seconds_per_step"].items():
-                writer.writerow({"cases": row["cases"], "peak_rss_bytes": row["peak_rss"],
-                                 "wall_seconds": round(row["wall_seconds"], 1),
-                                 "variant": variant, "seconds_per_step": round(seconds, 3), "steps": args.steps,
-                                 "channels": args.channels, "precision": args.precision,
-                                 "checkpointing": args.checkpointing, "channels_last": args.channels_last,
-                                 "device": args.device,
-                                 "torch": torch.__version__})
+            writer.writerow({
+                "cases": row["cases"], "split": row["split"], "variant": row["variant"],
+                "peak_rss_bytes": row["peak_rss"], "train_peak_bytes": row["train_peak"],
+                "wall_seconds": round(row["wall_seconds"], 1), "seconds_per_step": round(row["seconds_per_step"], 3),
+                "steps": args.steps, "channels": args.channels, "in_channels": row["in_channels"],
+                "shape": row["shape"], "precision": args.precision, "checkpointing": args.checkpointing,
+                "channels_last": args.channels_last, "device": args.device, "torch": torch.__version__,
+            })  # fmt: skip
+
+
+def report(rows, args) -> None:
+    """One table per variant, and its peak-RSS ratio of the largest to the smallest dataset."""
+    print(f"widths {args.channels}, {args.steps} steps, {args.precision}, checkpointing "
+          f"{'on' if args.checkpointing else 'off'}, {'channels-last' if args.channels_last else 'contiguous'}, "
+          f"{args.device}; peak RSS: VmHWM of the run process; train peak: what run files")  # fmt: skip
+    for variant in args.variants.split(","):
+        mine = [row for row in rows if row["variant"] == variant]
+        print(f"\n{variant}\n{'cases':>6} {'split':>10} {'peak RSS':>10} {'train peak':>11} {'s/step':>7} {'wall':>6}")
+        for row in mine:
+            print(f"{row['cases']:>6} {row['split']:>10} {row['peak_rss'] / GIB:>8.3f} G "
+                  f"{row['train_peak'] / MIB:>8.0f} MiB {row['seconds_per_step']:>7.2f} {row['wall_seconds']:>5.0f}s")
+        ratio = mine[-1]["peak_rss"] / mine[0]["peak_rss"]
+        print(f"peak RSS {mine[-1]['cases']} / {mine[0]['cases']} cases = {ratio:.3f} (goal <= 1.10)")
 
 
 def main() -> None:
     args = arguments()
     if args.child:
         return child(args)
-    rows = [measure(prepared, args) for prepared in args.prepared]
-    print(f"precision {args.precision}, checkpointing {'on' if args.checkpointing else 'off'}, "
-          f"{'channels-last' if args.channels_last else 'contiguous'}, {args.device}")
-    print(f"{'cases':>6} {'peak RSS':>10} {'wall':>8}  seconds per training step")
-    for row in rows:
-        steps = ", ".join(f"{v} {s:.2f}" for v, s in row["seconds_per_step"].items())
-        print(f"{row['cases']:>6} {row['peak_rss'] / GIB:>8.2f} G {row['wall_seconds']:>7.0f}s  {steps}")
-    ratio = rows[-1]["peak_rss"] / rows[0]["peak_rss"]
-    below = all(row["peak_rss"] < 6 * GIB for row in rows)
-    print(f"peak RSS {rows[-1]['cases']} cases / {rows[0]['cases']} cases = {ratio:.3f} (goal <= 1.10); "
-          f"all below 6 GiB: {below}; method: VmHWM of the run process")
-    out = args.out or ROOT / "benchmarks" / "results" / f"capacity_{args.device}.csv"
+    with tempfile.TemporaryDirectory(prefix="capacity-tasks-") as scratch:
+        folders = list(args.prepared) + (make_tasks(args, args.work or Path(scratch)) if args.make else [])
+        if not folders:
+            raise SystemExit("give prepared folders or --make N1,N2")
+        rows = [measure(prepared, variant, args) for variant in args.variants.split(",") for prepared in folders]
+    report(rows, args)
+    out = args.out or ROOT / "benchmarks" / "results" / f"capacity_per_variant_{args.device}.csv"
     write_rows(rows, out, args)
-    print(f"rows in {out}")
+    print(f"\nrows in {out}")
 
 
 if __name__ == "__main__":

@@ -113,6 +113,14 @@ def test_rewrite_replaces_and_foreign_folder_is_refused(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def test_fewer_channels_are_the_first_modalities_of_the_same_case(tmp_path):
+    task = write_brats_like_task(tmp_path / capacity.TASK_FOLDER, n_cases=1, shape=TINY, channels=2)
+    meta = json.loads((task / "dataset.json").read_text())
+    image, _ = load(task / "imagesTr" / "brats_000.nii")
+    assert meta["modality"] == {"0": "FLAIR", "1": "T1w"} and image.shape == (*TINY, 2)
+    np.testing.assert_array_equal(image, make_case(0, 0, TINY)[0][..., :2])
+
+
 @pytest.mark.parametrize(
     "kwargs, fragment",
     [
@@ -120,6 +128,7 @@ def test_rewrite_replaces_and_foreign_folder_is_refused(tmp_path):
         ({"shape": (24, 24)}, "must be three sizes"),
         ({"n_cases": 0}, r"n_cases \(--cases\) must be >= 1"),
         ({"seed": -1}, "seed >= 0"),
+        ({"channels": 5}, "channels of the BratsLike task must be 1 to 4; got 5"),
     ],
 )
 def test_bad_arguments_are_refused(tmp_path, kwargs, fragment):
