@@ -9,6 +9,7 @@ checkpoints written before digests existed load without the check.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Dict
@@ -18,6 +19,7 @@ import torch
 from medseg_mem.atomic import replacing, write_error
 from medseg_mem.digest import settle_digest, stage_digest, verify_digest
 from medseg_mem.errors import MedsegError
+from medseg_mem.readable import unreadable_message
 
 FORMAT = "medseg-mem-checkpoint/1"
 REQUIRED = ("format", "variant", "stage", "step", "state_dict", "model")
@@ -51,6 +53,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
     path = Path(path)
     if not path.is_file():
         raise MedsegError(f"checkpoint {path}: no such file; pass the best.pt or last.pt of a run")
+    unreadable = unreadable_message(path, "checkpoint")
+    if unreadable:
+        raise MedsegError(unreadable)
     verify_digest(path)
     if not zipfile.is_zipfile(path):  # every checkpoint torch.save writes is a zip archive
         raise MedsegError(f"checkpoint {path}: the file is damaged or not a medseg-mem checkpoint (not a torch zip "
@@ -64,13 +69,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
 
 def unreadable_message(path: Path, error: Exception) -> str:
     """One line for a checkpoint ``torch.load`` refused: code objects in it, or a damaged / foreign file."""
-    text = str(error)
-    if "Unsupported global" in text:
-        found = text.split("Unsupported global:", 1)[1].strip().split(" was not", 1)[0]
-        return (f"checkpoint {path}: refused, it holds Python code or objects ({found}) and cannot be read safely; "
-                "load only checkpoints written by medseg-mem")
+    found = code_found(str(error))
+    if found:
+        return (f"checkpoint {path}: cannot be read safely: it holds code, not only tensors ({found}); nothing in "
+                "it was run: load only checkpoints written by medseg-mem")
     return (f"checkpoint {path}: the file is damaged or not a medseg-mem checkpoint ({short_reason(error)}); "
             "restore it from a backup or retrain with `medseg-mem run`")
+
+
+def code_found(text: str) -> str:
+    """The global (function or class) a ``weights_only`` load refused, e.g. ``GLOBAL posix.system``; empty when
+    ``text`` (torch's error) is about something else."""
+    match = re.search(r"(?:Unsupported global: |unsupported )(GLOBAL [\w.]+)", text)
+    return match.group(1) if match else ""
 
 
 def short_reason(error: Exception) -> str:

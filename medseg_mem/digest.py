@@ -22,6 +22,7 @@ from typing import List, Optional
 
 from medseg_mem.atomic import write_text_atomic
 from medseg_mem.errors import MedsegError
+from medseg_mem.readable import unreadable_message
 
 SUFFIX = ".sha256"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -55,8 +56,16 @@ def settle_digest(path: Path, digest: str) -> None:
     _write(Path(path), [digest])
 
 
-def verify_digest(path: Path, label: str = "checkpoint") -> None:
+RETRAIN = "retrain with `medseg-mem run`"
+
+
+def verify_digest(path: Path, label: str = "checkpoint", remake: str = RETRAIN) -> None:
     """Check ``path`` against its sidecar; a file without a sidecar (written before digests existed) passes.
+
+    Args:
+        path: the file to check.
+        label: what it is, for the message (``checkpoint``, ``ONNX model`` ...).
+        remake: how to make the file again, for the message.
 
     Raises:
         MedsegError: the file's SHA-256 is not listed, or the sidecar is unreadable; one line naming the file.
@@ -65,7 +74,7 @@ def verify_digest(path: Path, label: str = "checkpoint") -> None:
     if listed is not None and sha256_file(path) not in listed:
         raise MedsegError(
             f"{label} {path}: SHA-256 mismatch, the file was modified or damaged after it was written; "
-            f"restore it (and {sidecar(path).name}) from a backup or retrain with `medseg-mem run`"
+            f"restore it (and {sidecar(path).name}) from a backup or {remake}"
         )
 
 
@@ -78,6 +87,9 @@ def read_digests(path: Path, label: str = "checkpoint") -> Optional[List[str]]:
     record = sidecar(path)
     if not record.is_file():
         return None
+    unreadable = unreadable_message(record)
+    if unreadable:
+        raise MedsegError(f"{label} {path}: {unreadable}")
     try:
         lines = record.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError):
