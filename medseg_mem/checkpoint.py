@@ -16,10 +16,10 @@ from typing import Any, Dict
 
 import torch
 
-from medseg_mem.atomic import replacing, write_error
-from medseg_mem.digest import settle_digest, stage_digest, verify_digest
+from medseg_mem.atomic import write_error
+from medseg_mem.digest import replacing_with_digest, verify_digest
 from medseg_mem.errors import MedsegError
-from medseg_mem.readable import unreadable_message
+from medseg_mem.readable import open_failure
 
 FORMAT = "medseg-mem-checkpoint/1"
 REQUIRED = ("format", "variant", "stage", "step", "state_dict", "model")
@@ -32,14 +32,13 @@ def save_checkpoint(path: Path, payload: Dict[str, Any]) -> Path:
     Raises:
         WriteError: the disk is full or the folder not writable; the previous checkpoint is unchanged.
     """
-    path, staged = Path(path), []
-    with replacing(path, suffix=".pt", before_replace=lambda temp: staged.append(stage_digest(path, temp))) as temp:
+    path = Path(path)
+    with replacing_with_digest(path, suffix=".pt") as temp:
         try:
             torch.save({"format": FORMAT, **payload}, temp)
         except RuntimeError as error:  # torch's zip writer reports a full disk as RuntimeError
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise write_error(path, reason) from error
-    settle_digest(path, staged[0])
     return path
 
 
@@ -53,7 +52,7 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
     path = Path(path)
     if not path.is_file():
         raise MedsegError(f"checkpoint {path}: no such file; pass the best.pt or last.pt of a run")
-    unreadable = unreadable_message(path, "checkpoint")
+    unreadable = open_failure(path, "checkpoint")
     if unreadable:
         raise MedsegError(unreadable)
     verify_digest(path)

@@ -1,12 +1,12 @@
 """Input files checked before they are parsed: a file this process may not open is said to be so.
 
 Readers further down (nibabel, ``torch.load``, ``json``) report a file they may not open as a corrupt one ("cannot
-be read as NIfTI") or with a traceback; :func:`read_problem` opens the file first and names the cause in the OS's
-words, lower case ("permission denied"), and :func:`unreadable_message` makes the one line with its fix.
+be read as NIfTI") or with a traceback; :func:`open_failure` opens the file first and, when that fails, makes
+the one line naming the file, the cause in the OS's words, lower case ("permission denied"), and the fix.
 
 Example:
-    >>> read_problem(Path("dataset.json"))  # doctest: +SKIP
-    'permission denied'
+    >>> open_failure(Path("dataset.json"))  # doctest: +SKIP
+    'dataset.json: cannot be read (permission denied); make it readable (chmod a+r) or run as a user who may read it'
 """
 
 from __future__ import annotations
@@ -23,13 +23,7 @@ FIXES = {
 }
 
 
-def read_problem(path: Path) -> Optional[str]:
-    """Why ``path`` cannot be opened and read (``"permission denied"``, ``"is a directory"`` ...), or ``None``."""
-    error = _open_error(path)
-    return None if error is None else _reason(error)
-
-
-def unreadable_message(path: Path, label: str = "", shown: Optional[str] = None) -> Optional[str]:
+def open_failure(path: Path, label: str = "", shown: Optional[str] = None) -> Optional[str]:
     """One line saying that ``path`` cannot be read, why and the fix (``None`` when it can be read).
 
     Args:

@@ -28,7 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from medseg_mem.errors import DatasetError
-from medseg_mem.readable import unreadable_message
+from medseg_mem.readable import open_failure
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("training", "labels", "modality")
@@ -112,7 +112,7 @@ def read_task(task_dir: Path) -> MSDTask:
 def _read_json(path: Path, where: str) -> dict:
     if not path.is_file():
         raise DatasetError([f"{path.name}: file not found; an MSD task folder needs a dataset.json"], where=where)
-    unreadable = unreadable_message(path, shown=path.name)
+    unreadable = open_failure(path, shown=path.name)
     if unreadable:
         raise DatasetError([unreadable], where=where)
     try:
@@ -220,7 +220,7 @@ def load_case(pipeline, settings: dict, case: CaseEntry, task: MSDTask) -> Tuple
 
     data = {"image": str(case.image), "label": str(case.label)}
     files = ((case.image, case.image_rel), (case.label, case.label_rel))
-    problems = [p for p in (unreadable_message(path, shown=rel) for path, rel in files) if p]
+    problems = [p for p in (open_failure(path, shown=rel) for path, rel in files) if p]
     problems = problems or [p for path, rel in files for p in header_problems(path, rel)]
     if problems:
         return None, problems

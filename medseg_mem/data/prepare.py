@@ -29,6 +29,7 @@ from medseg_mem.data import capacity, msd, notices, prepared, staging as leftove
 from medseg_mem.data.survey import survey
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 from medseg_mem.errors import DatasetError, MedsegError
+from medseg_mem.output_lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,17 @@ def prepare(config: PrepareConfig, progress: bool = True, warn: Optional[Warn] =
     Args:
         config: the options of ``medseg-mem prepare``.
         progress: show tqdm progress bars on stderr.
-        warn: receives one line per warning (too few cases to split, an all-zero image, partial folders of an
-            interrupted earlier prepare that were removed); default: stderr.
+        warn: receives one line per warning (too few cases to split, ``numTraining`` differing from the cases
+            listed, an all-zero image, a class that resampling removed from a case or that no case of a split
+            holds, partial folders of an interrupted earlier prepare that were removed); default: stderr.
 
     Returns:
         a :class:`PrepareSummary`.
 
     Raises:
         DatasetError: listing every problem of the task folder; nothing appears at ``out_dir`` then.
-        MedsegError: when ``out_dir`` holds something else (without ``overwrite``), or overlaps the task folder.
+        MedsegError: when ``out_dir`` holds something else (without ``overwrite``), overlaps the task folder, is
+            being written by another prepare, or a case resampled to ``config.spacing`` would not fit in memory.
     """
     import torch
 
@@ -134,17 +137,19 @@ def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummar
     start = time.perf_counter()
     out_dir = Path(config.out_dir)
     task_dir = Path(config.task_dir) if config.task_dir is not None else default_task_dir(out_dir, config.synthetic)
-    _check_output(task_dir, out_dir, config.overwrite)
-    if config.task_dir is None:
-        _write_generated_task(task_dir, config)
-    _say(warn, notices.stale_notice(out_dir, leftovers.remove_stale(out_dir)))
-    task = msd.read_task(task_dir)
-    _say(warn, notices.count_notice(task_dir, task.num_training, len(task.cases)))
-    _say(warn, notices.tiny_task_notice(task_dir, [case.case_id for case in task.cases], config.seed))
-    settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
-    if transforms.needs_survey(settings):
-        settings = survey(task, settings, _bar(task.cases, "survey", progress))
-    records = _write(task, settings, out_dir, config.seed, progress, warn)
+    _check_overlap(task_dir, out_dir)
+    with output_lock(out_dir, "--out", "prepare"):  # a second prepare into the same --out stops here
+        _check_occupant(task_dir, out_dir, config.overwrite)
+        if config.task_dir is None:
+            _write_generated_task(task_dir, config)
+        _say(warn, notices.stale_notice(out_dir, leftovers.remove_stale(out_dir)))
+        task = msd.read_task(task_dir)
+        _say(warn, notices.count_notice(task_dir, task.num_training, len(task.cases)))
+        _say(warn, notices.tiny_task_notice(task_dir, [case.case_id for case in task.cases], config.seed))
+        settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
+        if transforms.needs_survey(settings):
+            settings = survey(task, settings, _bar(task.cases, "survey", progress))
+        records = _write(task, settings, out_dir, config.seed, progress, warn)
     shapes = np.array([r["prepared_shape"] for r in records])
     split = prepared.make_split([r["id"] for r in records], config.seed)
     return PrepareSummary(
@@ -161,13 +166,16 @@ def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummar
     )
 
 
-def _check_output(task_dir: Path, out_dir: Path, overwrite: bool) -> None:
+def _check_overlap(task_dir: Path, out_dir: Path) -> None:
     source, target = task_dir.resolve(), out_dir.resolve()
     if target == source or target.is_relative_to(source) or source.is_relative_to(target):
         raise MedsegError(
             f"--out {out_dir}: overlaps the task folder {task_dir}; the input is never written to, "
             "choose an output folder outside it"
         )
+
+
+def _check_occupant(task_dir: Path, out_dir: Path, overwrite: bool) -> None:
     occupant = prepared.describe_occupant(out_dir, task_dir)
     if occupant is not None and not overwrite:
         raise MedsegError(

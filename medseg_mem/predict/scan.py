@@ -28,9 +28,9 @@ def load_scan(pipeline, reader: str, scan: Path) -> dict:
             (dimensions, more voxels than memory) or it cannot be read as NIfTI.
     """
     from medseg_mem.data.headers import header_problems
-    from medseg_mem.readable import unreadable_message
+    from medseg_mem.readable import open_failure
 
-    problems = [p for p in [unreadable_message(scan)] if p] or header_problems(scan, str(scan))
+    problems = [p for p in [open_failure(scan)] if p] or header_problems(scan, str(scan))
     if problems:
         raise MedsegError(f"{problems[0]}; nothing was written for it")
     data = {"image": str(scan)}
