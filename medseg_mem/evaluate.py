@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -61,7 +62,7 @@ def mean_dice(scores: torch.Tensor) -> Tuple[List[float], List[int]]:
 def overall_dice(values: Sequence[float]) -> float:
     """The mean of per-class Dice ``values`` with the unscored (NaN) ones left out; NaN when none is scored."""
     scored = [float(value) for value in values if not math.isnan(float(value))]
-    return sum(scored) / len(scored) if scored else float("nan")
+    return float(np.mean(scored)) if scored else float("nan")  # np.mean: the very figure validation took before
 
 
 def dice_text(names: Sequence[str], values: Sequence[float]) -> str:

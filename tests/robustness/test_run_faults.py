@@ -450,6 +450,29 @@ def diverging_run(e: Env):
     return e.run("--variant", "full", "--steps", "3", "--val-every", "1", "--channels", "2,4", "--quiet")
 
 
+def weights_turn_nan(e: Env):
+    """A fresh run whose first step leaves a NaN weight behind a finite loss (what a huge --lr does)."""
+    import torch
+
+    import medseg_mem.training.loop as loop
+
+    real = loop.train_step
+
+    def step(net, *args, **kwargs):
+        loss = real(net, *args, **kwargs)
+        with torch.no_grad():
+            next(net.parameters()).view(-1)[0] = float("nan")
+        return loss
+
+    e.monkeypatch.setattr(loop, "train_step", step)
+    e.runs = e.tmp / "fresh-runs"
+    return e.run("--variant", "full", "--steps", "3", "--val-every", "1", "--channels", "2,4", "--quiet")
+
+
+def nothing_saved(e: Env) -> None:
+    assert not list(e.runs.rglob("*.pt"))
+
+
 def only_finite_weights_saved(e: Env) -> None:
     import torch
 
@@ -541,6 +564,12 @@ CASES: Dict[str, Case] = {
         lambda e: ["[full/full] training diverged at step 2: the loss is nan", "last.pt (step 1) is the last finite "
                    "checkpoint, kept", "lower --lr"],
         absent=["--resume"], check=only_finite_weights_saved,
+    ),
+    "training leaves NaN weights": Case(
+        weights_turn_nan,
+        lambda e: ["[full/full] training diverged at step 1: 1 of ", "weight tensors are NaN or infinite (loss ",
+                   "no checkpoint was saved before it"],
+        check=nothing_saved,
     ),
 }
 
