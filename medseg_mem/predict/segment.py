@@ -225,8 +225,8 @@ def predict(
 
     Raises:
         MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), an
-            ``out_dir`` that cannot be written or that another predict is writing, an unusable device, or onnxruntime without its packages, on
-            cuda or at a precision other than fp32; nothing is written then.
+            ``out_dir`` that cannot be written or that another predict is writing, an unusable device, or
+            onnxruntime without its packages, on cuda or at a precision other than fp32; nothing is written then.
     """
     from medseg_mem.memory.rss import pin_glibc_allocator
 

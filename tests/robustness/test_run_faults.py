@@ -548,8 +548,9 @@ CASES: Dict[str, Case] = {
         edited_record(lambda r: r["train"].update(steps=10**23)),
         lambda e: ["run.json: train.steps must be at most 1,000,000,000"], absent=["--steps"],
     ),
-    "predict unreadable best.pt": Case(predict_unreadable_best, lambda e: ["best.pt: cannot be read (permission denied)",
-                                                                           "chmod"]),
+    "predict unreadable best.pt": Case(
+        predict_unreadable_best, lambda e: ["best.pt: cannot be read (permission denied)", "chmod"]
+    ),
     "predict best.pt with code and its digest": Case(
         predict_code_with_its_digest,
         lambda e: ["best.pt: cannot be read safely: it holds code, not only tensors (GLOBAL posix.system)"],
@@ -648,5 +649,6 @@ def test_predict_into_its_own_input_folder_again_leaves_its_label_maps_out(env):
     assert first.exit_code == 0 and "predicted 1 of 1" in first.output, first.output
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "predicted 1 of 1" in again.output, again.output
-    assert "note: left out 1 label map(s) an earlier predict wrote into the input folder(s) (a_seg.nii.gz)" in again.output
+    note = "note: left out 1 label map(s) an earlier predict wrote into the input folder(s) (a_seg.nii.gz)"
+    assert note in again.output
     assert sorted(p.name for p in folder.iterdir()) == ["a.nii.gz", "a_seg.nii.gz"]
