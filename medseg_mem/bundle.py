@@ -210,7 +210,7 @@ def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_d
 
     modalities = open_trained_run(Path(model_dir)).modalities
     expecter = f"the {variant} model in {model_dir}"
-    retrain = f"python -m monai.bundle run --config_file bundles/{variant}/configs/train.json"
+    retrain = f"python -m monai.bundle run --config_file {bundle_run(variant)}/configs/train.json"
     if data_dir:
         found = len(PreparedDataset.open(Path(data_dir)).modalities)
         if found != len(modalities):

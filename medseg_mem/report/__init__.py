@@ -107,7 +107,8 @@ def _markdown(results_csv: Path, results: pd.DataFrame, text: str, time_path: Op
     return (
         "# medseg-mem comparison\n\n"
         f"From `{results_csv}` ({len(results)} rows, {runs} runs), medseg-mem {__version__}. "
-        "Dice in percent on the test split; *mean Dice % (fg)* averages the foreground classes; "
+        "Dice in percent on the test split, over the cases that score each class (— where none does); "
+        "*mean Dice % (fg)* averages the scored foreground classes; "
         "each row is the latest run of its variant. Memory and time are compared only within one table "
         "(same dataset, device and memory method).\n\n"
         f"{text}\n\n![mean Dice against peak memory](comparison.png)\n{time_plot}"
