@@ -191,7 +191,7 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
         ctx = click.get_current_context()
         ctx.exit(relaunch(nproc, ctx.meta[ARGV_KEY]))
     from medseg_mem.config import RunRequest
-    from medseg_mem.training.run import run_variants
+    from medseg_mem.training.run import RunInterrupted, run_variants
 
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
@@ -200,7 +200,10 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
     request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
                          inference=inference, inference_precision=inference_precision,
                          budget_bytes=budget_bytes)  # fmt: skip
-    run_variants(request, echo=click.echo)
+    try:
+        run_variants(request, echo=click.echo)
+    except RunInterrupted as interrupted:  # Ctrl-C: one line with the run id and its --resume, not "Aborted!"
+        raise click.ClickException(str(interrupted)) from None
 
 
 def inference_options(options: dict):

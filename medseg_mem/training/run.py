@@ -213,6 +213,11 @@ def run_settings(model: ModelConfig, train: TrainConfig) -> str:
     return ", ".join(parts + [text for text, shown in optional.items() if shown] + [f"seed {train.seed}"])
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: still a ``KeyboardInterrupt`` (callers stop as before), whose message names the run and
+    the ``--resume`` command that continues it (``medseg-mem run`` prints it as its one error line)."""
+
+
 @contextlib.contextmanager
 def resumable(run_id: str, request: RunRequest, state: str, resume_does: str) -> Iterator[None]:
     """A failure while training (a checkpoint write) or after it (evaluation, measurement, writing the rows), or
@@ -231,8 +236,8 @@ def resumable(run_id: str, request: RunRequest, state: str, resume_does: str) ->
     except Diverged:
         raise
     except KeyboardInterrupt as error:
-        raise MedsegError(f"interrupted (Ctrl-C): run {run_id} {state}, {where}; "
-                          f"`medseg-mem run --resume {run_id}{runs}` {resume_does}") from error  # fmt: skip
+        raise RunInterrupted(f"interrupted (Ctrl-C): run {run_id} {state}, {where}; "
+                             f"`medseg-mem run --resume {run_id}{runs}` {resume_does}") from error  # fmt: skip
     except (MedsegError, OSError) as error:
         raise MedsegError(
             f"{error}; run {run_id} {state}, {where}: once that is fixed, `medseg-mem run --resume {run_id}{runs}` "
