@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, List, Optional
 
 from medseg_mem.errors import MedsegError
+
+TEMP_PART = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between its prefix and suffix
 
 
 class WriteError(MedsegError, OSError):
@@ -83,6 +86,21 @@ def write_error(path: Path, reason: str) -> WriteError:
     path = Path(path)
     kept = f"the previous {path.name} is unchanged" if path.exists() else f"{path.name} was not created"
     return WriteError(f"cannot write {path}: {reason}; {kept} (free disk space or fix the folder's permissions)")
+
+
+def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> List[Path]:
+    """Remove the temporary files :func:`replacing` left in ``folder`` for the files ``names`` when its process
+    was killed (SIGKILL, SIGTERM: no cleanup runs): ``.<name>.<8 random characters><suffix>``. Call it only while
+    no other writer of those files runs (hold the folder's :mod:`~medseg_mem.output_lock`); returns those removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = [re.compile(re.escape(f".{name}.") + TEMP_PART + r"(\..+)?") for name in names]
+    stale = sorted(p for p in folder.iterdir() if p.is_file() and any(pat.fullmatch(p.name) for pat in patterns))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -130,8 +130,14 @@ def infer(
     return summary
 
 
-def require_trained(model_dir: Union[str, Path], variant: str) -> Path:
+def require_trained(model_dir: Union[str, Path], variant: str, bundle_root: Optional[str] = None) -> Path:
     """``inference.json``'s ``initialize``: :func:`trained_model`, one line and exit status 1 from the command line.
+
+    Args:
+        model_dir: where :func:`train` published the run.
+        variant: the bundle's variant.
+        bundle_root: the config's ``bundle_root``; the message names the bundle actually run
+            (:func:`bundle_run`).
 
     Raises:
         MedsegError: no trained run in ``model_dir`` (in-process); ``SystemExit`` with that line under
@@ -142,17 +148,47 @@ def require_trained(model_dir: Union[str, Path], variant: str) -> Path:
         PosixPath('medseg-work/models/patch')
     """
     with _logged():
-        return trained_model(Path(model_dir), variant)
+        return trained_model(Path(model_dir), variant, bundle_run(variant, bundle_root))
 
 
-def trained_model(model_dir: Path, variant: str) -> Path:
-    """``model_dir`` when it holds a published run, else the "run train.json first" error."""
+def trained_model(model_dir: Path, variant: str, bundle: Optional[str] = None) -> Path:
+    """``model_dir`` when it holds a published run, else the "run train.json first" error naming ``bundle`` (the
+    bundle folder run; default ``bundles/<variant>``) and, when that bundle holds exported weights, what they are
+    for."""
     if not (Path(model_dir) / "run.json").is_file():
+        bundle = bundle or f"bundles/{variant}"
+        exported = Path(bundle) / "models" / "model.pt"
+        note = (f" ({exported} is an export for MONAI's tools such as ckpt_export; this config segments with the "
+                "run in model_dir)") if exported.is_file() else ""  # fmt: skip
         raise MedsegError(
-            f"model_dir {model_dir}: no trained {variant} checkpoint; run train.json first: "
-            f"python -m monai.bundle run --config_file bundles/{variant}/configs/train.json"
+            f"model_dir {model_dir}: no trained {variant} checkpoint{note}; run train.json first: "
+            f"python -m monai.bundle run --config_file {bundle}/configs/train.json"
         )
     return model_dir
+
+
+def bundle_run(variant: str, bundle_root: Optional[str] = None) -> str:
+    """The bundle folder being run: the one of ``--config_file`` on the ``python -m monai.bundle`` command line
+    (a copied or exported bundle, whatever its ``bundle_root`` says), else ``bundle_root``, else
+    ``bundles/<variant>``."""
+    config = command_line_config()
+    if config is not None:
+        folder = Path(config).parent
+        return str(folder.parent if folder.name == "configs" else folder)
+    return str(bundle_root or f"bundles/{variant}")
+
+
+def command_line_config() -> Optional[str]:
+    """The single ``--config_file`` of the ``python -m monai.bundle`` command line, or ``None``."""
+    if not on_bundle_command_line():
+        return None
+    args = sys.argv[1:]
+    for index, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--config_file=") else (
+            args[index + 1] if arg == "--config_file" and index + 1 < len(args) else None)  # fmt: skip
+        if value is not None and value.endswith(".json"):
+            return value
+    return None
 
 
 def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_dir=None) -> None:
@@ -174,7 +210,7 @@ def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_d
 
     modalities = open_trained_run(Path(model_dir)).modalities
     expecter = f"the {variant} model in {model_dir}"
-    retrain = f"python -m monai.bundle run --config_file bundles/{variant}/configs/train.json"
+    retrain = f"python -m monai.bundle run --config_file {bundle_run(variant)}/configs/train.json"
     if data_dir:
         found = len(PreparedDataset.open(Path(data_dir)).modalities)
         if found != len(modalities):

@@ -9,15 +9,17 @@ checkpoints written before digests existed load without the check.
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from typing import Any, Dict
 
 import torch
 
-from medseg_mem.atomic import replacing, write_error
-from medseg_mem.digest import settle_digest, stage_digest, verify_digest
+from medseg_mem.atomic import write_error
+from medseg_mem.digest import replacing_with_digest, verify_digest
 from medseg_mem.errors import MedsegError
+from medseg_mem.readable import open_failure
 
 FORMAT = "medseg-mem-checkpoint/1"
 REQUIRED = ("format", "variant", "stage", "step", "state_dict", "model")
@@ -30,14 +32,13 @@ def save_checkpoint(path: Path, payload: Dict[str, Any]) -> Path:
     Raises:
         WriteError: the disk is full or the folder not writable; the previous checkpoint is unchanged.
     """
-    path, staged = Path(path), []
-    with replacing(path, suffix=".pt", before_replace=lambda temp: staged.append(stage_digest(path, temp))) as temp:
+    path = Path(path)
+    with replacing_with_digest(path, suffix=".pt") as temp:
         try:
             torch.save({"format": FORMAT, **payload}, temp)
         except RuntimeError as error:  # torch's zip writer reports a full disk as RuntimeError
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise write_error(path, reason) from error
-    settle_digest(path, staged[0])
     return path
 
 
@@ -51,6 +52,9 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
     path = Path(path)
     if not path.is_file():
         raise MedsegError(f"checkpoint {path}: no such file; pass the best.pt or last.pt of a run")
+    unreadable = open_failure(path, "checkpoint")
+    if unreadable:
+        raise MedsegError(unreadable)
     verify_digest(path)
     if not zipfile.is_zipfile(path):  # every checkpoint torch.save writes is a zip archive
         raise MedsegError(f"checkpoint {path}: the file is damaged or not a medseg-mem checkpoint (not a torch zip "
@@ -64,13 +68,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Dic
 
 def unreadable_message(path: Path, error: Exception) -> str:
     """One line for a checkpoint ``torch.load`` refused: code objects in it, or a damaged / foreign file."""
-    text = str(error)
-    if "Unsupported global" in text:
-        found = text.split("Unsupported global:", 1)[1].strip().split(" was not", 1)[0]
-        return (f"checkpoint {path}: refused, it holds Python code or objects ({found}) and cannot be read safely; "
-                "load only checkpoints written by medseg-mem")
+    found = code_found(str(error))
+    if found:
+        return (f"checkpoint {path}: cannot be read safely: it holds code, not only tensors ({found}); nothing in "
+                "it was run: load only checkpoints written by medseg-mem")
     return (f"checkpoint {path}: the file is damaged or not a medseg-mem checkpoint ({short_reason(error)}); "
             "restore it from a backup or retrain with `medseg-mem run`")
+
+
+def code_found(text: str) -> str:
+    """The global (function or class) a ``weights_only`` load refused, e.g. ``GLOBAL posix.system``; empty when
+    ``text`` (torch's error) is about something else."""
+    match = re.search(r"(?:Unsupported global: |unsupported )(GLOBAL [\w.]+)", text)
+    return match.group(1) if match else ""
 
 
 def short_reason(error: Exception) -> str:

@@ -25,6 +25,7 @@ from medseg_mem.names import (
     GUIDANCE_NAMES,
     LOSS_NAMES,
     LR_SCHEDULE_NAMES,
+    MAX_STEPS,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
     STAGE2_GUIDANCE_NAMES,
@@ -154,8 +155,10 @@ class TrainConfig:
         for option, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--val-every", self.val_every)):
             if int(value) < 1:
                 raise OptionError(option, "must be a positive whole number", value)
-        if not self.lr > 0:
-            raise OptionError("--lr", "must be positive", self.lr)
+        if int(self.steps) > MAX_STEPS:
+            raise OptionError("--steps", f"must be at most {MAX_STEPS:,} (a billion steps per stage)", self.steps)
+        if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
+            raise OptionError("--lr", "must be a positive, finite number", self.lr)
         if self.lr_schedule not in LR_SCHEDULE_NAMES:
             raise OptionError("--lr-schedule", f"must be one of {', '.join(LR_SCHEDULE_NAMES)}", self.lr_schedule)
         if self.loss not in LOSS_NAMES:

@@ -6,22 +6,25 @@ Replacing a file keeps the pair consistent across a crash at any moment: :func:`
 digests of both the old and the new file, the new file then replaces the old one, and :func:`settle_digest`
 drops the old digest. Whichever file a crash leaves in place, its digest is listed.
 
+:func:`replacing_with_digest` does all of it around an atomic write.
+
 Example:
-    >>> with replacing(path, before_replace=lambda temp: stage_digest(path, temp)) as temp:  # doctest: +SKIP
+    >>> with replacing_with_digest(path, suffix=".pt") as temp:  # doctest: +SKIP
     ...     torch.save(state, temp)
-    >>> settle_digest(path)  # doctest: +SKIP
     >>> verify_digest(path)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
-from medseg_mem.atomic import write_text_atomic
+from medseg_mem.atomic import replacing, write_text_atomic
 from medseg_mem.errors import MedsegError
+from medseg_mem.readable import open_failure
 
 SUFFIX = ".sha256"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -42,6 +45,20 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+@contextlib.contextmanager
+def replacing_with_digest(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """:func:`medseg_mem.atomic.replacing` that also keeps ``path``'s sidecar consistent: the block writes the
+    yielded temporary file, which then replaces ``path`` with its SHA-256 listed beside it.
+
+    Raises:
+        WriteError: the file or its sidecar cannot be written; the previous pair is unchanged.
+    """
+    path, staged = Path(path), []
+    with replacing(path, suffix=suffix, before_replace=lambda temp: staged.append(stage_digest(path, temp))) as temp:
+        yield temp
+    settle_digest(path, staged[0])
+
+
 def stage_digest(path: Path, new_file: Path) -> str:
     """Before ``new_file`` replaces ``path``: list the new digest and the old file's (if any); return the new."""
     path, new = Path(path), sha256_file(new_file)
@@ -55,8 +72,16 @@ def settle_digest(path: Path, digest: str) -> None:
     _write(Path(path), [digest])
 
 
-def verify_digest(path: Path, label: str = "checkpoint") -> None:
+RETRAIN = "retrain with `medseg-mem run`"
+
+
+def verify_digest(path: Path, label: str = "checkpoint", remake: str = RETRAIN) -> None:
     """Check ``path`` against its sidecar; a file without a sidecar (written before digests existed) passes.
+
+    Args:
+        path: the file to check.
+        label: what it is, for the message (``checkpoint``, ``ONNX model`` ...).
+        remake: how to make the file again, for the message.
 
     Raises:
         MedsegError: the file's SHA-256 is not listed, or the sidecar is unreadable; one line naming the file.
@@ -65,7 +90,7 @@ def verify_digest(path: Path, label: str = "checkpoint") -> None:
     if listed is not None and sha256_file(path) not in listed:
         raise MedsegError(
             f"{label} {path}: SHA-256 mismatch, the file was modified or damaged after it was written; "
-            f"restore it (and {sidecar(path).name}) from a backup or retrain with `medseg-mem run`"
+            f"restore it (and {sidecar(path).name}) from a backup or {remake}"
         )
 
 
@@ -78,6 +103,9 @@ def read_digests(path: Path, label: str = "checkpoint") -> Optional[List[str]]:
     record = sidecar(path)
     if not record.is_file():
         return None
+    unreadable = open_failure(record)
+    if unreadable:
+        raise MedsegError(f"{label} {path}: {unreadable}")
     try:
         lines = record.read_text(encoding="ascii").splitlines()
     except (OSError, UnicodeDecodeError):

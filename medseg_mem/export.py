@@ -2,7 +2,9 @@
 
 The last stage's weights (the bundle's ``network_def``) go to ``models/model.pt``, every earlier stage's to
 ``models/<stage>.pt`` (the cascade: ``models/stage1.pt``, built by ``stage1_def``); each file is a plain
-``state_dict``, what ``python -m monai.bundle ckpt_export`` loads. ``metadata.json`` keeps its descriptive fields;
+``state_dict``, what ``python -m monai.bundle ckpt_export`` loads, with its SHA-256 beside it (``model.pt.sha256``;
+MONAI's tools do not read it: ``sha256sum -c models/model.pt.sha256`` checks a copy before use). Both configs are
+read and checked before anything is written. ``metadata.json`` keeps its descriptive fields;
 ``network_data_format`` is rewritten from the checkpoint (input channels = what ``network_def`` takes, the
 output one uint8 channel of class indices) and ``medseg_mem`` records the recipe the configs read: classes,
 widths per stage, slab size, downsample factor, guidance and the preprocessing settings.
@@ -30,13 +32,17 @@ MODEL_FILE = "model.pt"
 @dataclass(frozen=True)
 class ExportedBundle:
     """What :func:`export_bundle` or :func:`export_onnx` wrote: the variant and every file (models first,
-    metadata last)."""
+    metadata last; each model with its ``.sha256`` beside it), and the temporary files of an export killed before
+    that were removed."""
 
     variant: str
     files: Tuple[Path, ...]
+    removed: Tuple[Path, ...] = ()
 
     def line(self) -> str:
-        return f"exported {self.variant} into {', '.join(str(path) for path in self.files)}"
+        removed = (f"; removed {len(self.removed)} temporary file(s) an interrupted export left: "
+                   f"{', '.join(path.name for path in self.removed)}") if self.removed else ""  # fmt: skip
+        return f"exported {self.variant} into {', '.join(str(path) for path in self.files)}{removed}"
 
 
 def export_bundle(checkpoint: Path, bundle_dir: Path) -> ExportedBundle:
@@ -60,30 +66,50 @@ def export_bundle(checkpoint: Path, bundle_dir: Path) -> ExportedBundle:
     from medseg_mem.predict.trained_run import open_trained_run
 
     trained = open_trained_run(Path(checkpoint))
-    meta_path = check_bundle(Path(bundle_dir), trained.variant)
+    meta_path, metadata = check_bundle(Path(bundle_dir), trained.variant)  # every input checked before any write
     payloads = {stage: load_checkpoint(path) for stage, path in trained.paths.items()}
+    metadata = fitted_metadata(metadata, trained, payloads)
     files = [write_weights(Path(bundle_dir) / "models" / name, payloads[stage]["state_dict"])
              for stage, name in stage_files(trained.variant).items()]  # fmt: skip
-    metadata = fitted_metadata(json.loads(meta_path.read_text()), trained, payloads)
     files.append(write_json_atomic(meta_path, metadata, indent=4))
     return ExportedBundle(trained.variant, tuple(files))
 
 
-def check_bundle(bundle_dir: Path, variant: str) -> Path:
-    """``bundle_dir/configs/metadata.json`` when ``bundle_dir`` is a bundle of ``variant``.
+def check_bundle(bundle_dir: Path, variant: str) -> Tuple[Path, Dict[str, Any]]:
+    """``bundle_dir/configs/metadata.json`` and what it holds, when ``bundle_dir`` is a bundle of ``variant``
+    whose two configs are JSON objects.
 
     Raises:
-        MedsegError: naming ``--bundle``, what is missing or which variant the bundle serves.
+        MedsegError: naming ``--bundle``, the file, what is missing or wrong, or which variant the bundle serves.
     """
     meta, inference = bundle_dir / "configs" / "metadata.json", bundle_dir / "configs" / "inference.json"
     if not (meta.is_file() and inference.is_file()):
         raise MedsegError(f"--bundle {bundle_dir}: not a MONAI bundle (needs configs/metadata.json and "
                           f"configs/inference.json); pass bundles/{variant}")  # fmt: skip
-    served = json.loads(inference.read_text()).get("variant")
+    served = read_config(inference, bundle_dir, variant).get("variant")
     if served != variant:
         raise MedsegError(f"--bundle {bundle_dir}: a bundle of the {served} variant, but the run is {variant}; "
                           f"pass bundles/{variant}")  # fmt: skip
-    return meta
+    return meta, read_config(meta, bundle_dir, variant)
+
+
+def read_config(path: Path, bundle_dir: Path, variant: str) -> Dict[str, Any]:
+    """The JSON object in the bundle's config file ``path``.
+
+    Raises:
+        MedsegError: the file cannot be read, is not valid JSON or holds something else than an object.
+    """
+    where = f"--bundle {bundle_dir}: configs/{path.name}"
+    fix = f"fix it, or restore it from medseg-mem's bundles/{variant}"
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise MedsegError(f"{where} cannot be read ({getattr(error, 'strerror', None) or error}); {fix}") from error
+    except json.JSONDecodeError as error:
+        raise MedsegError(f"{where} is not valid JSON ({error}); {fix}") from error
+    if not isinstance(config, dict):
+        raise MedsegError(f"{where} must hold a JSON object; it holds a {type(config).__name__}; {fix}")
+    return config
 
 
 def stage_files(variant: str) -> Dict[str, str]:
@@ -100,14 +126,15 @@ def stage_files(variant: str) -> Dict[str, str]:
 
 
 def write_weights(path: Path, state_dict: Dict[str, Any]) -> Path:
-    """Save a plain ``state_dict`` (tensors only: loads with ``weights_only=True``) to ``path`` atomically, without
-    deep-supervision heads (``network_def`` is the plain U-Net, whose output does not use them)."""
+    """Save a plain ``state_dict`` (tensors only: loads with ``weights_only=True``) to ``path`` atomically, with its
+    SHA-256 in ``path.sha256`` (``sha256sum -c`` checks it), without deep-supervision heads (``network_def`` is the
+    plain U-Net, whose output does not use them)."""
     import torch
 
-    from medseg_mem.atomic import replacing
+    from medseg_mem.digest import replacing_with_digest
     from medseg_mem.models.build import inference_state_dict
 
-    with replacing(path, suffix=".pt") as temp:
+    with replacing_with_digest(path, suffix=".pt") as temp:
         torch.save({name: tensor.cpu() for name, tensor in inference_state_dict(state_dict).items()}, temp)
     return path
 

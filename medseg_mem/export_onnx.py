@@ -3,7 +3,10 @@
 Each ``<stage>.onnx`` takes ``image`` float32 ``(N, C, X, Y, Z)`` and gives ``logits`` ``(N, K, X, Y, Z)``, batch
 and spatial axes dynamic; a slab stage's model is the same network, run on slabs. ``recipe.json`` says how the
 stages fit together (:func:`onnx_recipe`). Each model is checked against PyTorch on a small input before it
-replaces the previous file; ``recipe.json`` is removed first and written last.
+replaces the previous file, with its SHA-256 beside it (``<stage>.onnx.sha256``, checked when
+:class:`~medseg_mem.onnx_engine.OnnxNetwork` loads it); ``recipe.json`` is removed first and written last. The
+export holds the folder's :mod:`~medseg_mem.output_lock` and first removes the temporary files an export killed
+before (SIGKILL, SIGTERM) left there.
 
 Example:
     >>> export_onnx(Path("medseg-work/runs/<run id>")).line()  # doctest: +SKIP
@@ -65,29 +68,35 @@ def write_onnx(trained, folder: Path) -> ExportedBundle:
     Raises:
         MedsegError: a file cannot be written, or a model fails :func:`check_onnx_logits`.
     """
-    from medseg_mem.atomic import write_error
+    from medseg_mem.atomic import remove_stale_temporaries, write_error
     from medseg_mem.checkpoint import load_checkpoint
+    from medseg_mem.digest import sidecar
     from medseg_mem.onnx_engine import RECIPE_FILE
+    from medseg_mem.output_lock import output_lock
 
     recipe_path = Path(folder) / RECIPE_FILE
-    try:
-        recipe_path.unlink(missing_ok=True)
-    except OSError as error:
-        raise write_error(recipe_path, error.strerror or str(error)) from error
-    payloads = {stage: load_checkpoint(path) for stage, path in trained.paths.items()}
-    files = [export_stage_onnx(saved, Path(folder) / f"{stage}.onnx") for stage, saved in payloads.items()]
-    files.append(write_json_atomic(recipe_path, onnx_recipe(trained, payloads)))
-    return ExportedBundle(trained.variant, tuple(files))
+    models = [Path(folder) / f"{stage}.onnx" for stage in trained.paths]
+    with output_lock(Path(folder), "--out", "export", inside=True):
+        stale = remove_stale_temporaries(folder, [RECIPE_FILE, *(p.name for p in models),
+                                                  *(sidecar(p).name for p in models)])  # fmt: skip
+        try:
+            recipe_path.unlink(missing_ok=True)
+        except OSError as error:
+            raise write_error(recipe_path, error.strerror or str(error)) from error
+        payloads = {stage: load_checkpoint(path) for stage, path in trained.paths.items()}
+        files = [export_stage_onnx(payloads[stage], path) for stage, path in zip(trained.paths, models)]
+        files.append(write_json_atomic(recipe_path, onnx_recipe(trained, payloads)))
+    return ExportedBundle(trained.variant, tuple(files), tuple(stale))
 
 
 def export_stage_onnx(saved: Dict[str, Any], path: Path) -> Path:
     """Export the network of one stage checkpoint to ``path``: traced, checked against PyTorch, then moved
-    into place atomically.
+    into place atomically with its SHA-256 sidecar.
 
     Raises:
         MedsegError: the exported logits differ from PyTorch's (:func:`check_onnx_logits`); ``path`` is kept.
     """
-    from medseg_mem.atomic import replacing
+    from medseg_mem.digest import replacing_with_digest
     from medseg_mem.models.build import inference_state_dict
     from medseg_mem.onnx_engine import OnnxUNet3D
 
@@ -95,7 +104,7 @@ def export_stage_onnx(saved: Dict[str, Any], path: Path) -> Path:
     net = OnnxUNet3D(int(spec["in_channels"]), int(spec["num_classes"]), channels=tuple(spec["channels"]))
     net.load_state_dict(inference_state_dict(saved["state_dict"]))  # deep-supervision heads stay behind
     example = example_input(net.eval())
-    with replacing(path, suffix=".onnx") as temp:
+    with replacing_with_digest(path, suffix=".onnx") as temp:
         trace_to_onnx(net, example, temp)
         check_onnx_logits(temp, saved, example, path)
     return path

@@ -16,6 +16,8 @@ DEVICE_NAMES = ("auto", "cpu", "cuda")
 PRECISION_NAMES = ("fp32", "bf16", "fp16")
 #: Largest ``--overlap`` of consecutive slabs (a fraction of the slab thickness), as nnU-Net's 0.5.
 MAX_OVERLAP = 0.5
+#: Most training steps a stage may be asked for (torch's samplers index the samples with machine integers).
+MAX_STEPS = 10**9
 #: Learning-rate schedules: constant, or nnU-Net's polynomial decay ``lr * (1 - step / steps) ** 0.9``.
 LR_SCHEDULE_NAMES = ("constant", "poly")
 #: Class weights of the loss: none, or ``sqrt(max count / count)`` from the training split's labels.

@@ -87,11 +87,15 @@ class OnnxNetwork:
         threads: intra-op threads (default: ``torch.get_num_threads()``, what PyTorch would use).
 
     Raises:
-        MedsegError: onnxruntime is not installed, or the file is not a loadable ONNX model.
+        MedsegError: onnxruntime is not installed, the file fails its SHA-256 check (``<stage>.onnx.sha256``,
+            written by the export), or it is not a loadable ONNX model.
     """
 
     def __init__(self, path: Path, threads: Optional[int] = None) -> None:
+        from medseg_mem.digest import verify_digest
+
         _, onnxruntime = require_onnx("--engine onnxruntime")
+        verify_digest(Path(path), "ONNX model", remake="export it again with `medseg-mem export --format onnx`")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = int(threads or torch.get_num_threads())
         options.log_severity_level = 3  # errors only: no warnings about unused initialisers on stderr

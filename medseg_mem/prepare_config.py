@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
@@ -49,8 +50,9 @@ class PrepareConfig:
             raise OptionError("--reader", f"must be one of {', '.join(READER_NAMES)}", self.reader)
         if isinstance(self.spacing, str) and self.spacing != "median":
             raise OptionError("--spacing", "must be 'median' or three positive numbers like 1,1,1.5", self.spacing)
-        if isinstance(self.spacing, tuple) and (len(self.spacing) != 3 or min(self.spacing) <= 0):
-            raise OptionError("--spacing", "must be three positive numbers like 1,1,1.5", self.spacing)
+        if isinstance(self.spacing, tuple) and not (len(self.spacing) == 3 and all(math.isfinite(s) and s > 0
+                                                                                   for s in self.spacing)):
+            raise OptionError("--spacing", "must be three positive, finite numbers like 1,1,1.5", self.spacing)
         if self.seed < 0:
             raise OptionError("--seed", "must be >= 0", self.seed)
         if self.synthetic not in SYNTHETIC_NAMES:

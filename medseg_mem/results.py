@@ -2,7 +2,10 @@
 
 The file is tidy (long): one row per (run, class), the run-level columns repeated on each of a run's rows.
 Benchmark rows (``source == "benchmark"``) measure memory and time only: ``dice`` empty, ``class_name`` empty and
-``class_index`` -1. Snapshot rows (``run --snapshots``) hold the test Dice of a run's best checkpoint at a
+``class_index`` -1. A run row's ``dice`` is the mean over the test cases that score the class; a case where
+the class is absent from both the ground truth and the prediction does not (docs/method.md), ``dice_cases`` says
+how many did, and ``dice`` is empty when none did. Reading checks every number's range (a Dice in [0, 1], byte
+counts and times >= 0). Snapshot rows (``run --snapshots``) hold the test Dice of a run's best checkpoint at a
 training-time mark: ``budget_seconds`` is the mark (empty on a run's final rows, :func:`final_rows`) and
 ``train_steps`` / ``train_seconds`` what had been trained by then. Peer rows (``source == "peer"``) are runs of
 another tool (nnU-Net, a MONAI tutorial U-Net) on medseg-mem's split and budget, filed by
@@ -38,13 +41,13 @@ RESULT_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance",
+    "stage2_guidance", "dice_cases",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance",
+    "stage2_guidance", "dice_cases",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark", "peer")
@@ -52,8 +55,12 @@ SOURCES = ("run", "benchmark", "peer")
 NUMERIC_COLUMNS = (
     "class_index", "dice", "peak_memory_bytes", "inference_seconds_per_case", "train_steps", "train_seconds",
     "seed", "n_test_cases", "planned_bytes", "budget_seconds", "time_limit_seconds", "train_peak_memory_bytes",
+    "dice_cases",
 )  # fmt: skip
-INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases")
+INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases", "dice_cases")
+#: The range of each numeric column (low, high; ``None``: open); every number must also be finite.
+RANGES = {"dice": (0.0, 1.0), "class_index": (-1, None), **{c: (0, None) for c in NUMERIC_COLUMNS
+                                                            if c not in ("dice", "class_index")}}  # fmt: skip
 _FIX = "move it away or name another results CSV: run --results NEW.csv, compare NEW.csv"
 
 
@@ -270,6 +277,7 @@ def _numeric_column(path: Path, column: "pandas.Series", name: str) -> "pandas.S
             f"{path}: column {name} must hold numbers or be empty; line {row + 2} has {text.iloc[row]!r}"
         )
     numbers_ = numbers_.astype(float)
+    _check_range(path, numbers_, text, name)
     if name not in INTEGER_COLUMNS:
         return numbers_
     fractional = numbers_.notna() & (numbers_ != numbers_.round())
@@ -277,6 +285,22 @@ def _numeric_column(path: Path, column: "pandas.Series", name: str) -> "pandas.S
         row = int(fractional.to_numpy().nonzero()[0][0])
         raise MedsegError(f"{path}: column {name} must hold whole numbers; line {row + 2} has {text.iloc[row]!r}")
     return numbers_.astype("Int64")
+
+
+def _check_range(path: Path, values: "pandas.Series", text: "pandas.Series", name: str) -> None:
+    """Raise naming the file, line, column and value when a number is infinite or outside :data:`RANGES`."""
+    import numpy as np
+
+    low, high = RANGES.get(name, (None, None))
+    array = values.to_numpy()
+    given = ~np.isnan(array)
+    bad = given & (~np.isfinite(array) | (array < (-np.inf if low is None else low))
+                   | (array > (np.inf if high is None else high)))  # fmt: skip
+    if bad.any():
+        row = int(bad.nonzero()[0][0])
+        rule = f"in [{low:g}, {high:g}]" if high is not None else f"finite and >= {low:g}"
+        raise MedsegError(f"{path}: line {row + 2}, column {name}: {text.iloc[row]!r} is out of range (must be {rule}"
+                          f"); fix or remove that row, or {_FIX}")  # fmt: skip
 
 
 def _check_sources(path: Path, sources: "pandas.Series") -> None:

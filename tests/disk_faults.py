@@ -1,14 +1,17 @@
-"""A full disk for tests: the atomic writer's files take half their text, then fail with ``ENOSPC``.
+"""Faults of the disk for tests: a full disk (the atomic writer's files take half their text, then fail with
+``ENOSPC``), and a file the user may not read (:func:`deny_reads`).
 
 Imported by test modules as ``disk_faults`` (pytest puts ``tests/`` on ``sys.path`` for its conftest).
 """
 
 from __future__ import annotations
 
+import builtins
 import errno
+import io
 import os
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 
 class HalfWriter:
@@ -42,3 +45,36 @@ def install_full_disk(monkeypatch, matches: Optional[Callable[[Path], bool]] = N
         return HalfWriter(stream) if hit else stream
 
     monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+
+
+def deny_reads(monkeypatch, path: Path, cleanups: List[Callable[[], None]]) -> Path:
+    """Make the file ``path`` unreadable, as mode 000 does for a user who does not own it.
+
+    Not root: ``chmod 000`` (``cleanups`` gets the undo). Root reads anything, so opening ``path`` through
+    ``open`` / ``io.open`` / ``os.open`` raises ``PermissionError`` instead, what the code under test would see.
+    """
+    path = Path(path)
+    if os.geteuid() != 0:
+        mode = path.stat().st_mode & 0o777
+        path.chmod(0)
+        cleanups.append(lambda: path.chmod(mode))
+        return path
+    target = path.resolve()
+    real_open, real_os_open = builtins.open, os.open
+
+    def denied(file) -> bool:
+        return isinstance(file, (str, bytes, os.PathLike)) and Path(os.fsdecode(file)).resolve() == target
+
+    def refuse(file):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fsdecode(file))
+
+    def fake_open(file, *args, **kwargs):
+        return refuse(file) if denied(file) else real_open(file, *args, **kwargs)
+
+    def fake_os_open(file, *args, **kwargs):
+        return refuse(file) if denied(file) else real_os_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "open", fake_os_open)
+    return path

@@ -262,8 +262,8 @@ def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert (pred["num_channels"], pred["dtype"], pred["format"], pred["value_range"]) == (1, "uint8", "labels", [0, 2])
     assert meta["medseg_mem"]["stages"][STAGES[variant][-1]]["channels"] == [2, 4]
-    assert sorted(p.name for p in (bundle / "models").iterdir()) == sorted(
-        ["model.pt"] + [f"{stage}.pt" for stage in STAGES[variant][:-1]])
+    weights = ["model.pt"] + [f"{stage}.pt" for stage in STAGES[variant][:-1]]
+    assert sorted(p.name for p in (bundle / "models").iterdir()) == sorted(weights + [f"{w}.sha256" for w in weights])
     files = ["--meta_file", "configs/metadata.json", "--config_file", "configs/inference.json"]
     verified = monai_bundle("verify_net_in_out", "--net_id", "network_def", *files, "--device", "cpu", cwd=bundle)
     assert verified.returncode == 0, verified.stderr[-2000:]

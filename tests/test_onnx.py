@@ -8,6 +8,7 @@ modules. Each test prints what it measured (``pytest -s`` shows it); nothing ass
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -82,7 +83,8 @@ def test_export_writes_one_model_per_stage_and_the_recipe(runs, tmp_path, varian
     result = invoke("export", "--format", "onnx", "--checkpoint", str(runs[variant]), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert result.output.startswith(f"exported {variant} into {out / STAGES[variant][0]}.onnx")
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{s}.onnx" for s in STAGES[variant]] + ["recipe.json"])
+    models = [f"{s}.onnx" for s in STAGES[variant]]
+    assert sorted(p.name for p in out.iterdir()) == sorted(models + [f"{m}.sha256" for m in models] + ["recipe.json"])
     recipe = json.loads((out / "recipe.json").read_text())
     assert (recipe["variant"], recipe["num_classes"], recipe["slab_axis"]) == (variant, 3, "last")
     assert recipe["class_names"] == ["background", "long_rod", "short_rod"] and recipe["modalities"] == ["MRI"]
@@ -182,7 +184,9 @@ def test_a_failed_export_keeps_the_previous_model_and_leaves_no_recipe(runs, tmp
     result = invoke("export", "--format", "onnx", "--checkpoint", str(runs["cascade"]), "--out", str(out))
     assert result.exit_code == 1 and len(error_lines(result)) == 1 and "differ from PyTorch's" in result.output
     assert (out / "stage2.onnx").read_bytes() == before and not (out / "recipe.json").exists()
-    assert sorted(p.name for p in out.iterdir()) == ["stage1.onnx", "stage2.onnx"]  # no temporary file left
+    assert sorted(p.name for p in out.iterdir()) == ["stage1.onnx", "stage1.onnx.sha256", "stage2.onnx",
+                                                     "stage2.onnx.sha256"]  # no temporary file left; digests match
+    assert (out / "stage2.onnx.sha256").read_text().split()[0] == hashlib.sha256(before).hexdigest()  # still its own
 
 
 def test_unknown_export_format_is_one_line_naming_the_valid_ones(tmp_path):

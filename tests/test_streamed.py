@@ -140,12 +140,15 @@ def test_dice_from_label_maps_equals_monai_on_one_hot():
 
     torch.manual_seed(0)
     prediction, label = torch.randint(0, 4, (3, 1, 6, 7, 8)), torch.randint(0, 4, (3, 1, 6, 7, 8))
-    label[1][label[1] == 2] = 0  # class 2 absent from one case: Dice 1 or 0 by MONAI's rule
+    label[1][label[1] == 2] = 0  # class 2 absent from one case's label, predicted there: Dice 0
     prediction[2][prediction[2] == 3] = 1
-    label[2][label[2] == 3] = 1  # class 3 absent from both
+    label[2][label[2] == 3] = 1  # class 3 absent from both: not scored (NaN; MONAI ignore_empty=False: 1.0)
     metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
     expected = metric(one_hot(prediction, 4), one_hot(label, 4))
-    assert torch.equal(dice_per_class(prediction.to(torch.uint8), label, 4), expected)
+    assert expected[1, 1] == 0 and expected[2, 2] == 1
+    expected[2, 2] = float("nan")
+    torch.testing.assert_close(dice_per_class(prediction.to(torch.uint8), label, 4), expected, rtol=0, atol=0,
+                               equal_nan=True)
 
 
 @pytest.mark.parametrize("length, group", [(35, 1), (100, 2), (97, 3)])

@@ -105,9 +105,9 @@ def test_rewrite_replaces_and_foreign_folder_is_refused(tmp_path):
 
 
 def test_bad_arguments_are_refused(tmp_path):
-    with pytest.raises(MedsegError, match="shape must be"):
+    with pytest.raises(MedsegError, match="--shape .*: the SyntheticRods task needs"):
         write_default_task(tmp_path / "t", shape=(32, 32, 40))
-    with pytest.raises(MedsegError, match="n_cases must be >= 1"):
+    with pytest.raises(MedsegError, match=r"n_cases \(--cases\) must be >= 1"):
         write_default_task(tmp_path / "t", n_cases=0)
 
 

@@ -235,7 +235,7 @@ def test_a_crash_between_the_renames_leaves_a_checkpoint_that_matches_its_digest
         save_checkpoint(path, {**PAYLOAD, "step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
-    monkeypatch.setattr("medseg_mem.checkpoint.settle_digest", killed)
+    monkeypatch.setattr("medseg_mem.digest.settle_digest", killed)
     with pytest.raises(KeyboardInterrupt):  # killed after the rename, before the old digest was dropped
         save_checkpoint(path, {**PAYLOAD, "step": 3})
     monkeypatch.undo()

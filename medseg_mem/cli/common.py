@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, List, Optional, Tuple
 
 import click
@@ -21,6 +22,17 @@ def library_errors(func: Callable) -> Callable:
             raise click.ClickException(str(error)) from error
 
     return wrapper
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's ``FloatRange`` that also refuses ``nan`` and ``inf`` (which ``FloatRange`` lets through: ``nan``
+    compares false with both bounds, ``inf`` passes a range without an upper bound)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"must be a finite number; got {value!r}", param, ctx)
+        return number
 
 
 def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list at the call site

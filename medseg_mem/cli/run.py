@@ -7,7 +7,14 @@ from typing import Tuple
 
 import click
 
-from medseg_mem.cli.common import library_errors, parse_budget, parse_overlap, tta_config, tta_options
+from medseg_mem.cli.common import (
+    FiniteFloatRange,
+    library_errors,
+    parse_budget,
+    parse_overlap,
+    tta_config,
+    tta_options,
+)
 from medseg_mem.cli.training_options import (
     parse_cache,
     parse_channels,
@@ -26,6 +33,7 @@ from medseg_mem.names import (
     GUIDANCE_NAMES,
     LOSS_NAMES,
     LR_SCHEDULE_NAMES,
+    MAX_STEPS,
     OPTIMIZER_NAMES,
     PRECISION_NAMES,
     STAGE2_GUIDANCE_NAMES,
@@ -79,10 +87,11 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               help="Results CSV to append to.")
 @click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=DEFAULT_RUNS, show_default=True,
               help="Folder for run checkpoints (<runs>/<run id>/<stage>/best.pt).")
-@click.option("--steps", type=click.IntRange(min=1), help="Training steps per stage [300; embedded default 200].")
+@click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS),
+              help="Training steps per stage [300; embedded default 200].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Samples per step [profile: 2].")
 @click.option("--val-every", type=click.IntRange(min=1), help="Validate every N steps [profile: 50].")
-@click.option("--lr", type=click.FloatRange(0, min_open=True),
+@click.option("--lr", type=FiniteFloatRange(0, min_open=True),
               help="Learning rate [Adam: 3e-4, embedded default 3e-3; SGD: 1e-2].")
 @click.option("--lr-schedule", type=click.Choice(LR_SCHEDULE_NAMES),
               help="poly: nnU-Net's lr * (1 - step/steps)^0.9, or constant (thesis) [real data: poly; embedded "
@@ -103,15 +112,15 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               help="nnU-Net's deep supervision: a 1x1x1 head on each decoder level below the top, loss weighted "
                    "1, 1/2, 1/4 ... over the resolutions (training only; needs >= 3 levels) [off].")
 @click.option("--slab-size", type=click.IntRange(min=1), help="Slab thickness along the last axis [16].")
-@click.option("--downsample", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@click.option("--downsample", type=FiniteFloatRange(0, 1, min_open=True, max_open=True),
               help="Cascade stage-1 scale factor [0.3].")
 @click.option("--guidance", type=click.Choice(GUIDANCE_NAMES), help="Cascade guidance encoding [onehot].")
-@click.option("--foreground-oversample", type=click.FloatRange(0, 1), metavar="P",
+@click.option("--foreground-oversample", type=FiniteFloatRange(0, 1), metavar="P",
               help="Fraction of slab samples drawn among the slabs holding foreground (nnU-Net: 0.33); 1: all, "
                    "0: any slab. Slab stages only: whole-volume stages have no crops [0].")
 @click.option("--skip-empty-slabs/--any-slab", default=None,
               help="Older spelling of --foreground-oversample 1 / 0 (the same samples).")
-@click.option("--guidance-noise", type=click.FloatRange(0, 1),
+@click.option("--guidance-noise", type=FiniteFloatRange(0, 1),
               help="Chance per class of a random dilation/erosion/opening/closing of the cascade's stage-2 "
                    "training guidance (nnU-Net's cascade) [0].")
 @click.option("--stage2-guidance", type=click.Choice(STAGE2_GUIDANCE_NAMES),
@@ -182,7 +191,7 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
         ctx = click.get_current_context()
         ctx.exit(relaunch(nproc, ctx.meta[ARGV_KEY]))
     from medseg_mem.config import RunRequest
-    from medseg_mem.training.run import run_variants
+    from medseg_mem.training.run import RunInterrupted, run_variants
 
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
@@ -191,7 +200,10 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
     request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
                          inference=inference, inference_precision=inference_precision,
                          budget_bytes=budget_bytes)  # fmt: skip
-    run_variants(request, echo=click.echo)
+    try:
+        run_variants(request, echo=click.echo)
+    except RunInterrupted as interrupted:  # Ctrl-C: one line with the run id and its --resume, not "Aborted!"
+        raise click.ClickException(str(interrupted)) from None
 
 
 def inference_options(options: dict):

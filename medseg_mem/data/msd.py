@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from medseg_mem.errors import DatasetError
+from medseg_mem.readable import open_failure
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("training", "labels", "modality")
@@ -55,13 +56,15 @@ class CaseEntry:
 
 @dataclass(frozen=True)
 class MSDTask:
-    """A checked MSD task: its folder, name, classes, channels and training cases."""
+    """A checked MSD task: its folder, name, classes, channels and training cases (and ``numTraining``, the count
+    ``dataset.json`` declares, when it gives one)."""
 
     root: Path
     name: str
     class_names: List[str]
     modalities: List[str]
     cases: List[CaseEntry]
+    num_training: Optional[int] = None
 
 
 def case_id_of(file_name: str) -> str:
@@ -101,12 +104,17 @@ def read_task(task_dir: Path) -> MSDTask:
     if problems:
         raise DatasetError(problems, where=where)
     name = meta.get("name") if isinstance(meta.get("name"), str) and meta.get("name") else task_dir.name
-    return MSDTask(task_dir, name, class_names, modalities, cases)
+    declared = meta.get("numTraining")
+    declared = declared if isinstance(declared, int) and not isinstance(declared, bool) else None
+    return MSDTask(task_dir, name, class_names, modalities, cases, declared)
 
 
 def _read_json(path: Path, where: str) -> dict:
     if not path.is_file():
         raise DatasetError([f"{path.name}: file not found; an MSD task folder needs a dataset.json"], where=where)
+    unreadable = open_failure(path, shown=path.name)
+    if unreadable:
+        raise DatasetError([unreadable], where=where)
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -179,6 +187,9 @@ def _listed_file(root: Path, value: object, where: str, problems: List[str]) -> 
     if not path.is_relative_to(root):
         problems.append(f"{where} {value!r} leads outside the task folder (to {path}); keep the data inside {root}")
         return None
+    if path.is_dir():
+        problems.append(f"{where} {value!r}: is a folder, not a NIfTI file; list the image file itself in dataset.json")
+        return None
     if not path.is_file():
         problems.append(f"{where} {value!r}: file not found; fix the path in dataset.json or add the file")
         return None
@@ -209,7 +220,8 @@ def load_case(pipeline, settings: dict, case: CaseEntry, task: MSDTask) -> Tuple
 
     data = {"image": str(case.image), "label": str(case.label)}
     files = ((case.image, case.image_rel), (case.label, case.label_rel))
-    problems = [p for path, rel in files for p in header_problems(path, rel)]
+    problems = [p for p in (open_failure(path, shown=rel) for path, rel in files) if p]
+    problems = problems or [p for path, rel in files for p in header_problems(path, rel)]
     if problems:
         return None, problems
     for step, (key, rel) in enumerate((("image", case.image_rel), ("label", case.label_rel))):

@@ -29,6 +29,7 @@ from medseg_mem.data import capacity, msd, notices, prepared, staging as leftove
 from medseg_mem.data.survey import survey
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 from medseg_mem.errors import DatasetError, MedsegError
+from medseg_mem.output_lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -106,15 +107,17 @@ def prepare(config: PrepareConfig, progress: bool = True, warn: Optional[Warn] =
     Args:
         config: the options of ``medseg-mem prepare``.
         progress: show tqdm progress bars on stderr.
-        warn: receives one line per warning (too few cases to split, an all-zero image, partial folders of an
-            interrupted earlier prepare that were removed); default: stderr.
+        warn: receives one line per warning (too few cases to split, ``numTraining`` differing from the cases
+            listed, an all-zero image, a class that resampling removed from a case or that no case of a split
+            holds, partial folders of an interrupted earlier prepare that were removed); default: stderr.
 
     Returns:
         a :class:`PrepareSummary`.
 
     Raises:
         DatasetError: listing every problem of the task folder; nothing appears at ``out_dir`` then.
-        MedsegError: when ``out_dir`` holds something else (without ``overwrite``), or overlaps the task folder.
+        MedsegError: when ``out_dir`` holds something else (without ``overwrite``), overlaps the task folder, is
+            being written by another prepare, or a case resampled to ``config.spacing`` would not fit in memory.
     """
     import torch
 
@@ -134,16 +137,19 @@ def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummar
     start = time.perf_counter()
     out_dir = Path(config.out_dir)
     task_dir = Path(config.task_dir) if config.task_dir is not None else default_task_dir(out_dir, config.synthetic)
-    _check_output(task_dir, out_dir, config.overwrite)
-    if config.task_dir is None:
-        _write_generated_task(task_dir, config)
-    _say(warn, notices.stale_notice(out_dir, leftovers.remove_stale(out_dir)))
-    task = msd.read_task(task_dir)
-    _say(warn, notices.tiny_task_notice(task_dir, [case.case_id for case in task.cases], config.seed))
-    settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
-    if transforms.needs_survey(settings):
-        settings = survey(task, settings, _bar(task.cases, "survey", progress))
-    records = _write(task, settings, out_dir, config.seed, progress, warn)
+    _check_overlap(task_dir, out_dir)
+    with output_lock(out_dir, "--out", "prepare"):  # a second prepare into the same --out stops here
+        _check_occupant(task_dir, out_dir, config.overwrite)
+        if config.task_dir is None:
+            _write_generated_task(task_dir, config)
+        _say(warn, notices.stale_notice(out_dir, leftovers.remove_stale(out_dir)))
+        task = msd.read_task(task_dir)
+        _say(warn, notices.count_notice(task_dir, task.num_training, len(task.cases)))
+        _say(warn, notices.tiny_task_notice(task_dir, [case.case_id for case in task.cases], config.seed))
+        settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
+        if transforms.needs_survey(settings):
+            settings = survey(task, settings, _bar(task.cases, "survey", progress))
+        records = _write(task, settings, out_dir, config.seed, progress, warn)
     shapes = np.array([r["prepared_shape"] for r in records])
     split = prepared.make_split([r["id"] for r in records], config.seed)
     return PrepareSummary(
@@ -160,13 +166,16 @@ def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummar
     )
 
 
-def _check_output(task_dir: Path, out_dir: Path, overwrite: bool) -> None:
+def _check_overlap(task_dir: Path, out_dir: Path) -> None:
     source, target = task_dir.resolve(), out_dir.resolve()
     if target == source or target.is_relative_to(source) or source.is_relative_to(target):
         raise MedsegError(
             f"--out {out_dir}: overlaps the task folder {task_dir}; the input is never written to, "
             "choose an output folder outside it"
         )
+
+
+def _check_occupant(task_dir: Path, out_dir: Path, overwrite: bool) -> None:
     occupant = prepared.describe_occupant(out_dir, task_dir)
     if occupant is not None and not overwrite:
         raise MedsegError(
@@ -191,18 +200,19 @@ def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress
     staging = staging_folder(out_dir)
     lock = leftovers.hold(staging)
     try:
-        records, problems, blank = [], [], []
+        records, problems, notes, present = [], [], [], {}
         for case in _bar(task.cases, "prepare", progress):
-            record, found = _prepare_case(pipeline, settings, case, task, staging, blank)
+            record, found = _prepare_case(pipeline, settings, case, task, staging, (notes, present))
             problems += found
             if record is not None:
                 records.append(record)
-        for line in blank:
-            warn(line)
         if problems:
             raise DatasetError(problems, where=str(task.root))
+        split = prepared.make_split([r["id"] for r in records], seed)
+        for line in notes + notices.absent_class_notices(split, present, task.class_names):
+            warn(line)
         prepared.write_json(staging / "manifest.json", _manifest(task, settings, records))
-        prepared.write_json(staging / "split.json", prepared.make_split([r["id"] for r in records], seed))
+        prepared.write_json(staging / "split.json", split)
         publish_folder(staging, out_dir)
     except OSError as error:
         remove_path(staging)
@@ -224,16 +234,26 @@ def _write_failure(out_dir: Path, error: OSError) -> MedsegError:
                       f"was published and what --out held is unchanged: free space or choose another --out")
 
 
-def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTask, staging: Path, blank: List):
+def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTask, staging: Path, seen):
+    """Transform and save one case; ``seen`` is ``(notes, present)``: warning lines, and the classes each case
+    holds after preprocessing (case id -> set of label values)."""
     data, problems = msd.load_case(pipeline, settings, case, task)
     if data is None:
         return None, problems
-    blank += filter(None, [notices.blank_image_notice(data["image"], case.image_rel)])
+    notes, present = seen
+    notes += filter(None, [notices.blank_image_notice(data["image"], case.image_rel)])
     image = data["image"]
+    too_large = capacity_problem(image, settings, case.image_rel)
+    if too_large:
+        raise MedsegError(too_large)  # the option is at fault, not the case: one line, at the first case
     original_affine = np.asarray(image.meta["original_affine"], dtype=np.float64)
     original_shape = np.asarray(image.meta["spatial_shape"], dtype=np.int64)
+    before = notices.label_values(data["label"])
     data = pipeline(data, start=transforms.load_steps(with_label=True))
     image, label = data["image"], data["label"]
+    present[case.case_id] = notices.label_values(label)
+    notes += filter(None, [notices.lost_class_notice(case.label_rel, before - present[case.case_id],
+                                                     task.class_names, settings)])  # fmt: skip
     if min(image.shape[1:]) == 0:
         return None, [f"{case.image_rel}: has no nonzero voxels to crop to; drop --crop-foreground or fix the image"]
     affine = np.asarray(image.affine, dtype=np.float64)
@@ -255,6 +275,28 @@ def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTa
         "prepared_spacing": [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)],
     }
     return record, []
+
+
+def capacity_problem(image, settings: dict, rel: str) -> Optional[str]:
+    """Why resampling the loaded ``image`` to the settings' spacing cannot fit in memory (``None`` when it fits):
+    its voxel count after resampling is planned from its extent in mm before any voxel is made."""
+    from medseg_mem.data.headers import FLOAT_BYTES
+    from medseg_mem.memory.budget import available_ram
+    from medseg_mem.memory.units import format_bytes
+
+    if settings["spacing"] is None:
+        return None
+    affine = np.asarray(image.affine, np.float64)
+    extent = np.asarray(transforms.ras_order(image.shape[1:], affine)) * np.asarray(transforms.ras_spacing(affine))
+    shape = np.maximum(1, np.round(extent / np.asarray(settings["spacing"], np.float64)))
+    need = FLOAT_BYTES * image.shape[0] * float(np.prod(shape))
+    free = available_ram()
+    if need <= free:
+        return None
+    spacing = ",".join(f"{s:g}" for s in settings["spacing"])
+    return (f"{rel}: resampled to --spacing {spacing} mm it would be {'x'.join(str(int(s)) for s in shape)} voxels, "
+            f"{format_bytes(int(need))} as float32, more than the {format_bytes(free)} of memory available; "
+            "choose a coarser --spacing (or keep the native grid)")
 
 
 def _manifest(task: msd.MSDTask, settings: dict, records: List[dict]) -> dict:

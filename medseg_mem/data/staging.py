@@ -15,14 +15,12 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
-from medseg_mem.atomic import remove_path
+from medseg_mem.atomic import TEMP_PART, remove_path
 
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on Windows: stale folders are reported, not removed
     fcntl = None
-
-RANDOM_PART = r"[a-z0-9_]{8}"  # what tempfile.mkdtemp appends
 
 
 def hold(staging: Path) -> Optional[int]:
@@ -43,7 +41,7 @@ def release(descriptor: Optional[int]) -> None:
 def partial_folders(out_dir: Path) -> List[Path]:
     """The staging folders of ``out_dir`` in its parent: ``.<name>.partial-XXXXXXXX``, real folders only."""
     out_dir = Path(out_dir)
-    pattern = re.compile(re.escape(f".{out_dir.name}.partial-") + RANDOM_PART)
+    pattern = re.compile(re.escape(f".{out_dir.name}.partial-") + TEMP_PART)
     if not out_dir.parent.is_dir():
         return []
     found = [p for p in out_dir.parent.iterdir() if pattern.fullmatch(p.name)]

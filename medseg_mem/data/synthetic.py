@@ -76,11 +76,13 @@ def write_default_task(dest: Path, seed: int = 0, n_cases: int = 48, shape: Sequ
 
 def _checked_shape(shape: Sequence[int], n_cases: int, seed: int) -> Tuple[int, int, int]:
     shape = tuple(int(s) for s in shape)
-    min_side = 2 * (2 * RADIUS_RANGE[1] + BORDER) + SURFACE_GAP + 2
-    if len(shape) != 3 or min(shape[:2]) < min_side or shape[2] < LONG_RANGE[1] + 2 * Z_RANGE[0]:
-        raise MedsegError(f"shape must be (X, Y, Z) with X, Y >= {min_side:g} and Z >= 76; got {shape}")
+    min_side, min_depth = 2 * (2 * RADIUS_RANGE[1] + BORDER) + SURFACE_GAP + 2, LONG_RANGE[1] + 2 * Z_RANGE[0]
+    if len(shape) != 3 or min(shape[:2]) < min_side or shape[2] < min_depth:
+        given = ",".join(map(str, shape))
+        raise MedsegError(f"--shape {given}: the {TASK_NAME} task needs X and Y >= {min_side:g} (two rods side by "
+                          f"side) and Z >= {min_depth} (the longest rod); pass e.g. --shape 32,32,96 (the default)")
     if n_cases < 1 or seed < 0:
-        raise MedsegError(f"n_cases must be >= 1 and seed >= 0; got n_cases={n_cases}, seed={seed}")
+        raise MedsegError(f"n_cases (--cases) must be >= 1 and seed >= 0; got n_cases={n_cases}, seed={seed}")
     return shape
 
 

@@ -136,11 +136,15 @@ def ct_statistics(samples: Sequence[np.ndarray]) -> Optional[dict]:
 def ras_spacing(affine: np.ndarray) -> List[float]:
     """Voxel spacing in mm, in the axis order the grid has after ``Orientationd(axcodes="RAS")``."""
     affine = np.asarray(affine, dtype=np.float64)
-    native = np.linalg.norm(affine[:3, :3], axis=0)
-    ornt = nib.orientations.io_orientation(affine)
+    return ras_order(np.linalg.norm(affine[:3, :3], axis=0), affine)
+
+
+def ras_order(values: Sequence[float], affine: np.ndarray) -> List[float]:
+    """Per-axis ``values`` of a grid with ``affine`` (its shape, its spacing), in the axis order of the grid after
+    ``Orientationd(axcodes="RAS")``."""
     out = [0.0, 0.0, 0.0]
-    for axis, (target, _flip) in enumerate(ornt):
-        out[int(target)] = float(native[axis])
+    for axis, (target, _flip) in enumerate(nib.orientations.io_orientation(np.asarray(affine, dtype=np.float64))):
+        out[int(target)] = float(values[axis])
     return out
 
 

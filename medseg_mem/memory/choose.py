@@ -47,7 +47,8 @@ def accuracy_order(results: Path, dataset: str) -> Tuple[List[str], str]:
 
 
 def _mean_dice(results: Path, dataset: str) -> dict:
-    """``{variant: mean Dice}`` of the ``run`` rows of ``dataset`` in ``results`` (empty when there are none)."""
+    """``{variant: mean Dice}`` of the ``run`` rows of ``dataset`` in ``results`` over the scored classes (empty
+    when there are none)."""
     if not results.is_file():
         return {}
     from medseg_mem.results import final_rows, read_results
@@ -57,6 +58,7 @@ def _mean_dice(results: Path, dataset: str) -> dict:
     except MedsegError:
         return {}
     rows = table[(table.dataset == dataset) & (table.source == "run") & table.variant.isin(THESIS_ORDER)]
+    rows = rows[rows.dice.notna()]  # an unscored class (absent from every test case) does not rank a variant
     return {str(name): float(group.dice.mean()) for name, group in rows.groupby("variant")}
 
 

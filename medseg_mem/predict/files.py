@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any, List, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,6 +30,8 @@ from medseg_mem.inference.source import SlabSource
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 OUTPUT_SUFFIX = "_seg.nii.gz"
 NIFTI_INTENT_LABEL = "label"
+#: The header ``descrip`` of every label map ``predict`` writes (how :func:`written_here` knows its own files).
+DESCRIPTION = b"medseg-mem segmentation"
 SHOWN = 5  # names listed in an error before "..."
 
 
@@ -53,22 +55,38 @@ def output_path(out_dir: Path, scan: Path) -> Path:
     return Path(out_dir) / f"{scan_name(scan)}{OUTPUT_SUFFIX}"
 
 
-def collect_inputs(inputs: Sequence[Path]) -> List[Path]:
+def collect_inputs(inputs: Sequence[Path], skipped: Optional[List[Path]] = None) -> List[Path]:
     """Expand ``inputs`` (NIfTI files and folders of them) into a list of scans, in the order given.
+
+    A folder's label maps that medseg-mem wrote (``*_seg.nii.gz`` marked as its segmentation: an earlier
+    ``predict`` into that folder) are outputs, not scans: they are left out (and appended to ``skipped``).
 
     Args:
         inputs: files and folders named by the user.
+        skipped: receives the label maps left out of the folders.
 
     Raises:
-        MedsegError: nothing given, a path that does not exist, a file that is not NIfTI, or a folder
-            without NIfTI files; the message names the path.
+        MedsegError: nothing given, a path that does not exist, a file that is not NIfTI or is a label map
+            medseg-mem wrote, or a folder without scans; the message names the path.
     """
     if not inputs:
         raise MedsegError("INPUT: give at least one NIfTI file or folder of NIfTI files to segment")
     scans: List[Path] = []
     for item in map(Path, inputs):
-        scans += _folder_scans(item) if item.is_dir() else [_checked_file(item)]
+        scans += _folder_scans(item, skipped if skipped is not None else []) if item.is_dir() else [_checked_file(item)]
     return _unique(scans)
+
+
+def written_here(path: Path) -> bool:
+    """True for a label map ``predict`` wrote: named ``*_seg.nii.gz``, its header marked as medseg-mem's."""
+    import nibabel as nib
+
+    if not Path(path).name.endswith(OUTPUT_SUFFIX):
+        return False
+    try:
+        return bytes(nib.load(str(path)).header["descrip"]).rstrip(b"\0") == DESCRIPTION
+    except Exception:  # noqa: BLE001 - an unreadable file is not ours; the reader reports it as a scan
+        return False
 
 
 def _unique(paths: Sequence[Path]) -> List[Path]:
@@ -81,10 +99,15 @@ def _unique(paths: Sequence[Path]) -> List[Path]:
     return unique
 
 
-def _folder_scans(folder: Path) -> List[Path]:
-    scans = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+def _folder_scans(folder: Path, skipped: List[Path]) -> List[Path]:
+    files = sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p))
+    ours = [p for p in files if written_here(p)]
+    skipped += ours
+    scans = [p for p in files if p not in ours]
     if not scans:
-        raise MedsegError(f"INPUT {folder}: the folder holds no *.nii or *.nii.gz files; point at the scans' folder")
+        held = f" (only {len(ours)} label map(s) medseg-mem wrote)" if ours else ""
+        raise MedsegError(f"INPUT {folder}: the folder holds no *.nii or *.nii.gz scans{held}; point at the scans' "
+                          "folder")  # fmt: skip
     return scans
 
 
@@ -93,6 +116,9 @@ def _checked_file(path: Path) -> Path:
         raise MedsegError(f"INPUT {path}: no such file or folder")
     if not is_nifti(path):
         raise MedsegError(f"INPUT {path}: not a NIfTI file (*.nii or *.nii.gz); convert it first, e.g. with SimpleITK")
+    if written_here(path):
+        raise MedsegError(f"INPUT {path}: a label map medseg-mem wrote (an earlier predict's output), not a scan; "
+                          "drop it from INPUT")  # fmt: skip
     return path
 
 
@@ -160,7 +186,7 @@ def _label_header(header, num_classes: int) -> None:
     header.set_slope_inter(None, None)
     header.set_intent(NIFTI_INTENT_LABEL)
     header["cal_min"], header["cal_max"] = 0, max(0, num_classes - 1)
-    header["descrip"] = b"medseg-mem segmentation"
+    header["descrip"] = DESCRIPTION
 
 
 def _save_atomic(image, target: Path) -> Path:

@@ -24,12 +24,13 @@ def load_scan(pipeline, reader: str, scan: Path) -> dict:
     """Run the pipeline's loading steps on ``scan`` with exactly the run's reader (no fallback reader).
 
     Raises:
-        MedsegError: naming the scan, when its header is impossible (dimensions, more voxels than memory) or it
-            cannot be read as NIfTI.
+        MedsegError: naming the scan, when it cannot be opened (permission denied ...), its header is impossible
+            (dimensions, more voxels than memory) or it cannot be read as NIfTI.
     """
     from medseg_mem.data.headers import header_problems
+    from medseg_mem.readable import open_failure
 
-    problems = header_problems(scan, str(scan))
+    problems = [p for p in [open_failure(scan)] if p] or header_problems(scan, str(scan))
     if problems:
         raise MedsegError(f"{problems[0]}; nothing was written for it")
     data = {"image": str(scan)}

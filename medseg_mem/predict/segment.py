@@ -42,6 +42,7 @@ from medseg_mem.memory.measure import InProcessPeak
 from medseg_mem.memory.units import format_bytes
 from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
+from medseg_mem.output_lock import output_lock
 from medseg_mem.writable import check_output_folder
 
 
@@ -215,7 +216,8 @@ def predict(
         engine: ``"torch"`` (default) or ``"onnxruntime"``: the run's ONNX export (``<run folder>/onnx``, from
             ``medseg-mem export --format onnx``; made in a temporary folder when it is missing or was made from
             other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.onnx_engine`).
-        warn: receives a note when ``--tta`` mirrors a network trained without mirroring (default: stderr).
+        warn: receives a note when ``--tta`` mirrors a network trained without mirroring, or when label maps an
+            earlier predict wrote into an input folder are left out (default: stderr).
 
     Returns:
         a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
@@ -223,8 +225,8 @@ def predict(
 
     Raises:
         MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), an
-            ``out_dir`` that cannot be written, an unusable device, or onnxruntime without its packages, on
-            cuda or at a precision other than fp32; nothing is written then.
+            ``out_dir`` that cannot be written or that another predict is writing, an unusable device, or
+            onnxruntime without its packages, on cuda or at a precision other than fp32; nothing is written then.
     """
     from medseg_mem.memory.rss import pin_glibc_allocator
 
@@ -234,14 +236,20 @@ def predict(
     start = time.perf_counter()
     engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)
     trained = open_trained_run(Path(checkpoint))
+    warn = warn or (lambda line: print(line, file=sys.stderr))
     note = unmirrored_note(trained.augment, (inference or InferenceConfig()).mirror_axes)
     if note:
-        (warn or (lambda line: print(line, file=sys.stderr)))(note)
-    jobs = plan_outputs(collect_inputs([Path(p) for p in inputs]), Path(out_dir), overwrite)
+        warn(note)
+    skipped: List[Path] = []
+    jobs = plan_outputs(collect_inputs([Path(p) for p in inputs], skipped), Path(out_dir), overwrite)
+    if skipped:
+        warn(f"note: left out {len(skipped)} label map(s) an earlier predict wrote into the input folder(s) "
+             f"({', '.join(p.name for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''}): outputs, not scans")
     check_output_folder(Path(out_dir), "--out")  # before any scan is segmented
-    torch_device = resolve_device(engine_device)
-    segmenter = Segmenter(trained, torch_device, inference, engine)
-    written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)
+    with output_lock(Path(out_dir), "--out", "predict", inside=True):  # a second predict into --out stops here
+        torch_device = resolve_device(engine_device)
+        segmenter = Segmenter(trained, torch_device, inference, engine)
+        written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)
     where = str(torch_device) + (" via onnxruntime" if engine == "onnxruntime" else "")
     return PredictSummary(
         tuple(written), tuple(failed), Path(checkpoint), trained.variant, where, Path(out_dir),

@@ -16,6 +16,7 @@ from typing import List, Optional
 import pandas as pd
 
 from medseg_mem import __version__
+from medseg_mem.atomic import write_text_atomic
 from medseg_mem.errors import MedsegError
 from medseg_mem.memory.units import format_bytes
 from medseg_mem.report.format import format_table, render_group
@@ -57,7 +58,8 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
             ``comparison-time.png``) go; default: next to ``results_csv``. Created when missing.
 
     Raises:
-        MedsegError: the results file is missing, malformed or has no rows; ``out_dir`` is not a folder.
+        MedsegError: the results file is missing, malformed or has no rows; ``out_dir`` is not a folder; a file
+            cannot be written (each is written atomically: the previous one is kept).
     """
     from medseg_mem.report.plot import plot_comparison  # matplotlib only when a plot is drawn
     from medseg_mem.report.time_plot import FILE_NAME, plot_dice_over_time
@@ -75,8 +77,8 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
     paths = [out_dir / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
     title = f"medseg-mem comparison — {results_csv.name}"
     time_path = plot_dice_over_time(results, out_dir / FILE_NAME, title=title)
-    paths[0].write_text(_markdown(results_csv, results, text, time_path), encoding="utf-8")
-    comparison_frame(groups).to_csv(paths[1], index=False)
+    write_text_atomic(paths[0], _markdown(results_csv, results, text, time_path))  # each file whole or not at all
+    write_text_atomic(paths[1], comparison_frame(groups).to_csv(index=False))
     plot_comparison(groups, paths[2], title=title)
     return CompareReport(results_csv, *paths, text=text, time_png_path=time_path)
 
@@ -105,7 +107,8 @@ def _markdown(results_csv: Path, results: pd.DataFrame, text: str, time_path: Op
     return (
         "# medseg-mem comparison\n\n"
         f"From `{results_csv}` ({len(results)} rows, {runs} runs), medseg-mem {__version__}. "
-        "Dice in percent on the test split; *mean Dice % (fg)* averages the foreground classes; "
+        "Dice in percent on the test split, over the cases that score each class (— where none does); "
+        "*mean Dice % (fg)* averages the scored foreground classes; "
         "each row is the latest run of its variant. Memory and time are compared only within one table "
         "(same dataset, device and memory method).\n\n"
         f"{text}\n\n![mean Dice against peak memory](comparison.png)\n{time_plot}"

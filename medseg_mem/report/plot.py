@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
+from medseg_mem.atomic import replacing
 from medseg_mem.report.tables import Group, variant_order
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -53,8 +54,19 @@ def plot_comparison(groups: Sequence[Group], path: Path, title: str = "") -> Pat
         axes[0].text(0.5, 0.5, "no results to plot", ha="center", va="center", transform=axes[0].transAxes)
     if title:
         figure.suptitle(title)
-    figure.savefig(path, dpi=110)
-    return path
+    return save_figure(figure, path)
+
+
+def save_figure(figure: Figure, path: Path) -> Path:
+    """Write ``figure`` as PNG to ``path`` atomically (:func:`medseg_mem.atomic.replacing`): a failed or killed
+    write leaves the previous file, never a half-written one.
+
+    Raises:
+        WriteError: the disk is full or the folder not writable, naming ``path``.
+    """
+    with replacing(Path(path), suffix=".png") as temp:
+        figure.savefig(temp, dpi=110, format="png")
+    return Path(path)
 
 
 class _Style:

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple
 import pandas as pd
 from matplotlib.figure import Figure
 
+from medseg_mem.report.plot import save_figure
 from medseg_mem.report.tables import variant_order
 
 Curves = Dict[Tuple[str, str], Dict[str, List[Tuple[float, float]]]]
@@ -79,5 +80,4 @@ def plot_dice_over_time(results: pd.DataFrame, path: Path, title: str = "") -> O
         ax.set_axis_off()
     if title:
         figure.suptitle(title)
-    figure.savefig(path, dpi=110)
-    return Path(path)
+    return save_figure(figure, path)

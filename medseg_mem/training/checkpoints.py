@@ -7,6 +7,10 @@ from typing import Any, Dict, Tuple
 import torch
 
 from medseg_mem.checkpoint import load_checkpoint
+from medseg_mem.errors import MedsegError
+
+#: The network settings a stage's ``last.pt`` and the run's ``run.json`` must agree on to resume.
+MODEL_KEYS = ("channels", "slab_size", "downsample", "guidance", "deep_supervision")
 
 KEPT = ("best_score", "best_step", "history", "train_seconds", "snapshots")
 
@@ -67,9 +71,26 @@ def resume_state(job, net, optimizer, scaler) -> Tuple[int, Dict[str, Any]]:
     if not last.exists():
         return 0, fresh_state()
     saved = load_checkpoint(last)
+    check_recorded_model(job, saved, last)
     net.load_state_dict(saved["state_dict"])
     optimizer.load_state_dict(saved["optimizer"])
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
     torch.set_rng_state(saved["torch_rng"])
     return int(saved["step"]), {**fresh_state(), **{key: saved[key] for key in KEPT if key in saved}}
+
+
+def check_recorded_model(job, saved: Dict[str, Any], last) -> None:
+    """``run.json``'s model settings (``job.model``) are those ``last.pt`` was trained with.
+
+    Raises:
+        MedsegError: naming ``run.json``, the setting, both values and the fix.
+    """
+    spec = saved.get("model", {})
+    for key in MODEL_KEYS:
+        recorded = getattr(job.model, key)
+        recorded = list(recorded) if isinstance(recorded, tuple) else recorded
+        if key in spec and spec[key] != recorded:
+            raise MedsegError(f"{job.folder.parent / 'run.json'}: model.{key} is {recorded} but {last} was trained "
+                              f"with {spec[key]} (was run.json edited?); restore model.{key} to {spec[key]} or start "
+                              "a new run")  # fmt: skip

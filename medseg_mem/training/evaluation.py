@@ -20,7 +20,7 @@ from medseg_mem.config import InferenceConfig, ModelConfig, TrainConfig
 from medseg_mem.inference_config import tta_text
 from medseg_mem.data.cases import CaseStream, open_case
 from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.evaluate import Evaluation, evaluate_variant
+from medseg_mem.evaluate import Evaluation, dice_text, evaluate_variant
 from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.models.build import load_networks
 from medseg_mem.results import utc_timestamp
@@ -87,11 +87,12 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "train_peak_memory_bytes": result.train_peak_bytes,
         "stage2_guidance": stage2_guidance_text(train) if result.variant == "cascade" else "",
     }  # fmt: skip
-    names = dataset.class_names[1:]
+    names, counts = dataset.class_names[1:], result.evaluation.dice_cases
     return [
-        {**run, "class_name": names[i], "class_index": i + 1, "dice": round(d, 6)}
+        {**run, "class_name": names[i], "class_index": i + 1, "dice": round(d, 6),
+         "dice_cases": None if counts is None else counts[i]}
         for i, d in enumerate(result.evaluation.dice)
-    ]
+    ]  # fmt: skip
 
 
 def evaluate_checkpoints(name, paths, dataset, model, device, inference: InferenceConfig) -> Evaluation:
@@ -105,7 +106,7 @@ def evaluate_snapshot(final: VariantResult, snapshot: Snapshot, dataset, model, 
                       echo) -> VariantResult:  # fmt: skip
     """The variant as it was at a snapshot mark, evaluated like the final model; its memory is the final one's."""
     evaluation = evaluate_checkpoints(final.variant, snapshot.paths, dataset, model, device, inference)
-    dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
+    dice = dice_text(dataset.class_names[1:], evaluation.dice)
     echo(f"[{final.variant}] snapshot at {snapshot.mark / 60:g} min ({snapshot.steps} steps, "
          f"{snapshot.seconds / 60:.2f} min trained): test Dice {dice}")
     return VariantResult(final.run_id, final.variant, evaluation, final.memory, snapshot.steps, snapshot.seconds,

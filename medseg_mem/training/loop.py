@@ -19,18 +19,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 import torch
 from monai.losses import DiceCELoss, DiceLoss
 from tqdm.auto import tqdm
 
 from medseg_mem.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.evaluate import dice_per_class
+from medseg_mem.evaluate import dice_per_class, mean_dice, overall_dice
 from medseg_mem.models.build import build_network
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.deep_supervision import DeepSupervisionLoss
+from medseg_mem.training.divergence import check_loss, check_weights
 from medseg_mem.training.optimizer import build_optimizer
 from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
@@ -102,13 +102,21 @@ def plain_loss(stage: Stage, train: TrainConfig, weights: Optional[Tuple[float, 
     return DiceLoss(weight=weight, **options)
 
 
+def improves(mean: float, state: Dict[str, Any]) -> bool:
+    """Whether a validation's ``mean`` Dice beats the best so far. The first validation always counts; a NaN mean
+    (no class in any validation case) counts below every score."""
+    best = state["best_score"]
+    return state["best_step"] == 0 or (mean == mean and (best != best or mean > best))
+
+
 def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
-    """Mean Dice per foreground class of this stage's own output on the validation cases (one at a time)."""
+    """Mean Dice per foreground class of this stage's own output on the validation cases (one at a time); a class
+    absent from a case's label and prediction is left out of its mean (NaN when no case scores it)."""
     net.eval()
     with torch.inference_mode():
         scores = [case_dice(job, net, case_id) for case_id in job.data.validation_ids()]
     net.train()
-    return torch.cat(scores).mean(dim=0).tolist()
+    return mean_dice(torch.cat(scores))[0]
 
 
 def case_dice(job: StageJob, net: torch.nn.Module, case_id: str) -> torch.Tensor:
@@ -146,6 +154,8 @@ def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_c
         set_learning_rate(optimizer, lr)
         loss = train_step(trained, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
         step += 1
+        if scaler is None:  # fp16's scaler skips the steps whose gradients overflow: its weights stay finite
+            check_loss(job, loss, step, state)
         bar.update(1)
         elapsed = read_clock(clock, started, times)
         marks, stop = times.due(elapsed, state["snapshots"]), times.out_of_time(elapsed)
@@ -190,10 +200,11 @@ def record_validation(job: StageJob, trained, step: int, state: Dict[str, Any], 
 
     ``trained`` is ``(net, optimizer, scaler)``.
     """
+    check_weights(job, trained[0], step, loss, state)  # never file NaN weights as best.pt or last.pt
     dice = validate(job, trained[0])
-    mean = float(np.mean(dice))
+    mean = overall_dice(dice)
     state["history"].append({"step": step, "loss": loss, "dice": dice, "mean_dice": mean})
-    if mean > state["best_score"]:
+    if improves(mean, state):
         state["best_score"], state["best_step"] = mean, step
         save_checkpoint(job.folder / "best.pt", payload(job, *trained, step, state))
     for mark in marks:

@@ -23,12 +23,14 @@ from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.data.prepared import SPLITS, PreparedDataset
 from medseg_mem.device import resolve_device
 from medseg_mem.errors import MedsegError
+from medseg_mem.evaluate import dice_text
 from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.memory.units import format_bytes
 from medseg_mem.names import DEFAULT_RUNS
 from medseg_mem.results import append_rows, new_run_id, read_results
 from medseg_mem.training import distributed
 from medseg_mem.training.class_weights import class_weights
+from medseg_mem.training.divergence import Diverged
 from medseg_mem.training.evaluation import (
     VariantResult,
     evaluate_checkpoints,
@@ -186,7 +188,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
             rows += result_rows(evaluate_snapshot(result, snapshot, dataset, model, device, inference, echo),
                                 dataset, model, train, device, inference)  # fmt: skip
         append_rows(request.results, rows)
-    dice = ", ".join(f"{n} {d:.3f}" for n, d in zip(dataset.class_names[1:], evaluation.dice))
+    dice = dice_text(dataset.class_names[1:], evaluation.dice)
     echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); peak memory "
          f"{format_bytes(memory.peak_bytes)} ({memory.method}); {evaluation.seconds_per_case:.3f} s/case; "
          f"training peak {format_bytes(result.train_peak_bytes)}")
@@ -211,20 +213,33 @@ def run_settings(model: ModelConfig, train: TrainConfig) -> str:
     return ", ".join(parts + [text for text, shown in optional.items() if shown] + [f"seed {train.seed}"])
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run: still a ``KeyboardInterrupt`` (callers stop as before), whose message names the run and
+    the ``--resume`` command that continues it (``medseg-mem run`` prints it as its one error line)."""
+
+
 @contextlib.contextmanager
 def resumable(run_id: str, request: RunRequest, state: str, resume_does: str) -> Iterator[None]:
-    """A failure while training (a checkpoint write) or after it (evaluation, measurement, writing the rows)
-    says how to go on without losing work: the checkpoints stay, and ``--resume`` picks them up.
+    """A failure while training (a checkpoint write) or after it (evaluation, measurement, writing the rows), or
+    an interruption (Ctrl-C), says how to go on without losing work: the checkpoints stay, and ``--resume`` picks
+    them up. A diverged training (:class:`~medseg_mem.training.divergence.Diverged`) is said as it is: resuming
+    would diverge again.
 
     Args:
         state: where the run stands, e.g. "finished training".
         resume_does: what ``--resume`` will then do, e.g. "continues it".
     """
+    runs = "" if same_path(request.runs_dir, DEFAULT_RUNS) else f" --runs {request.runs_dir}"
+    where = f"its checkpoints are kept in {request.runs_dir / run_id}"
     try:
         yield
+    except Diverged:
+        raise
+    except KeyboardInterrupt as error:
+        raise RunInterrupted(f"interrupted (Ctrl-C): run {run_id} {state}, {where}; "
+                             f"`medseg-mem run --resume {run_id}{runs}` {resume_does}") from error  # fmt: skip
     except (MedsegError, OSError) as error:
-        runs = "" if same_path(request.runs_dir, DEFAULT_RUNS) else f" --runs {request.runs_dir}"
         raise MedsegError(
-            f"{error}; run {run_id} {state}, its checkpoints are kept in {request.runs_dir / run_id}: once that "
-            f"is fixed, `medseg-mem run --resume {run_id}{runs}` {resume_does}"
+            f"{error}; run {run_id} {state}, {where}: once that is fixed, `medseg-mem run --resume {run_id}{runs}` "
+            f"{resume_does}"
         ) from error

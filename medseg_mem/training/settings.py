@@ -32,7 +32,7 @@ from typing import Any, Dict, Tuple
 
 from medseg_mem.atomic import write_json_atomic
 from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.errors import MedsegError
+from medseg_mem.errors import MedsegError, OptionError
 from medseg_mem.names import EMBEDDED_DATASET
 from medseg_mem.training.optimizer import default_lr
 
@@ -83,7 +83,18 @@ def load_run_record(run_dir: Path) -> Dict[str, Any]:
         record["train"] = TrainConfig(**older_train_record(record["train"]))
     except (ValueError, KeyError, TypeError) as error:
         raise MedsegError(f"{path}: not a readable run record ({error}); start a new run instead") from error
+    except OptionError as error:
+        raise MedsegError(f"{path}: {recorded_setting(error)} (was run.json edited?); restore its value or start a "
+                          "new run") from error  # fmt: skip
     return record
+
+
+def recorded_setting(error: OptionError) -> str:
+    """``error``'s rule and value, told of the run.json key (``model.slab_size``) instead of the option
+    (``--slab-size``), which the user did not pass."""
+    field = error.option.lstrip("-").replace("-", "_")
+    section = "model" if field in MODEL_FIELDS else "train" if field in TRAIN_FIELDS else None
+    return str(error).replace(error.option, f"{section}.{field}", 1) if section else str(error)
 
 
 def older_train_record(train: Dict[str, Any]) -> Dict[str, Any]:

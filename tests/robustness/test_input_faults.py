@@ -8,7 +8,11 @@ files are byte-identical afterwards.
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import errno
 import gzip
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,6 +25,9 @@ from click.testing import CliRunner
 
 from medseg_mem.cli import main
 from medseg_mem.errors import MedsegError
+from medseg_mem.results import RESULT_COLUMNS
+
+from disk_faults import deny_reads
 
 PLAN = ["plan", "--no-calibrate", "--budget", "8GB"]
 TINY_PLAN = [*PLAN, "--shape", "1,16,16,16", "--classes", "2", "--channels", "4,8"]
@@ -36,9 +43,11 @@ class Env:
     edit_json: Callable
     monkeypatch: pytest.MonkeyPatch
     inputs: List[Path] = field(default_factory=list)
+    faults: List[Callable[[], None]] = field(default_factory=list)  # installed after the inputs' checksums
+    cleanups: List[Callable[[], None]] = field(default_factory=list)
 
-    def task(self, n_cases: int = 3, shape=(8, 8, 6)) -> Path:
-        task = self.make_task(self.root, n_cases=n_cases, shape=shape)
+    def task(self, n_cases: int = 3, shape=(8, 8, 6), **options) -> Path:
+        task = self.make_task(self.root, n_cases=n_cases, shape=shape, **options)
         self.inputs.append(task)
         return task
 
@@ -246,12 +255,149 @@ ROWS = [
 ]
 
 
+# --- round two: absent classes, resampling, unreadable files, odd listings, locks, CSV ranges, options ---------
+
+
+def all_background(e: Env) -> List[str]:
+    task = e.task()
+    for index in range(3):
+        e.write_nifti(np.zeros((8, 8, 6), np.uint8), task / "labelsTr" / f"tiny_{index:03d}.nii.gz")
+    return e.prepare(task)
+
+
+def thin_voxels(*spacing: str) -> Callable[[Env], List[str]]:
+    """A task of 0.1 x 0.1 x 10 mm voxels prepared with ``--spacing``."""
+
+    def build(e: Env) -> List[str]:
+        return e.prepare(e.task(affine=np.diag([0.1, 0.1, 10.0, 1.0])), "--spacing", ",".join(spacing))
+
+    return build
+
+
+def unreadable(relative: str) -> Callable[[Env], List[str]]:
+    """A task one of whose files (``relative`` to the task folder) the user may not read (mode 000)."""
+
+    def build(e: Env) -> List[str]:
+        task = e.task()
+        e.faults.append(lambda: deny_reads(e.monkeypatch, task / relative, e.cleanups))
+        return e.prepare(task)
+
+    return build
+
+
+def listed_folder(e: Env) -> List[str]:
+    task = e.task()
+    (task / "imagesTr" / "scan.nii.gz").mkdir()
+    training = json.loads((task / "dataset.json").read_text())["training"]
+    training[0]["image"] = "./imagesTr/scan.nii.gz"
+    e.edit_json(task, training=training)
+    return e.prepare(task)
+
+
+def overstated_count(e: Env) -> List[str]:
+    task = e.task()
+    e.edit_json(task, numTraining=100)
+    return e.prepare(task)
+
+
+def generated_task_too_small(e: Env) -> List[str]:
+    return ["prepare", "--cases", "6", "--shape", "22,22,76", "--out", str(e.root / "out")]
+
+
+def nothing_generated(e: Env) -> None:
+    assert not any(e.root.iterdir()), sorted(p.name for p in e.root.iterdir())
+
+
+def prepare_while_another_writes(e: Env) -> List[str]:
+    from medseg_mem.output_lock import output_lock
+
+    task = e.task()
+    stack = contextlib.ExitStack()
+    stack.enter_context(output_lock(e.root / "out", "--out", "prepare"))  # what a running prepare holds
+    e.cleanups.append(stack.close)
+    return e.prepare(task)
+
+
+def out_not_written(e: Env) -> None:
+    assert not (e.root / "out").exists() and not [p for p in e.root.iterdir() if ".partial-" in p.name]
+
+
+def results_csv(**changes) -> bytes:
+    """One valid results row (a run of ``full``), with ``changes`` to its cells."""
+    row = dict.fromkeys(RESULT_COLUMNS, "")
+    row.update(run_id="r1", timestamp="2026-01-01T00:00:00Z", dataset="Tiny", variant="full", class_name="left",
+               class_index="1", dice="0.5", peak_memory_bytes="1000", memory_method="proc", device="cpu",
+               inference_seconds_per_case="0.1", train_steps="2", train_seconds="1.0", seed="0", channels="2-4",
+               loss="dice_ce", n_test_cases="1", package_version="0", source="run")  # fmt: skip
+    row.update({key: str(value) for key, value in changes.items()})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerow(row)
+    return text.getvalue().encode()
+
+
+def compare_on_a_full_disk(e: Env) -> List[str]:
+    """``compare`` whose plot writer writes a few bytes of the PNG, then finds the disk full."""
+    from matplotlib.figure import Figure
+
+    def half_save(figure, fname, *args, **kwargs):
+        Path(fname).write_bytes(b"\x89PNG\r\n")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    e.monkeypatch.setattr(Figure, "savefig", half_save)
+    return compare(results_csv())(e)
+
+
+def no_half_report(e: Env) -> None:
+    left = sorted(p.name for p in (e.root / "report").iterdir())
+    assert left == ["comparison.csv", "comparison.md"], left  # written whole; the plot not at all, no temporary
+
+
+def run_with(*options: str) -> Callable[[Env], List[str]]:
+    return lambda e: ["run", "--data", str(e.root / "nowhere"), "--runs", str(e.root / "runs"), *options]
+
+
+ROWS += [
+    Row("all-background labels", all_background, "warning: no case of the train split (1 case(s)) holds class(es) "
+        "left, right", code=0),
+    Row("resampling removes a class", thin_voxels("1", "1", "1"), "warning: labelsTr/tiny_000.nii.gz: resampling to "
+        "1,1,1 mm removed every voxel of class(es) left, right", code=0),
+    Row("--spacing too fine for memory", thin_voxels("0.0001", "0.0001", "0.0001"),
+        "tiny_000.nii.gz: resampled to --spacing 0.0001,0.0001,0.0001 mm it would be 8000x8000x600000 voxels"),
+    Row("dataset.json unreadable", unreadable("dataset.json"), "dataset.json: cannot be read (permission denied)"),
+    Row("image unreadable", unreadable("imagesTr/tiny_000.nii.gz"),
+        "imagesTr/tiny_000.nii.gz: cannot be read (permission denied)"),
+    Row("image path is a folder", listed_folder, "'./imagesTr/scan.nii.gz': is a folder, not a NIfTI file"),
+    Row("numTraining overstated", overstated_count, "numTraining says 100 but 'training' lists 3 case(s)", code=0),
+    Row("generated task too small", generated_task_too_small, "--shape 22,22,76: the SyntheticRods task needs X and "
+        "Y >= 27", check=nothing_generated),
+    Row("prepare while another prepare writes --out", prepare_while_another_writes,
+        "another prepare is writing into it right now", check=out_not_written),
+    Row("compare on a Dice of 7.5", compare(results_csv(dice=7.5)),
+        "line 2, column dice: '7.5' is out of range (must be in [0, 1])"),
+    Row("compare on a negative peak memory", compare(results_csv(peak_memory_bytes=-1)),
+        "line 2, column peak_memory_bytes: '-1' is out of range"),
+    Row("compare on a full disk", compare_on_a_full_disk, "comparison.png: No space left on device",
+        check=no_half_report),
+    Row("run --lr inf", run_with("--lr", "inf"), "'--lr': must be a finite number", code=2),
+    Row("run --lr nan", run_with("--lr", "nan"), "'--lr': must be a finite number", code=2),
+    Row("run --guidance-noise nan", run_with("--guidance-noise", "nan"), "'--guidance-noise'", code=2),
+    Row("run --steps beyond any machine", run_with("--steps", "99999999999999999999999"), "'--steps'", code=2),
+]
+
+
 @pytest.mark.parametrize("row", ROWS, ids=[row.name for row in ROWS])
 def test_input_fault(row, tmp_path, make_msd_task, write_nifti, edit_json, checksums, monkeypatch):
     env = Env(tmp_path, make_msd_task, write_nifti, edit_json, monkeypatch)
     args = row.build(env)
     before = {str(folder): checksums(folder) for folder in env.inputs}
+    for fault in env.faults:
+        fault()
     result = CliRunner().invoke(main, args)
+    monkeypatch.undo()  # inputs are read back without the fault
+    for cleanup in env.cleanups:
+        cleanup()
     assert "Traceback" not in result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     if row.code == 0:

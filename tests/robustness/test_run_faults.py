@@ -9,7 +9,9 @@ disk is a writer that writes half its bytes, then raises ``ENOSPC``.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -26,7 +28,7 @@ from click.testing import CliRunner
 from medseg_mem.cli import main
 from medseg_mem.results import RESULT_COLUMNS
 
-from disk_faults import install_full_disk
+from disk_faults import deny_reads, install_full_disk
 
 TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
 
@@ -126,18 +128,6 @@ def write_code_checkpoint(path: Path) -> None:
 # --- the environment every case starts from ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_prepared):
-    """One tiny trained ``full`` run (2 steps): its runs folder, results CSV and run id."""
-    base = tmp_path_factory.mktemp("trained")
-    args = ["run", "--variant", "full", "--data", str(tiny_prepared.root), "--results", str(base / "results.csv"),
-            "--runs", str(base / "runs"), *TINY]  # fmt: skip
-    result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    (run_id,) = [p.name for p in (base / "runs").iterdir()]
-    return base, run_id
-
-
 @dataclass
 class Env:
     """Paths a case works with: a private copy of the trained run, a fresh results path, a scan to predict."""
@@ -150,6 +140,7 @@ class Env:
     scan: Path
     monkeypatch: pytest.MonkeyPatch
     inputs: List[Path] = field(default_factory=list)
+    faults: List[Callable[[], None]] = field(default_factory=list)  # installed after the inputs' snapshot
     cleanups: List[Callable[[], None]] = field(default_factory=list)
 
     @property
@@ -384,11 +375,121 @@ def predict_label_map_write_fails(e: Env):
     return e.predict()
 
 
+def edited_record(change: Callable[[dict], None]) -> Callable[[Env], List[str]]:
+    """``--resume`` of the run after ``change`` edited its ``run.json`` (a dict)."""
+
+    def build(e: Env) -> List[str]:
+        path = e.run_dir / "run.json"
+        record = json.loads(path.read_text())
+        change(record)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        e.inputs.append(e.run_dir)
+        return e.resume("--quiet")
+
+    return build
+
+
+def predict_unreadable_best(e: Env):
+    e.inputs.append(e.run_dir)
+    e.faults.append(lambda: deny_reads(e.monkeypatch, e.best(), e.cleanups))
+    return e.predict()
+
+
+def predict_code_with_its_digest(e: Env):
+    """``best.pt`` holds a call of ``os.system``, and its ``.sha256`` matches it (written by whoever planted it)."""
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "medseg-mem-checkpoint/1", "payload": Payload()}, e.best())
+    digest = hashlib.sha256(e.best().read_bytes()).hexdigest()
+    (e.run_dir / "full" / "best.pt.sha256").write_text(f"{digest}  best.pt\n")
+    e.inputs.append(e.run_dir)
+    return e.predict()
+
+
+def predict_while_another_writes(e: Env):
+    from medseg_mem.output_lock import output_lock
+
+    out = e.tmp / "pred"
+    out.mkdir()
+    stack = contextlib.ExitStack()
+    stack.enter_context(output_lock(out, "--out", "predict", inside=True))  # what a running predict holds
+    e.cleanups.append(stack.close)
+    e.inputs.append(e.run_dir)
+    return e.predict(out=out)
+
+
+def interrupted_run(e: Env):
+    import medseg_mem.training.run as training_run
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    e.monkeypatch.setattr(training_run, "train_variant", interrupt)
+    return e.run("--variant", "full", *TINY)
+
+
+def diverging_run(e: Env):
+    """A fresh run whose second step's loss is NaN."""
+    import torch
+
+    import medseg_mem.training.loop as loop
+
+    real, calls = loop.train_step, []
+
+    def step(*args, **kwargs):
+        calls.append(1)
+        loss = real(*args, **kwargs)
+        return torch.tensor(float("nan")) if len(calls) == 2 else loss
+
+    e.monkeypatch.setattr(loop, "train_step", step)
+    e.runs = e.tmp / "fresh-runs"
+    return e.run("--variant", "full", "--steps", "3", "--val-every", "1", "--channels", "2,4", "--quiet")
+
+
+def weights_turn_nan(e: Env):
+    """A fresh run whose first step leaves a NaN weight behind a finite loss (what a huge --lr does)."""
+    import torch
+
+    import medseg_mem.training.loop as loop
+
+    real = loop.train_step
+
+    def step(net, *args, **kwargs):
+        loss = real(net, *args, **kwargs)
+        with torch.no_grad():
+            next(net.parameters()).view(-1)[0] = float("nan")
+        return loss
+
+    e.monkeypatch.setattr(loop, "train_step", step)
+    e.runs = e.tmp / "fresh-runs"
+    return e.run("--variant", "full", "--steps", "3", "--val-every", "1", "--channels", "2,4", "--quiet")
+
+
+def nothing_saved(e: Env) -> None:
+    assert not list(e.runs.rglob("*.pt"))
+
+
+def only_finite_weights_saved(e: Env) -> None:
+    import torch
+
+    saved = sorted(e.runs.rglob("*.pt"))
+    assert [p.name for p in saved] == ["best.pt", "last.pt"]
+    for path in saved:
+        payload = torch.load(path, weights_only=True)
+        assert payload["step"] == 1 and all(bool(torch.isfinite(t).all()) for t in payload["state_dict"].values())
+
+
 @dataclass(frozen=True)
 class Case:
     build: Callable[[Env], Sequence[str]]
     words: Callable[[Env], Sequence[str]]
     exit_code: int = 1
+    absent: Sequence[str] = ()  # words the last line must not hold
+    check: Callable[[Env], None] = None
 
 
 CASES: Dict[str, Case] = {
@@ -434,6 +535,43 @@ CASES: Dict[str, Case] = {
     ),
     "predict run without best.pt": Case(predict_run_without_best, lambda e: ["full/best.pt", "--resume"]),
     "predict label map write fails": Case(predict_label_map_write_fails, lambda e: ["tiny_000.nii.gz", "failed"]),
+    "--resume run.json with slab_size -16": Case(
+        edited_record(lambda r: r["model"].update(slab_size=-16)),
+        lambda e: ["run.json: model.slab_size must be a positive number of voxels; got -16", "restore"],
+        absent=["--slab-size"],
+    ),
+    "--resume run.json with other channels": Case(
+        edited_record(lambda r: r["model"].update(channels=[4, 8, 999])),
+        lambda e: ["run.json: model.channels is [4, 8, 999]", "trained with [2, 4]", "restore model.channels"],
+    ),
+    "--resume run.json with steps beyond any machine": Case(
+        edited_record(lambda r: r["train"].update(steps=10**23)),
+        lambda e: ["run.json: train.steps must be at most 1,000,000,000"], absent=["--steps"],
+    ),
+    "predict unreadable best.pt": Case(
+        predict_unreadable_best, lambda e: ["best.pt: cannot be read (permission denied)", "chmod"]
+    ),
+    "predict best.pt with code and its digest": Case(
+        predict_code_with_its_digest,
+        lambda e: ["best.pt: cannot be read safely: it holds code, not only tensors (GLOBAL posix.system)"],
+        absent=["PyTorch 2.6"],
+    ),
+    "predict while another predict writes --out": Case(
+        predict_while_another_writes, lambda e: ["--out", "another predict is writing into it right now"]
+    ),
+    "run interrupted (Ctrl-C)": Case(interrupted_run, lambda e: ["interrupted (Ctrl-C): run 20", "--resume 20"]),
+    "training diverges": Case(
+        diverging_run,
+        lambda e: ["[full/full] training diverged at step 2: the loss is nan", "last.pt (step 1) is the last finite "
+                   "checkpoint, kept", "lower --lr"],
+        absent=["--resume"], check=only_finite_weights_saved,
+    ),
+    "training leaves NaN weights": Case(
+        weights_turn_nan,
+        lambda e: ["[full/full] training diverged at step 1: 1 of ", "weight tensors are NaN or infinite (loss ",
+                   "no checkpoint was saved before it"],
+        check=nothing_saved,
+    ),
 }
 
 
@@ -449,15 +587,23 @@ def test_fault_gives_one_line_naming_the_culprit_and_leaves_inputs_intact(name, 
     args = case.build(env)
     inputs = [env.data, env.scan, *env.inputs]
     before = snapshot(inputs)
+    for fault in env.faults:
+        fault()
     result = CliRunner().invoke(main, [str(arg) for arg in args])
     env.monkeypatch.undo()  # files are read back without the fault
+    while env.cleanups:
+        env.cleanups.pop()()
     last = result.output.strip().splitlines()[-1] if result.output.strip() else ""
     assert result.exit_code == case.exit_code, result.output
     assert "Traceback" not in result.output and not isinstance(result.exception, (AssertionError, TypeError))
     assert last.startswith("Error:"), result.output
     for word in case.words(env):
         assert word in last, f"{word!r} not in the last line: {last}"
+    for word in case.absent:
+        assert word not in last, f"{word!r} in the last line: {last}"
     assert snapshot(inputs) == before
+    if case.check is not None:
+        case.check(env)
 
 
 # --- nothing lost: after a failed write, --resume files the rows once, without training again -----------------
@@ -492,3 +638,17 @@ def test_resume_on_the_same_data_given_again_is_accepted(env):
     result = CliRunner().invoke(main, env.resume("--quiet", "--data", str(env.data)))
     assert result.exit_code == 0, result.output
     assert file_hashes(env.run_dir) == before and len(env.results.read_text().splitlines()) == 1 + 2
+
+
+def test_predict_into_its_own_input_folder_again_leaves_its_label_maps_out(env):
+    folder = env.tmp / "scans"
+    folder.mkdir()
+    shutil.copy(env.scan, folder / "a.nii.gz")
+    args = ["predict", "--quiet", "--checkpoint", str(env.run_dir), str(folder), "--out", str(folder), "--overwrite"]
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0 and "predicted 1 of 1" in first.output, first.output
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "predicted 1 of 1" in again.output, again.output
+    note = "note: left out 1 label map(s) an earlier predict wrote into the input folder(s) (a_seg.nii.gz)"
+    assert note in again.output
+    assert sorted(p.name for p in folder.iterdir()) == ["a.nii.gz", "a_seg.nii.gz"]
