@@ -84,12 +84,12 @@ def broken(make_msd_task, tmp_path, **changes) -> Path:
 
 
 @pytest.mark.parametrize("changes, says", [
-    ({"labels": {"background": 0, "whole tumour": [1, 2], "core": 2}},
+    ({"labels": {"background": 0, "whole tumour": [1, 2], "core": 2}, "regions_class_order": [1, 2]},
      "'labels' 'whole tumour' map to lists of labels (nnU-Net's region-based training)"),
     ({"labels": {"background": 0, "left": 1, "ignore": 2}}, "'labels' has an 'ignore' label"),
     ({"labels": {"background": 0, "left": 2}}, "'labels' values must be 0, 1, ..., 1; got [0, 2]"),
     ({"file_ending": ".mha"}, "'file_ending' is '.mha'; medseg-mem reads NIfTI only"),
-    ({"regions_class_order": [1, 2]}, "region-based labels (regions_class_order) are not supported"),
+    ({"dataset": {"case": {}}}, "a 'dataset' key listing files elsewhere is not read"),
 ])  # fmt: skip
 def test_unsupported_dataset_json_is_refused_in_one_line(make_msd_task, tmp_path, changes, says):
     folder = broken(make_msd_task, tmp_path, **changes)
@@ -160,9 +160,11 @@ def test_prepare_takes_a_users_splits_file_and_training_reads_an_edited_one(make
      "1 case id(s) are not cases of the dataset: tiny_x (did you mean"),
     ([{"train": ["tiny_000"], "val": ["tiny_001"], "test": ["tiny_000"]}],
      "case 'tiny_000' is in both train and test; each case belongs to one split at most"),
-    ([{"train": ["tiny_000", "tiny_000"], "val": ["tiny_001"], "test": ["tiny_002"]}], "case 'tiny_000' is twice in train"),
+    ([{"train": ["tiny_000", "tiny_000"], "val": ["tiny_001"], "test": ["tiny_002"]}],
+     "case 'tiny_000' is twice in train"),
     ([{"train": ["tiny_000"], "val": [], "test": ["tiny_002"]}], "the val split(s) are empty"),
-    ([{"train": ["tiny_000"], "val": ["tiny_001"]}], "the fold has no 'test' list (nnU-Net's splits_final.json has none"),
+    ([{"train": ["tiny_000"], "val": ["tiny_001"]}],
+     "the fold has no 'test' list (nnU-Net's splits_final.json has none"),
     ([{"train": [], "val": []}] * 5, "holds 5 folds; expected a list holding one fold"),
     ([{"train": "tiny_000", "val": ["tiny_001"], "test": ["tiny_002"]}], "'train' must be a list of case ids"),
     ("{broken", "not valid JSON"),

@@ -1,8 +1,6 @@
 """Overlays: the planes through the foreground, outlines that match the label maps pixel for pixel, ``show`` (a PNG
 per case of a run, one-line errors) and ``predict --overlay``."""
 
-import json
-
 import nibabel as nib
 import numpy as np
 import pytest
@@ -105,7 +103,7 @@ def test_show_draws_a_png_per_test_case_into_the_run_folder(tiny_run, tiny_prepa
 
 
 def test_show_draws_the_variants_prediction_and_the_cases_ground_truth(tiny_run, tiny_prepared, analytic,
-                                                                        monkeypatch, tmp_path):  # fmt: skip
+                                                                        monkeypatch, tmp_path):  # noqa: F811
     drawn = {}
     monkeypatch.setattr(show_module, "draw_overlay", lambda path, *args, **kw: drawn.update(args=args, kw=kw))
     case_id = tiny_prepared.ids("train")[0]  # a named case may come from any split
@@ -154,7 +152,8 @@ def test_predict_overlay_draws_beside_each_label_map_in_ras_order(tmp_path, anal
                                       NAMES, "t")  # fmt: skip
     canonical = nib.as_closest_canonical(nib.load(str(scan)))
     np.testing.assert_array_equal(drawn["args"][0], np.asarray(canonical.dataobj))
-    np.testing.assert_array_equal(drawn["args"][1], np.asarray(nib.as_closest_canonical(nib.load(str(label_map))).dataobj))
+    labels = nib.as_closest_canonical(nib.load(str(label_map)))
+    np.testing.assert_array_equal(drawn["args"][1], np.asarray(labels.dataobj))
     assert drawn["kw"]["spacing"] == pytest.approx(canonical.header.get_zooms()[:3])
 
 

@@ -41,10 +41,8 @@ LAYOUT = "nnunet-v2"
 CHANNEL_DIGITS = 4
 FOLDER_NAME = re.compile(r"Dataset\d{3}_(.+)")
 UNSUPPORTED_KEYS = {
-    "regions_class_order": "region-based labels (regions_class_order) are not supported; give each class one "
-                           "integer label",
     "dataset": "a 'dataset' key listing files elsewhere is not read; lay the files out as imagesTr/ and labelsTr/",
-}  # fmt: skip
+}
 
 
 def read_nnunet_dataset(task_dir: Path, meta: dict) -> MSDTask:
@@ -86,7 +84,8 @@ def label_names(labels: object, problems: List[str]) -> List[str]:
     regions = [name for name, value in labels.items() if isinstance(value, (list, tuple))]
     if regions:
         problems.append(f"dataset.json: 'labels' {', '.join(map(repr, regions))} map to lists of labels (nnU-Net's "
-                        "region-based training), which medseg-mem does not support; give each class one integer")
+                        "region-based training), which medseg-mem does not support; give each class one integer "
+                        "label (and drop regions_class_order)")  # fmt: skip
         return []
     if "ignore" in labels:
         problems.append("dataset.json: 'labels' has an 'ignore' label (nnU-Net's sparse annotation), which "

@@ -111,7 +111,8 @@ def _check_known(split: Split, case_ids: Sequence[str], where: str) -> None:
         close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise MedsegError(f"{where}: {len(unknown)} case id(s) are not cases of the dataset: {_listed(unknown)}"
-                          f"{hint}; list only its cases (a case id is the image file name without .nii.gz)")
+                          f"{hint}; list only its cases (a case id is a file name without .nii.gz, and in nnU-Net's "
+                          "imagesTr without _0000)")  # fmt: skip
 
 
 def _check_disjoint(split: Split, where: str) -> None:

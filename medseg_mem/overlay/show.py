@@ -98,7 +98,8 @@ def checked_cases(dataset: PreparedDataset, case_ids: Sequence[str]) -> List[str
     for case_id in case_ids:
         if case_id not in known:
             close = difflib.get_close_matches(case_id, known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"its test cases are {', '.join(dataset.ids('test')[:3])} ..."
+            test = ", ".join(dataset.ids("test")[:3])
+            hint = f"did you mean {close[0]!r}?" if close else f"its test cases are {test} ..."
             raise MedsegError(f"CASE {case_id}: not a case of the run's dataset {dataset.root}; {hint}")
     return list(dict.fromkeys(case_ids)) or dataset.ids("test")
 
