@@ -65,7 +65,7 @@ def overlay_figure(image: np.ndarray, prediction: np.ndarray, truth: Optional[np
     window = _window(image)
     for ax, axis in zip(axes, AXES):
         _panel(ax, axis, point, (image, prediction, truth), window, spacing, len(class_names))
-    figure.subplots_adjust(left=0.08, right=0.98, top=0.88, bottom=0.17, wspace=0.3)
+    figure.subplots_adjust(left=0.08, right=0.98, top=0.84, bottom=0.17, wspace=0.3)
     figure.legend(handles=_legend(prediction, truth, class_names), loc="lower center", ncol=6, fontsize=8,
                   frameon=False)  # fmt: skip
     if title:

@@ -173,6 +173,6 @@ def draw_case(dataset: PreparedDataset, trained: TrainedRun, case_id: str, segme
     prediction, truth = segment(case.image), np.array(case.label[0])
     dice = dice_per_class(torch.from_numpy(prediction)[None, None], torch.from_numpy(truth)[None, None],
                           trained.num_classes)[0].tolist()  # fmt: skip
-    title = f"{case_id}: run {run_id} ({trained.variant}); Dice {dice_text(trained.class_names[1:], dice)}"
+    title = f"{case_id}: run {run_id} ({trained.variant})\nDice {dice_text(trained.class_names[1:], dice)}"
     spacing = np.linalg.norm(np.asarray(case.affine, dtype=np.float64)[:3, :3], axis=0)
     return draw_overlay(path, case.image, prediction, truth, trained.class_names, title=title, spacing=spacing)

@@ -68,6 +68,7 @@ def _loss_panel(ax, x: np.ndarray, log: Dict[str, List[float]], label: str, with
     if with_lr:
         lr = ax.twinx()
         lr.plot(x, log["lr"], color="0.4", linestyle="--", linewidth=1)
+        lr.set_ylim(0, 1.1 * max(log["lr"]) or 1.0)  # from 0, so a constant rate reads as one
         lr.set_ylabel("learning rate (dashed)", color="0.4")
 
 
