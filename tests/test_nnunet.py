@@ -15,13 +15,18 @@ from medseg_mem.data.prepare import prepare
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.errors import DatasetError, MedsegError
 from medseg_mem.prepare_config import PrepareConfig
-from conftest import save_nifti
 
 LABELS = {"background": 0, "left": 1, "right": 2}
 
 
-def nnunet_twin(msd_task: Path, root: Path, channel_names=None, ending=".nii.gz") -> Path:
-    """The MSD task ``msd_task`` (4D channel-last images) laid out as nnU-Net v2's ``Dataset042_Twin``."""
+@pytest.fixture
+def nnunet_twin(write_nifti):
+    """Factory ``nnunet_twin(msd_task, root, channel_names=None, ending=".nii.gz") -> folder``."""
+    return lambda *args, **kwargs: twin_of(write_nifti, *args, **kwargs)
+
+
+def twin_of(save_nifti, msd_task: Path, root: Path, channel_names=None, ending=".nii.gz") -> Path:
+    """The MSD task ``msd_task`` (3D, or 4D channel-last images) laid out as nnU-Net v2's ``Dataset042_Twin``."""
     meta = json.loads((msd_task / "dataset.json").read_text())
     folder = Path(root) / "Dataset042_Twin"
     for entry in meta["training"]:
@@ -50,8 +55,8 @@ def prepared_arrays(folder: Path) -> dict:
     ({"0": "MRI", "1": "MRI"}, {}),
     ({"0": "CT", "1": "T2"}, {"spacing": "median", "crop_foreground": True}),  # CT statistics: the survey reads too
 ])  # fmt: skip
-def test_a_two_channel_nnunet_dataset_prepares_to_the_arrays_of_its_msd_twin(make_msd_task, tmp_path, modality,
-                                                                               options):  # fmt: skip
+def test_a_two_channel_nnunet_dataset_prepares_to_the_arrays_of_its_msd_twin(make_msd_task, nnunet_twin, tmp_path,
+                                                                               modality, options):  # fmt: skip
     affine = np.diag([1.5, -2.0, 3.0, 1.0])
     msd = make_msd_task(tmp_path / "msd", n_cases=5, shape=(8, 9, 6), channels=2, modality=modality, affine=affine)
     twin = nnunet_twin(msd, tmp_path / "raw", channel_names=modality)
@@ -68,16 +73,27 @@ def test_a_two_channel_nnunet_dataset_prepares_to_the_arrays_of_its_msd_twin(mak
     assert (tmp_path / "a" / "splits.json").read_text() == (tmp_path / "b" / "splits.json").read_text()
 
 
-def test_a_one_channel_nii_dataset_is_read_with_its_ending(make_msd_task, tmp_path):
+def test_a_one_channel_nii_dataset_is_read_with_its_ending(make_msd_task, nnunet_twin, tmp_path):
     msd = make_msd_task(tmp_path / "msd", n_cases=3)
     folder = nnunet_twin(msd, tmp_path / "raw", ending=".nii")
     task = read_task(folder)
     assert task.layout == "nnunet-v2" and [c.case_id for c in task.cases] == ["tiny_000", "tiny_001", "tiny_002"]
     assert task.cases[0].image_rel == "imagesTr/tiny_000_0000.nii" and task.modalities == ["MRI"]
+    meta = json.loads((folder / "dataset.json").read_text())
+    (folder / "dataset.json").write_text(json.dumps({**meta, "numTraining": 7}))
+    notes = []
+    prepare(PrepareConfig(task_dir=folder, out_dir=tmp_path / "out"), progress=False, warn=notes.append)
+    assert any("numTraining says 7 but imagesTr/ holds 3 case(s); the 3 found are prepared" in n for n in notes)
 
 
-def broken(make_msd_task, tmp_path, **changes) -> Path:
-    folder = nnunet_twin(make_msd_task(tmp_path / "msd", n_cases=3, channels=2), tmp_path / "raw")
+@pytest.fixture
+def broken(make_msd_task, nnunet_twin, tmp_path):
+    """Factory ``broken(**changes) -> folder``: a 3-case 2-channel twin with ``dataset.json`` keys changed."""
+    return lambda **changes: changed(nnunet_twin(make_msd_task(tmp_path / "msd", n_cases=3, channels=2),
+                                                 tmp_path / "raw"), changes)  # fmt: skip
+
+
+def changed(folder: Path, changes: dict) -> Path:
     meta = json.loads((folder / "dataset.json").read_text())
     (folder / "dataset.json").write_text(json.dumps({**meta, **changes}))
     return folder
@@ -91,16 +107,16 @@ def broken(make_msd_task, tmp_path, **changes) -> Path:
     ({"file_ending": ".mha"}, "'file_ending' is '.mha'; medseg-mem reads NIfTI only"),
     ({"dataset": {"case": {}}}, "a 'dataset' key listing files elsewhere is not read"),
 ])  # fmt: skip
-def test_unsupported_dataset_json_is_refused_in_one_line(make_msd_task, tmp_path, changes, says):
-    folder = broken(make_msd_task, tmp_path, **changes)
+def test_unsupported_dataset_json_is_refused_in_one_line(broken, tmp_path, changes, says):
+    folder = broken(**changes)
     result = CliRunner().invoke(main, ["prepare", str(folder), "--out", str(tmp_path / "out")])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0 and f"{folder}: dataset.json: {says}" in result.output
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_misnamed_and_mismatched_files_are_each_named(make_msd_task, tmp_path):
-    folder = broken(make_msd_task, tmp_path)
+def test_missing_misnamed_and_mismatched_files_are_each_named(broken):
+    folder = broken()
     (folder / "imagesTr" / "tiny_001_0001.nii.gz").unlink()
     (folder / "labelsTr" / "tiny_002.nii.gz").rename(folder / "labelsTr" / "tiny_009.nii.gz")
     (folder / "imagesTr" / "notes.nii.gz").write_bytes(b"")
@@ -119,10 +135,10 @@ def test_missing_misnamed_and_mismatched_files_are_each_named(make_msd_task, tmp
     ])  # fmt: skip
 
 
-def test_channel_files_of_different_grids_are_named_before_reading(make_msd_task, tmp_path):
-    folder = broken(make_msd_task, tmp_path)
-    save_nifti(np.ones((8, 8, 5), np.float32), folder / "imagesTr" / "tiny_001_0001.nii.gz")
-    save_nifti(np.ones((8, 8, 6), np.float32), folder / "imagesTr" / "tiny_002_0001.nii.gz", np.diag([2, 1, 1, 1]))
+def test_channel_files_of_different_grids_are_named_before_reading(broken, write_nifti, tmp_path):
+    folder = broken()
+    write_nifti(np.ones((8, 8, 5), np.float32), folder / "imagesTr" / "tiny_001_0001.nii.gz")
+    write_nifti(np.ones((8, 8, 6), np.float32), folder / "imagesTr" / "tiny_002_0001.nii.gz", np.diag([2, 1, 1, 1]))
     with pytest.raises(DatasetError) as error:
         prepare(PrepareConfig(task_dir=folder, out_dir=tmp_path / "out"), progress=False)
     assert error.value.problems == [

@@ -1,6 +1,8 @@
 """Overlays: the planes through the foreground, outlines that match the label maps pixel for pixel, ``show`` (a PNG
 per case of a run, one-line errors) and ``predict --overlay``."""
 
+import shutil
+
 import nibabel as nib
 import numpy as np
 import pytest
@@ -125,6 +127,15 @@ def test_show_on_a_missing_run_or_an_unknown_case_is_one_line(tiny_run, args, sa
     result = CliRunner().invoke(main, ["show", *args, "--runs", str(runs)])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.output.strip().count("\n") == 0 and says in result.output
+
+
+def test_show_on_an_unfinished_run_names_run(tiny_run, tmp_path):
+    unfinished = tmp_path / tiny_run[1].name
+    shutil.copytree(tiny_run[1], unfinished)
+    (unfinished / "full" / "best.pt").unlink()
+    result = CliRunner().invoke(main, ["show", str(unfinished)])
+    assert result.exit_code == 1 and result.output.strip().count("\n") == 0
+    assert f"Error: RUN {unfinished}: the full run lacks full/best.pt" in result.output
 
 
 def test_show_keeps_files_in_out_unless_overwrite(tiny_run, tiny_prepared, tmp_path):

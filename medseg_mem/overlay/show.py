@@ -121,7 +121,10 @@ def show_run(run_dir: Path, case_ids: Sequence[str] = (), out_dir: Optional[Path
             cannot be written, or PNGs there that would be replaced (without ``overwrite``).
     """
     start, run_dir = time.perf_counter(), Path(run_dir)
-    trained = open_trained_run(run_dir)
+    try:
+        trained = open_trained_run(run_dir)
+    except MedsegError as error:  # said of predict's --checkpoint; here the run is show's RUN
+        raise MedsegError(str(error).replace("--checkpoint ", "RUN ", 1)) from error
     dataset = run_dataset(run_dir, trained)
     cases = checked_cases(dataset, case_ids)
     out = Path(out_dir) if out_dir is not None else run_dir / SHOW_FOLDER
