@@ -104,8 +104,10 @@ def measure(prepared: Path, variant: str, args: argparse.Namespace) -> dict:
 
 def describe(prepared: Path) -> dict:
     """Cases, split sizes, channels and largest shape of a prepared folder."""
+    from medseg_mem.data.prepared import PreparedDataset
+
     manifest = json.loads((prepared / "manifest.json").read_text())
-    split = json.loads((prepared / "split.json").read_text())
+    split = PreparedDataset.open(prepared).split
     shape = max((tuple(case["prepared_shape"]) for case in manifest["cases"]), key=lambda s: s[0] * s[1] * s[2])
     return {"cases": len(manifest["cases"]), "split": "/".join(str(len(split[s])) for s in ("train", "val", "test")),
             "in_channels": manifest["in_channels"], "shape": "x".join(map(str, shape))}  # fmt: skip

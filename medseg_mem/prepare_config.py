@@ -32,6 +32,7 @@ class PrepareConfig:
             default) or ``"brats-like"`` (a capacity task of BraTS-sized 4-channel volumes).
         cases: number of cases of a generated task (``None``: the task's default).
         shape: spatial shape ``(X, Y, Z)`` of a generated task's volumes (``None``: the task's default).
+        splits: a ``splits.json`` to use instead of the seeded split (:mod:`medseg_mem.data.splits`).
     """
 
     task_dir: Optional[Path] = None
@@ -44,6 +45,7 @@ class PrepareConfig:
     synthetic: str = "rods"
     cases: Optional[int] = None
     shape: Optional[Tuple[int, int, int]] = None
+    splits: Optional[Path] = None
 
     def __post_init__(self) -> None:
         if self.reader not in READER_NAMES:

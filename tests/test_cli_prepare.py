@@ -47,7 +47,7 @@ def test_success_prints_the_summary_line(make_msd_task, tmp_path):
     assert len(summary) == 1
     assert summary[0].startswith(f"prepared 5 cases of Tiny into {tmp_path / 'out'}: 3 classes")
     assert "shapes" in summary[0] and "split 3/1/1" in summary[0] and summary[0].endswith(" s")
-    assert json.loads((tmp_path / "out" / "split.json").read_text())["seed"] == 3
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["split"] == {"seed": 3}
     assert "prepare" in result.stderr  # the tqdm progress bar goes to stderr
 
 

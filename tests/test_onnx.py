@@ -60,7 +60,7 @@ def runs(prepared_default, tmp_path_factory):
 def scan(prepared_default) -> Path:
     """One test-split image of the embedded default, as the user has it (the MSD source file)."""
     manifest = json.loads((prepared_default / "manifest.json").read_text())
-    test_id = json.loads((prepared_default / "split.json").read_text())["test"][0]
+    test_id = json.loads((prepared_default / "splits.json").read_text())[0]["test"][0]
     (case,) = [case for case in manifest["cases"] if case["id"] == test_id]
     return Path(manifest["source"]) / case["image"]
 

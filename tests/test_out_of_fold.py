@@ -79,6 +79,9 @@ def test_a_cascade_with_predicted_guidance_files_out_of_fold_predictions(tmp_pat
     assert all(array.dtype == np.uint8 and array.ndim == 3 for array in stored)
     record = json.loads((run_dir / "run.json").read_text())
     assert list(record["trained"]) == ["stage1", "stage1/fold-0", "stage1/fold-1", "stage2"]
+    for folder in ("stage1", "stage1/folds/0", "stage1/folds/1", "stage2"):  # every model logs its own curves
+        assert pd.read_csv(run_dir / folder / "log.csv").step.tolist() == [1, 2, 3]
+        assert (run_dir / folder / "progress.png").stat().st_size > 0
     rows = pd.read_csv(tmp_path / "results.csv")
     assert (rows.stage2_guidance == "predicted-2fold").all() and (rows.train_steps == 4 * 3).all()
     assert (rows.train_peak_memory_bytes > 0).all()

@@ -72,9 +72,13 @@ def test_open_reports_missing_or_malformed_folder(make_msd_task, tmp_path):
     with pytest.raises(DatasetError, match=r"nope: no prepared dataset here; run `medseg-mem prepare` first"):
         PreparedDataset.open(tmp_path / "nope")
     run(make_msd_task(tmp_path), tmp_path / "out")
-    (tmp_path / "out" / "split.json").write_text("{broken")
-    with pytest.raises(DatasetError, match=r"split.json is not valid JSON .*medseg-mem prepare"):
+    (tmp_path / "out" / "splits.json").write_text("{broken")
+    with pytest.raises(MedsegError, match=r"out/splits.json: not valid JSON .*fix the syntax"):
         PreparedDataset.open(tmp_path / "out")
+    (tmp_path / "out" / "splits.json").write_text('[{"train": ["ghost"], "val": [], "test": []}]')
+    with pytest.raises(MedsegError, match=r"splits.json: 1 case id\(s\) are not cases of the dataset: ghost"):
+        PreparedDataset.open(tmp_path / "out")
+    (tmp_path / "out" / "splits.json").unlink()  # a folder prepared before splits.json: its split.json is read
     (tmp_path / "out" / "split.json").write_text('{"train": ["ghost"], "val": [], "test": []}')
     with pytest.raises(DatasetError, match=r"case id\(s\) ghost are not in manifest.json"):
         PreparedDataset.open(tmp_path / "out")
@@ -97,8 +101,8 @@ def test_split_deterministic_and_independent_of_listing_order(make_msd_task, edi
     edit_json(task, training=training[::-1])
     run(task, tmp_path / "b", seed=7)
     run(task, tmp_path / "c", seed=8)
-    split = [json.loads((tmp_path / name / "split.json").read_text()) for name in "abc"]
-    assert split[0] == split[1] and split[0]["seed"] == 7
+    split = [json.loads((tmp_path / name / "splits.json").read_text())[0] for name in "abc"]
+    assert split[0] == split[1] and PreparedDataset.open(tmp_path / "a").manifest["split"] == {"seed": 7}
     assert split[0]["test"] != split[2]["test"] or split[0]["val"] != split[2]["val"]
     assert make_split([f"c{i}" for i in range(10)], 7) == make_split([f"c{i}" for i in reversed(range(10))], 7)
 

@@ -37,9 +37,9 @@ class FiniteFloatRange(click.FloatRange):
 
 def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list at the call site
     """All subcommands; each module imports only click and light modules at import time."""
-    from medseg_mem.cli import compare, export, plan, predict, prepare, run
+    from medseg_mem.cli import compare, export, plan, predict, prepare, run, show
 
-    return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, export.export]
+    return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, export.export, show.show]
 
 
 def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:

@@ -41,10 +41,12 @@ ENGINES = ("torch", "onnxruntime")
               help="torch, or onnxruntime: the run's ONNX models (<run folder>/onnx from `medseg-mem export "
                    "--format onnx`, else exported to a temporary folder) on ONNX Runtime's CPU provider, fp32; "
                    "needs pip install 'medseg-mem[onnx]'.")
+@click.option("--overlay", is_flag=True,
+              help="Also draw OUT/<name>_overlay.png: the scan's three planes through the prediction, outlined.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
 def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwrite, device, precision, overlap,
-            sw_batch_size, tta, tta_axes, channels_last, engine, quiet) -> None:  # fmt: skip
+            sw_batch_size, tta, tta_axes, channels_last, engine, overlay, quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
@@ -63,7 +65,8 @@ def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwr
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last, **tta_config(tta, tta_axes))
     checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
-                          inference=inference, engine=engine, warn=lambda line: click.echo(line, err=True))  # fmt: skip
+                          inference=inference, engine=engine, warn=lambda line: click.echo(line, err=True),
+                          overlay=overlay)  # fmt: skip
     for _scan, reason in summary.failed:
         click.echo(f"failed: {reason}", err=True)
     click.echo(summary.line())

@@ -1,4 +1,5 @@
-"""``medseg-mem prepare``: check and preprocess an MSD task (or the embedded default) into a prepared folder.
+"""``medseg-mem prepare``: check and preprocess an MSD task or nnU-Net v2 dataset (or the embedded default) into a
+prepared folder.
 
 Imports only click and light modules at import time; the library (torch, MONAI, nibabel) loads when the
 command runs.
@@ -88,6 +89,13 @@ class ShapeParam(click.ParamType):
     show_default=True,
     help="Seed of the 60/20/20 split (and of a generated task).",
 )
+@click.option(
+    "--splits",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="A splits.json to use instead of the seeded split: [{\"train\": [...], \"val\": [...], \"test\": [...]}] "
+    "(nnU-Net's splits_final.json format, one fold, with a test list).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an output folder that holds something else.")
 @click.option(
     "--synthetic",
@@ -120,14 +128,18 @@ def prepare(
     spacing,
     crop_foreground: bool,
     seed: int,
+    splits: Optional[Path],
     overwrite: bool,
     synthetic: str,
     cases: Optional[int],
     shape,
 ) -> None:
-    """Check and preprocess an MSD task folder into a prepared dataset.
+    """Check and preprocess an MSD task or nnU-Net v2 dataset folder into a prepared dataset.
 
-    TASK_DIR is a Medical Segmentation Decathlon task folder (dataset.json, imagesTr/, labelsTr/). Without it,
+    TASK_DIR is a Medical Segmentation Decathlon task folder (dataset.json with 'modality' and 'training',
+    imagesTr/, labelsTr/) or an nnU-Net v2 dataset folder as it is (DatasetXXX_Name: dataset.json with
+    'channel_names', 'labels', 'file_ending'; imagesTr/<case>_0000.nii.gz per channel). The split is written to
+    splits.json in the prepared folder, where it may be edited; --splits brings one. Without TASK_DIR,
     a generated task is written beside the output folder (from --seed, no download) and prepared: the embedded
     default (two rods told apart only by their length), or with --synthetic brats-like a BraTS-sized capacity
     task of any number of cases (--cases, --shape) to check that training memory stays flat as a dataset grows.
@@ -137,6 +149,7 @@ def prepare(
     Examples:
       medseg-mem prepare                                  # embedded default -> ./medseg-work/prepared
       medseg-mem prepare ../data/Task04_Hippocampus --out medseg-work/hippocampus --spacing median
+      medseg-mem prepare nnUNet_raw/Dataset004_Hippocampus --out medseg-work/hippo --splits my_splits.json
       medseg-mem prepare --synthetic brats-like --cases 40 --out medseg-work/brats40
       medseg-mem prepare --synthetic brats-like --cases 6 --shape 96,96,64 --out medseg-work/brats-small
     """
@@ -156,6 +169,7 @@ def prepare(
         crop_foreground=crop_foreground,
         seed=seed,
         overwrite=overwrite,
+        splits=splits,
         synthetic=synthetic,
         cases=cases,
         shape=shape,

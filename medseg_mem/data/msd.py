@@ -1,5 +1,8 @@
 """Read and check a Medical Segmentation Decathlon (MSD) task folder, reporting ALL problems at once.
 
+A folder whose ``dataset.json`` has nnU-Net v2's ``channel_names`` is read by :mod:`~medseg_mem.data.nnunet`
+instead (:func:`read_task` tells them apart), into the same :class:`MSDTask`; everything after reading is shared.
+
 An MSD task folder holds ``dataset.json``, ``imagesTr/`` and ``labelsTr/``. Cases are listed from
 ``dataset.json`` ``training`` (never by globbing: real archives hold stray ``.DS_Store`` / ``._*`` files).
 Images are 3D, or 4D with the channels on the last axis, one channel per ``modality`` entry. Labels are 3D
@@ -45,6 +48,8 @@ class CaseEntry:
         label: absolute path of the label file.
         image_rel: the image path relative to the task folder (used in messages and the manifest).
         label_rel: the label path relative to the task folder.
+        channel_files: nnU-Net v2 only: ``(absolute path, relative path)`` of each channel's file, in channel
+            order (MONAI stacks them into the channel axis); empty when ``image`` holds every channel.
     """
 
     case_id: str
@@ -52,12 +57,22 @@ class CaseEntry:
     label: Path
     image_rel: str
     label_rel: str
+    channel_files: Tuple[Tuple[Path, str], ...] = ()
+
+    def image_files(self) -> Tuple[Tuple[Path, str], ...]:
+        """``(path, relative path)`` of every file the image is read from."""
+        return self.channel_files or ((self.image, self.image_rel),)
+
+    def image_source(self):
+        """What ``LoadImaged`` reads: the image file, or the list of channel files to stack."""
+        return [str(path) for path, _ in self.channel_files] if self.channel_files else str(self.image)
 
 
 @dataclass(frozen=True)
 class MSDTask:
     """A checked MSD task: its folder, name, classes, channels and training cases (and ``numTraining``, the count
-    ``dataset.json`` declares, when it gives one)."""
+    ``dataset.json`` declares, when it gives one); ``layout`` is ``"msd"`` or ``"nnunet-v2"`` (the folder it was
+    read from)."""
 
     root: Path
     name: str
@@ -65,6 +80,12 @@ class MSDTask:
     modalities: List[str]
     cases: List[CaseEntry]
     num_training: Optional[int] = None
+    layout: str = "msd"
+
+    @property
+    def channel_key(self) -> str:
+        """The ``dataset.json`` key that names the channels in this layout."""
+        return "channel_names" if self.layout == "nnunet-v2" else "modality"
 
 
 def case_id_of(file_name: str) -> str:
@@ -84,6 +105,9 @@ def read_task(task_dir: Path) -> MSDTask:
     Returns:
         the :class:`MSDTask` with one :class:`CaseEntry` per ``training`` entry, in the listed order.
 
+    An nnU-Net v2 dataset folder (``dataset.json`` with ``channel_names``) is read by
+    :func:`medseg_mem.data.nnunet.read_nnunet_dataset` into the same :class:`MSDTask`.
+
     Raises:
         DatasetError: listing every problem found: missing folder or ``dataset.json``, invalid JSON, missing or
             malformed ``training`` / ``labels`` / ``modality``, an empty training list, a listed file that does not
@@ -92,12 +116,17 @@ def read_task(task_dir: Path) -> MSDTask:
     task_dir = Path(task_dir)
     where = str(task_dir)
     if not task_dir.is_dir():
-        hint = "pass an MSD task folder holding dataset.json, imagesTr/ and labelsTr/"
+        hint = "pass an MSD task or nnU-Net v2 dataset folder holding dataset.json, imagesTr/ and labelsTr/"
         raise DatasetError([f"no such folder; {hint}"], where=where)
-    meta = _read_json(task_dir / "dataset.json", where)
+    meta = read_json(task_dir / "dataset.json", where)
+    if "channel_names" in meta:
+        from medseg_mem.data.nnunet import read_nnunet_dataset
+
+        return read_nnunet_dataset(task_dir, meta)
+    _check_msd_keys(meta, where)
     problems: List[str] = []
-    class_names = _numbered_names(meta.get("labels"), "labels", problems, example='{"0": "background", "1": "tumour"}')
-    modalities = _numbered_names(meta.get("modality"), "modality", problems, example='{"0": "MRI"}')
+    class_names = numbered_names(meta.get("labels"), "labels", problems, example='{"0": "background", "1": "tumour"}')
+    modalities = numbered_names(meta.get("modality"), "modality", problems, example='{"0": "MRI"}')
     if len(class_names) - 1 > MAX_LABEL:
         problems.append(f"dataset.json: 'labels' declares {len(class_names)} classes; at most {MAX_LABEL + 1} fit")
     cases = _cases(task_dir, meta.get("training"), problems)
@@ -109,9 +138,11 @@ def read_task(task_dir: Path) -> MSDTask:
     return MSDTask(task_dir, name, class_names, modalities, cases, declared)
 
 
-def _read_json(path: Path, where: str) -> dict:
+def read_json(path: Path, where: str) -> dict:
+    """The object in a task's ``dataset.json``; a missing, unreadable or malformed file is a :class:`DatasetError`."""
     if not path.is_file():
-        raise DatasetError([f"{path.name}: file not found; an MSD task folder needs a dataset.json"], where=where)
+        raise DatasetError([f"{path.name}: file not found; an MSD task or nnU-Net v2 dataset folder needs a "
+                            "dataset.json"], where=where)  # fmt: skip
     unreadable = open_failure(path, shown=path.name)
     if unreadable:
         raise DatasetError([unreadable], where=where)
@@ -121,14 +152,18 @@ def _read_json(path: Path, where: str) -> dict:
         raise DatasetError([f"{path.name}: invalid JSON ({error}); fix the syntax"], where=where) from error
     if not isinstance(meta, dict):
         raise DatasetError([f"{path.name}: must hold a JSON object; got {type(meta).__name__}"], where=where)
-    missing = [key for key in REQUIRED_KEYS if key not in meta]
-    if missing:
-        keys = ", ".join(repr(k) for k in missing)
-        raise DatasetError([f"{path.name}: missing key(s) {keys}; an MSD dataset.json needs {REQUIRED_KEYS}"], where)
     return meta
 
 
-def _numbered_names(value: object, key: str, problems: List[str], example: str) -> List[str]:
+def _check_msd_keys(meta: dict, where: str) -> None:
+    missing = [key for key in REQUIRED_KEYS if key not in meta]
+    if missing:
+        keys = ", ".join(repr(k) for k in missing)
+        raise DatasetError([f"dataset.json: missing key(s) {keys}; an MSD dataset.json needs {REQUIRED_KEYS} (an "
+                            "nnU-Net v2 one 'channel_names', 'labels', 'numTraining', 'file_ending')"], where)
+
+
+def numbered_names(value: object, key: str, problems: List[str], example: str) -> List[str]:
     """Parse ``{"0": name, "1": name, ...}`` into a list indexed by the number; report gaps and bad keys."""
     if not isinstance(value, dict) or not value:
         problems.append(f"dataset.json: {key!r} must be a non-empty object like {example}; got {value!r}")
@@ -215,13 +250,14 @@ def load_case(pipeline, settings: dict, case: CaseEntry, task: MSDTask) -> Tuple
     Returns:
         ``(data, problems)``: the loaded channel-first dict (``None`` when unreadable) and the problems found.
     """
-    from medseg_mem.data.headers import header_problems
+    from medseg_mem.data.headers import channel_file_problems, header_problems
     from medseg_mem.data.transforms import load_steps, make_reader
 
-    data = {"image": str(case.image), "label": str(case.label)}
-    files = ((case.image, case.image_rel), (case.label, case.label_rel))
+    data = {"image": case.image_source(), "label": str(case.label)}
+    files = (*case.image_files(), (case.label, case.label_rel))
     problems = [p for p in (open_failure(path, shown=rel) for path, rel in files) if p]
     problems = problems or [p for path, rel in files for p in header_problems(path, rel)]
+    problems = problems or channel_file_problems(case.channel_files)
     if problems:
         return None, problems
     for step, (key, rel) in enumerate((("image", case.image_rel), ("label", case.label_rel))):
@@ -255,8 +291,8 @@ def check_loaded(data: dict, case: CaseEntry, task: MSDTask) -> List[str]:
     problems: List[str] = []
     if image.shape[0] != len(task.modalities):
         problems.append(
-            f"{case.image_rel}: has {image.shape[0]} channel(s) but dataset.json 'modality' names "
-            f"{len(task.modalities)} ({', '.join(task.modalities)}); fix 'modality' or the image"
+            f"{case.image_rel}: has {image.shape[0]} channel(s) but dataset.json {task.channel_key!r} names "
+            f"{len(task.modalities)} ({', '.join(task.modalities)}); fix {task.channel_key!r} or the image"
         )
     problems += _grid_problems(image, label, case)
     problems += _finite_problems(image, case)

@@ -26,13 +26,15 @@ def tiny_task_notice(task_dir: Path, case_ids: Sequence[str], seed: int) -> Opti
             f"{prepared.MIN_SPLIT_CASES})")  # fmt: skip
 
 
-def count_notice(task_dir: Path, declared: Optional[int], listed: int) -> Optional[str]:
-    """Say that ``dataset.json``'s ``numTraining`` differs from the cases its ``training`` list names (the listed
-    ones are what is prepared)."""
+def count_notice(task_dir: Path, declared: Optional[int], listed: int, layout: str = "msd") -> Optional[str]:
+    """Say that ``dataset.json``'s ``numTraining`` differs from the cases its ``training`` list names (an nnU-Net v2
+    dataset: that ``imagesTr/`` holds); the cases found are what is prepared."""
     if declared is None or declared == listed:
         return None
-    return (f"note: {Path(task_dir) / 'dataset.json'}: numTraining says {declared} but 'training' lists {listed} "
-            f"case(s); the {listed} listed are prepared (fix numTraining, or list the missing cases)")
+    found, fix = ("imagesTr/ holds", "add the missing cases") if layout == "nnunet-v2" else ("'training' lists",
+                                                                                              "list the missing cases")
+    return (f"note: {Path(task_dir) / 'dataset.json'}: numTraining says {declared} but {found} {listed} "
+            f"case(s); the {listed} found are prepared (fix numTraining, or {fix})")
 
 
 def blank_image_notice(image, rel: str) -> Optional[str]:

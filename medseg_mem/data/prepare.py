@@ -1,10 +1,12 @@
-"""``prepare``: turn an MSD task folder (or the embedded default) into a prepared dataset, atomically.
+"""``prepare``: turn an MSD task or nnU-Net v2 dataset folder (or the embedded default) into a prepared dataset,
+atomically.
 
-Steps: check ``dataset.json``; when the settings need dataset statistics (CT intensities, median spacing)
-load and check every case once to collect them; then load, check and transform every case into a hidden
-staging folder beside ``out_dir``. Only when every case passed are ``manifest.json`` and ``split.json``
-written and the staging folder renamed to ``out_dir``; otherwise it is deleted and a :class:`DatasetError`
-lists every problem found. The task folder is only read.
+Steps: check ``dataset.json`` (and ``--splits``, against the task's cases); when the settings need dataset
+statistics (CT intensities, median spacing) load and check every case once to collect them; then load, check and
+transform every case into a hidden staging folder beside ``out_dir``. Only when every case passed are
+``manifest.json`` and ``splits.json`` (:mod:`~medseg_mem.data.splits`) written and the staging folder renamed to
+``out_dir``; otherwise it is deleted and a :class:`DatasetError` lists every problem found. The task folder is
+only read.
 
 Example:
     >>> summary = prepare(PrepareConfig(task_dir=Path("Task04_Hippocampus"), out_dir=Path("prep")))  # doctest: +SKIP
@@ -25,7 +27,7 @@ import numpy as np
 from medseg_mem import __version__
 from medseg_mem.atomic import WriteError, publish_folder, remove_path, staging_folder
 from medseg_mem.prepare_config import PrepareConfig
-from medseg_mem.data import capacity, msd, notices, prepared, staging as leftovers, transforms
+from medseg_mem.data import capacity, msd, notices, prepared, splits, staging as leftovers, transforms
 from medseg_mem.data.survey import survey
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 from medseg_mem.errors import DatasetError, MedsegError
@@ -144,14 +146,13 @@ def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummar
             _write_generated_task(task_dir, config)
         _say(warn, notices.stale_notice(out_dir, leftovers.remove_stale(out_dir)))
         task = msd.read_task(task_dir)
-        _say(warn, notices.count_notice(task_dir, task.num_training, len(task.cases)))
-        _say(warn, notices.tiny_task_notice(task_dir, [case.case_id for case in task.cases], config.seed))
+        _say(warn, notices.count_notice(task_dir, task.num_training, len(task.cases), task.layout))
+        split = _split(task, config, warn)
         settings = transforms.make_settings(task.modalities, config.reader, config.spacing, config.crop_foreground)
         if transforms.needs_survey(settings):
             settings = survey(task, settings, _bar(task.cases, "survey", progress))
-        records = _write(task, settings, out_dir, config.seed, progress, warn)
+        records = _write(task, settings, out_dir, (split, _split_source(config)), progress, warn)
     shapes = np.array([r["prepared_shape"] for r in records])
-    split = prepared.make_split([r["id"] for r in records], config.seed)
     return PrepareSummary(
         out_dir=out_dir,
         task_dir=task_dir,
@@ -164,6 +165,26 @@ def _prepare(config: PrepareConfig, progress: bool, warn: Warn) -> PrepareSummar
         split_sizes=tuple(len(split[name]) for name in prepared.SPLITS),
         seconds=time.perf_counter() - start,
     )
+
+
+def _split(task: msd.MSDTask, config: PrepareConfig, warn: Warn) -> splits.Split:
+    """The user's split (``--splits``, checked before any case is read) or the seeded 60/20/20 one."""
+    ids = [case.case_id for case in task.cases]
+    if config.splits is None:
+        _say(warn, notices.tiny_task_notice(task.root, ids, config.seed))
+        return prepared.make_split(ids, config.seed)
+    split = splits.read_splits_file(Path(config.splits), ids, where=f"--splits {config.splits}")
+    unused = splits.left_out(split, ids)
+    if unused:
+        shown = ", ".join(unused[:3]) + (", ..." if len(unused) > 3 else "")
+        warn(f"note: --splits {config.splits} puts {len(unused)} case(s) in no split ({shown}): they are prepared, "
+             "but neither trained nor evaluated")
+    return split
+
+
+def _split_source(config: PrepareConfig) -> dict:
+    """Where the split came from, for the manifest: the seed, or the ``--splits`` file."""
+    return {"seed": config.seed} if config.splits is None else {"file": str(Path(config.splits).resolve())}
 
 
 def _check_overlap(task_dir: Path, out_dir: Path) -> None:
@@ -194,8 +215,9 @@ def _bar(items, desc: str, progress: bool):
     return tqdm(items, desc=desc, unit="case", file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
 
-def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress: bool, warn: Warn) -> List[dict]:
-    """Transform every case into a (locked) staging folder and publish it as ``out_dir`` when all passed."""
+def _write(task: msd.MSDTask, settings: dict, out_dir: Path, split, progress: bool, warn: Warn) -> List[dict]:
+    """Transform every case into a (locked) staging folder and publish it as ``out_dir`` when all passed; ``split``
+    is ``(the split, where it came from)``."""
     pipeline = transforms.build_preprocessing(settings, with_label=True)
     staging = staging_folder(out_dir)
     lock = leftovers.hold(staging)
@@ -208,11 +230,11 @@ def _write(task: msd.MSDTask, settings: dict, out_dir: Path, seed: int, progress
                 records.append(record)
         if problems:
             raise DatasetError(problems, where=str(task.root))
-        split = prepared.make_split([r["id"] for r in records], seed)
+        split, source = split
         for line in notes + notices.absent_class_notices(split, present, task.class_names):
             warn(line)
-        prepared.write_json(staging / "manifest.json", _manifest(task, settings, records))
-        prepared.write_json(staging / "split.json", split)
+        prepared.write_json(staging / "manifest.json", {**_manifest(task, settings, records), "split": source})
+        prepared.write_json(staging / splits.SPLITS_NAME, splits.splits_content(split))
         publish_folder(staging, out_dir)
     except OSError as error:
         remove_path(staging)
@@ -304,6 +326,7 @@ def _manifest(task: msd.MSDTask, settings: dict, records: List[dict]) -> dict:
         "format": prepared.FORMAT,
         "name": task.name,
         "source": str(task.root.resolve()),
+        "layout": task.layout,
         "written_by": f"medseg-mem {__version__}",
         "class_names": list(task.class_names),
         "modalities": list(task.modalities),

@@ -5,7 +5,10 @@ Layout of a prepared folder (default ``./medseg-work/prepared``)::
     manifest.json   format tag "medseg-mem-prepared/2", dataset name, source folder, class_names (indexed by
                     label value), modalities, in_channels, the full preprocessing settings (incl. CT
                     statistics) and per case: id, source image/label paths, original and prepared shape, spacing
-    split.json      {"seed": s, "train": [...], "val": [...], "test": [...]}  (60/20/20, deterministic)
+    splits.json     [{"train": [...], "val": [...], "test": [...]}]: the split, in nnU-Net's splits_final.json format
+                    with a test list (:mod:`~medseg_mem.data.splits`): the seeded 60/20/20 split or the user's
+                    (``prepare --splits``); users may edit it. Folders written before it hold
+                    ``split.json`` ``{"seed": s, "train": [...], "val": [...], "test": [...]}``, still read
     cases/<id>/     one uncompressed ``.npy`` per array, so training memory-maps them and reads only what a
                     sample needs: image.npy float32 (C, X, Y, Z), label.npy uint8 (1, X, Y, Z), affine.npy
                     float64 4x4 (prepared grid), original_affine.npy 4x4, original_shape.npy (spatial)
@@ -132,7 +135,7 @@ class PreparedDataset:
     Args:
         root: the prepared folder.
         manifest: the parsed ``manifest.json``.
-        split: the parsed ``split.json``.
+        split: ``{"train": [...], "val": [...], "test": [...]}`` from ``splits.json`` (or an older ``split.json``).
 
     Use :meth:`open` rather than the constructor; it checks the folder.
 
@@ -160,18 +163,19 @@ class PreparedDataset:
 
         Raises:
             DatasetError: naming the folder and telling to run ``medseg-mem prepare`` first, when the folder,
-                ``manifest.json`` or ``split.json`` is missing or malformed.
+                ``manifest.json`` or the split file is missing or malformed.
+            MedsegError: ``splits.json`` breaks a rule of :func:`~medseg_mem.data.splits.parse_splits` (an unknown
+                case, a case in two splits), in one line naming it.
         """
         root = Path(root)
         if not root.is_dir():
             raise DatasetError([f"no prepared dataset here; {HINT}"], where=str(root))
         manifest = _load_json(root / "manifest.json", root)
-        split = _load_json(root / "split.json", root)
         _refuse_old_format(manifest, root)
-        problems = _manifest_problems(manifest) + _split_problems(split, manifest)
+        problems = _manifest_problems(manifest)
         if problems:
             raise DatasetError(problems + [f"the folder is damaged or from another tool; {HINT}"], where=str(root))
-        return cls(root, manifest, split)
+        return cls(root, manifest, _load_split(root, manifest))
 
     def ids(self, split: str) -> List[str]:
         """Case ids of ``split`` (``"train"``, ``"val"`` or ``"test"``).
@@ -240,6 +244,20 @@ def _prepared_size(case: dict, root: Path) -> Tuple[int, int, int]:
         problem = f"manifest.json: case {case.get('id')!r} has prepared_shape {size!r}, expected [X, Y, Z] > 0"
         raise DatasetError([problem + "; run `medseg-mem prepare` again"], where=str(root))
     return tuple(size)
+
+
+def _load_split(root: Path, manifest: dict) -> Dict[str, List[str]]:
+    """The split of ``splits.json`` (checked against the manifest's cases), or of an older folder's ``split.json``."""
+    from medseg_mem.data.splits import LEGACY_NAME, SPLITS_NAME, read_splits_file
+
+    ids = [case["id"] for case in manifest["cases"]]
+    if (root / SPLITS_NAME).exists():
+        return read_splits_file(root / SPLITS_NAME, ids, allow_empty=True)
+    split = _load_json(root / LEGACY_NAME, root)
+    problems = _split_problems(split, manifest)
+    if problems:
+        raise DatasetError(problems + [f"the folder is damaged or from another tool; {HINT}"], where=str(root))
+    return split
 
 
 def _load_json(path: Path, root: Path) -> dict:

@@ -36,6 +36,7 @@ from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.predict.scan import check_scan, load_scan, metadata_only
 from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
+from medseg_mem.predict.overlay import check_overlays, draw_scan_overlay, overlay_path
 from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
 from medseg_mem.device import resolve_device
 from medseg_mem.memory.measure import InProcessPeak
@@ -202,6 +203,7 @@ def predict(
     inference: InferenceConfig = None,
     engine: str = "torch",
     warn: Callable[[str], None] = None,
+    overlay: bool = False,
 ) -> PredictSummary:
     """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
 
@@ -218,6 +220,7 @@ def predict(
             other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.onnx_engine`).
         warn: receives a note when ``--tta`` mirrors a network trained without mirroring, or when label maps an
             earlier predict wrote into an input folder are left out (default: stderr).
+        overlay: also draw ``<name>_overlay.png`` beside each label map (:mod:`~medseg_mem.predict.overlay`).
 
     Returns:
         a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
@@ -245,11 +248,13 @@ def predict(
     if skipped:
         warn(f"note: left out {len(skipped)} label map(s) an earlier predict wrote into the input folder(s) "
              f"({', '.join(p.name for p in skipped[:3])}{', ...' if len(skipped) > 3 else ''}): outputs, not scans")
+    if overlay:
+        check_overlays(jobs, overwrite)
     check_output_folder(Path(out_dir), "--out")  # before any scan is segmented
     with output_lock(Path(out_dir), "--out", "predict", inside=True):  # a second predict into --out stops here
         torch_device = resolve_device(engine_device)
         segmenter = Segmenter(trained, torch_device, inference, engine)
-        written, failed = _segment_all(segmenter, jobs, trained.num_classes, progress)
+        written, failed = _segment_all(segmenter, jobs, progress, overlay)
     where = str(torch_device) + (" via onnxruntime" if engine == "onnxruntime" else "")
     return PredictSummary(
         tuple(written), tuple(failed), Path(checkpoint), trained.variant, where, Path(out_dir),
@@ -257,14 +262,19 @@ def predict(
     )  # fmt: skip
 
 
-def _segment_all(segmenter: Segmenter, jobs, num_classes: int, progress: bool):
+def _segment_all(segmenter: Segmenter, jobs, progress: bool, overlay: bool = False):
     from tqdm.auto import tqdm
 
     written: List[Path] = []
     failed: List[Tuple[Path, str]] = []
+    trained = segmenter.trained
     for scan, target in tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress):
         try:
-            written.append(write_label_map(segmenter(scan), scan, target, num_classes))
+            labels = segmenter(scan)
+            written.append(write_label_map(labels, scan, target, trained.num_classes))
+            if overlay:
+                draw_scan_overlay(scan, labels, overlay_path(target.parent, scan), trained.class_names,
+                                  f"{target.name} over {scan.name} ({trained.variant})")  # fmt: skip
         except MedsegError as error:
             failed.append((scan, str(error)))
     return written, failed

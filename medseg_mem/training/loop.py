@@ -7,17 +7,19 @@ A stage may also train to a wall clock (:mod:`~medseg_mem.training.wallclock`): 
 ends at or past its time limit, validates there, and keeps the best checkpoint at each snapshot mark it passes
 (validating there first). The clock counts the periodic validations (``val_every``), as nnU-Net's wall clock
 does, but not a validation made only for a snapshot, so measuring a curve does not shorten the training it
-measures. The clock is a parameter, so tests drive it without waiting.
+measures. The clock is a parameter, so tests drive it without waiting. Each stage logs its curves (``log.csv``,
+``progress.png``, TensorBoard events when installed: :mod:`~medseg_mem.training.curves`) in its folder.
 Everything random is seeded from the run's seed before the network is built, so the same seed on the same
 machine gives the same weights bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from monai.losses import DiceCELoss, DiceLoss
@@ -29,6 +31,7 @@ from medseg_mem.evaluate import dice_per_class, mean_dice, overall_dice
 from medseg_mem.models.build import build_network
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
+from medseg_mem.training.curves import StageLog
 from medseg_mem.training.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.divergence import check_loss, check_weights
 from medseg_mem.training.optimizer import build_optimizer
@@ -149,41 +152,53 @@ def train_stage(job: StageJob, progress: bool = True, clock: Clock = time.perf_c
     started = clock() - elapsed
     trained = distributed.wrap(net, job.device)  # DDP under torchrun (gradients averaged over ranks), else net
     spent = step > 0 and times.out_of_time(elapsed)  # resumed after its time limit: nothing left to train
-    for x, y in () if spent else job.data.batches(step):
-        lr = learning_rate(train.lr, train.lr_schedule, step, train.steps, times.spent(elapsed))
-        set_learning_rate(optimizer, lr)
-        loss = train_step(trained, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
-        step += 1
-        if scaler is None:  # fp16's scaler skips the steps whose gradients overflow: its weights stay finite
-            check_loss(job, loss, step, state)
-        bar.update(1)
-        elapsed = read_clock(clock, started, times)
-        marks, stop = times.due(elapsed, state["snapshots"]), times.out_of_time(elapsed)
-        periodic = step % job.train.val_every == 0 or step == job.train.steps
-        if periodic or marks or stop:
-            state["train_seconds"] = elapsed
-            state["snapshots"].update({mark: {"seconds": elapsed, "step": step} for mark in marks})
-            paused = clock()
-            validate_on_ranks(job, (net, optimizer, scaler), step, state, loss, marks, bar)
-            if not (periodic or stop):
-                started += clock() - paused  # validated only for a snapshot: off the clock
-        if stop:
-            break
+    with stage_log(job, step) as log:
+        for x, y in () if spent else job.data.batches(step):
+            lr = learning_rate(train.lr, train.lr_schedule, step, train.steps, times.spent(elapsed))
+            set_learning_rate(optimizer, lr)
+            loss = train_step(trained, optimizer, loss_fn, x.to(job.device), y.to(job.device), precision, scaler)
+            step += 1
+            if scaler is None:  # fp16's scaler skips the steps whose gradients overflow: its weights stay finite
+                check_loss(job, loss, step, state)
+            bar.update(1)
+            elapsed = read_clock(clock, started, times)
+            if log is not None:
+                log.step(step, elapsed, loss, lr)
+            marks, stop = times.due(elapsed, state["snapshots"]), times.out_of_time(elapsed)
+            periodic = step % job.train.val_every == 0 or step == job.train.steps
+            if periodic or marks or stop:
+                state["train_seconds"] = elapsed
+                state["snapshots"].update({mark: {"seconds": elapsed, "step": step} for mark in marks})
+                paused = clock()
+                validate_on_ranks(job, (net, optimizer, scaler), step, state, loss, marks, bar, log)
+                if not (periodic or stop):
+                    started += clock() - paused  # validated only for a snapshot: off the clock
+            if stop:
+                break
     bar.close()
     return StageOutcome(job.folder / "best.pt", state["best_score"], state["best_step"], step,
                         state["train_seconds"], state["history"], state["snapshots"])  # fmt: skip
 
 
 def validate_on_ranks(job: StageJob, trained, step: int, state: Dict[str, Any], loss: torch.Tensor,
-                      marks: Sequence[int], bar) -> None:  # fmt: skip
+                      marks: Sequence[int], bar, log: Optional[StageLog] = None) -> None:  # fmt: skip
     """Average the loss and the CPU BatchNorm statistics over the ranks; rank 0 validates and writes
     (:func:`record_validation`) while the others wait. ``trained`` is ``(net, optimizer, scaler)``."""
     loss = distributed.mean_over_ranks(loss)
     distributed.average_buffers(trained[0])
     if distributed.is_main():
-        record_validation(job, trained, step, state, loss.item(), marks)
+        record_validation(job, trained, step, state, loss.item(), marks, log)
         bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
     distributed.barrier()
+
+
+def stage_log(job: StageJob, step: int) -> ContextManager[Optional[StageLog]]:
+    """The stage's curves (:mod:`~medseg_mem.training.curves`), continued from ``step``; under torchrun only rank 0
+    keeps them (the others get ``None``)."""
+    if not distributed.is_main():
+        return contextlib.nullcontext()
+    names = job.meta.get("class_names", [])[1:] or [f"class_{i}" for i in range(1, job.num_classes)]
+    return StageLog.open(job.folder, names, resumed_step=step)
 
 
 def read_clock(clock: Clock, started: float, times: StageTimes) -> float:
@@ -194,9 +209,10 @@ def read_clock(clock: Clock, started: float, times: StageTimes) -> float:
 
 
 def record_validation(job: StageJob, trained, step: int, state: Dict[str, Any], loss: float,
-                      marks: Sequence[int] = ()) -> None:  # fmt: skip
-    """Validate, keep the best checkpoint, copy it to the snapshot of each of ``marks`` (seconds) passed now,
-    then write the resume point (all atomically).
+                      marks: Sequence[int] = (), log: Optional[StageLog] = None) -> None:  # fmt: skip
+    """Validate, write the steps so far to ``log`` (before the resume point, so a resumed stage never lacks one),
+    keep the best checkpoint, copy it to the snapshot of each of ``marks`` (seconds) passed now, then write the
+    resume point (all atomically).
 
     ``trained`` is ``(net, optimizer, scaler)``.
     """
@@ -204,6 +220,8 @@ def record_validation(job: StageJob, trained, step: int, state: Dict[str, Any], 
     dice = validate(job, trained[0])
     mean = overall_dice(dice)
     state["history"].append({"step": step, "loss": loss, "dice": dice, "mean_dice": mean})
+    if log is not None:
+        log.validation(step, dice, mean)
     if improves(mean, state):
         state["best_score"], state["best_step"] = mean, step
         save_checkpoint(job.folder / "best.pt", payload(job, *trained, step, state))

@@ -134,7 +134,8 @@ def check_splits(dataset: PreparedDataset) -> None:
     """Every split must hold a case before training starts, not after."""
     for split in SPLITS:
         if not dataset.ids(split):
-            raise MedsegError(f"{dataset.root}: the {split} split is empty; prepare a dataset with more cases")
+            raise MedsegError(f"{dataset.root}: the {split} split is empty; prepare a dataset with more cases, or put "
+                              f"cases in {split} in its splits.json")  # fmt: skip
 
 
 def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None, echo=print):
