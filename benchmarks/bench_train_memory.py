@@ -42,10 +42,10 @@ SAFETY = 0.85  # run a configuration only if its planned peak is below this shar
 
 
 def timed_step_setup(shape, classes, channels, device, precision, checkpointing, channels_last, timing_file):
-    """:func:`~medseg_mem.memory.calibration_training.training_setup`, its step timed into ``timing_file`` (seconds)."""
+    """:func:`~medseg_mem.training.calibration_step.training_setup`, its step timed into ``timing_file`` (seconds)."""
     import torch
 
-    from medseg_mem.memory.calibration_training import training_setup
+    from medseg_mem.training.calibration_step import training_setup
 
     step = training_setup(shape, classes, channels, device, precision, checkpointing, channels_last)
 

@@ -149,3 +149,38 @@ def tiny_prepared(tmp_path_factory):
     task = _make_msd_task(root, n_cases=6, shape=(8, 8, 20))
     prepare(PrepareConfig(task_dir=task, out_dir=root / "prepared"), progress=False)
     return PreparedDataset.open(root / "prepared")
+
+
+#: The stand-in calibration every test plans with unless it measures or writes its own: made-up round figures, so
+#: no test calibrates (10-30 s) and none writes to the user's cache.
+TEST_CALIBRATION = {"multiplier": 1.0, "offset_bytes": 20 * 2**20, "baseline_bytes": 300 * 2**20}
+
+
+def seed_calibrations(folder: Path) -> Path:
+    """Write :data:`TEST_CALIBRATION` for every CPU setting into ``folder``'s calibration cache; return the file."""
+    from itertools import product
+
+    from medseg_mem.memory.calibration import Calibration, calibration_key, save_calibration
+    from medseg_mem.memory.calibration_file import FILE_NAME
+
+    path = Path(folder) / FILE_NAME
+    for mode, precision, checkpointing, layout in product(("inference", "training"), ("fp32", "bf16", "fp16"),
+                                                          (False, True), (False, True)):  # fmt: skip
+        key = calibration_key("cpu", mode, precision, checkpointing, layout)
+        save_calibration(path, Calibration(key=key, **TEST_CALIBRATION))
+    return path
+
+
+@pytest.fixture(scope="session")
+def seeded_calibration_cache(tmp_path_factory) -> Path:
+    """A calibration cache folder holding :data:`TEST_CALIBRATION` for this machine's CPU settings."""
+    folder = tmp_path_factory.mktemp("medseg-mem-cache")
+    seed_calibrations(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def calibration_cache(seeded_calibration_cache, monkeypatch) -> Path:
+    """Every test plans with the seeded cache (``MEDSEG_MEM_CACHE``), never the user's ``~/.cache/medseg-mem``."""
+    monkeypatch.setenv("MEDSEG_MEM_CACHE", str(seeded_calibration_cache))
+    return seeded_calibration_cache
