@@ -114,19 +114,22 @@ class MemoryCheck:
         return None if self.device.startswith("cuda") else self.budget.bytes
 
     def training(self, variant: str, shape, classes: int, model, train, nproc: int = 1,
-                 cases: Optional[int] = None, calibration=None):  # fmt: skip
+                 cases: Optional[int] = None, calibration=None, earlier_networks: int = 0):  # fmt: skip
         """The plan of one training step of ``variant`` (its largest stage) with ``train``'s levers.
 
         ``train`` is a :class:`~medseg_mem.config.TrainConfig` (batch, precision, checkpointing, layout, loader,
         optimizer); ``cases``: the training split's size (the cascade's case cache fills to it at most);
-        ``calibration``: plan with this one (e.g. :meth:`lower_bound_calibration`) instead of the setting's.
+        ``calibration``: plan with this one (e.g. :meth:`lower_bound_calibration`) instead of the setting's;
+        ``earlier_networks``: networks the process trained before (see
+        :func:`~medseg_mem.memory.planner.first_calls`).
         """
         from medseg_mem.memory.planner import plan_variant
 
         options = dict(model=model, batch=train.batch_size, mode="training", precision=train.precision,
                        checkpointing=train.checkpointing, workers=train.workers, cache_bytes=int(train.cache_bytes),
                        channels_last=train.channels_last, nproc=nproc, optimizer=train.optimizer, cases=cases,
-                       device=self.device, budget_bytes=self.budget.bytes)  # fmt: skip
+                       device=self.device, budget_bytes=self.budget.bytes,
+                       earlier_networks=earlier_networks)  # fmt: skip
         setting = ("training", train.precision, train.checkpointing, train.channels_last)
         return self._plan(plan_variant, (variant, shape, classes), options, setting, calibration)
 

@@ -41,9 +41,11 @@ def choose_run(
     candidates = newest_runs(Path(runs_dir))
     check = MemoryCheck(device, resolve_budget(budget, device), echo)
     shape = largest_scan_shape(scans)
-    needs = {name: planned(check, trained, shape, inference) for name, (_, trained) in candidates.items()}
+    plans = {name: planned(check, trained, shape, inference) for name, (_, trained) in candidates.items()}
+    needs = {name: plan.process_bytes for name, plan in plans.items()}
+    bounds = [name for name, plan in plans.items() if plan.calibration.startswith("lower bound")]
     order, why = accuracy_order(results, next(iter(candidates.values()))[1].dataset)
-    choice = choose(needs, order, check.budget.bytes, check.budget.source, why, lever=_lever(inference))
+    choice = choose(needs, order, check.budget.bytes, check.budget.source, why, _lever(inference), bounds)
     echo(f"--variant auto: {choice.reason}")
     return candidates[choice.variant][0]
 
@@ -68,10 +70,10 @@ def newest_runs(runs_dir: Path) -> Dict[str, Tuple[Path, TrainedRun]]:
     return chosen
 
 
-def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig) -> int:
-    """Planned whole-process peak of predicting with ``trained`` on an image of ``shape``."""
+def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig):
+    """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need)."""
     return check.inference(trained.variant, shape, trained.num_classes, trained.model, inference,
-                           input_on_disk=True).process_bytes  # fmt: skip
+                           input_on_disk=True)  # fmt: skip
 
 
 def _lever(inference: InferenceConfig) -> Callable[[str], str]:

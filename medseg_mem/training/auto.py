@@ -34,8 +34,9 @@ def auto_variant(request, dataset, model: ModelConfig, train: TrainConfig, check
     order, why = accuracy_order(request.results, dataset.name)
     lever = _lever(check, needs, dataset, model, train, request, nproc)
     budget = check.budget
+    bounds = [name for name, found in needs.items() if found.training.calibration.startswith("lower bound")]
     choice = choose({name: found.bytes for name, found in needs.items()}, order, budget.bytes, budget.source, why,
-                    lever)  # fmt: skip
+                    lever, bounds)  # fmt: skip
     echo(f"--variant auto: {choice.reason}")
     return choice.variant, needs[choice.variant]
 

@@ -44,7 +44,14 @@ class VariantResult:
 
 def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
                  inference: InferenceConfig = InferenceConfig()):  # fmt: skip
-    """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
+    """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call.
+
+    The measuring process first does what a ``predict`` process does before its first inference
+    (:func:`~medseg_mem.memory.calibration_run.warm_up`: plan, read a NIfTI through MONAI, load a checkpoint), so the
+    whole process's peak it reports is the one ``predict`` would reach on this case."""
+    from medseg_mem.memory.calibration_run import warm_up
+
+    warm_up()
     torch_device = torch.device(device)
     nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last,
                          inference.precision)  # fmt: skip

@@ -55,10 +55,11 @@ def memory_check(device: str, budget_bytes: Optional[int], echo: Callable[[str],
 
 
 def need(check: MemoryCheck, name: str, dataset, model: ModelConfig, train: TrainConfig, inference,
-         nproc: int = 1, calibration: Optional[object] = None) -> Need:  # fmt: skip
-    """The :class:`Need` of variant ``name`` on ``dataset``'s largest case (``calibration``: plan with it)."""
+         nproc: int = 1, calibration: Optional[object] = None, earlier_networks: int = 0) -> Need:  # fmt: skip
+    """The :class:`Need` of variant ``name`` on ``dataset``'s largest case (``calibration``: plan with it;
+    ``earlier_networks``: networks the run trains before this variant, in the same process)."""
     shape, classes, cases = dataset.largest_image_shape(), dataset.num_classes, len(dataset.ids("train"))
-    training = check.training(name, shape, classes, model, train, nproc, cases, calibration)
+    training = check.training(name, shape, classes, model, train, nproc, cases, calibration, earlier_networks)
     evaluation = check.inference(name, shape, classes, model, inference, calibration=calibration)
     share = 1 if check.device.startswith("cuda") else nproc
     return Need(training, evaluation, max(share * training.process_bytes, evaluation.process_bytes), share)
@@ -72,10 +73,11 @@ def guard(check: MemoryCheck, jobs, dataset, request: RunRequest, nproc: int, ec
     Raises:
         MemoryGuardError: one line with the variant, the stage, the figures and the levers.
     """
-    needs = {}
+    needs, earlier = {}, 0
     for run_id, name, train, model in jobs:
         inference = request.evaluation(train)
-        found = need(check, name, dataset, model, train, inference, nproc)
+        found = need(check, name, dataset, model, train, inference, nproc, earlier_networks=earlier)
+        earlier += networks(name, train)
         if not found.fits and refuse:
             raise MemoryGuardError(refusal(check, name, found, dataset, model, train, request, nproc))
         over = "" if found.fits else " (over it: --no-memory-check runs it anyway)"
@@ -84,6 +86,16 @@ def guard(check: MemoryCheck, jobs, dataset, request: RunRequest, nproc: int, ec
              f"budget {check.budget.describe()}{over}")  # fmt: skip
         needs[run_id] = found
     return needs
+
+
+def networks(name: str, train: TrainConfig) -> int:
+    """Networks a run of variant ``name`` trains: its stages, and the fold models of the cascade's stage 1 with
+    ``--stage2-guidance predicted``."""
+    from medseg_mem.variants import get_variant
+
+    stages = get_variant(name).stages()
+    folds = train.guidance_folds if train.stage2_guidance == "predicted" and any(s.guided for s in stages) else 0
+    return len(stages) + folds
 
 
 def refusal(check: MemoryCheck, name: str, found: Need, dataset, model, train, request, nproc: int) -> str:
