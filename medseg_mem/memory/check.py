@@ -190,11 +190,30 @@ def calibrated(plan) -> bool:
     return not plan.calibration.startswith(("lower bound", "upper bound", "uncalibrated"))
 
 
-def lever_line(levers: Dict[str, int], budget: Budget) -> str:
-    """``--precision bf16: 3.2 GiB (fits), --checkpointing: 9.1 GiB`` for ``{lever: planned bytes}``."""
+def lever_line(levers: Dict[str, int], budget: Budget, at_least: bool = False) -> str:
+    """``--precision bf16: 3.2 GiB (fits), --checkpointing: 9.1 GiB`` for ``{lever: planned bytes}``; with
+    ``at_least`` (the figures are lower bounds) ``--precision bf16: at least 3.2 GiB`` and no verdict."""
     if not levers:
         return "no lever left to pull: give more memory"
+    if at_least:
+        return "; ".join(f"{name}: at least {format_bytes(need)}" for name, need in levers.items())
     parts = [f"{name}: {format_bytes(need)}{' (fits)' if need <= budget.bytes else ''}"
              for name, need in levers.items()]  # fmt: skip
     fitting = any(need <= budget.bytes for need in levers.values())
     return "; ".join(parts) + ("" if fitting else " (none fits alone: combine them)")
+
+
+def is_bound(plan) -> bool:
+    """Whether ``plan``'s figure is the lower bound (over the budget without calibrating)."""
+    return plan.calibration.startswith("lower bound")
+
+
+def lever_calibration(check: MemoryCheck, plan, mode: str):
+    """``(calibration, at_least)`` to plan the levers of ``plan`` with, measuring nothing: the plan's own, else
+    (a lower-bound plan) the cached one for its setting, else the lower bound (``at_least``: its figures are
+    bounds)."""
+    setting = (mode, plan.precision, plan.checkpointing, plan.channels_last)
+    if not is_bound(plan):
+        return check.calibration(*setting), False
+    cached = check.cached(*setting)
+    return (cached, False) if cached is not None else (check.lower_bound_calibration(), True)

@@ -16,7 +16,14 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from medseg_mem.config import InferenceConfig
 from medseg_mem.errors import MedsegError
-from medseg_mem.memory.check import MemoryCheck, MemoryGuardError, lever_line, resolve_budget
+from medseg_mem.memory.check import (
+    MemoryCheck,
+    MemoryGuardError,
+    is_bound,
+    lever_calibration,
+    lever_line,
+    resolve_budget,
+)
 from medseg_mem.memory.units import format_bytes
 
 
@@ -50,7 +57,10 @@ def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, pl
     scan, shape = largest
     options = {"--precision bf16": dict(precision="bf16"), "--sw-batch-size 1": dict(sw_batch_size=1),
                "--overlap 0": dict(overlap=0.0), "without --tta": dict(tta=False)}  # fmt: skip
-    calibration = _calibration_of(check, plan, inference)
+    calibration, at_least = lever_calibration(check, plan, "inference")
+    if is_bound(plan) and not at_least:  # a cached calibration: the figure itself, not its bound
+        plan = check.inference(trained.variant, shape, trained.num_classes, trained.model, inference,
+                               input_on_disk=True, calibration=calibration)  # fmt: skip
     levers = {}
     for lever, change in options.items():
         changed = dataclasses.replace(inference, **change)
@@ -58,16 +68,10 @@ def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, pl
             levers[lever] = check.inference(trained.variant, shape, trained.num_classes, trained.model, changed,
                                             input_on_disk=True, calibration=calibration).process_bytes
     size = "x".join(str(s) for s in shape)
-    return (f"{scan}: {trained.variant} ({inference.describe()}) plans {format_bytes(plan.process_bytes)} for the "
-            f"whole process on this {size} scan, the largest, over the budget {check.budget.describe()}; "
-            f"{lever_line(levers, check.budget)}; or add --no-memory-check to predict anyway")  # fmt: skip
-
-
-def _calibration_of(check: MemoryCheck, plan, inference: InferenceConfig):
-    """The calibration ``plan`` was made with, for its levers (none is measured for them)."""
-    if plan.calibration.startswith("lower bound"):
-        return check.lower_bound_calibration()
-    return check.calibration("inference", inference.precision, False, inference.channels_last)
+    verb = "needs at least" if at_least else "plans"
+    return (f"{scan}: {trained.variant} ({inference.describe()}) {verb} {format_bytes(plan.process_bytes)} for "
+            f"the whole process on this {size} scan, the largest, over the budget {check.budget.describe()}; "
+            f"{lever_line(levers, check.budget, at_least)}; or add --no-memory-check to predict anyway")  # fmt: skip
 
 
 def largest_scan_shape(scans: Sequence) -> Tuple[int, ...]:

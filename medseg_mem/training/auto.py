@@ -51,9 +51,11 @@ def _lever(check, needs, dataset, model, train, request, nproc) -> Callable[[str
         inference = dataclasses.replace(request.evaluation(train), precision="bf16")
         calibration = None if needs[name].training.calibration.startswith("lower bound") else \
             check.calibration("training", train.precision, train.checkpointing, train.channels_last)  # fmt: skip
-        cheaper = need(check, name, dataset, model, lean, inference, nproc, calibration).bytes
-        verdict = "fits" if cheaper <= check.budget.bytes else \
+        found = need(check, name, dataset, model, lean, inference, nproc, calibration)
+        verdict = "fits" if found.bytes <= check.budget.bytes else \
             "still does not fit; also lower --batch-size, --cache or --channels"  # fmt: skip
-        return f"with --precision bf16 --checkpointing it would need {format_bytes(cheaper)}, which {verdict}"
+        at_least = " at least" if found.training.calibration.startswith("lower bound") else ""
+        return (f"with --precision bf16 --checkpointing it would need{at_least} {format_bytes(found.bytes)}, which "
+                f"{verdict}")
 
     return hint

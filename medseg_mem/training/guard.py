@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
 from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.memory.check import Budget, MemoryCheck, MemoryGuardError, lever_line, resolve_budget
+from medseg_mem.memory.check import (
+    Budget,
+    MemoryCheck,
+    MemoryGuardError,
+    is_bound,
+    lever_calibration,
+    lever_line,
+    resolve_budget,
+)
 from medseg_mem.memory.units import format_bytes
 
 NO_CHECK = "or add --no-memory-check to run anyway"
@@ -99,15 +107,19 @@ def networks(name: str, train: TrainConfig) -> int:
 
 
 def refusal(check: MemoryCheck, name: str, found: Need, dataset, model, train, request, nproc: int) -> str:
-    """The guard's one line: what does not fit, by how much, and each lever's planned figure."""
-    levers = lever_needs(check, name, found, dataset, model, train, request, nproc)
-    return (f"{name}: {found.worst()} plans {format_bytes(found.bytes)} for the whole process, over the budget "
-            f"{check.budget.describe()}; {lever_line(levers, check.budget)}; {NO_CHECK}")  # fmt: skip
+    """The guard's one line: what does not fit, by how much, and each lever's planned figure (lower bounds, said
+    so, where the answer needed no calibration and none is cached)."""
+    calibration, at_least = lever_calibration(check, found.training, "training")
+    if is_bound(found.training) and not at_least:  # a cached calibration: the figure itself, not its bound
+        found = need(check, name, dataset, model, train, request.evaluation(train), nproc, calibration)
+    levers = lever_needs(check, name, dataset, model, train, request, nproc, calibration)
+    verb = "needs at least" if at_least else "plans"
+    return (f"{name}: {found.worst()} {verb} {format_bytes(found.bytes)} for the whole process, over the budget "
+            f"{check.budget.describe()}; {lever_line(levers, check.budget, at_least)}; {NO_CHECK}")  # fmt: skip
 
 
-def lever_needs(check, name, found: Need, dataset, model, train, request, nproc) -> Dict[str, int]:
-    """``{lever: planned need}`` for each setting that could lower ``found`` (with the plans' calibration)."""
-    calibration = _calibration_of(check, found)
+def lever_needs(check, name, dataset, model, train, request, nproc, calibration) -> Dict[str, int]:
+    """``{lever: planned need}`` for each setting that could lower the need of ``name`` (with ``calibration``)."""
     options = {}
     if train.precision == "fp32":
         options["--precision bf16"] = (model, dataclasses.replace(train, precision="bf16"), name)
@@ -125,17 +137,6 @@ def lever_needs(check, name, found: Need, dataset, model, train, request, nproc)
             for lever, (lever_model, lever_train, variant) in options.items()}  # fmt: skip
 
 
-def _calibration_of(check: MemoryCheck, found: Need):
-    """The calibration behind ``found``'s training plan (the levers are planned with it: no new calibration)."""
-    from medseg_mem.memory.calibration import Calibration
-
-    if found.training.calibration.startswith("lower bound"):
-        return check.lower_bound_calibration()
-    plan = found.training
-    calibration = check.calibration("training", plan.precision, plan.checkpointing, plan.channels_last)
-    return calibration if isinstance(calibration, Calibration) else None
-
-
 def check_floor(request: RunRequest, variants: List[str], nproc: int = 1) -> None:
     """Refuse, before torch is imported, a run whose training step cannot fit: its lower bound
     (:mod:`~medseg_mem.memory.bound`) already exceeds the budget. Skipped when the budget is the free memory of a
@@ -145,12 +146,16 @@ def check_floor(request: RunRequest, variants: List[str], nproc: int = 1) -> Non
         MemoryGuardError: one line naming the variant, the bound, the budget and the levers' bounds.
     """
     from medseg_mem.data.prepared import PreparedDataset
+    from medseg_mem.errors import MedsegError
     from medseg_mem.training.settings import resolve_settings
 
     budget = floor_budget(request.budget_bytes, dict(request.overrides).get("device", "auto"))
     if budget is None or request.resume:
         return
-    dataset = PreparedDataset.open(request.data_dir)
+    try:
+        dataset = PreparedDataset.open(request.data_dir)
+    except MedsegError:
+        return  # said by the run itself, in its words (and, under torchrun, by each rank)
     model, train = resolve_settings(request, dataset)
     shape = dataset.largest_image_shape()
     for name in variants:
