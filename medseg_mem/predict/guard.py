@@ -16,14 +16,8 @@ from typing import Callable, Optional, Sequence, Tuple
 
 from medseg_mem.config import InferenceConfig
 from medseg_mem.errors import MedsegError
-from medseg_mem.memory.check import (
-    MemoryCheck,
-    MemoryGuardError,
-    is_bound,
-    lever_calibration,
-    lever_line,
-    resolve_budget,
-)
+from medseg_mem.memory.check import MemoryCheck, MemoryGuardError, lever_calibration, lever_line, resolve_budget
+from medseg_mem.memory.check import is_bound  # noqa: I001 - one line each: the guards share the rest
 from medseg_mem.memory.units import format_bytes
 
 
