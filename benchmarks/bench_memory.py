@@ -239,7 +239,7 @@ def planned(variant, case, args, budget, overlap=0.0, precision="fp32", input_on
     from medseg_mem.memory.planner import plan_variant
 
     shape, classes = CASES[case]
-    calibration = cached_calibration(args.calibration, CHANNELS, args.device, announce=print, precision=precision,
+    calibration = cached_calibration(args.calibration, args.device, announce=print, precision=precision,
                                      channels_last=True)  # fmt: skip
     inference = InferenceConfig(overlap=overlap, precision=precision)
     return plan_variant(variant, shape, classes, ModelConfig(channels=CHANNELS), calibration=calibration,
@@ -312,7 +312,7 @@ def main(argv=None) -> None:
     parser.add_argument("--compare", default="small,brats", help="cases for the slab vs MONAI comparison ('' none)")
     parser.add_argument("--out", type=Path, help="results CSV [benchmarks/results/memory_<device>.csv]")
     parser.add_argument("--liver-depth", type=int, default=208, help="last axis of the liver-like case")
-    parser.add_argument("--calibration", type=Path, default=Path("medseg-work/planner-calibration.json"))
+    parser.add_argument("--calibration", type=Path, help="a calibration file [the user's cache]")
     parser.add_argument("--variants", default="full,patch,cascade", help="variants measured for --sizes")
     parser.add_argument("--precisions", default="fp32", help="comma-separated inference precisions (fp32,bf16,fp16)")
     parser.add_argument("--overlaps", default="0", help="comma-separated slab overlaps for --compare, e.g. 0,0.5")
@@ -340,7 +340,7 @@ def run(args, sizes, compare) -> None:
     budget, source = default_budget(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, budget {format_bytes(budget)} ({source})")
     for precision in args.precisions:
-        calibration = cached_calibration(args.calibration, CHANNELS, args.device, announce=print,
+        calibration = cached_calibration(args.calibration, args.device, announce=print,
                                          precision=precision, channels_last=True)  # fmt: skip
         print(f"calibration {calibration.key}: multiplier {calibration.multiplier:.3f}, "
               f"offset {format_bytes(calibration.offset_bytes)}", flush=True)  # fmt: skip

@@ -42,10 +42,10 @@ SAFETY = 0.85  # run a configuration only if its planned peak is below this shar
 
 
 def timed_step_setup(shape, classes, channels, device, precision, checkpointing, channels_last, timing_file):
-    """:func:`~medseg_mem.memory.calibration_training.training_setup`, its step timed into ``timing_file`` (seconds)."""
+    """:func:`~medseg_mem.training.calibration_step.training_setup`, its step timed into ``timing_file`` (seconds)."""
     import torch
 
-    from medseg_mem.memory.calibration_training import training_setup
+    from medseg_mem.training.calibration_step import training_setup
 
     step = training_setup(shape, classes, channels, device, precision, checkpointing, channels_last)
 
@@ -86,13 +86,15 @@ def planned_step(args, precision, checkpointing):
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
 
-    calibration = cached_calibration(args.calibration, args.channels, args.device, announce=print, mode="training",
+    from medseg_mem.training.calibration_step import training_setup
+
+    calibration = cached_calibration(args.calibration, args.device, announce=print, mode="training",
                                      precision=precision, checkpointing=checkpointing,
-                                     channels_last=args.channels_last)  # fmt: skip
+                                     channels_last=args.channels_last, training_setup=training_setup)  # fmt: skip
     plan = plan_variant(
         "full", args.shape, args.classes, ModelConfig(channels=args.channels), batch=args.batch, mode="training",
         calibration=calibration, precision=precision, checkpointing=checkpointing, workers=0, cache_bytes=0,
-        device=args.device, channels_last=args.channels_last,
+        device=args.device, channels_last=args.channels_last, validation=False,  # one step, as measured
     )  # fmt: skip
     host = 0 if args.device.startswith("cuda") else plan.host_bytes
     return plan.predicted_bytes - host, calibration.key
@@ -183,7 +185,7 @@ def parse_args(argv=None):
                         help="channels-last network, as `medseg-mem run` trains [on]")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"some of {', '.join(CONFIGS)} [{DEFAULT_CONFIGS}]")
     parser.add_argument("--out", type=Path, help="CSV to append to [benchmarks/results/train_memory_<device>.csv]")
-    parser.add_argument("--calibration", type=Path, default=Path("medseg-work/planner-calibration.json"))
+    parser.add_argument("--calibration", type=Path, help="a calibration file [the user's cache]")
     args = parser.parse_args(argv)
     try:
         args.shape, args.channels = _ints(args.shape, 4), _ints(args.channels, 2)

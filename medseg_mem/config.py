@@ -244,7 +244,10 @@ class RunRequest:
         inference: how the test split is segmented (:class:`InferenceConfig`; its precision is replaced by
             ``inference_precision``).
         inference_precision: the evaluation's precision; ``None``: the training precision of the run.
-        budget_bytes: memory ``variants=("auto",)`` must fit in; ``None``: the device's free memory less a margin.
+        budget_bytes: memory every run must fit in (``variants=("auto",)`` picks the variant that does); ``None``:
+            the device's free memory less a margin.
+        memory_check: stop before any training when a run's planned peak exceeds the budget (``False``:
+            ``--no-memory-check``, say so and train anyway).
     """
 
     variants: Tuple[str, ...] = ("all",)
@@ -257,6 +260,7 @@ class RunRequest:
     inference: InferenceConfig = InferenceConfig()
     inference_precision: Optional[str] = None
     budget_bytes: Optional[int] = None
+    memory_check: bool = True
 
     def __post_init__(self) -> None:
         if self.inference_precision is not None and self.inference_precision not in PRECISION_NAMES:

@@ -88,8 +88,9 @@ def upsample_range(low: torch.Tensor, size: Sequence[int], start: int, stop: int
     planes = chunk.permute(0, 1, 4, 2, 3).reshape(b, c * n, x, y)
     planes = F.interpolate(planes, size=tuple(size[:2]), mode="bilinear", align_corners=False)
     planes = planes.reshape(b, c, n, *size[:2])
-    weight = weight.to(planes.dtype).view(1, 1, -1, 1, 1)
-    mixed = planes[:, :, i0 - first] * (1 - weight) + planes[:, :, i1 - first] * weight
+    weight = weight.to(device=planes.device, dtype=planes.dtype).view(1, 1, -1, 1, 1)
+    i0, i1 = (i0 - first).to(planes.device), (i1 - first).to(planes.device)  # (the planner traces this on meta)
+    mixed = planes[:, :, i0] * (1 - weight) + planes[:, :, i1] * weight
     return mixed.permute(0, 1, 3, 4, 2).contiguous()
 
 

@@ -10,8 +10,11 @@ training-time mark: ``budget_seconds`` is the mark (empty on a run's final rows,
 ``train_steps`` / ``train_seconds`` what had been trained by then. Peer rows (``source == "peer"``) are runs of
 another tool (nnU-Net, a MONAI tutorial U-Net) on medseg-mem's split and budget, filed by
 ``benchmarks/peer_*.py`` like a run's. ``train_peak_memory_bytes`` is the memory training added at its peak
-(CPU: resident memory; CUDA: memory reserved), a run's largest over its stages. pandas is imported only by
-:func:`read_results`, so the CLI stays quick to start.
+(CPU: resident memory; CUDA: memory reserved), a run's largest over its stages. ``process_peak_bytes`` and
+``train_process_peak_bytes`` are the whole process at those peaks (Python, torch and MONAI included: the figure
+``free``/``top`` show), ``planned_process_bytes`` / ``train_planned_process_bytes`` the planner's figures for them
+and ``planned_bytes`` its figure for ``peak_memory_bytes``; rows written before they existed leave them empty.
+pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ from medseg_mem.errors import MedsegError
 if TYPE_CHECKING:  # pragma: no cover
     import pandas
 
+#: The whole process's peak (what ``top`` shows; ``peak_memory_bytes`` is what the inference added to it), measured
+#: and planned, for the inference and the training.
+PROCESS_COLUMNS = ("process_peak_bytes", "train_process_peak_bytes", "planned_process_bytes",
+                   "train_planned_process_bytes")  # fmt: skip
 RESULT_COLUMNS = (
     "run_id", "timestamp", "dataset", "variant", "class_name", "class_index", "dice",
     "peak_memory_bytes", "memory_method", "device", "inference_seconds_per_case", "train_steps", "train_seconds",
@@ -41,13 +48,13 @@ RESULT_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases",
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS,
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases",
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS,
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark", "peer")
@@ -55,7 +62,7 @@ SOURCES = ("run", "benchmark", "peer")
 NUMERIC_COLUMNS = (
     "class_index", "dice", "peak_memory_bytes", "inference_seconds_per_case", "train_steps", "train_seconds",
     "seed", "n_test_cases", "planned_bytes", "budget_seconds", "time_limit_seconds", "train_peak_memory_bytes",
-    "dice_cases",
+    "dice_cases", *PROCESS_COLUMNS,
 )  # fmt: skip
 INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases", "dice_cases")
 #: The range of each numeric column (low, high; ``None``: open); every number must also be finite.

@@ -221,6 +221,7 @@ def test_a_time_limited_run_files_the_final_and_snapshot_rows(tmp_path, tiny_pre
     assert load_checkpoint(run_dir / "full" / "snap-30s.pt")["step"] <= 3
     record = json.loads((run_dir / "run.json").read_text())
     assert record["trained"]["full"].pop("peak_bytes") > 0  # what training added to the process's memory
+    assert record["trained"]["full"].pop("process_peak_bytes") > 0  # the whole process at that peak
     assert record["trained"]["full"] == {"steps": 6, "seconds": 60.0, "stopped_by_time": True}
     assert record["train"]["time_limit"] == 1 and record["snapshots_taken"][0]["budget_seconds"] == 30
 

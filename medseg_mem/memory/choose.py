@@ -64,7 +64,7 @@ def _mean_dice(results: Path, dataset: str) -> dict:
 
 def choose(
     needs: Mapping[str, float], order: Sequence[str], budget: float, budget_source: str, why: str = "",
-    lever: Optional[Callable[[str], str]] = None,
+    lever: Optional[Callable[[str], str]] = None, at_least: Sequence[str] = (),
 ) -> Choice:  # fmt: skip
     """The first variant of ``order`` whose planned peak ``needs[variant]`` is within ``budget``.
 
@@ -75,12 +75,15 @@ def choose(
         budget_source: where the budget came from, e.g. ``"--budget"``.
         why: where ``order`` comes from, for the reason line.
         lever: given the smallest variant's name, a hint of what would make it fit (for the error).
+        at_least: variants whose need is a lower bound (known over the budget without calibrating): "needs at
+            least".
 
     Raises:
         MedsegError: no candidate fits: names the budget, the smallest requirement and the lever.
     """
     candidates = [name for name in order if name in needs]
-    over = [f"{name} needs {format_bytes(needs[name])}" for name in candidates if needs[name] > budget]
+    word = {name: "needs at least" if name in at_least else "needs" for name in candidates}
+    over = [f"{name} {word[name]} {format_bytes(needs[name])}" for name in candidates if needs[name] > budget]
     for name in candidates:
         if needs[name] <= budget:
             skipped = f" ({'; '.join(over)}: over it)" if over else ""
@@ -90,6 +93,6 @@ def choose(
     smallest = min(candidates, key=lambda name: needs[name])
     hint = f"; {lever(smallest)}" if lever is not None else ""
     raise MedsegError(
-        f"{budget_source} {format_bytes(budget)}: no variant fits; the smallest, {smallest}, needs "
+        f"{budget_source} {format_bytes(budget)}: no variant fits; the smallest, {smallest}, {word[smallest]} "
         f"{format_bytes(needs[smallest])}{hint}"
     )

@@ -62,9 +62,21 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
     with countable(shape, batch):
         image = torch.zeros((batch, *shape), device="meta")
         existing = [image, *(t for net in nets.values() for t in (*net.parameters(), *net.buffers()))]
-        with torch.inference_mode(), representative_slabs(), LiveSetTracer(existing, nets.values()) as tracer:
+        transient = backend_transient(device, inference.channels_last)
+        with torch.inference_mode(), representative_slabs(), \
+                LiveSetTracer(existing, nets.values(), transient=transient) as tracer:  # fmt: skip
             variant.segment(nets, image, model, classes, inference=on_meta)
     return resident + image.numel() * FLOAT_BYTES, tracer.trace
+
+
+def backend_transient(device: str, channels_last: bool):
+    """The tracer's ``transient`` for ``device``: the CPU backend's temporaries (:mod:`medseg_mem.memory.backend`),
+    none on CUDA."""
+    if str(device).startswith("cuda"):
+        return None
+    from medseg_mem.memory.backend import cpu_transient
+
+    return cpu_transient(channels_last)
 
 
 def check_countable(shape: Sequence[int], batch: int, widest: int) -> None:

@@ -44,22 +44,43 @@ def ddp_bytes(parameter_bytes: int, nproc: int) -> int:
     return int(DDP_PARAMETER_COPIES * parameter_bytes + DDP_FIXED_BYTES)
 
 
-def trace_training(variant, shape, classes, model, batch, lever, optimizer: str = "adam"):
-    """Trace one training step of each stage; return the worst stage's ``(resident bytes, trace)``.
+def trace_training(variant, shape, classes, model, batch, lever, optimizer: str = "adam", channels_last: bool = False,
+                   extra=None, validation: bool = True):  # fmt: skip
+    """Trace one training step of each stage and, with ``validation``, its validation pass
+    (:mod:`~medseg_mem.memory.planner_validation`, the training state resident); return the worst
+    ``(resident bytes, trace, what)``, ``what`` the stage's name (``<name> validation`` for its validation pass),
+    worst by the traced peak plus ``extra(stage)`` bytes (e.g. its loader's host memory on a CPU).
 
     ``lever`` is ``(precision, checkpointing, device, nproc)``: ``nproc`` processes under DDP add
     :func:`ddp_bytes` to each rank's resident bytes; ``optimizer`` (``TrainConfig.optimizer``) sets how many
-    weight-sized states are resident.
+    weight-sized states are resident; ``channels_last``: the layout, for the CPU backend's temporaries
+    (:mod:`~medseg_mem.memory.backend`).
     """
     nets = meta_networks(variant, shape[0], classes, model, lever[1])
     worst = None
     for stage in variant.stages():
         with countable(shape, batch):
             size = _stage_size(stage, shape, model)
-            resident, trace = _trace_step(nets[stage.name], batch, size, *lever, optimizer_states(optimizer))
-        if worst is None or resident + trace.peak() > worst[0] + worst[1].peak():
-            worst = (resident, trace)
-    return worst
+            resident, trace = _trace_step(nets[stage.name], batch, size, *lever, optimizer_states(optimizer),
+                                          channels_last=channels_last)  # fmt: skip
+            phases = [(resident, trace, stage.name)]
+            if validation:
+                phases.append(_validation(variant, stage, shape, classes, model, lever, channels_last, resident))
+        for phase in phases:
+            total = phase[0] + phase[1].peak() + (extra(stage) if extra is not None else 0)
+            if worst is None or total > worst[3]:
+                worst = (*phase, total)
+    return worst[:3]
+
+
+def _validation(variant, stage, shape, classes, model, lever, channels_last, resident: int):
+    """``(resident, trace, "<stage> validation")`` of ``stage``'s validation pass: a fresh float32 meta network
+    (validation runs without autocast), the training state's ``resident`` bytes held meanwhile."""
+    from medseg_mem.memory.planner_validation import trace_validation
+
+    net = meta_networks(variant, shape[0], classes, model, lever[1])[stage.name]
+    held, trace = trace_validation(stage, net, shape, classes, model, lever[2], channels_last)
+    return resident + held, trace, f"{stage.name} validation"
 
 
 def _stage_size(stage, shape, model) -> Tuple[int, ...]:
@@ -73,7 +94,7 @@ def _stage_size(stage, shape, model) -> Tuple[int, ...]:
 
 
 def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpointing: bool, device: str,
-                nproc: int = 1, states: int = ADAM_STATES):  # fmt: skip
+                nproc: int = 1, states: int = ADAM_STATES, channels_last: bool = False):  # fmt: skip
     """Trace one training step of ``net`` (one of ``nproc`` DDP ranks) with an optimizer of ``states``
     weight-sized states; return ``(resident bytes, trace)``.
 
@@ -82,6 +103,7 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     """
     import torch
 
+    from medseg_mem.memory.planner_trace import backend_transient
     from medseg_mem.memory.trace import LiveSetTracer
 
     net.train()
@@ -92,7 +114,8 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     if precision != "fp32":
         autocast_on_meta(net, precision, device, master_grads)
     existing = [image, label, *net.parameters(), *net.buffers()]
-    with torch.enable_grad(), LiveSetTracer(existing, all_inside=True) as tracer:
+    transient = backend_transient(device, channels_last)
+    with torch.enable_grad(), LiveSetTracer(existing, all_inside=True, transient=transient) as tracer:
         _step_on_meta(net, image, label)
     return resident, tracer.trace
 

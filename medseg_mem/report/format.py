@@ -54,9 +54,27 @@ def render_group(group: Group) -> str:
     return "\n\n".join(parts)
 
 
+#: What each measuring method reads, in words (the method string itself stays in the results CSV).
+METHOD_WORDS = (("cuda.max_memory_reserved", "GPU memory reserved by PyTorch's allocator"),
+                ("cuda.max_memory_allocated", "GPU memory held by tensors"),
+                ("proc.", "peak resident memory of the process"), ("resource.", "peak resident memory of the process"))
+
+
+def method_words(method: object) -> str:
+    """``proc.clear_refs+VmHWM+glibc-mmap-1MiB`` -> ``peak resident memory of the process``; an unknown method as
+    written.
+
+    Example:
+        >>> method_words("cuda.max_memory_reserved")
+        "GPU memory reserved by PyTorch's allocator"
+    """
+    text = str(method or "").strip()
+    return next((words for prefix, words in METHOD_WORDS if text.startswith(prefix)), text or "unknown method")
+
+
 def group_heading(group: Group) -> str:
-    """Return e.g. ``## Task04_Hippocampus — cpu, rss-above-baseline`` (benchmarks say so)."""
-    where = f"{group.device or 'unknown device'}, {group.memory_method or 'unknown memory method'}"
+    """Return e.g. ``## Task04_Hippocampus — cpu, peak resident memory of the process`` (benchmarks say so)."""
+    where = f"{group.device or 'unknown device'}, {method_words(group.memory_method)}"
     kind = "" if group.source == "run" else " — benchmark (memory and time only)"
     return f"## {group.dataset or 'unknown dataset'}{kind} — {where}"
 
@@ -111,18 +129,25 @@ def format_text(value: object) -> str:
     return text if number.is_integer() or len(text) <= 6 else format_number(number)
 
 
+#: The run table's memory columns: the whole process at the inference's and the training's peak, each beside its
+#: plan, then what the inference added to the process (the figure older rows have alone).
+MEMORY_CELLS = (("process_peak_bytes", "inference peak"), ("planned_process_bytes", "planned"),
+                ("train_process_peak_bytes", "training peak"), ("train_planned_process_bytes", "planned"),
+                ("peak_memory_bytes", "inference added"))  # fmt: skip
+
+
 def _run_cells(group: Group):
     """Headers, rows and numeric flags of a run table."""
-    headers = ["variant", *(f"Dice % {c}" for c in group.classes), "mean Dice % (fg)", "peak memory",
-               "time / case (s)", "device", "memory method", "train steps", "n runs"]  # fmt: skip
+    headers = ["variant", *(f"Dice % {c}" for c in group.classes), "mean Dice % (fg)",
+               *(label for _, label in MEMORY_CELLS), "time / case (s)", "device", "train steps", "n runs"]  # fmt: skip
     rows = [
         [row["variant"], *(format_dice(row[DICE_PREFIX + c]) for c in group.classes), format_dice(row["mean_dice"]),
-         format_size(row["peak_memory_bytes"]), format_number(row["inference_seconds_per_case"]),
-         format_text(row["device"]), format_text(row["memory_method"]), format_count(row["train_steps"]),
-         format_count(row["n_runs"])]  # fmt: skip
+         *(format_size(row.get(column)) for column, _ in MEMORY_CELLS),
+         format_number(row["inference_seconds_per_case"]), format_text(row["device"]),
+         format_count(row["train_steps"]), format_count(row["n_runs"])]  # fmt: skip
         for _, row in group.table.iterrows()
     ]
-    numeric = [False, *(True for _ in group.classes), True, True, True, False, False, True, True]
+    numeric = [False, *(True for _ in group.classes), True, *(True for _ in MEMORY_CELLS), True, False, True, True]
     return headers, rows, numeric
 
 

@@ -38,11 +38,20 @@ class VariantResult:
     train_seconds: float
     budget_seconds: Optional[int] = None  # a snapshot's mark; None for the final model
     train_peak_bytes: Optional[int] = None  # training memory at its peak, the largest over the stages (and folds)
+    train_process_peak_bytes: Optional[int] = None  # the whole process at that peak
+    need: Optional[object] = None  # the planner's figures (training.guard.Need) when the run was planned
 
 
 def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
                  inference: InferenceConfig = InferenceConfig()):  # fmt: skip
-    """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call."""
+    """Top-level (picklable) setup for :func:`measure_peak`: load the variant, return its inference call.
+
+    The measuring process first does what a ``predict`` process does before its first inference
+    (:func:`~medseg_mem.memory.calibration_run.warm_up`: plan, read a NIfTI through MONAI, load a checkpoint), so the
+    whole process's peak it reports is the one ``predict`` would reach on this case."""
+    from medseg_mem.memory.calibration_run import warm_up
+
+    warm_up()
     torch_device = torch.device(device)
     nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last,
                          inference.precision)  # fmt: skip
@@ -86,6 +95,7 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "foreground_oversample": train.foreground_oversample if slabs else "",
         "train_peak_memory_bytes": result.train_peak_bytes,
         "stage2_guidance": stage2_guidance_text(train) if result.variant == "cascade" else "",
+        **process_columns(result),
     }  # fmt: skip
     names, counts = dataset.class_names[1:], result.evaluation.dice_cases
     return [
@@ -93,6 +103,20 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
          "dice_cases": None if counts is None else counts[i]}
         for i, d in enumerate(result.evaluation.dice)
     ]  # fmt: skip
+
+
+def process_columns(result: VariantResult) -> dict:
+    """The whole-process columns of a run's rows: measured and planned, inference and training; and the planner's
+    figure for the inference's ``peak_memory_bytes`` with its error (as benchmark rows file them)."""
+    columns = {"process_peak_bytes": result.memory.process_bytes or None,
+               "train_process_peak_bytes": result.train_process_peak_bytes or None}  # fmt: skip
+    if result.need is None:
+        return columns
+    planned, measured = result.need.evaluation.predicted_bytes, result.memory.peak_bytes
+    error = round((planned - measured) / measured, 4) if measured else None
+    return {**columns, "planned_bytes": planned, "planner_error": error,
+            "planned_process_bytes": result.need.evaluation.process_bytes,
+            "train_planned_process_bytes": result.need.training.process_bytes}
 
 
 def evaluate_checkpoints(name, paths, dataset, model, device, inference: InferenceConfig) -> Evaluation:
@@ -110,7 +134,8 @@ def evaluate_snapshot(final: VariantResult, snapshot: Snapshot, dataset, model, 
     echo(f"[{final.variant}] snapshot at {snapshot.mark / 60:g} min ({snapshot.steps} steps, "
          f"{snapshot.seconds / 60:.2f} min trained): test Dice {dice}")
     return VariantResult(final.run_id, final.variant, evaluation, final.memory, snapshot.steps, snapshot.seconds,
-                         budget_seconds=snapshot.mark, train_peak_bytes=final.train_peak_bytes)  # fmt: skip
+                         budget_seconds=snapshot.mark, train_peak_bytes=final.train_peak_bytes,
+                         train_process_peak_bytes=final.train_process_peak_bytes, need=final.need)  # fmt: skip
 
 
 def stage2_guidance_text(train: TrainConfig) -> str:

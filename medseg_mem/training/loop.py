@@ -70,7 +70,8 @@ class StageJob:
 @dataclass(frozen=True)
 class StageOutcome:
     """How a stage trained; ``snapshots`` maps each mark it passed (seconds) to ``{"seconds", "step"}``;
-    ``peak_bytes``: the memory its training added at its peak, when measured (``training.variant.measured``)."""
+    ``peak_bytes``: the memory its training added at its peak, when measured (``training.variant.measured``);
+    ``process_peak_bytes``: the whole process at that peak (CPU: resident size; CUDA: memory reserved)."""
 
     best_path: Path
     best_score: float
@@ -80,6 +81,7 @@ class StageOutcome:
     history: List[Dict[str, Any]]
     snapshots: Dict[int, Dict[str, float]] = field(default_factory=dict)
     peak_bytes: int = 0
+    process_peak_bytes: int = 0
 
 
 def make_loss(

@@ -53,12 +53,18 @@ def run_variants(request: RunRequest, echo: Callable[[str], None] = print,
     A resumed run that is finished already (its rows are in the results CSV) is reported, not evaluated again.
     Under ``torchrun`` every process trains (:mod:`~medseg_mem.training.distributed`); only rank 0 prints, writes
     ``run.json``, checkpoints and the results CSV, evaluates and measures memory, and only it returns results.
-    ``clock`` is the wall clock of ``--time-limit`` and ``--snapshots`` (tests pass a fake one).
+    ``clock`` is the wall clock of ``--time-limit`` and ``--snapshots`` (tests pass a fake one). glibc's allocator
+    is pinned as ``predict`` and ``measure_peak`` pin it, so the process's memory follows the live tensors, as the
+    plan counts them (left to itself glibc keeps freed blocks of up to 32 MiB: the embedded default's full run
+    grew by 110 MiB over its first step and kept growing).
 
     Raises:
         MedsegError: missing/malformed prepared data or results CSV, an output folder that cannot be written,
             unknown variant, unusable device; a failure after training names the run to resume.
     """
+    from medseg_mem.memory.rss import pin_glibc_allocator
+
+    pin_glibc_allocator()
     joined = distributed.start()
     try:
         results = run_all(request, echo if distributed.is_main() else lambda *_: None, clock)
@@ -78,13 +84,15 @@ def run_all(request: RunRequest, echo: Callable[[str], None], clock: Clock = tim
     dataset = open_dataset(request)
     check_splits(dataset)
     check_outputs(request)
-    jobs = distributed.from_main(planned_runs(request, dataset, record, echo) if distributed.is_main() else None)
-    warn_thick_slabs(jobs, dataset, echo)  # once per run: slabs thicker than the cases are padded
+    needs = {}
+    if distributed.is_main():
+        jobs, needs = planned_runs(request, dataset, record, echo)
+    jobs = distributed.from_main(jobs if distributed.is_main() else None)
     device = distributed.local_device(resolve_device(jobs[0][2].device))
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
     weights = class_weights(jobs[0][2].class_weights, dataset)  # one pass over the labels for every variant
-    results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights, clock)
+    results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights, clock, needs.get(run_id))
                for run_id, name, train, model in jobs]  # fmt: skip
     if not distributed.is_main():
         return []
@@ -139,23 +147,46 @@ def check_splits(dataset: PreparedDataset) -> None:
 
 
 def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None, echo=print):
-    """(run id, variant, train config, model config) for each run: new ones, or the one being resumed
-    (``--variant auto``: the one :func:`~medseg_mem.training.auto.auto_variant` picks, said with ``echo``)."""
+    """``(jobs, needs)``: (run id, variant, train config, model config) for each run - new ones, or the one being
+    resumed (``--variant auto``: the one :func:`~medseg_mem.training.auto.auto_variant` picks, said with ``echo``)
+    - and each run's planned memory (:func:`~medseg_mem.training.guard.guard`), checked against the budget before
+    any training unless ``request.memory_check`` is off.
+
+    Raises:
+        MemoryGuardError: a run's plan does not fit the budget (one line with the levers' figures).
+    """
+    from medseg_mem.training.guard import guard, memory_check
+
+    auto = record is None and tuple(request.variants) == ("auto",)
     if record is not None:
-        return [(request.resume, record["variant"], record["train"], record["model"])]
-    model, train = resolve_settings(request, dataset)
-    if tuple(request.variants) == ("auto",):
+        jobs = [(request.resume, record["variant"], record["train"], record["model"])]
+        model, train = record["model"], record["train"]
+    else:
+        model, train = resolve_settings(request, dataset)
+        names = [] if auto else resolve_variants(list(request.variants))
+        jobs = [(new_run_id(name), name, train, model) for name in names]
+    checked(jobs, train, dataset, echo)
+    check = memory_check(resolve_device(train.device).type, request.budget_bytes, echo)
+    nproc = distributed.world_size()
+    if auto:
         from medseg_mem.training.auto import auto_variant
 
-        names = [auto_variant(request, dataset, model, train, resolve_device(train.device).type, echo)]
-    else:
-        names = resolve_variants(list(request.variants))
-    check_snapshots(names, train)
-    return [(new_run_id(name), name, train, model) for name in names]
+        name, found = auto_variant(request, dataset, model, train, check, echo, nproc)
+        jobs = checked([(new_run_id(name), name, train, model)], train, dataset, echo)
+        return jobs, {jobs[0][0]: found}
+    return jobs, guard(check, jobs, dataset, request, nproc, echo, refuse=request.memory_check)
+
+
+def checked(jobs, train: TrainConfig, dataset: PreparedDataset, echo):
+    """``jobs`` after refusing ``--snapshots`` that their variants cannot take (one line, before any training) and
+    saying once that slabs thicker than the cases are padded."""
+    check_snapshots([name for _, name, _, _ in jobs], train)
+    warn_thick_slabs(jobs, dataset, echo)
+    return jobs
 
 
 def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None,
-            clock: Clock = time.perf_counter) -> Optional[VariantResult]:  # fmt: skip
+            clock: Clock = time.perf_counter, need=None) -> Optional[VariantResult]:  # fmt: skip
     run_dir = request.runs_dir / run_id
     info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
             "results": os.path.abspath(request.results)}  # fmt: skip
@@ -183,17 +214,34 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
         evaluation = evaluate_checkpoints(name, paths, dataset, model, device, inference)
         memory = measure_variant_memory(name, paths, dataset, model, dataset.num_classes, device, inference)
         result = VariantResult(run_id, name, evaluation, memory, steps, seconds,
-                               train_peak_bytes=max(o.peak_bytes for o in outcomes.values()))  # fmt: skip
+                               train_peak_bytes=max(o.peak_bytes for o in outcomes.values()),
+                               train_process_peak_bytes=max(o.process_peak_bytes for o in outcomes.values()),
+                               need=need)  # fmt: skip
         rows = result_rows(result, dataset, model, train, device, inference)
         for snapshot in snapshots:
             rows += result_rows(evaluate_snapshot(result, snapshot, dataset, model, device, inference, echo),
                                 dataset, model, train, device, inference)  # fmt: skip
         append_rows(request.results, rows)
     dice = dice_text(dataset.class_names[1:], evaluation.dice)
-    echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); peak memory "
-         f"{format_bytes(memory.peak_bytes)} ({memory.method}); {evaluation.seconds_per_case:.3f} s/case; "
-         f"training peak {format_bytes(result.train_peak_bytes)}")
+    echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); {evaluation.seconds_per_case:.3f} s/case; "
+         f"{memory_line(result)}")
     return result
+
+
+def memory_line(result: VariantResult) -> str:
+    """``peak resident memory of the process: inference 412 MiB (planned 430 MiB), training 388 MiB (planned
+    401 MiB); the inference added 195 MiB, training 70 MiB``: the whole process first, what the work added after."""
+    need = result.need
+
+    def figure(measured: Optional[int], planned: Optional[int]) -> str:
+        plan = f" (planned {format_bytes(planned)})" if planned else ""
+        return (format_bytes(measured) if measured else "not measured") + plan
+
+    inference = figure(result.memory.process_bytes, need.evaluation.process_bytes if need else None)
+    training = figure(result.train_process_peak_bytes, need.training.process_bytes if need else None)
+    added = f"{format_bytes(result.memory.peak_bytes)}, training {format_bytes(result.train_peak_bytes or 0)}"
+    return (f"peak resident memory of the process: inference {inference}, training {training}; the inference "
+            f"added {added}")
 
 
 def run_settings(model: ModelConfig, train: TrainConfig) -> str:

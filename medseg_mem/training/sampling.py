@@ -42,7 +42,7 @@ from medseg_mem.training import distributed
 from medseg_mem.training.augment import SampleAugmentation
 from medseg_mem.training.guidance_noise import perturb_label
 from medseg_mem.training.out_of_fold import load_guidance
-from medseg_mem.resample import guidance_range, scaled_size
+from medseg_mem.resample import guidance_range
 from medseg_mem.variants.base import Stage
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
@@ -75,10 +75,7 @@ class StageInputsd(Transform):
 
     def cached_bytes(self, shape: Sequence[int]) -> int:
         """Bytes one cached item of a case of spatial ``shape`` holds (0 when only its id is cached)."""
-        low = int(np.prod(scaled_size(shape, self.model.downsample)))
-        if self.stage.factor(self.model) != 1.0:
-            return low * (4 * self.dataset.in_channels + 1)
-        return low if self.stage.guided else 0
+        return self.stage.cached_bytes(shape, self.model, self.dataset.in_channels)
 
 
 def low_label_of(dataset: PreparedDataset, case_id: str, stage: Stage, model: ModelConfig,

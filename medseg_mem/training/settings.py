@@ -54,8 +54,13 @@ def profile(dataset_name: str) -> Tuple[ModelConfig, TrainConfig]:
 
 def resolve_settings(request: RunRequest, dataset) -> Tuple[ModelConfig, TrainConfig]:
     """The dataset's profile with the user's overrides applied (validated by the dataclasses)."""
-    model, train = profile(dataset.name)
-    overrides = dict(request.overrides)
+    return with_overrides(*profile(dataset.name), request.overrides)
+
+
+def with_overrides(model: ModelConfig, train: TrainConfig, pairs) -> Tuple[ModelConfig, TrainConfig]:
+    """``model`` and ``train`` with the ``(field, value)`` ``pairs`` the user set (``run``'s options, and
+    ``plan``'s, which plans what ``run`` would train); a learning rate follows the optimizer unless given."""
+    overrides = dict(pairs)
     unknown = set(overrides) - MODEL_FIELDS - TRAIN_FIELDS
     if unknown:
         raise MedsegError(f"unknown run setting(s): {', '.join(sorted(unknown))}")

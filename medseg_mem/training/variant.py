@@ -100,7 +100,7 @@ def measured(job: StageJob, progress: bool, clock: Clock, since: int) -> StageOu
     held = max(0, resident_now(job.device) - since)
     with InProcessPeak(job.device.type, resident_bytes=held) as peak:
         outcome = train_stage(job, progress=progress, clock=clock)
-    return dataclasses.replace(outcome, peak_bytes=peak.peak_bytes)
+    return dataclasses.replace(outcome, peak_bytes=peak.peak_bytes, process_peak_bytes=peak.process_bytes)
 
 
 def stage_names(outcomes: Dict[str, StageOutcome], variant: str) -> List[str]:

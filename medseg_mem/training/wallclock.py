@@ -169,18 +169,20 @@ def with_recorded_peaks(outcomes: Mapping[str, object], earlier: dict) -> Dict[s
     for it (``earlier``: :func:`recorded_training` read before training), so resuming a finished stage does not
     replace its training peak with the little its resumption needed."""
     recorded = earlier.get("trained", {})
-    return {name: replace(o, peak_bytes=max(o.peak_bytes, int(recorded.get(name, {}).get("peak_bytes", 0))))
+    return {name: replace(o, **{key: max(getattr(o, key), int(recorded.get(name, {}).get(key, 0)))
+                                for key in ("peak_bytes", "process_peak_bytes")})
             for name, o in outcomes.items()}  # fmt: skip
 
 
 def record_training(run_dir: Path, info: dict, model, train: TrainConfig, outcomes: Mapping[str, object],
                     echo: Callable[[str], None]) -> List[Snapshot]:  # fmt: skip
     """Add what training did to ``run.json`` (``trained``: steps, seconds, ``stopped_by_time`` and the training
-    ``peak_bytes`` per stage; ``snapshots_taken``), say it when the wall clock had a say, and return the
-    snapshots the variant reached."""
+    ``peak_bytes`` and ``process_peak_bytes`` per stage; ``snapshots_taken``), say it when the wall clock had a say,
+    and return the snapshots the variant reached."""
     snapshots, missed = variant_snapshots(train, outcomes)
     trained = {stage: {"steps": o.steps, "seconds": round(o.seconds, 2), "stopped_by_time": o.steps < train.steps,
-                       "peak_bytes": o.peak_bytes} for stage, o in outcomes.items()}  # fmt: skip
+                       "peak_bytes": o.peak_bytes, "process_peak_bytes": o.process_peak_bytes}
+               for stage, o in outcomes.items()}  # fmt: skip
     taken = [{"budget_seconds": s.mark, "steps": s.steps, "seconds": round(s.seconds, 2)} for s in snapshots]
     write_run_record(run_dir, {**info, "trained": trained, "snapshots_taken": taken}, model, train)
     name, seconds = info["variant"], sum(o.seconds for o in outcomes.values())

@@ -45,6 +45,17 @@ class Stage:
     def factor(self, model: ModelConfig) -> float:
         return model.downsample if self.scale is None else self.scale
 
+    def cached_bytes(self, shape, model: ModelConfig, image_channels: int) -> int:
+        """Bytes the training loader caches per case of spatial ``shape``: a downsampled stage its float32 image
+        and uint8 label at its resolution, a guided stage the uint8 label at stage-1 resolution (its guidance is
+        made per slab from it), a full-resolution stage nothing (it reads the memory-mapped case per sample)."""
+        low = 1
+        for side in scaled_size(shape, model.downsample):
+            low *= int(side)
+        if self.factor(model) != 1.0:
+            return low * (4 * image_channels + 1)
+        return low if self.guided else 0
+
     def in_channels(self, image_channels: int, num_classes: int, model: ModelConfig) -> int:
         extra = guidance_channels(model.guidance, num_classes) if self.guided else 0
         return image_channels + extra
