@@ -82,7 +82,7 @@ def planned_step(args, precision, checkpointing):
 
     The measured step has no data loader, so the loader's host bytes (part of a CPU plan) are left out.
     """
-    from medseg_mem.config import ModelConfig
+    from medseg_mem.core.config import ModelConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
 
@@ -121,7 +121,7 @@ def append_row(path: Path, row) -> None:
     Raises:
         SystemExit: if ``path`` exists with other columns.
     """
-    from medseg_mem.atomic import write_text_atomic
+    from medseg_mem.core.files.atomic import write_text_atomic
 
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if old and old.splitlines()[0] != ",".join(COLUMNS):
@@ -136,7 +136,7 @@ def append_row(path: Path, row) -> None:
 
 def run_config(args, name, budget):
     """Plan, then measure, one configuration; return its row (``None`` when skipped as infeasible)."""
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     precision, checkpointing = parse_config(name)
     planned = planned_step(args, precision, checkpointing)
@@ -158,7 +158,7 @@ def gigabytes(n_bytes) -> str:
 
 def report_goals(rows) -> None:
     """Print the goals (bf16+ckpt <= 8 GB and <= 0.45x fp32; planner within 15 %) and whether they were met."""
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     peaks = {row["config"]: row["peak_bytes"] for row in rows}
     print("goals (set for one 4x240x240x155 step; at other sizes the fixed weights and Adam states weigh more):")
@@ -213,7 +213,7 @@ def main(argv=None) -> None:
     import torch
 
     from medseg_mem.memory.planner import default_budget
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     args = parse_args(argv)
     budget, source = default_budget(args.device)

@@ -63,9 +63,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_results(path: Path, prog: str) -> None:
     """Refuse an unwritable ``--results`` or a malformed results CSV before any training (one line, exit 2)."""
-    from medseg_mem.errors import MedsegError
-    from medseg_mem.results import read_results
-    from medseg_mem.writable import check_output_file
+    from medseg_mem.core.errors import MedsegError
+    from medseg_mem.report.results import read_results
+    from medseg_mem.core.files.writable import check_output_file
 
     try:
         check_output_file(path, "--results")
@@ -80,7 +80,7 @@ def prepared_dataset(args: argparse.Namespace, prog: str):
 
     A missing task folder is a one-line error (exit 2).
     """
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.prepared import PreparedDataset
 
@@ -212,14 +212,14 @@ class PeerRun:
     run_id: str = ""
 
     def __post_init__(self) -> None:
-        from medseg_mem.results import new_run_id
+        from medseg_mem.report.results import new_run_id
 
         self.run_id = self.run_id or new_run_id(self.variant)
 
 
 def peer_rows(run: PeerRun, dataset) -> List[dict]:
     """One results row per foreground class (``source = peer``), run-level columns repeated."""
-    from medseg_mem.results import utc_timestamp
+    from medseg_mem.report.results import utc_timestamp
 
     shared = {
         "run_id": run.run_id, "timestamp": utc_timestamp(), "dataset": dataset.name, "variant": run.variant,
@@ -243,9 +243,9 @@ def file_run(run: PeerRun, dataset, results: Path, work: Path, minutes: float) -
     Returns:
         (the results CSV, the details file).
     """
-    from medseg_mem.atomic import write_text_atomic
-    from medseg_mem.memory.units import format_bytes
-    from medseg_mem.results import append_rows
+    from medseg_mem.core.files.atomic import write_text_atomic
+    from medseg_mem.core.units import format_bytes
+    from medseg_mem.report.results import append_rows
 
     rows = peer_rows(run, dataset)
     append_rows(results, rows)

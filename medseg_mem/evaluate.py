@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from medseg_mem.config import InferenceConfig, ModelConfig
+from medseg_mem.core.config import InferenceConfig, ModelConfig
 from medseg_mem.variants.base import Variant
 
 
@@ -115,7 +115,7 @@ def evaluate_variant(
     """Segment each ``(image (1,C,X,Y,Z), label (1,1,X,Y,Z))`` case with the whole variant and score it.
 
     The first case is run once untimed to warm up (allocator, kernels), then every case is timed. ``inference``
-    sets the slab batch, overlap and precision (default: :class:`~medseg_mem.config.InferenceConfig`).
+    sets the slab batch, overlap and precision (default: :class:`~medseg_mem.core.config.InferenceConfig`).
     """
     for net in nets.values():
         net.eval()

@@ -129,7 +129,7 @@ def checksums():
 @pytest.fixture(scope="session")
 def prepared_default(tmp_path_factory) -> Path:
     """The embedded default task (12 cases of 32x32x96), written and prepared once per session."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 
@@ -142,7 +142,7 @@ def prepared_default(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     """A prepared tiny 3-class task (6 cases of 8x8x20): training streams from it as from any prepared folder."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.prepared import PreparedDataset
 

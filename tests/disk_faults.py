@@ -33,9 +33,9 @@ class HalfWriter:
 
 
 def install_full_disk(monkeypatch, matches: Optional[Callable[[Path], bool]] = None) -> None:
-    """Files that :mod:`medseg_mem.atomic` opens for writing (those whose path ``matches``, default all)
+    """Files that :mod:`medseg_mem.core.files.atomic` opens for writing (those whose path ``matches``, default all)
     get half their text, then the disk is full."""
-    import medseg_mem.atomic as atomic
+    import medseg_mem.core.files.atomic as atomic
 
     real_open = open
 

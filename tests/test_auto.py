@@ -4,9 +4,9 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.choose import THESIS_ORDER, accuracy_order, choose
-from medseg_mem.results import append_rows
+from medseg_mem.report.results import append_rows
 
 TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
 NEEDS = {"full": 9e9, "cascade": 5e9, "patch": 3e9}

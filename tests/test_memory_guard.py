@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.config import ModelConfig
+from medseg_mem.core.config import ModelConfig
 from test_predict import bright_scan, make_run, save_tilted
 
 TINY_RUN = ["--channels", "2,4", "--steps", "1", "--val-every", "1", "--quiet"]
@@ -68,7 +68,7 @@ def test_no_memory_check_trains_anyway_and_files_the_plan(tmp_path, prepared_def
                               "--no-memory-check"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "(over it: --no-memory-check runs it anyway)" in result.output
-    from medseg_mem.results import read_results
+    from medseg_mem.report.results import read_results
 
     row = read_results(tmp_path / "r.csv").iloc[0]
     assert row.planned_process_bytes > row.planned_bytes > 0 and row.train_planned_process_bytes > 0
@@ -107,7 +107,7 @@ def test_the_lower_bound_never_exceeds_the_trace():
 
 def test_slab_variants_are_those_with_a_full_resolution_slab_stage():
     from medseg_mem.memory.bound import SLAB_VARIANTS
-    from medseg_mem.names import VARIANT_NAMES
+    from medseg_mem.core.names import VARIANT_NAMES
     from medseg_mem.variants import get_variant
 
     slab = {n for n in VARIANT_NAMES if any(s.slab and s.scale == 1.0 for s in get_variant(n).stages())}

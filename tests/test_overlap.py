@@ -8,8 +8,8 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from medseg_mem.config import InferenceConfig, ModelConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
 from medseg_mem.inference.precision import with_precision
 from medseg_mem.inference.slab import SlabInferer

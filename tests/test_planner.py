@@ -5,8 +5,8 @@ import pytest
 import torch
 from monai.losses import DiceCELoss
 
-from medseg_mem.config import ModelConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.calibration import (
     Calibration,
     calibrate,
@@ -18,7 +18,7 @@ from medseg_mem.memory.calibration import (
 from medseg_mem.memory.measure import measure_peak
 from medseg_mem.memory.planner import loader_host_bytes, plan_variant
 from medseg_mem.memory.trace import LiveSetTracer
-from medseg_mem.memory.units import format_bytes, parse_bytes
+from medseg_mem.core.units import format_bytes, parse_bytes
 from medseg_mem.training.calibration_step import training_setup
 
 TINY = ModelConfig(channels=(4, 8, 16))

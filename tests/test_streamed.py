@@ -7,12 +7,12 @@ import pytest
 import torch
 from full_size_reference import full_size_guidance, full_size_labels, full_size_probabilities
 
-from medseg_mem.config import ModelConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.evaluate import dice_per_class
 from medseg_mem.inference import SlabInferer, argmax_into, cut_slab, label_dtype, labels_of
 from medseg_mem.models.unet import UNet3D
-from medseg_mem.resample import one_hot, resample_image
+from medseg_mem.variants.resample import one_hot, resample_image
 from medseg_mem.variants import get_variant
 from medseg_mem.variants.guided import GuidedSlabs
 

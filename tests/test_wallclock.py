@@ -10,14 +10,14 @@ import pytest
 import torch
 
 import medseg_mem.training.loop as loop
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.files.checkpoint import load_checkpoint
+from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
 from test_repeatable import train_in_new_process
-from medseg_mem.training.run import run_variants
+from medseg_mem.runner.run import run_variants
 from medseg_mem.training.sampling import StageData
-from medseg_mem.training.settings import load_run_record, write_run_record
+from medseg_mem.runner.settings import load_run_record, write_run_record
 from medseg_mem.training.wallclock import StageTimes, stage_times, variant_snapshots
 from medseg_mem.variants import get_variant
 

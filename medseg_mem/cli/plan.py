@@ -25,8 +25,8 @@ import click
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.plan_target import plan_target, typed
 from medseg_mem.cli.training_options import parse_cache, parse_channels, parse_variants
-from medseg_mem.memory.units import format_bytes
-from medseg_mem.names import DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES
+from medseg_mem.core.units import format_bytes
+from medseg_mem.core.names import DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES
 
 TRAINING_OPTIONS = ("--checkpointing", "--workers", "--cache", "--nproc")
 INFERENCE_OPTIONS = ("--overlap", "--sw-batch-size", "--tta")
@@ -143,7 +143,7 @@ def plan(shape, classes, data, run_dir, variants, budget, slab_size, slab_alias,
     Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``, or
     ``medseg-mem plan --data medseg-work/prepared --mode training --precision bf16 --checkpointing``.
     """
-    from medseg_mem.device import resolve_device
+    from medseg_mem.core.device import resolve_device
     from medseg_mem.memory.check import MemoryCheck, resolve_budget
     from medseg_mem.training.calibration_step import training_setup
 
@@ -205,7 +205,7 @@ def _names(variants, target):
 
 def _inference(target, precision, overlap, sw_batch_size, tta, tta_axes):
     """The prediction's settings: the options given, the run's (or profile's) layout."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
 
     return InferenceConfig(sw_batch_size, overlap, precision or "fp32", target.train.channels_last,
                            **tta_config(tta, tta_axes))  # fmt: skip
@@ -231,7 +231,7 @@ def _notices(mode, checkpointing, workers, cache, nproc, overlap, sw_batch_size,
 
 def inference_levers(plans) -> str:
     """The levers of inference plans, e.g. ``bf16, overlap 0.5`` (``full`` has no slabs: the largest counts)."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
 
     overlap, batch = max(p.overlap for p in plans), max(p.sw_batch_size for p in plans)
     mirroring = {"tta": True, "tta_axes": plans[0].tta} if plans[0].tta else {}

@@ -2,7 +2,7 @@
 
 * ``--data PREPARED``: the dataset's largest case, its classes, the size of its training split, and the settings
   ``run --data PREPARED`` trains with: the dataset's profile (the embedded default: widths 8-128; real data: the
-  spec's 32-512, batch 2, :mod:`medseg_mem.training.settings`) with the options given to ``plan`` on top;
+  spec's 32-512, batch 2, :mod:`medseg_mem.runner.settings`) with the options given to ``plan`` on top;
 * ``--run RUN``: a trained run's inference: its variant, widths, slab size and classes, on ``--shape`` or its
   dataset's largest case;
 * ``--shape C,X,Y,Z --classes K``: real data's profile with the options given on top.
@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.core.config import ModelConfig, TrainConfig
 
 #: ``plan`` options that are ``run`` settings (``TrainConfig``/``ModelConfig`` fields), by parameter name.
 SETTINGS = {"channels": "channels", "slab_size": "slab_size", "downsample": "downsample", "guidance": "guidance",
@@ -56,7 +56,7 @@ def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], overr
         click.UsageError: none or several of the ways, or ``--shape`` without ``--classes`` (and the reverse).
         MedsegError: a dataset or run that cannot be opened.
     """
-    from medseg_mem.training.settings import profile, with_overrides
+    from medseg_mem.runner.settings import profile, with_overrides
 
     _one_way(shape, classes, data, run)
     if run is not None:
@@ -88,8 +88,8 @@ def _one_way(shape, classes, data, run) -> None:
 
 def _run_target(run: Path, shape) -> Target:
     """A trained run's inference: its settings, on ``shape`` or its dataset's largest case."""
-    from medseg_mem.errors import MedsegError
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.core.errors import MedsegError
+    from medseg_mem.variants.trained_run import open_trained_run
 
     trained = open_trained_run(run)
     if shape is None:
@@ -104,7 +104,7 @@ def _run_target(run: Path, shape) -> Target:
 
 def _run_dataset_shape(run: Path, trained) -> Optional[Tuple[int, ...]]:
     """The largest case of the dataset named in the run's ``run.json`` (``None`` when it cannot be opened)."""
-    from medseg_mem.errors import MedsegError
+    from medseg_mem.core.errors import MedsegError
 
     folder = run if run.is_dir() else run.parent.parent
     try:

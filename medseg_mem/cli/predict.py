@@ -8,9 +8,9 @@ import click
 
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.training_options import parse_variants
-from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
+from medseg_mem.core.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 
-#: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.onnx_engine.ENGINE_NAMES``).
+#: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.export.onnx_engine.ENGINE_NAMES``).
 ENGINES = ("torch", "onnxruntime")
 
 
@@ -63,7 +63,7 @@ def predict(inputs, checkpoint, variants, budget_bytes, memory_check, results, o
     Example:
       medseg-mem predict --checkpoint medseg-work/runs/<run id> scan.nii.gz --out predictions/
     """
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
     from medseg_mem.predict import predict as run_predict
 
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last, **tta_config(tta, tta_axes))
@@ -87,7 +87,7 @@ def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, de
         return checkpoint
     if len(variants) != 1 or variants == ("all",):
         raise click.BadParameter("give one variant name or auto", param_hint="--variant")
-    from medseg_mem.device import resolve_device
+    from medseg_mem.core.device import resolve_device
     from medseg_mem.predict.auto import choose_run, newest_runs, scans_of
 
     if variants[0] != "auto":

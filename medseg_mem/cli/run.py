@@ -1,4 +1,4 @@
-"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.training.run.run_variants`."""
+"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.runner.run.run_variants`."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from medseg_mem.cli.common import (
     tta_config,
     tta_options,
 )
-from medseg_mem.config import RunRequest
+from medseg_mem.core.config import RunRequest
 from medseg_mem.cli.training_options import (
     parse_cache,
     parse_channels,
@@ -25,7 +25,7 @@ from medseg_mem.cli.training_options import (
     parse_time_limit,
     parse_variants,
 )
-from medseg_mem.names import (
+from medseg_mem.core.names import (
     AUGMENT_NAMES,
     CLASS_WEIGHT_NAMES,
     DEFAULT_PREPARED,
@@ -55,8 +55,8 @@ class ArgvCommand(click.Command):
 
 def resume_paths(ctx: click.Context, run_dir: Path, data_dir: Path, results: Path) -> Tuple[Path, Path]:
     """The resumed run's saved dataset (another --data is a usage error) and, without --results, its saved CSV."""
-    from medseg_mem.training.resume import saved_data_dir, saved_results, same_path
-    from medseg_mem.training.settings import load_run_record
+    from medseg_mem.runner.resume import saved_data_dir, saved_results, same_path
+    from medseg_mem.runner.settings import load_run_record
 
     record = load_run_record(run_dir)
     saved = saved_data_dir(record, run_dir)
@@ -185,7 +185,7 @@ def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resum
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
     if options["snapshots"] is not None:
-        from medseg_mem.config import check_wall_clock
+        from medseg_mem.core.config import check_wall_clock
 
         check_wall_clock(options["time_limit"], options["snapshots"])  # a mark past the limit: one line, at once
     check_network_options(options, tuple(variants))
@@ -193,16 +193,16 @@ def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resum
                          inference=inference, inference_precision=inference_precision, budget_bytes=budget_bytes,
                          memory_check=memory_check)  # fmt: skip
     if memory_check and tuple(variants) != ("auto",):
-        from medseg_mem.names import VARIANT_NAMES
-        from medseg_mem.training.guard import check_floor
+        from medseg_mem.core.names import VARIANT_NAMES
+        from medseg_mem.runner.guard import check_floor
 
         check_floor(request, VARIANT_NAMES if "all" in variants else list(variants), nproc)  # before torch loads
     if nproc > 1:
-        from medseg_mem.training.launch import relaunch
+        from medseg_mem.runner.launch import relaunch
 
         ctx = click.get_current_context()
         ctx.exit(relaunch(nproc, ctx.meta[ARGV_KEY]))
-    from medseg_mem.training.run import RunInterrupted, run_variants
+    from medseg_mem.runner.run import RunInterrupted, run_variants
 
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
@@ -218,7 +218,7 @@ def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resum
 def inference_options(options: dict):
     """Take the evaluation's options out of ``options``: an :class:`InferenceConfig` (fp32 placeholder) and the
     ``--inference-precision`` (``None``: the training precision). They may be given with ``--resume``."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
 
     overlap, sw_batch_size = options.pop("overlap"), options.pop("sw_batch_size")
     mirroring = tta_config(options.pop("tta"), options.pop("tta_axes"))
@@ -231,14 +231,14 @@ def check_network_options(options: dict, variants) -> None:
     with ``--stage2-guidance predicted``, before any data is read.
 
     Raises:
-        OptionError: from :class:`~medseg_mem.config.ModelConfig` / ``TrainConfig``, naming the option.
+        OptionError: from :class:`~medseg_mem.core.config.ModelConfig` / ``TrainConfig``, naming the option.
     """
-    from medseg_mem.config import ModelConfig, TrainConfig
+    from medseg_mem.core.config import ModelConfig, TrainConfig
 
     if options.get("deep_supervision") and options.get("channels") is not None:
         ModelConfig(channels=options["channels"], deep_supervision=True)
     if options.get("stage2_guidance") == "predicted" and options.get("snapshots") and variants != ("auto",):
-        from medseg_mem.training.variant import check_snapshots
+        from medseg_mem.runner.variant import check_snapshots
         from medseg_mem.variants import resolve_variants
 
         marks = options["snapshots"]

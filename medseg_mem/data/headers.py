@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.units import format_bytes
 
 FLOAT_BYTES = 4  # images are loaded as float32
 SPATIAL_DIMS = (3, 4)  # a 3D volume, or 4D channel-last

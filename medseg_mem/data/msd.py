@@ -30,8 +30,8 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from medseg_mem.errors import DatasetError
-from medseg_mem.readable import open_failure
+from medseg_mem.core.errors import DatasetError
+from medseg_mem.core.files.readable import open_failure
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("training", "labels", "modality")

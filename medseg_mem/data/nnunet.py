@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from medseg_mem.data.msd import MAX_LABEL, NIFTI_SUFFIXES, CaseEntry, MSDTask, numbered_names
-from medseg_mem.errors import DatasetError
+from medseg_mem.core.errors import DatasetError
 
 LAYOUT = "nnunet-v2"
 #: The channel number of a file name: ``<case>_0000<ending>``.

@@ -14,7 +14,7 @@ import torch
 
 from torch import nn
 
-from medseg_mem.training.precision import DTYPES, autocast
+from medseg_mem.core.precision import DTYPES, autocast
 
 
 def with_precision(network: Callable[..., torch.Tensor], precision: str) -> Callable[..., torch.Tensor]:

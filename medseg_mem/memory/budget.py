@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Tuple
 
-from medseg_mem.errors import MedsegError, OptionError
+from medseg_mem.core.errors import MedsegError, OptionError
 
 MEMINFO = "/proc/meminfo"
 

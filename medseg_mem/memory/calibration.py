@@ -33,8 +33,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from medseg_mem.atomic import write_json_atomic
-from medseg_mem.errors import MedsegError, OptionError
+from medseg_mem.core.files.atomic import write_json_atomic
+from medseg_mem.core.errors import MedsegError, OptionError
 
 CALIBRATION_WIDTHS = (8, 16, 32, 64, 128)  # narrow: a calibration cube costs little compute per traced byte
 KEY_VERSION = "v4"  # v4: whole-process baseline, backend temporaries traced, not keyed by widths
@@ -136,7 +136,7 @@ def network_setup(shape: Shape, classes: int, channels: Tuple[int, ...], device:
     weights), on a random input of ``shape``."""
     import torch
 
-    from medseg_mem.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
     from medseg_mem.inference.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
@@ -236,7 +236,7 @@ def calibration_shapes(channels: Sequence[int], mode: str, levers: Tuple) -> Lis
 def point_trace(shape: Shape, channels: Sequence[int], levers: Tuple):
     """``(resident bytes, trace)`` the planner counts for the calibration network at ``shape`` ``(B, C, X, Y, Z)``;
     ``levers`` is ``(mode, precision, checkpointing, channels_last, device)``."""
-    from medseg_mem.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
     from medseg_mem.memory.planner_trace import trace_inference
     from medseg_mem.memory.planner_training import trace_training
     from medseg_mem.variants import get_variant
@@ -261,7 +261,7 @@ def within_limit(shapes: List[Shape], traces: List, limit_bytes: Optional[int]):
     if not limit_bytes:
         return shapes, traces
     from medseg_mem.memory import rss
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     room = int(limit_bytes) - rss.current_bytes()
     kept = [(s, t) for s, t in zip(shapes, traces) if HEADROOM * (t[0] + t[1].peak()) <= room]

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import format_bytes
 
 LOWEST_MULTIPLIER = 0.8  # the smallest multiplier a calibration may fit (calibration.MULTIPLIER_RANGE)
 HIGHEST_MULTIPLIER = 2.0  # the largest (calibration.MULTIPLIER_RANGE)
@@ -117,7 +117,7 @@ class MemoryCheck:
                  cases: Optional[int] = None, calibration=None, earlier_networks: int = 0):  # fmt: skip
         """The plan of one training step of ``variant`` (its largest stage) with ``train``'s levers.
 
-        ``train`` is a :class:`~medseg_mem.config.TrainConfig` (batch, precision, checkpointing, layout, loader,
+        ``train`` is a :class:`~medseg_mem.core.config.TrainConfig` (batch, precision, checkpointing, layout, loader,
         optimizer); ``cases``: the training split's size (the cascade's case cache fills to it at most);
         ``calibration``: plan with this one (e.g. :meth:`lower_bound_calibration`) instead of the setting's;
         ``earlier_networks``: networks the process trained before (see

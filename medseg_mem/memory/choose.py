@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence, Tuple
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import format_bytes
 
 THESIS_ORDER = ("full", "cascade", "patch")  # most accurate first (thesis, Tables 4.1-4.4)
 
@@ -51,7 +51,7 @@ def _mean_dice(results: Path, dataset: str) -> dict:
     when there are none)."""
     if not results.is_file():
         return {}
-    from medseg_mem.results import final_rows, read_results
+    from medseg_mem.report.results import final_rows, read_results
 
     try:
         table = final_rows(read_results(results))

@@ -38,13 +38,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from medseg_mem.config import TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import TrainConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.budget import default_budget  # noqa: F401 - re-exported: the planner's default budget
 from medseg_mem.memory.calibration import UNCALIBRATED, Calibration
 from medseg_mem.memory.planner_trace import FLOAT_BYTES, check_countable, trace_inference
 from medseg_mem.memory.planner_training import trace_training
-from medseg_mem.names import OPTIMIZER_NAMES, PRECISION_NAMES
+from medseg_mem.core.names import OPTIMIZER_NAMES, PRECISION_NAMES
 
 MODES = ("inference", "training")
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)
@@ -146,10 +146,10 @@ def plan_variant(
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
     Args:
-        variant: a name from :data:`medseg_mem.names.VARIANT_NAMES`.
+        variant: a name from :data:`medseg_mem.core.names.VARIANT_NAMES`.
         shape: image shape ``(C, X, Y, Z)``.
         classes: output classes K, background included.
-        model: a :class:`~medseg_mem.config.ModelConfig` (widths, slab size, downsample, guidance); default spec.
+        model: a :class:`~medseg_mem.core.config.ModelConfig` (widths, slab size, downsample, guidance); default spec.
         batch: images per inference, or slabs / volumes per training step.
         mode: ``inference`` (under ``torch.inference_mode``) or ``training`` (one optimizer step).
         calibration: device correction; :data:`UNCALIBRATED` gives the raw structural count. Use a training
@@ -171,7 +171,7 @@ def plan_variant(
             policy of the device is followed).
         channels_last: training only: the layout of the network, recorded in the plan (pass the calibration
             measured with it: the backend's extra memory is what differs).
-        inference: inference only: an :class:`~medseg_mem.config.InferenceConfig` (slab batch, overlap,
+        inference: inference only: an :class:`~medseg_mem.core.config.InferenceConfig` (slab batch, overlap,
             precision and layout, traced as they run; pass the calibration measured for its precision and layout).
         input_on_disk: inference only: as ``predict`` runs a variant that reads its image slab by slab
             (:meth:`~medseg_mem.variants.base.Variant.reads_slabs_only`: ``patch``), the image waits in a
@@ -191,7 +191,7 @@ def plan_variant(
         ...              workers=2, device="cuda").host_bytes > 0
         True
     """
-    from medseg_mem.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
 
     shape, model = check_shape(shape), model or ModelConfig()
     _check_counts(classes, batch, mode)
@@ -273,7 +273,7 @@ def stage_cache_bytes(stage, shape: Sequence[int], model, cache_bytes: int, case
     ``cache_bytes`` when ``cases`` is unknown); 0 for a stage that caches nothing.
 
     Example:
-        >>> from medseg_mem.config import ModelConfig
+        >>> from medseg_mem.core.config import ModelConfig
         >>> from medseg_mem.variants import get_variant
         >>> full, (stage1, _) = get_variant("full").stages()[0], get_variant("cascade").stages()
         >>> stage_cache_bytes(full, (1, 100, 100, 100), ModelConfig(), 2**30), stage_cache_bytes(stage1, (1, 100,

@@ -10,8 +10,8 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator, Sequence
 
-from medseg_mem.errors import OptionError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.units import format_bytes
 
 FLOAT_BYTES = 4
 LARGEST_BYTES = 2**63 - 1  # torch counts a storage's bytes in a signed 64-bit integer
@@ -39,7 +39,7 @@ def weight_bytes(nets) -> int:
 def trace_inference(variant, shape, classes, model, batch, inference=None, device: str = "cpu"):
     """Trace ``variant.segment`` on ``meta`` under inference mode; returns ``(resident bytes, trace)``.
 
-    ``inference`` (:class:`~medseg_mem.config.InferenceConfig`) sets the slab batch and overlap, traced as they
+    ``inference`` (:class:`~medseg_mem.core.config.InferenceConfig`) sets the slab batch and overlap, traced as they
     run, and the precision: autocast cannot run on ``meta``, so the networks compute in the half dtype as under
     autocast (:func:`~medseg_mem.memory.planner_training.autocast_on_meta`). Resident: the weights (half at a
     half precision, as :func:`~medseg_mem.models.build.load_networks` loads them) and the float32 input.
@@ -48,7 +48,7 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
 
     import torch
 
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
     from medseg_mem.inference.slab import representative_slabs
     from medseg_mem.memory.planner_training import autocast_on_meta
     from medseg_mem.memory.trace import LiveSetTracer

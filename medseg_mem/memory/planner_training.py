@@ -85,7 +85,7 @@ def _validation(variant, stage, shape, classes, model, lever, channels_last, res
 
 def _stage_size(stage, shape, model) -> Tuple[int, ...]:
     """Spatial size a training step of ``stage`` sees: its resolution, cut to a slab for slab stages."""
-    from medseg_mem.resample import scaled_size
+    from medseg_mem.variants.resample import scaled_size
 
     size = list(scaled_size(shape[1:], stage.factor(model)))
     if stage.slab:
@@ -193,7 +193,7 @@ def _step_on_meta(net, image, label) -> None:
     import torch
     from monai.losses import DiceCELoss
 
-    from medseg_mem.training.deep_supervision import DeepSupervisionLoss
+    from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 
     logits, loss_fn = net(image), DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     if isinstance(logits, list):

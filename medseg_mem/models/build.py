@@ -7,8 +7,8 @@ from typing import Dict
 
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.config import ModelConfig
+from medseg_mem.core.files.checkpoint import load_checkpoint
+from medseg_mem.core.config import ModelConfig
 from medseg_mem.models.unet import UNet3D
 
 AUX_PREFIX = "aux_heads."  # the deep-supervision heads' entries in a state dict

@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from medseg_mem.models.lean import lean_forward
-from medseg_mem.names import DEEP_SUPERVISION_LEVELS
+from medseg_mem.core.names import DEEP_SUPERVISION_LEVELS
 
 SPEC_CHANNELS: Tuple[int, ...] = (32, 64, 128, 256, 512)
 

@@ -14,11 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional, Sequence, Tuple
 
-from medseg_mem.config import InferenceConfig
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.config import InferenceConfig
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.check import MemoryCheck, MemoryGuardError, lever_calibration, lever_line, resolve_budget
 from medseg_mem.memory.check import is_bound  # noqa: I001 - one line each: the guards share the rest
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.units import format_bytes
 
 
 def check_memory(trained, scans: Sequence, device: str, inference: InferenceConfig, budget_bytes: Optional[int],

@@ -29,22 +29,22 @@ from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from medseg_mem.config import InferenceConfig
+from medseg_mem.core.config import InferenceConfig
 from medseg_mem.data.transforms import build_preprocessing, load_steps
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.predict.scan import check_scan, load_scan, metadata_only
-from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
+from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
 from medseg_mem.predict.overlay import check_overlays, draw_scan_overlay, overlay_path
 from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
-from medseg_mem.device import resolve_device
+from medseg_mem.core.device import resolve_device
 from medseg_mem.memory.measure import InProcessPeak
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.units import format_bytes
 from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
-from medseg_mem.output_lock import output_lock
-from medseg_mem.writable import check_output_folder
+from medseg_mem.core.files.output_lock import output_lock
+from medseg_mem.core.files.writable import check_output_folder
 
 
 @dataclass(frozen=True)
@@ -103,11 +103,11 @@ class Segmenter:
     """A trained run ready to segment scans: networks on ``device`` and the run's preprocessing pipeline.
 
     Args:
-        trained: the run, from :func:`~medseg_mem.predict.trained_run.open_trained_run`.
+        trained: the run, from :func:`~medseg_mem.variants.trained_run.open_trained_run`.
         device: where the networks run.
-        inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        inference: slab batch, overlap and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
         engine: ``"torch"``, or ``"onnxruntime"``: the run's ONNX models in ONNX Runtime sessions
-            (:func:`~medseg_mem.onnx_engine.onnx_networks`; CPU, fp32), called by the variant like the networks.
+            (:func:`~medseg_mem.export.onnx_engine.onnx_networks`; CPU, fp32), called by the variant like the networks.
 
     Raises:
         MedsegError: ``engine`` is onnxruntime and onnxruntime is not installed, or a model cannot be loaded.
@@ -126,7 +126,7 @@ class Segmenter:
         self.variant = get_variant(trained.variant)
         self.engine = engine
         if engine == "onnxruntime":
-            from medseg_mem.onnx_engine import onnx_networks
+            from medseg_mem.export.onnx_engine import onnx_networks
 
             self.nets = onnx_networks(trained)
         else:
@@ -227,10 +227,10 @@ def predict(
         overwrite: replace existing output files instead of refusing.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar over the scans on stderr.
-        inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        inference: slab batch, overlap and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
         engine: ``"torch"`` (default) or ``"onnxruntime"``: the run's ONNX export (``<run folder>/onnx``, from
             ``medseg-mem export --format onnx``; made in a temporary folder when it is missing or was made from
-            other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.onnx_engine`).
+            other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.export.onnx_engine`).
         warn: receives a note when ``--tta`` mirrors a network trained without mirroring, when label maps an
             earlier predict wrote into an input folder are left out, and the planner's calibration lines (default:
             stderr).
@@ -253,7 +253,7 @@ def predict(
     from medseg_mem.memory.rss import pin_glibc_allocator, process_peak
 
     pin_glibc_allocator()  # freed tensors go back to the system: a scan's peak does not add up
-    from medseg_mem.onnx_engine import check_engine
+    from medseg_mem.export.onnx_engine import check_engine
 
     start = time.perf_counter()
     engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)

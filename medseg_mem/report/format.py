@@ -11,8 +11,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import format_bytes
 from medseg_mem.report.tables import DICE_PREFIX, GROUP_KEYS, Group, build_groups
 
 MISSING = "—"
@@ -24,13 +24,13 @@ def format_table(results: pd.DataFrame) -> str:
     """Return the comparison tables of ``results`` as padded Markdown, one section per dataset/device group.
 
     Args:
-        results: rows as returned by :func:`medseg_mem.results.read_results`, possibly filtered.
+        results: rows as returned by :func:`medseg_mem.report.results.read_results`, possibly filtered.
 
     Raises:
         MedsegError: ``results`` lacks a column the tables need.
 
     Example:
-        >>> from medseg_mem.results import read_results
+        >>> from medseg_mem.report.results import read_results
         >>> df = read_results(Path("medseg-work/results.csv"))  # doctest: +SKIP
         >>> print(format_table(df.query("dataset == 'Task04_Hippocampus'")))  # doctest: +SKIP
     """
@@ -92,7 +92,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeri
 
 
 def format_size(value: object) -> str:
-    """Return a byte count as every command prints it (:func:`~medseg_mem.memory.units.format_bytes`, e.g.
+    """Return a byte count as every command prints it (:func:`~medseg_mem.core.units.format_bytes`, e.g.
     ``1.23 GiB``); ``—`` if missing."""
     return MISSING if _missing(value) else format_bytes(value)
 

@@ -16,8 +16,8 @@ from typing import Iterable, List, Tuple
 
 import pandas as pd
 
-from medseg_mem.names import VARIANT_NAMES
-from medseg_mem.results import PROCESS_COLUMNS, final_rows
+from medseg_mem.core.names import VARIANT_NAMES
+from medseg_mem.report.results import PROCESS_COLUMNS, final_rows
 
 GROUP_KEYS = ("dataset", "device", "memory_method")
 #: Sources shown in the run tables: medseg-mem's runs and the peers' (Dice, memory, time).
@@ -62,7 +62,7 @@ def variant_order(names: Iterable[str]) -> List[str]:
 
 
 def build_groups(results: pd.DataFrame) -> List[Group]:
-    """Split ``results`` (as from :func:`medseg_mem.results.read_results`) into comparison tables.
+    """Split ``results`` (as from :func:`medseg_mem.report.results.read_results`) into comparison tables.
 
     Args:
         results: tidy results rows, possibly filtered (e.g. to one dataset); snapshot rows are left out.

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from medseg_mem.atomic import write_text_atomic, write_error
+from medseg_mem.core.files.atomic import write_text_atomic, write_error
 
 LOG_NAME = "log.csv"
 PLOT_NAME = "progress.png"

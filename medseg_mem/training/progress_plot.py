@@ -15,7 +15,7 @@ from typing import Dict, List
 import numpy as np
 from matplotlib.figure import Figure
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
 from medseg_mem.training.curves import read_log
 
 SMOOTHING = 0.02  # fraction of the steps the moving average spans

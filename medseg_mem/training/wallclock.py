@@ -4,7 +4,7 @@ A variant trains its stages one after another, so one budget B (the time limit, 
 stage gets an equal share of what the stages before it left of B, ``(B - time the earlier stages spent towards B) /
 stages left``. A one-stage variant gets all of B; the cascade's stage 1 gets B/2 and stage 2 the rest (more than
 half when stage 1 reached its ``--steps`` first). With ``--stage2-guidance predicted`` stage 1 shares its B/2
-equally with its fold models (:mod:`~medseg_mem.training.variant`). Marks are shared by the same rule, so the
+equally with its fold models (:mod:`~medseg_mem.runner.variant`). Marks are shared by the same rule, so the
 cascade's snapshot at mark m is the pair of stage checkpoints that together trained m. A stage's clock counts
 everything from its start (validations included, as nnU-Net's), and every stage trains at least one step, even when
 the stages before it spent its share. What training did (steps and seconds per stage, whether the clock stopped it,
@@ -24,8 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from medseg_mem.config import TrainConfig
-from medseg_mem.training.settings import write_run_record
+from medseg_mem.core.config import TrainConfig
+from medseg_mem.runner.settings import write_run_record
 
 Clock = Callable[[], float]
 """Seconds from an arbitrary origin (``time.perf_counter``; tests pass a fake one)."""
@@ -88,7 +88,7 @@ def stage_times(train: TrainConfig, earlier: Sequence, n_stages: int) -> StageTi
     """The wall clock of the next stage of a variant of ``n_stages``, after the ``earlier`` stages' outcomes.
 
     Args:
-        train: the run's :class:`~medseg_mem.config.TrainConfig` (``time_limit`` and ``snapshots`` in minutes).
+        train: the run's :class:`~medseg_mem.core.config.TrainConfig` (``time_limit`` and ``snapshots`` in minutes).
         earlier: :class:`~medseg_mem.training.loop.StageOutcome` of the stages trained before, in order.
         n_stages: the variant's number of stages.
     """
@@ -125,7 +125,7 @@ def variant_snapshots(train: TrainConfig, outcomes: Mapping[str, object]) -> Tup
     stands for the mark with its final ``best.pt``.
 
     Args:
-        train: the run's :class:`~medseg_mem.config.TrainConfig`.
+        train: the run's :class:`~medseg_mem.core.config.TrainConfig`.
         outcomes: ``{stage name: StageOutcome}`` in stage order.
     """
     reached, missed = [], []

@@ -1,5 +1,5 @@
 """Options of ``medseg-mem prepare`` (:class:`PrepareConfig`), validated once on construction; free of torch, like
-:mod:`medseg_mem.config`, which re-exports it."""
+:mod:`medseg_mem.core.config`, which re-exports it."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-from medseg_mem.errors import OptionError
-from medseg_mem.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
 
 
 Spacing = Union[Tuple[float, float, float], str, None]

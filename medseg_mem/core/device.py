@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 
 def resolve_device(name: str) -> torch.device:

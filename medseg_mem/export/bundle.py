@@ -9,7 +9,7 @@ read and checked before anything is written. ``metadata.json`` keeps its descrip
 output one uint8 channel of class indices) and ``medseg_mem`` records the recipe the configs read: classes,
 widths per stage, slab size, downsample factor, guidance and the preprocessing settings.
 
-``--format onnx`` lives in :mod:`medseg_mem.export_onnx`.
+``--format onnx`` lives in :mod:`medseg_mem.export.onnx`.
 
 Example:
     >>> export_bundle(Path("medseg-work/runs/<run id>"), Path("bundles/patch"))  # doctest: +SKIP
@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from medseg_mem.atomic import write_json_atomic
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.files.atomic import write_json_atomic
+from medseg_mem.core.errors import MedsegError
 
 MODEL_FILE = "model.pt"
 
@@ -62,8 +62,8 @@ def export_bundle(checkpoint: Path, bundle_dir: Path) -> ExportedBundle:
         >>> export_bundle(Path("medseg-work/runs/<run id>"), Path("bundles/cascade")).line()  # doctest: +SKIP
         'exported cascade into bundles/cascade/models/model.pt, bundles/cascade/models/stage1.pt, ...'
     """
-    from medseg_mem.checkpoint import load_checkpoint
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.core.files.checkpoint import load_checkpoint
+    from medseg_mem.variants.trained_run import open_trained_run
 
     trained = open_trained_run(Path(checkpoint))
     meta_path, metadata = check_bundle(Path(bundle_dir), trained.variant)  # every input checked before any write
@@ -131,7 +131,7 @@ def write_weights(path: Path, state_dict: Dict[str, Any]) -> Path:
     plain U-Net, whose output does not use them)."""
     import torch
 
-    from medseg_mem.digest import replacing_with_digest
+    from medseg_mem.core.files.digest import replacing_with_digest
     from medseg_mem.models.build import inference_state_dict
 
     with replacing_with_digest(path, suffix=".pt") as temp:

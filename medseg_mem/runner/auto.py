@@ -1,6 +1,6 @@
 """``medseg-mem run --variant auto``: train the most accurate variant whose training step and inference fit.
 
-Each variant's need is the whole process's planned peak (:func:`~medseg_mem.training.guard.need`): the larger of
+Each variant's need is the whole process's planned peak (:func:`~medseg_mem.runner.guard.need`): the larger of
 its training step (the run's precision, checkpointing, layout, batch size, loader workers and, for the stages that
 cache, the case cache up to the training split) and its evaluation, both for the dataset's largest case, on the
 run's device; :func:`~medseg_mem.memory.choose.choose` then takes the first of the accuracy order
@@ -13,12 +13,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Dict, Tuple
 
-from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.core.config import ModelConfig, TrainConfig
 from medseg_mem.memory.check import MemoryCheck
 from medseg_mem.memory.choose import accuracy_order, choose
-from medseg_mem.memory.units import format_bytes
-from medseg_mem.names import VARIANT_NAMES
-from medseg_mem.training.guard import Need, need
+from medseg_mem.core.units import format_bytes
+from medseg_mem.core.names import VARIANT_NAMES
+from medseg_mem.runner.guard import Need, need
 
 
 def auto_variant(request, dataset, model: ModelConfig, train: TrainConfig, check: MemoryCheck, echo: Callable,

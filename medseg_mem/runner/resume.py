@@ -23,9 +23,9 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional
 
-from medseg_mem.config import RunRequest
-from medseg_mem.errors import MedsegError
-from medseg_mem.names import DEFAULT_PREPARED
+from medseg_mem.core.config import RunRequest
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.names import DEFAULT_PREPARED
 
 
 def saved_data_dir(record: Dict[str, Any], run_dir: Path) -> Path:

@@ -3,7 +3,7 @@
 :func:`evaluate_checkpoints` segments the test split one case at a time with the stage checkpoints;
 :func:`measure_variant_memory` measures the whole variant's inference peak on the largest test case
 (:func:`medseg_mem.memory.measure.measure_peak`, in a fresh process); :func:`result_rows` makes one tidy row per
-foreground class for the results CSV (:mod:`medseg_mem.results`), the training's own peak memory included.
+foreground class for the results CSV (:mod:`medseg_mem.report.results`), the training's own peak memory included.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from medseg_mem import __version__
-from medseg_mem.config import InferenceConfig, ModelConfig, TrainConfig
-from medseg_mem.inference_config import tta_text
+from medseg_mem.core.config import InferenceConfig, ModelConfig, TrainConfig
+from medseg_mem.core.inference_config import tta_text
 from medseg_mem.data.cases import CaseStream, open_case
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.evaluate import Evaluation, dice_text, evaluate_variant
 from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.models.build import load_networks
-from medseg_mem.results import utc_timestamp
+from medseg_mem.report.results import utc_timestamp
 from medseg_mem.training.wallclock import Snapshot
 from medseg_mem.variants import get_variant
 

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, List, Optional
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 TEMP_PART = r"[a-z0-9_]{8}"  # what tempfile.mkstemp puts between its prefix and suffix
 
@@ -91,7 +91,8 @@ def write_error(path: Path, reason: str) -> WriteError:
 def remove_stale_temporaries(folder: Path, names: Iterable[str]) -> List[Path]:
     """Remove the temporary files :func:`replacing` left in ``folder`` for the files ``names`` when its process
     was killed (SIGKILL, SIGTERM: no cleanup runs): ``.<name>.<8 random characters><suffix>``. Call it only while
-    no other writer of those files runs (hold the folder's :mod:`~medseg_mem.output_lock`); returns those removed.
+    no other writer of those files runs (hold the folder's :mod:`~medseg_mem.core.files.output_lock`); returns those
+    removed.
     """
     folder = Path(folder)
     if not folder.is_dir():

@@ -1,7 +1,7 @@
 """Train every stage of one variant, in order, each to its share of the wall clock, with its training peak memory.
 
 The cascade's stage 2 is guided by stage 1. With ``--stage2-guidance predicted`` the stage-1 fold models train
-right after stage 1, in stage 1's share of the clock (:mod:`~medseg_mem.training.out_of_fold`), and stage 2
+right after stage 1, in stage 1's share of the clock (:mod:`~medseg_mem.runner.out_of_fold`), and stage 2
 trains and validates on their predictions; their outcomes are returned too (``stage1/fold-<i>``), so the run's
 steps, seconds and memory count them, but only the variant's own stages are evaluated.
 """
@@ -17,11 +17,11 @@ import torch
 
 from medseg_mem import __version__
 from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory import rss
 from medseg_mem.memory.measure import InProcessPeak
 from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
-from medseg_mem.training.out_of_fold import predicted_guidance
+from medseg_mem.runner.out_of_fold import predicted_guidance
 from medseg_mem.training.sampling import StageData
 from medseg_mem.training.wallclock import Clock, StageTimes, stage_times
 from medseg_mem.variants import get_variant

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 
 UNITS = {
     "": 1, "b": 1,

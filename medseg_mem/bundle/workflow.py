@@ -1,7 +1,7 @@
 """What the MONAI bundles in ``bundles/{full,patch,cascade}`` call through ``_target_``: train, then infer.
 
 ``configs/train.json`` calls :func:`train`: prepare the embedded default task when the prepared folder is
-missing, train the bundle's variant with :func:`medseg_mem.training.run.run_variants` (so the run also lands in the
+missing, train the bundle's variant with :func:`medseg_mem.runner.run.run_variants` (so the run also lands in the
 results CSV), then copy the run's ``run.json`` and every stage's ``best.pt`` to ``model_dir``.
 ``configs/inference.json`` calls :func:`infer`: :func:`medseg_mem.predict.predict` with ``model_dir`` on the
 prepared dataset's test images (or every NIfTI in ``input_dir``). Every path defaults to ``work_dir``
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.variants import get_variant
 
 logger = logging.getLogger(__name__)
@@ -66,8 +66,8 @@ def train(
         >>> train("patch", work_dir="scratch", steps=20, channels="4,8")  # doctest: +SKIP
         PosixPath('scratch/models/patch')
     """
-    from medseg_mem.config import RunRequest
-    from medseg_mem.training.run import run_variants
+    from medseg_mem.core.config import RunRequest
+    from medseg_mem.runner.run import run_variants
 
     work_dir = Path(work_dir)
     data_dir = Path(data_dir) if data_dir else work_dir / "prepared"
@@ -206,7 +206,7 @@ def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_d
     from medseg_mem.data.prepared import PreparedDataset
     from medseg_mem.predict.files import collect_inputs
     from medseg_mem.predict.scan import channel_mismatch, header_channels
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.variants.trained_run import open_trained_run
 
     modalities = open_trained_run(Path(model_dir)).modalities
     expecter = f"the {variant} model in {model_dir}"
@@ -227,7 +227,7 @@ def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_d
 
 def ensure_prepared(data_dir: Path, task_dir=None, progress: bool = True) -> Path:
     """Prepare ``task_dir`` (``None``: the embedded default) into ``data_dir`` unless it is prepared already."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
 
     if (Path(data_dir) / "manifest.json").is_file():
@@ -259,7 +259,7 @@ def prepared_test_images(data_dir) -> List[Path]:
 
 def publish_run(run_dir: Path, model_dir: Path, variant: str) -> Path:
     """Copy ``run.json`` and every stage's ``best.pt`` of ``run_dir`` to ``model_dir``, replacing it atomically."""
-    from medseg_mem.atomic import publish_folder, remove_path, staging_folder
+    from medseg_mem.core.files.atomic import publish_folder, remove_path, staging_folder
 
     _check_replaceable(model_dir)
     staging = staging_folder(model_dir)

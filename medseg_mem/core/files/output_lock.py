@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 try:
     import fcntl

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
+from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.memory.check import (
     Budget,
     MemoryCheck,
@@ -28,7 +28,7 @@ from medseg_mem.memory.check import (
     lever_line,
     resolve_budget,
 )
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.units import format_bytes
 
 NO_CHECK = "or add --no-memory-check to run anyway"
 
@@ -146,8 +146,8 @@ def check_floor(request: RunRequest, variants: List[str], nproc: int = 1) -> Non
         MemoryGuardError: one line naming the variant, the bound, the budget and the levers' bounds.
     """
     from medseg_mem.data.prepared import PreparedDataset
-    from medseg_mem.errors import MedsegError
-    from medseg_mem.training.settings import resolve_settings
+    from medseg_mem.core.errors import MedsegError
+    from medseg_mem.runner.settings import resolve_settings
 
     budget = floor_budget(request.budget_bytes, dict(request.overrides).get("device", "auto"))
     if budget is None or request.resume:

@@ -22,9 +22,9 @@ import re
 from pathlib import Path
 from typing import Iterator, List, Optional
 
-from medseg_mem.atomic import replacing, write_text_atomic
-from medseg_mem.errors import MedsegError
-from medseg_mem.readable import open_failure
+from medseg_mem.core.files.atomic import replacing, write_text_atomic
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.readable import open_failure
 
 SUFFIX = ".sha256"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -47,8 +47,8 @@ def sha256_file(path: Path) -> str:
 
 @contextlib.contextmanager
 def replacing_with_digest(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
-    """:func:`medseg_mem.atomic.replacing` that also keeps ``path``'s sidecar consistent: the block writes the
-    yielded temporary file, which then replaces ``path`` with its SHA-256 listed beside it.
+    """:func:`medseg_mem.core.files.atomic.replacing` that also keeps ``path``'s sidecar consistent: the block writes
+    the yielded temporary file, which then replaces ``path`` with its SHA-256 listed beside it.
 
     Raises:
         WriteError: the file or its sidecar cannot be written; the previous pair is unchanged.

@@ -30,10 +30,10 @@ import json
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from medseg_mem.atomic import write_json_atomic
-from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.errors import MedsegError, OptionError
-from medseg_mem.names import EMBEDDED_DATASET
+from medseg_mem.core.files.atomic import write_json_atomic
+from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
+from medseg_mem.core.errors import MedsegError, OptionError
+from medseg_mem.core.names import EMBEDDED_DATASET
 from medseg_mem.training.optimizer import default_lr
 
 EMBEDDED_MODEL = ModelConfig(channels=(8, 16, 32, 64, 128))

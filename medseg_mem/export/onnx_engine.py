@@ -5,7 +5,7 @@
 ``net(x)``): slab stitching, the cascade's guidance and the label maps are the same code as with PyTorch.
 
 The sessions come from the run's ONNX export (``<run folder>/onnx``, written by
-``medseg-mem export --format onnx``; :func:`medseg_mem.export_onnx.export_onnx`). Where the run has no export, or
+``medseg-mem export --format onnx``; :func:`medseg_mem.export.onnx.export_onnx`). Where the run has no export, or
 one made from other weights (its ``recipe.json`` records each stage checkpoint's SHA-256), predict exports the
 networks into a temporary folder first (about a second per stage) and deletes it once the sessions are loaded.
 
@@ -34,7 +34,7 @@ from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
-from medseg_mem.errors import MedsegError, OptionError, look_up_option
+from medseg_mem.core.errors import MedsegError, OptionError, look_up_option
 from medseg_mem.models.label_net import LabelUNet3D
 
 #: ``--engine`` values of ``predict``: PyTorch (the default) or ONNX Runtime's CPU provider.
@@ -92,7 +92,7 @@ class OnnxNetwork:
     """
 
     def __init__(self, path: Path, threads: Optional[int] = None) -> None:
-        from medseg_mem.digest import verify_digest
+        from medseg_mem.core.files.digest import verify_digest
 
         _, onnxruntime = require_onnx("--engine onnxruntime")
         verify_digest(Path(path), "ONNX model", remake="export it again with `medseg-mem export --format onnx`")
@@ -172,7 +172,7 @@ def exported_models(trained) -> Iterator[Path]:
     if export_problem(trained, folder) is None:
         yield folder
         return
-    from medseg_mem.export_onnx import write_onnx
+    from medseg_mem.export.onnx import write_onnx
 
     with tempfile.TemporaryDirectory(prefix="medseg-onnx-") as temp:
         write_onnx(trained, Path(temp))
@@ -206,7 +206,7 @@ def export_problem(trained, folder: Path) -> Optional[str]:
 
 def checkpoint_digests(path: Path) -> Tuple[str, ...]:
     """The SHA-256 digests ``path`` may have: those of its ``.sha256`` sidecar, else the file's own."""
-    from medseg_mem.digest import read_digests, sha256_file
+    from medseg_mem.core.files.digest import read_digests, sha256_file
 
     listed = read_digests(Path(path))
     return tuple(listed) if listed is not None else (sha256_file(Path(path)),)

@@ -1,6 +1,6 @@
 """How a trained variant segments a volume (:class:`InferenceConfig`): ``run``'s evaluation, ``predict`` and
-``plan`` share it. Its checks (overlap, mirroring axes) serve the CLI too. Free of torch, like :mod:`medseg_mem.config`,
-which re-exports it.
+``plan`` share it. Its checks (overlap, mirroring axes) serve the CLI too. Free of torch, like
+:mod:`medseg_mem.core.config`, which re-exports it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
-from medseg_mem.errors import OptionError
-from medseg_mem.names import MAX_OVERLAP, PRECISION_NAMES
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.names import MAX_OVERLAP, PRECISION_NAMES
 
 
 def check_overlap(overlap) -> float:

@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import List, Sequence
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 
 
 def torchrun_command(nproc: int, args: Sequence[str]) -> List[str]:

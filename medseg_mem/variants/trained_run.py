@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.config import ModelConfig
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.files.checkpoint import load_checkpoint
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.models.build import saved_deep_supervision
 from medseg_mem.variants import REGISTRY, get_variant
 

@@ -1,7 +1,8 @@
 """Small frozen dataclasses that group the options of each command, validated once on construction.
 
 They know nothing of files or click: the CLI builds them, library functions take them. ``prepare``'s options
-(:mod:`medseg_mem.prepare_config`) and inference's (:mod:`medseg_mem.inference_config`) have modules of their own.
+(:mod:`medseg_mem.core.prepare_config`) and inference's (:mod:`medseg_mem.core.inference_config`) have modules of
+their own.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
-from medseg_mem.errors import OptionError
-from medseg_mem.inference_config import InferenceConfig  # re-exported: RunRequest uses it, callers import it here
-from medseg_mem.names import (
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.inference_config import InferenceConfig  # re-exported: RunRequest uses it, callers import it here
+from medseg_mem.core.names import (
     AUGMENT_NAMES,
     CLASS_WEIGHT_NAMES,
     DEEP_SUPERVISION_LEVELS,
@@ -44,7 +45,7 @@ class ModelConfig:
             class index / (K-1), as the thesis).
         deep_supervision: train with nnU-Net's deep supervision: a 1x1x1 head on each decoder level below the top
             one and a loss weighted 1, 1/2, 1/4, ... over the resolutions
-            (:mod:`medseg_mem.training.deep_supervision`). It adds parameters, so checkpoints record it and
+            (:mod:`medseg_mem.models.deep_supervision`). It adds parameters, so checkpoints record it and
             inference rebuilds the same network (whose output is the plain network's: the heads are used only in
             training). Needs at least 3 levels.
     """
@@ -97,8 +98,8 @@ class TrainConfig:
             morphological perturbation (nnU-Net's cascade; :mod:`medseg_mem.training.guidance_noise`); 0: none.
         stage2_guidance: what the cascade's stage 2 trains and validates on: ``"truth"`` (the ground truth
             downsampled to stage-1 resolution; thesis) or ``"predicted"`` (stage 1's predictions: out-of-fold on
-            the train split, the final stage 1's on the val split; :mod:`medseg_mem.training.out_of_fold`). The
-            dataclass default is the thesis's; ``run``'s real-data profile (:mod:`medseg_mem.training.settings`)
+            the train split, the final stage 1's on the val split; :mod:`medseg_mem.runner.out_of_fold`). The
+            dataclass default is the thesis's; ``run``'s real-data profile (:mod:`medseg_mem.runner.settings`)
             uses ``"predicted"``, and ``"poly"`` for ``lr_schedule``: both paid on hippocampus.
         guidance_folds: folds of the out-of-fold stage-1 models with ``stage2_guidance="predicted"`` (>= 2).
         seed: seeds weights and sampling so a run is repeatable (same seed, same machine: identical weights).
@@ -239,7 +240,7 @@ class RunRequest:
         runs_dir: checkpoints go to ``runs_dir/<run id>/<stage>/{best,last}.pt``.
         resume: a run id under ``runs_dir`` to continue from its last checkpoints (its saved settings are used).
         overrides: option values given by the user, applied on top of the dataset's default profile
-            (``TrainConfig``/``ModelConfig`` field names; see :mod:`medseg_mem.training.settings`).
+            (``TrainConfig``/``ModelConfig`` field names; see :mod:`medseg_mem.runner.settings`).
         progress: show progress bars.
         inference: how the test split is segmented (:class:`InferenceConfig`; its precision is replaced by
             ``inference_precision``).

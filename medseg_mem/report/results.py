@@ -31,8 +31,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, List, Mapping, Sequence
 
-from medseg_mem.atomic import write_text_atomic
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.files.atomic import write_text_atomic
+from medseg_mem.core.errors import MedsegError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas

@@ -7,8 +7,8 @@ volume, seconds per case), measure peak inference memory on the largest test cas
 (:func:`medseg_mem.memory.measure.measure_peak`), and append one row per foreground class to the results CSV.
 With ``--snapshots``, each snapshot the variant reached (:mod:`~medseg_mem.training.wallclock`) is evaluated the
 same way and filed as rows of its own (``budget_seconds`` = the mark; their peak memory is the final model's,
-not measured again: the networks are the same size). Training (:mod:`~medseg_mem.training.variant`) and the
-test evaluation with the rows it is filed as (:mod:`~medseg_mem.training.evaluation`) have modules of their own.
+not measured again: the networks are the same size). Training (:mod:`~medseg_mem.runner.variant`) and the
+test evaluation with the rows it is filed as (:mod:`~medseg_mem.runner.evaluation`) have modules of their own.
 No split is ever loaded whole: host memory does not grow with the number of cases.
 """
 
@@ -19,31 +19,31 @@ import os
 import time
 from typing import Callable, Iterator, List, Optional, Tuple
 
-from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
+from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.data.prepared import SPLITS, PreparedDataset
-from medseg_mem.device import resolve_device
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.device import resolve_device
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.evaluate import dice_text
 from medseg_mem.inference.mirror import unmirrored_note
-from medseg_mem.memory.units import format_bytes
-from medseg_mem.names import DEFAULT_RUNS
-from medseg_mem.results import append_rows, new_run_id, read_results
+from medseg_mem.core.units import format_bytes
+from medseg_mem.core.names import DEFAULT_RUNS
+from medseg_mem.report.results import append_rows, new_run_id, read_results
 from medseg_mem.training import distributed
 from medseg_mem.training.class_weights import class_weights
 from medseg_mem.training.divergence import Diverged
-from medseg_mem.training.evaluation import (
+from medseg_mem.runner.evaluation import (
     VariantResult,
     evaluate_checkpoints,
     evaluate_snapshot,
     measure_variant_memory,
     result_rows,
 )
-from medseg_mem.training.resume import filed_rows, resumed_request, same_path
-from medseg_mem.training.settings import load_run_record, resolve_settings, write_run_record
-from medseg_mem.training.variant import check_snapshots, stage_names, train_variant
+from medseg_mem.runner.resume import filed_rows, resumed_request, same_path
+from medseg_mem.runner.settings import load_run_record, resolve_settings, write_run_record
+from medseg_mem.runner.variant import check_snapshots, stage_names, train_variant
 from medseg_mem.training.wallclock import Clock, describe, record_training, recorded_training, with_recorded_peaks
 from medseg_mem.variants import resolve_variants, warn_thick_slabs
-from medseg_mem.writable import check_output_file, check_output_folder
+from medseg_mem.core.files.writable import check_output_file, check_output_folder
 
 
 def run_variants(request: RunRequest, echo: Callable[[str], None] = print,
@@ -148,14 +148,14 @@ def check_splits(dataset: PreparedDataset) -> None:
 
 def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None, echo=print):
     """``(jobs, needs)``: (run id, variant, train config, model config) for each run - new ones, or the one being
-    resumed (``--variant auto``: the one :func:`~medseg_mem.training.auto.auto_variant` picks, said with ``echo``)
-    - and each run's planned memory (:func:`~medseg_mem.training.guard.guard`), checked against the budget before
+    resumed (``--variant auto``: the one :func:`~medseg_mem.runner.auto.auto_variant` picks, said with ``echo``)
+    - and each run's planned memory (:func:`~medseg_mem.runner.guard.guard`), checked against the budget before
     any training unless ``request.memory_check`` is off.
 
     Raises:
         MemoryGuardError: a run's plan does not fit the budget (one line with the levers' figures).
     """
-    from medseg_mem.training.guard import guard, memory_check
+    from medseg_mem.runner.guard import guard, memory_check
 
     auto = record is None and tuple(request.variants) == ("auto",)
     if record is not None:
@@ -169,7 +169,7 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional
     check = memory_check(resolve_device(train.device).type, request.budget_bytes, echo)
     nproc = distributed.world_size()
     if auto:
-        from medseg_mem.training.auto import auto_variant
+        from medseg_mem.runner.auto import auto_variant
 
         name, found = auto_variant(request, dataset, model, train, check, echo, nproc)
         jobs = checked([(new_run_id(name), name, train, model)], train, dataset, echo)

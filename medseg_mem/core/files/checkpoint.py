@@ -2,7 +2,7 @@
 
 A checkpoint holds only tensors and plain Python values, so it loads with ``torch.load(weights_only=True)``;
 what it holds is validated before use, and a file of the wrong kind gets an error that names it. Every checkpoint
-gets a SHA-256 sidecar (``best.pt.sha256``, :mod:`medseg_mem.digest`) that is checked on load, so a file
+gets a SHA-256 sidecar (``best.pt.sha256``, :mod:`medseg_mem.core.files.digest`) that is checked on load, so a file
 modified or damaged after it was written is refused with one line instead of giving other predictions;
 checkpoints written before digests existed load without the check.
 """
@@ -16,10 +16,10 @@ from typing import Any, Dict
 
 import torch
 
-from medseg_mem.atomic import write_error
-from medseg_mem.digest import replacing_with_digest, verify_digest
-from medseg_mem.errors import MedsegError
-from medseg_mem.readable import open_failure
+from medseg_mem.core.files.atomic import write_error
+from medseg_mem.core.files.digest import replacing_with_digest, verify_digest
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.readable import open_failure
 
 FORMAT = "medseg-mem-checkpoint/1"
 REQUIRED = ("format", "variant", "stage", "step", "state_dict", "model")

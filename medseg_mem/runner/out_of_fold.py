@@ -35,9 +35,9 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
 from medseg_mem.data.cases import as_tensor, open_case
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.models.build import load_networks
 from medseg_mem.training import distributed
 from medseg_mem.training.wallclock import StageTimes

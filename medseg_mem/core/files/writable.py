@@ -2,7 +2,7 @@
 not after hours of training.
 
 A folder counts as writable when it can be created (with its parents) and a temporary file can be created and
-removed in it: the same operations the atomic writers of :mod:`medseg_mem.atomic` use. This catches read-only
+removed in it: the same operations the atomic writers of :mod:`medseg_mem.core.files.atomic` use. This catches read-only
 and foreign-owned folders, full disks that refuse new files, and a file standing where a folder should be.
 
 Example:
@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 
 def check_output_folder(folder: Path, option: str) -> Path:
