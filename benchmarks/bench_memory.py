@@ -49,7 +49,7 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
     import torch
 
     from medseg_mem.core.config import InferenceConfig, ModelConfig
-    from medseg_mem.inference.precision import half_convolutions
+    from medseg_mem.core.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
     from medseg_mem.variants import get_variant
@@ -68,7 +68,7 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
 def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, timing_file, device):
     """One U-Net on slabs of 16 with our streamed :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``;
     for :data:`SPILLED`, ours reads the image from a temporary file (``SpilledImage``), so it is not resident."""
-    from medseg_mem.inference.precision import with_precision
+    from medseg_mem.core.precision import with_precision
     from medseg_mem.predict.files import SpilledImage
 
     net, image = _net_and_image(shape, classes, device, precision)
@@ -85,7 +85,7 @@ def paired_setup(shape, classes, overlap, precision, repeats, timing_file, devic
     ...]}`` to ``timing_file``: each run's seconds, and the part of them spent inside the network's calls."""
     import torch
 
-    from medseg_mem.inference.precision import with_precision
+    from medseg_mem.core.precision import with_precision
     from medseg_mem.predict.files import SpilledImage
 
     net, image = _net_and_image(shape, classes, device, precision)
@@ -142,7 +142,7 @@ def _net_and_image(shape, classes, device, precision="fp32"):
     loads them) and a random image ``(1, *shape)``."""
     import torch
 
-    from medseg_mem.inference.precision import half_convolutions
+    from medseg_mem.core.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
 
@@ -332,9 +332,9 @@ def main(argv=None) -> None:
 def run(args, sizes, compare) -> None:
     import torch
 
+    from medseg_mem.core.units import format_bytes
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import default_budget
-    from medseg_mem.core.units import format_bytes
 
     out = args.out or Path(f"benchmarks/results/memory_{args.device}.csv")
     budget, source = default_budget(args.device)

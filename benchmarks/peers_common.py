@@ -2,7 +2,7 @@
 
 A peer (``peer_nnunet.py``, ``peer_monai_unet.py``) trains another tool's network on the split medseg-mem made
 of a prepared task, within the same wall-clock budget, scores the test cases with medseg-mem's metric
-(:func:`medseg_mem.evaluate.dice_per_class`, MONAI ``DiceMetric(include_background=False, ignore_empty=False)``
+(:func:`medseg_mem.inference.metrics.dice_per_class`, MONAI ``DiceMetric(include_background=False, ignore_empty=False)``
 per class) and files one row per foreground class in the results CSV with ``source = peer``, so
 ``medseg-mem compare`` shows it beside ``full``, ``patch`` and ``cascade``. Everything a reader of the rows may
 need beyond the CSV's columns (plans, batch size, epochs, time per iteration) goes to ``WORK/peer-runs/<run id>.json``.
@@ -64,8 +64,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 def check_results(path: Path, prog: str) -> None:
     """Refuse an unwritable ``--results`` or a malformed results CSV before any training (one line, exit 2)."""
     from medseg_mem.core.errors import MedsegError
-    from medseg_mem.report.results import read_results
     from medseg_mem.core.files.writable import check_output_file
+    from medseg_mem.report.results import read_results
 
     try:
         check_output_file(path, "--results")
@@ -155,7 +155,7 @@ def score_cases(segment: Callable, load: Callable, keys: Sequence[str], num_clas
     """Segment and score each test case as medseg-mem's evaluation does; return an ``Evaluation``.
 
     The first case is segmented once untimed (warm-up), then every case is timed and its Dice per foreground
-    class computed with :func:`medseg_mem.evaluate.dice_per_class`.
+    class computed with :func:`medseg_mem.inference.metrics.dice_per_class`.
 
     Args:
         segment: ``segment(inputs)`` returns the label map of one case (array or tensor, the label's grid).
@@ -169,7 +169,8 @@ def score_cases(segment: Callable, load: Callable, keys: Sequence[str], num_clas
     import numpy as np
     import torch
 
-    from medseg_mem.evaluate import Evaluation, dice_per_class, timed
+    from medseg_mem.inference.metrics import dice_per_class
+    from medseg_mem.runner.evaluation import Evaluation, timed
 
     scores, seconds = [], []
     with torch.inference_mode():

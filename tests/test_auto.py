@@ -5,7 +5,9 @@ from click.testing import CliRunner
 
 from medseg_mem.cli import main
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.memory.choose import THESIS_ORDER, accuracy_order, choose
+from medseg_mem.core.names import THESIS_ORDER
+from medseg_mem.memory.choose import choose
+from medseg_mem.report.ranking import accuracy_order
 from medseg_mem.report.results import append_rows
 
 TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
@@ -103,9 +105,9 @@ def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepa
 def test_auto_without_a_budget_or_a_way_to_find_one_is_one_line(calibrated, prepared_default, monkeypatch):
     import os
 
-    from medseg_mem.memory import budget
+    from medseg_mem.core import machine
 
-    monkeypatch.setattr(budget, "MEMINFO", "/nonexistent/meminfo")
+    monkeypatch.setattr(machine, "MEMINFO", "/nonexistent/meminfo")
     monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     result = run("--variant", "auto", "--data", str(prepared_default), *TINY)
     assert result.exit_code == 1 and "Traceback" not in result.output

@@ -67,8 +67,8 @@ def scan(prepared_default) -> Path:
 
 def torch_and_onnx_logits(run: Path, onnx_dir: Path, stage: str, x: torch.Tensor):
     """The stage's logits of ``x`` from PyTorch (as predict loads it) and from its ONNX model."""
+    from medseg_mem.export.onnx_format import OnnxNetwork
     from medseg_mem.models.build import load_networks
-    from medseg_mem.export.onnx_engine import OnnxNetwork
 
     net = load_networks({stage: run / stage / "best.pt"}, torch.device("cpu"), channels_last=True)[stage]
     with torch.inference_mode():

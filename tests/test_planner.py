@@ -15,10 +15,10 @@ from medseg_mem.memory.calibration import (
     load_calibration,
     save_calibration,
 )
+from medseg_mem.core.units import format_bytes, parse_bytes
 from medseg_mem.memory.measure import measure_peak
 from medseg_mem.memory.planner import loader_host_bytes, plan_variant
 from medseg_mem.memory.trace import LiveSetTracer
-from medseg_mem.core.units import format_bytes, parse_bytes
 from medseg_mem.training.calibration_step import training_setup
 
 TINY = ModelConfig(channels=(4, 8, 16))
@@ -258,7 +258,7 @@ def real_autocast_peak(shape, checkpointing):
     torch.manual_seed(0)
     net = UNet3D(shape[0], 3, TINY.channels, checkpointing=checkpointing).train()
     image, label = torch.randn((1, *shape)), torch.randint(0, 3, (1, 1, *shape[1:]), dtype=torch.uint8)
-    from medseg_mem.memory.planner_trace import backend_transient
+    from medseg_mem.memory.meta import backend_transient
 
     existing = [image, label, *net.parameters(), *net.buffers()]
     with LiveSetTracer(existing, all_inside=True, transient=backend_transient("cpu", False)) as tracer:

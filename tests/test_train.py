@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import medseg_mem.training.loop as train_module
-from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.core.config import ModelConfig, TrainConfig
 from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import StageData
 from medseg_mem.variants import get_variant
@@ -305,7 +305,7 @@ class CountingCases:
 
 @pytest.mark.parametrize("variant", ["full", "patch"])
 def test_validation_and_evaluation_hold_one_case_at_a_time(tmp_path, variant):
-    from medseg_mem.evaluate import evaluate_variant
+    from medseg_mem.runner.evaluation import evaluate_variant
 
     stage = get_variant(variant).stages()[0]
     net = torch.nn.Conv3d(1, K, 1)

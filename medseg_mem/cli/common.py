@@ -1,10 +1,11 @@
-"""Shared pieces of the CLI: library errors become one-line click errors; the list of commands."""
+"""Shared pieces of the CLI: library errors become one-line click errors; option callbacks and builders that
+several commands share."""
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import click
 
@@ -33,13 +34,6 @@ class FiniteFloatRange(click.FloatRange):
         if not math.isfinite(number):
             self.fail(f"must be a finite number; got {value!r}", param, ctx)
         return number
-
-
-def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list at the call site
-    """All subcommands; each module imports only click and light modules at import time."""
-    from medseg_mem.cli import compare, export, plan, predict, prepare, run, show
-
-    return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, export.export, show.show]
 
 
 def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:

@@ -32,6 +32,7 @@ from medseg_mem.core.names import (
     STAGE2_GUIDANCE_NAMES,
 )
 
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Network and variant settings shared by training, evaluation, planning and prediction.

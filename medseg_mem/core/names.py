@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 VARIANT_NAMES = ("full", "patch", "cascade")
+#: The variants most accurate first (thesis, Tables 4.1-4.4): ``--variant auto``'s order without results.
+THESIS_ORDER = ("full", "cascade", "patch")
 LOSS_NAMES = ("dice", "dice_ce")
 READER_NAMES = ("nibabel", "itk")
 GUIDANCE_NAMES = ("label", "onehot")
@@ -28,6 +30,9 @@ DEEP_SUPERVISION_LEVELS = 3
 SYNTHETIC_NAMES = ("rods", "brats-like")
 #: Optimizers of ``run --optimizer``: Adam (thesis), or SGD with Nesterov momentum 0.99 (nnU-Net).
 OPTIMIZER_NAMES = ("adam", "sgd")
+#: Tensors of the weights' size each optimizer keeps per parameter (what the memory planner counts): Adam its
+#: exp_avg and exp_avg_sq, SGD its momentum buffer.
+OPTIMIZER_STATES = {"adam": 2, "sgd": 1}
 #: Data augmentation of ``run --augment``: none, or nnU-Net's spatial, intensity and mirroring transforms.
 AUGMENT_NAMES = ("none", "nnunet")
 #: Where the cascade's stage-2 training guidance comes from: the ground truth (thesis), or stage 1's predictions

@@ -4,7 +4,7 @@ Each ``<stage>.onnx`` takes ``image`` float32 ``(N, C, X, Y, Z)`` and gives ``lo
 and spatial axes dynamic; a slab stage's model is the same network, run on slabs. ``recipe.json`` says how the
 stages fit together (:func:`onnx_recipe`). Each model is checked against PyTorch on a small input before it
 replaces the previous file, with its SHA-256 beside it (``<stage>.onnx.sha256``, checked when
-:class:`~medseg_mem.export.onnx_engine.OnnxNetwork` loads it); ``recipe.json`` is removed first and written last. The
+:class:`~medseg_mem.export.onnx_format.OnnxNetwork` loads it); ``recipe.json`` is removed first and written last. The
 export holds the folder's :mod:`~medseg_mem.core.files.output_lock` and first removes the temporary files an export
 killed before (SIGKILL, SIGTERM) left there.
 
@@ -18,9 +18,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from medseg_mem.core.files.atomic import write_json_atomic
+import torch
+
+from medseg_mem import __version__
+from medseg_mem.core.config import ModelConfig
 from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.atomic import remove_stale_temporaries, write_error, write_json_atomic
+from medseg_mem.core.files.checkpoint import load_checkpoint
+from medseg_mem.core.files.digest import replacing_with_digest, sha256_file, sidecar
+from medseg_mem.core.files.output_lock import output_lock
+from medseg_mem.core.files.writable import check_output_folder
 from medseg_mem.export.bundle import ExportedBundle
+from medseg_mem.export.onnx_format import (
+    INPUT_NAME,
+    ONNX_FORMAT,
+    OUTPUT_NAME,
+    RECIPE_FILE,
+    OnnxNetwork,
+    OnnxUNet3D,
+    default_onnx_dir,
+    require_onnx,
+)
+from medseg_mem.models.build import build_network, inference_state_dict, saved_deep_supervision
+from medseg_mem.variants import get_variant
+from medseg_mem.variants.resample import guidance_channels
+from medseg_mem.variants.trained_run import open_trained_run
 
 #: ONNX opset of ``--format onnx`` (ONNX Runtime 1.14 and later run it).
 ONNX_OPSET = 17
@@ -47,10 +69,6 @@ def export_onnx(checkpoint: Path, out_dir: Optional[Path] = None) -> ExportedBun
         >>> export_onnx(Path("medseg-work/runs/<run id>"), Path("onnx/cascade")).line()  # doctest: +SKIP
         'exported cascade into onnx/cascade/stage1.onnx, onnx/cascade/stage2.onnx, onnx/cascade/recipe.json'
     """
-    from medseg_mem.export.onnx_engine import default_onnx_dir, require_onnx
-    from medseg_mem.variants.trained_run import open_trained_run
-    from medseg_mem.core.files.writable import check_output_folder
-
     require_onnx("--format onnx")
     trained = open_trained_run(Path(checkpoint))
     folder = Path(out_dir) if out_dir is not None else default_onnx_dir(trained)
@@ -68,12 +86,6 @@ def write_onnx(trained, folder: Path) -> ExportedBundle:
     Raises:
         MedsegError: a file cannot be written, or a model fails :func:`check_onnx_logits`.
     """
-    from medseg_mem.core.files.atomic import remove_stale_temporaries, write_error
-    from medseg_mem.core.files.checkpoint import load_checkpoint
-    from medseg_mem.core.files.digest import sidecar
-    from medseg_mem.export.onnx_engine import RECIPE_FILE
-    from medseg_mem.core.files.output_lock import output_lock
-
     recipe_path = Path(folder) / RECIPE_FILE
     models = [Path(folder) / f"{stage}.onnx" for stage in trained.paths]
     with output_lock(Path(folder), "--out", "export", inside=True):
@@ -96,10 +108,6 @@ def export_stage_onnx(saved: Dict[str, Any], path: Path) -> Path:
     Raises:
         MedsegError: the exported logits differ from PyTorch's (:func:`check_onnx_logits`); ``path`` is kept.
     """
-    from medseg_mem.core.files.digest import replacing_with_digest
-    from medseg_mem.models.build import inference_state_dict
-    from medseg_mem.export.onnx_engine import OnnxUNet3D
-
     spec = saved["model"]
     net = OnnxUNet3D(int(spec["in_channels"]), int(spec["num_classes"]), channels=tuple(spec["channels"]))
     net.load_state_dict(inference_state_dict(saved["state_dict"]))  # deep-supervision heads stay behind
@@ -115,12 +123,10 @@ def example_input(net) -> Any:
     (so the padding and the crop are in the graph), seeded noise.
 
     Example:
-        >>> from medseg_mem.export.onnx_engine import OnnxUNet3D
+        >>> from medseg_mem.export.onnx_format import OnnxUNet3D
         >>> tuple(example_input(OnnxUNet3D(1, 2, channels=(2, 4, 8))).shape)
         (2, 1, 5, 6, 7)
     """
-    import torch
-
     size = [net.divisor + extra for extra in (1, 2, 3)]
     return torch.randn(2, net.in_channels, *size, generator=torch.Generator().manual_seed(0))
 
@@ -131,13 +137,9 @@ def trace_to_onnx(net, example, path: Path) -> None:
     torch 2.13's default, torch.export-based exporter (it also needs ``onnxscript``) did not give a general graph
     of the U-Net: with ``Dim`` axes it wrote the example's shape into the graph, with ``Dim.AUTO`` the padding
     amounts stayed the example's, and ONNX Runtime failed on every other shape. The tracer on
-    :class:`~medseg_mem.export.onnx_engine.OnnxUNet3D` keeps the axes dynamic; its deprecation warning is silenced here.
+    :class:`~medseg_mem.export.onnx_format.OnnxUNet3D` keeps the axes dynamic; its deprecation warning is silenced here.
     """
     import warnings
-
-    import torch
-
-    from medseg_mem.export.onnx_engine import INPUT_NAME, OUTPUT_NAME
 
     axes = {0: "batch", 2: "x", 3: "y", 4: "z"}
     with warnings.catch_warnings(), torch.no_grad():
@@ -154,11 +156,6 @@ def check_onnx_logits(onnx_path: Path, saved: Dict[str, Any], example, target: P
     Raises:
         MedsegError: a difference above ``ONNX_TOLERANCE``, naming ``target`` and the difference.
     """
-    import torch
-
-    from medseg_mem.core.config import ModelConfig
-    from medseg_mem.models.build import build_network, saved_deep_supervision
-    from medseg_mem.export.onnx_engine import OnnxNetwork
 
     spec = saved["model"]
     model = ModelConfig(tuple(spec["channels"]), deep_supervision=saved_deep_supervision(spec))
@@ -177,12 +174,6 @@ def check_onnx_logits(onnx_path: Path, saved: Dict[str, Any], example, target: P
 def onnx_recipe(trained, payloads: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     """``recipe.json``: what runs the exported models as ``predict`` does (stages, slabs, resampling, guidance,
     classes, preprocessing) and the SHA-256 of the checkpoint each model came from."""
-    import torch
-
-    from medseg_mem import __version__
-    from medseg_mem.export.onnx_engine import INPUT_NAME, ONNX_FORMAT, OUTPUT_NAME
-    from medseg_mem.variants.resample import guidance_channels
-    from medseg_mem.variants import get_variant
 
     model = trained.model
     stages = [onnx_stage(stage, payloads[stage.name], trained.paths[stage.name], model)
@@ -200,8 +191,6 @@ def onnx_recipe(trained, payloads: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
 
 def onnx_stage(stage, saved: Dict[str, Any], path: Path, model) -> Dict[str, Any]:
     """One stage of ``recipe.json``: its file, channels, slab or whole volume, resolution and source checkpoint."""
-    from medseg_mem.core.files.digest import sha256_file
-
     spec = saved["model"]
     return {"name": stage.name, "file": f"{stage.name}.onnx", "in_channels": int(spec["in_channels"]),
             "out_channels": int(spec["num_classes"]), "channels": [int(width) for width in spec["channels"]],

@@ -41,10 +41,11 @@ from typing import List, Optional, Sequence, Tuple
 from medseg_mem.core.config import TrainConfig
 from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.budget import default_budget  # noqa: F401 - re-exported: the planner's default budget
-from medseg_mem.memory.calibration import UNCALIBRATED, Calibration
-from medseg_mem.memory.planner_trace import FLOAT_BYTES, check_countable, trace_inference
-from medseg_mem.memory.planner_training import trace_training
 from medseg_mem.core.names import OPTIMIZER_NAMES, PRECISION_NAMES
+from medseg_mem.memory.correction import UNCALIBRATED, Calibration
+from medseg_mem.memory.meta import FLOAT_BYTES, check_countable
+from medseg_mem.memory.planner_trace import trace_inference
+from medseg_mem.memory.planner_training import trace_training
 
 MODES = ("inference", "training")
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)

@@ -25,12 +25,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from medseg_mem.core.config import InferenceConfig
-from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.writable import check_output_folder
 from medseg_mem.core.names import DEFAULT_RUNS
+from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.overlay.figure import draw_overlay
 from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
-from medseg_mem.core.files.writable import check_output_folder
 
 SHOW_FOLDER = "show"
 
@@ -170,7 +170,7 @@ def draw_case(dataset: PreparedDataset, trained: TrainedRun, case_id: str, segme
     """Segment one prepared case and draw it with its ground truth and Dice per class in the title."""
     import torch
 
-    from medseg_mem.evaluate import dice_text, dice_per_class
+    from medseg_mem.inference.metrics import dice_per_class, dice_text
 
     case = dataset.load(case_id, mmap=True)
     prediction, truth = segment(case.image), np.array(case.label[0])

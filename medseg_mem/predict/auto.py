@@ -21,8 +21,9 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from medseg_mem.core.config import InferenceConfig
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.check import MemoryCheck, resolve_budget
-from medseg_mem.memory.choose import accuracy_order, choose
+from medseg_mem.memory.choose import choose
 from medseg_mem.predict.guard import largest_scan_shape
+from medseg_mem.report.ranking import accuracy_order
 from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
 
 

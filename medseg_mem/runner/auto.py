@@ -4,7 +4,7 @@ Each variant's need is the whole process's planned peak (:func:`~medseg_mem.runn
 its training step (the run's precision, checkpointing, layout, batch size, loader workers and, for the stages that
 cache, the case cache up to the training split) and its evaluation, both for the dataset's largest case, on the
 run's device; :func:`~medseg_mem.memory.choose.choose` then takes the first of the accuracy order
-(:func:`~medseg_mem.memory.choose.accuracy_order`) that fits. The plans go through the run's
+(:func:`~medseg_mem.report.ranking.accuracy_order`) that fits. The plans go through the run's
 :class:`~medseg_mem.memory.check.MemoryCheck` (lower bound first, the machine's calibration measured once).
 """
 
@@ -14,10 +14,11 @@ import dataclasses
 from typing import Callable, Dict, Tuple
 
 from medseg_mem.core.config import ModelConfig, TrainConfig
-from medseg_mem.memory.check import MemoryCheck
-from medseg_mem.memory.choose import accuracy_order, choose
-from medseg_mem.core.units import format_bytes
 from medseg_mem.core.names import VARIANT_NAMES
+from medseg_mem.core.units import format_bytes
+from medseg_mem.memory.check import MemoryCheck
+from medseg_mem.memory.choose import choose
+from medseg_mem.report.ranking import accuracy_order
 from medseg_mem.runner.guard import Need, need
 
 

@@ -1,31 +1,99 @@
 """What a trained variant is filed as: its test-split evaluation, its peak inference memory and its result rows.
 
-:func:`evaluate_checkpoints` segments the test split one case at a time with the stage checkpoints;
-:func:`measure_variant_memory` measures the whole variant's inference peak on the largest test case
+:func:`evaluate_variant` segments each case with the whole variant and scores it (Dice per class,
+:mod:`medseg_mem.inference.metrics`; seconds per case); :func:`evaluate_checkpoints` segments the test split one case
+at a time with the stage checkpoints; :func:`measure_variant_memory` measures the whole variant's inference peak on the largest test case
 (:func:`medseg_mem.memory.measure.measure_peak`, in a fresh process); :func:`result_rows` makes one tidy row per
 foreground class for the results CSV (:mod:`medseg_mem.report.results`), the training's own peak memory included.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from medseg_mem import __version__
 from medseg_mem.core.config import InferenceConfig, ModelConfig, TrainConfig
 from medseg_mem.core.inference_config import tta_text
 from medseg_mem.data.cases import CaseStream, open_case
 from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.evaluate import Evaluation, dice_text, evaluate_variant
+from medseg_mem.inference.metrics import dice_per_class, dice_text, mean_dice
 from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.models.build import load_networks
 from medseg_mem.report.results import utc_timestamp
-from medseg_mem.training.wallclock import Snapshot
-from medseg_mem.variants import get_variant
+from medseg_mem.runner.snapshots import Snapshot
+from medseg_mem.variants import Variant, get_variant
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA), so the clock reads what the work took."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Mean Dice per foreground class over the cases that score it (NaN: none), how many cases each mean averages
+    (``dice_cases``), and mean inference seconds per case."""
+
+    dice: List[float]
+    seconds_per_case: float
+    n_cases: int
+    dice_cases: Optional[List[int]] = None
+
+
+def timed(segment: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, device: torch.device):
+    """Run ``segment`` on ``image`` and return (labels, seconds); the clock covers splitting and stitching."""
+    synchronize(device)
+    start = time.perf_counter()
+    labels = segment(image)
+    synchronize(device)
+    return labels, time.perf_counter() - start
+
+
+def scored(segment: Callable, case: Tuple[torch.Tensor, torch.Tensor], num_classes: int, device: torch.device):
+    """``(Dice per foreground class (1, K-1), seconds)`` of one case; its image, label and label map are freed on
+    return, so no case is alive while the next one is read and segmented."""
+    image, label = case
+    labels, elapsed = timed(segment, image, device)
+    return dice_per_class(labels.cpu(), label, num_classes), elapsed
+
+
+def evaluate_variant(
+    variant: Variant,
+    nets: Mapping[str, nn.Module],
+    cases: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+    model: ModelConfig,
+    num_classes: int,
+    device: torch.device,
+    inference: InferenceConfig = None,
+) -> Evaluation:
+    """Segment each ``(image (1,C,X,Y,Z), label (1,1,X,Y,Z))`` case with the whole variant and score it.
+
+    The first case is run once untimed to warm up (allocator, kernels), then every case is timed. ``inference``
+    sets the slab batch, overlap and precision (default: :class:`~medseg_mem.core.config.InferenceConfig`).
+    """
+    for net in nets.values():
+        net.eval()
+
+    def segment(image):
+        return variant.segment(nets, image.to(device), model, num_classes, inference=inference)
+
+    scores, seconds = [], []
+    with torch.inference_mode():
+        segment(cases[0][0])
+        for index in range(len(cases)):
+            score, elapsed = scored(segment, cases[index], num_classes, device)
+            scores.append(score)
+            seconds.append(elapsed)
+    dice, counts = mean_dice(torch.cat(scores))
+    return Evaluation(dice=dice, seconds_per_case=sum(seconds) / len(seconds), n_cases=len(cases), dice_cases=counts)
 
 
 @dataclass(frozen=True)
@@ -39,7 +107,7 @@ class VariantResult:
     budget_seconds: Optional[int] = None  # a snapshot's mark; None for the final model
     train_peak_bytes: Optional[int] = None  # training memory at its peak, the largest over the stages (and folds)
     train_process_peak_bytes: Optional[int] = None  # the whole process at that peak
-    need: Optional[object] = None  # the planner's figures (training.guard.Need) when the run was planned
+    need: Optional[object] = None  # the planner's figures (runner.guard.Need) when the run was planned
 
 
 def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,

@@ -16,7 +16,8 @@ anything, larger than the final stage 1's):
    chosen on the guidance it will get at test time.
 
 A prediction is a uint8 label map at stage-1 resolution, the same grid as the ground truth it replaces
-(:meth:`~medseg_mem.variants.base.Stage.low_label`), written to ``<run>/guidance/<case>.npy``: a fraction
+(:meth:`~medseg_mem.variants.base.Stage.low_label`), written to ``<run>/guidance/<case>.npy``
+(:mod:`~medseg_mem.training.guidance_files`): a fraction
 ``downsample**3`` of a case's voxels, read from disk per case like every training input. Stage 2's guidance is
 then made from it exactly as from the ground truth (one-hot, upsampled over the slab, argmax), so
 ``--guidance-noise`` still applies on top.
@@ -35,16 +36,16 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from medseg_mem.core.files.atomic import replacing
-from medseg_mem.data.cases import as_tensor, open_case
 from medseg_mem.core.errors import MedsegError
+from medseg_mem.data.cases import as_tensor, open_case
 from medseg_mem.models.build import load_networks
 from medseg_mem.training import distributed
+from medseg_mem.training.guidance_files import GUIDANCE_FOLDER, save_guidance
+from medseg_mem.training.sampling import StageData
 from medseg_mem.training.wallclock import StageTimes
 
 #: Offset of the fold models' seeds from stage 1's, so their samples and initial weights differ from its own.
 FOLD_SEED_OFFSET = 1000
-GUIDANCE_FOLDER = "guidance"
 
 
 def folds(ids: Sequence[str], k: int, seed: int) -> List[List[str]]:
@@ -73,23 +74,6 @@ class FoldView:
         return getattr(self._dataset, name)
 
 
-def guidance_path(folder: Path, case_id: str) -> Path:
-    return Path(folder) / f"{case_id}.npy"
-
-
-def load_guidance(folder: Path, case_id: str) -> torch.Tensor:
-    """A case's predicted stage-1 label map ``(1, x, y, z)`` uint8.
-
-    Raises:
-        MedsegError: the file is missing (the run folder was changed after stage 1 trained).
-    """
-    path = guidance_path(folder, case_id)
-    if not path.is_file():
-        raise MedsegError(f"{path}: stage 1's prediction for case {case_id} is missing; resume the run to make "
-                          "it again (`medseg-mem run --resume <run id>`)")  # fmt: skip
-    return torch.from_numpy(np.load(path))[None]
-
-
 def predict_cases(checkpoint: Path, stage, model, dataset, device, case_ids: Sequence[str], folder: Path) -> None:
     """Write the predicted label map (argmax, uint8, at ``stage``'s resolution) of each case to ``folder``.
 
@@ -104,14 +88,11 @@ def predict_cases(checkpoint: Path, stage, model, dataset, device, case_ids: Seq
             image, label = open_case(dataset, case_id)
             x, _ = stage.inputs(as_tensor(image)[None], as_tensor(label)[None], model, dataset.num_classes)
             labels = stage.forward(net, x.to(device), model).argmax(dim=1)[0]
-            with replacing(guidance_path(folder, case_id), suffix=".npy") as temp:
-                np.save(temp, labels.to(torch.uint8).cpu().numpy())
+            save_guidance(folder, case_id, labels)
 
 
 def fold_job(job, dataset, index: int, train_ids: Sequence[str], times: StageTimes):
     """Stage 1's job for fold model ``index``: trained on ``train_ids`` only, in ``<stage folder>/folds/<index>``."""
-    from medseg_mem.training.sampling import StageData
-
     fold_data = StageData(FoldView(dataset, train_ids), job.stage, job.model, job.train,
                           stage_index=FOLD_SEED_OFFSET + index, progress=job.data.progress)  # fmt: skip
     return dataclasses.replace(job, data=fold_data, folder=job.folder / "folds" / str(index),

@@ -20,13 +20,13 @@ import time
 from typing import Callable, Iterator, List, Optional, Tuple
 
 from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.data.prepared import SPLITS, PreparedDataset
 from medseg_mem.core.device import resolve_device
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.evaluate import dice_text
-from medseg_mem.inference.mirror import unmirrored_note
-from medseg_mem.core.units import format_bytes
 from medseg_mem.core.names import DEFAULT_RUNS
+from medseg_mem.core.units import format_bytes
+from medseg_mem.data.prepared import SPLITS, PreparedDataset
+from medseg_mem.inference.metrics import dice_text
+from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.report.results import append_rows, new_run_id, read_results
 from medseg_mem.training import distributed
 from medseg_mem.training.class_weights import class_weights
@@ -38,12 +38,13 @@ from medseg_mem.runner.evaluation import (
     measure_variant_memory,
     result_rows,
 )
+from medseg_mem.core.files.writable import check_output_file, check_output_folder
 from medseg_mem.runner.resume import filed_rows, resumed_request, same_path
 from medseg_mem.runner.settings import load_run_record, resolve_settings, write_run_record
+from medseg_mem.runner.snapshots import describe, record_training, recorded_training, with_recorded_peaks
 from medseg_mem.runner.variant import check_snapshots, stage_names, train_variant
-from medseg_mem.training.wallclock import Clock, describe, record_training, recorded_training, with_recorded_peaks
+from medseg_mem.training.wallclock import Clock
 from medseg_mem.variants import resolve_variants, warn_thick_slabs
-from medseg_mem.core.files.writable import check_output_file, check_output_folder
 
 
 def run_variants(request: RunRequest, echo: Callable[[str], None] = print,

@@ -140,9 +140,10 @@ class StageLog:
 
     def plot(self) -> None:
         """Draw ``progress.png`` from ``log.csv``."""
-        from medseg_mem.training.progress_plot import plot_progress
+        from medseg_mem.training.progress_plot import plot_progress  # matplotlib only when a plot is drawn
 
-        plot_progress(self.path, self.folder / PLOT_NAME)
+        title = f"{self.folder.parent.name}/{self.folder.name}"
+        plot_progress(read_log(self.path) or {}, title, self.folder / PLOT_NAME)
         self._plotted = time.monotonic()
 
     def close(self) -> None:

@@ -25,17 +25,17 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from tqdm.auto import tqdm
 
-from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.core.config import ModelConfig, TrainConfig
-from medseg_mem.evaluate import dice_per_class, mean_dice, overall_dice
+from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
+from medseg_mem.core.precision import grad_scaler
+from medseg_mem.inference.metrics import dice_per_class, mean_dice, overall_dice
 from medseg_mem.models.build import build_network
+from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.curves import StageLog
-from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.divergence import check_loss, check_weights
 from medseg_mem.training.optimizer import build_optimizer
-from medseg_mem.core.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
 from medseg_mem.training.wallclock import Clock, StageTimes, snapshot_path

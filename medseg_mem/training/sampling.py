@@ -41,10 +41,10 @@ from medseg_mem.inference.slab import cut_slab, slab_starts
 from medseg_mem.inference.source import SlabSource
 from medseg_mem.training import distributed
 from medseg_mem.training.augment import SampleAugmentation
+from medseg_mem.training.guidance_files import load_guidance
 from medseg_mem.training.guidance_noise import perturb_label
-from medseg_mem.runner.out_of_fold import load_guidance
-from medseg_mem.variants.resample import guidance_range
 from medseg_mem.variants.base import Stage
+from medseg_mem.variants.resample import guidance_range
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
 

@@ -14,13 +14,13 @@ import torch
 from torch import nn
 
 from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.core.precision import with_precision
 from medseg_mem.inference.labels import labels_of
 from medseg_mem.inference.mirror import mirrored
-from medseg_mem.inference.precision import with_precision
 from medseg_mem.inference.slab import SlabInferer
 from medseg_mem.inference.source import SlabSource
-from medseg_mem.variants.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
 from medseg_mem.variants.guided import LabelGuidedSlabs
+from medseg_mem.variants.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
 
 
 @dataclass(frozen=True)
