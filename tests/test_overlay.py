@@ -13,6 +13,7 @@ from PIL import Image
 import medseg_mem.overlay.show as show_module
 import medseg_mem.predict.overlay as predict_overlay
 from medseg_mem.cli import main
+from medseg_mem.core.changes import RunChanges
 from medseg_mem.core.config import RunRequest
 from medseg_mem.overlay import figure as overlay_figure
 from medseg_mem.overlay.planes import focus_point, inner_outline, outer_outline, outlines, plane
@@ -88,7 +89,7 @@ def tiny_run(tmp_path_factory, tiny_prepared):
     """A 2-step ``full`` run of the tiny task: its runs folder and run folder."""
     base = tmp_path_factory.mktemp("show")
     request = RunRequest(("full",), tiny_prepared.root, base / "results.csv", base / "runs",
-                         overrides=TINY + (("steps", 2), ("val_every", 2)), progress=False)  # fmt: skip
+                         changes=RunChanges.of(**TINY, steps=2, val_every=2), progress=False)  # fmt: skip
     (result,) = run_variants(request, lambda *_: None)
     return base / "runs", base / "runs" / result.run_id
 

@@ -126,13 +126,14 @@ def test_sgd_trains_with_nesterov_momentum_and_is_recorded(tmp_path, tiny_prepar
 def test_sgd_without_lr_trains_at_nnunets_rate_and_adam_at_the_profiles():
     from types import SimpleNamespace
 
+    from medseg_mem.core.changes import TrainChanges, RunChanges
     from medseg_mem.core.config import RunRequest
     from medseg_mem.runner.settings import resolve_settings
 
     dataset = SimpleNamespace(name="Hippocampus")
-    lr = {name: resolve_settings(RunRequest(overrides=tuple(options)), dataset)[1].lr
-          for name, options in (("adam", ()), ("sgd", [("optimizer", "sgd")]),
-                                ("sgd 3e-3", [("optimizer", "sgd"), ("lr", 3e-3)]))}  # fmt: skip
+    lr = {name: resolve_settings(RunRequest(changes=RunChanges(train=changes)), dataset)[1].lr
+          for name, changes in (("adam", TrainChanges()), ("sgd", TrainChanges(optimizer="sgd")),
+                                ("sgd 3e-3", TrainChanges(optimizer="sgd", lr=3e-3)))}  # fmt: skip
     assert lr == {"adam": 3e-4, "sgd": 1e-2, "sgd 3e-3": 3e-3}
 
 

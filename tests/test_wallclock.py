@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import medseg_mem.training.loop as loop
+from medseg_mem.core.changes import RunChanges
 from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.core.errors import OptionError
 from medseg_mem.core.files.checkpoint import load_checkpoint
@@ -24,7 +25,7 @@ from medseg_mem.variants import get_variant
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)
-TINY = (("channels", (2, 4)), ("slab_size", 8), ("downsample", 0.5), ("batch_size", 2), ("device", "cpu"))
+TINY = {"channels": (2, 4), "slab_size": 8, "downsample": 0.5, "batch_size": 2, "device": "cpu"}
 
 
 class StepClock:
@@ -197,9 +198,9 @@ def test_time_limit_and_snapshots_survive_run_json(tmp_path):
 
 
 def request(tiny_prepared, tmp_path, variant, **train):
-    overrides = TINY + (("steps", 50), ("val_every", 100)) + tuple(train.items())
+    changes = RunChanges.of(**{**TINY, "steps": 50, "val_every": 100, **train})
     return RunRequest((variant,), tiny_prepared.root, tmp_path / "results.csv", tmp_path / "runs",
-                      overrides=overrides, progress=False)  # fmt: skip
+                      changes=changes, progress=False)  # fmt: skip
 
 
 def rows_by_budget(results):

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Union
 
 from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.config import parse_widths
 from medseg_mem.variants import get_variant
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ def train(
         >>> train("patch", work_dir="scratch", steps=20, channels="4,8")  # doctest: +SKIP
         PosixPath('scratch/models/patch')
     """
+    from medseg_mem.core.changes import RunChanges
     from medseg_mem.core.config import RunRequest
     from medseg_mem.runner.run import run_variants
 
@@ -75,9 +77,10 @@ def train(
     show = as_bool(progress, "progress")
     with _logged():
         ensure_prepared(data_dir, task_dir, show)
-        overrides = _overrides(steps=steps, val_every=val_every, batch_size=batch_size, seed=seed, device=device)
-        overrides += (("channels", as_widths(channels)),) if channels is not None else ()
-        request = RunRequest((variant,), data_dir, work_dir / "results.csv", work_dir / "runs", None, overrides, show)
+        widths = as_widths(channels) if channels is not None else None
+        changes = RunChanges.of(steps=steps, val_every=val_every, batch_size=batch_size, seed=seed, device=device,
+                                channels=widths)  # fmt: skip
+        request = RunRequest((variant,), data_dir, work_dir / "results.csv", work_dir / "runs", None, changes, show)
         (result,) = run_variants(request, echo=logger.info)
         publish_run(work_dir / "runs" / result.run_id, model_dir, variant)
     logger.info("published run %s to %s; next: configs/inference.json", result.run_id, model_dir)
@@ -292,16 +295,9 @@ def as_bool(value: Union[bool, str, int], name: str) -> bool:
 
 
 def as_widths(channels: Union[str, Sequence[int]]) -> tuple:
-    """U-Net widths from ``"8,16,32"``, ``[8, 16, 32]`` or ``(8, 16, 32)``."""
-    try:
-        parts = channels.split(",") if isinstance(channels, str) else list(channels)
-        return tuple(int(part) for part in parts)
-    except (TypeError, ValueError):
-        raise MedsegError(f"--channels must list widths like 8,16,32,64,128; got {channels!r}") from None
-
-
-def _overrides(**settings) -> tuple:
-    return tuple((name, value) for name, value in settings.items() if value is not None)
+    """U-Net widths from ``"8,16,32"``, ``[8, 16, 32]`` or ``(8, 16, 32)``: ``run``'s ``--channels`` parser
+    (:func:`~medseg_mem.core.config.parse_widths`)."""
+    return parse_widths(channels)
 
 
 def on_bundle_command_line() -> bool:

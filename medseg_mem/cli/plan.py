@@ -152,11 +152,11 @@ def plan(shape, classes, data, run_dir, variants, budget, slab_size, slab_alias,
                   downsample=downsample, guidance=guidance, batch_size=aliased(batch_size, batch_alias,
                   "--batch-size and --batch"), precision=precision, checkpointing=checkpointing,
                   channels_last=channels_last, workers=workers, cache=cache)  # fmt: skip
-    overrides = typed(ctx, values) + _aliases(slab_alias, batch_alias)
+    changes = typed(ctx, values, slab_size=slab_alias, batch_size=batch_alias)
     _notices(mode, checkpointing, workers, cache, nproc, overlap, sw_batch_size, tta)
     if run_dir is not None and mode == "training":
         raise click.UsageError("--run plans a trained run's inference; drop --mode training (or plan --data)")
-    target = plan_target(shape, classes, data, run_dir, overrides)
+    target = plan_target(shape, classes, data, run_dir, changes)
     device = resolve_device(device).type
     check = MemoryCheck(device, resolve_budget(budget, device), lambda line: click.echo(line, err=True),
                         calibration_path, calibrate, training_setup)  # fmt: skip
@@ -209,12 +209,6 @@ def _inference(target, precision, overlap, sw_batch_size, tta, tta_axes):
 
     return InferenceConfig(sw_batch_size, overlap, precision or "fp32", target.train.channels_last,
                            **tta_config(tta, tta_axes))  # fmt: skip
-
-
-def _aliases(slab_alias, batch_alias) -> Tuple[Tuple[str, object], ...]:
-    """The settings given under the older option names."""
-    return tuple((name, value) for name, value in (("slab_size", slab_alias), ("batch_size", batch_alias))
-                 if value is not None)  # fmt: skip
 
 
 def _notices(mode, checkpointing, workers, cache, nproc, overlap, sw_batch_size, tta) -> None:

@@ -19,6 +19,7 @@ from typing import Optional, Tuple
 
 import click
 
+from medseg_mem.core.changes import RunChanges
 from medseg_mem.core.config import ModelConfig, TrainConfig
 
 #: ``plan`` options that are ``run`` settings (``TrainConfig``/``ModelConfig`` fields), by parameter name.
@@ -39,24 +40,25 @@ class Target:
     variant: Optional[str] = None
 
 
-def typed(ctx: click.Context, values: dict) -> Tuple[Tuple[str, object], ...]:
-    """``(setting, value)`` of each :data:`SETTINGS` option the user typed on the command line."""
-    pairs = []
+def typed(ctx: click.Context, values: dict, **aliased) -> RunChanges:
+    """The settings of the :data:`SETTINGS` options the user typed on the command line, and those given under
+    an older name (``aliased``: setting -> value or ``None``)."""
+    settings = {setting: value for setting, value in aliased.items() if value is not None}
     for name, setting in SETTINGS.items():
         source = ctx.get_parameter_source(name)
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") and values.get(name) is not None:
-            pairs.append((setting, values[name]))
-    return tuple(pairs)
+            settings[setting] = values[name]
+    return RunChanges.of(**settings)
 
 
-def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], overrides) -> Target:
+def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], changes: RunChanges) -> Target:
     """The :class:`Target` of ``--data``, ``--run`` or ``--shape``/``--classes`` (see the module docstring).
 
     Raises:
         click.UsageError: none or several of the ways, or ``--shape`` without ``--classes`` (and the reverse).
         MedsegError: a dataset or run that cannot be opened.
     """
-    from medseg_mem.runner.settings import profile, with_overrides
+    from medseg_mem.runner.settings import profile, with_changes
 
     _one_way(shape, classes, data, run)
     if run is not None:
@@ -65,9 +67,9 @@ def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], overr
         from medseg_mem.data.prepared import PreparedDataset
 
         dataset = PreparedDataset.open(data)
-        model, train = with_overrides(*profile(dataset.name), overrides)
+        model, train = with_changes(*profile(dataset.name), changes)
         return Target(dataset.largest_image_shape(), dataset.num_classes, model, train, len(dataset.ids("train")))
-    model, train = with_overrides(*profile(""), overrides)
+    model, train = with_changes(*profile(""), changes)
     return Target(tuple(shape), int(classes), model, train)
 
 

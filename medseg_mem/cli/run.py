@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Tuple
+from dataclasses import fields
+from typing import Optional, Tuple
 
 import click
 
@@ -16,6 +17,7 @@ from medseg_mem.cli.common import (
     tta_config,
     tta_options,
 )
+from medseg_mem.core.changes import ModelChanges, RunChanges, TrainChanges
 from medseg_mem.core.config import RunRequest
 from medseg_mem.cli.training_options import (
     parse_cache,
@@ -43,6 +45,10 @@ from medseg_mem.core.names import (
 
 
 ARGV_KEY = "medseg_mem.run.argv"
+#: ``run``'s options that are settings, by field name (``--cache`` is ``cache_bytes``; ``--foreground-oversample``
+#: has an older spelling, folded in by :func:`slab_alias`).
+MODEL_CHANGES = tuple(field.name for field in fields(ModelChanges))
+TRAIN_CHANGES = tuple(field.name for field in fields(TrainChanges) if field.name != "foreground_oversample")
 
 
 class ArgvCommand(click.Command):
@@ -70,11 +76,6 @@ def given(ctx: click.Context, name: str) -> bool:
     """True when the user typed the option (not its default)."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
-
-
-def overrides(**options) -> Tuple[Tuple[str, object], ...]:
-    """The options the user set (``None`` = use the dataset's profile default)."""
-    return tuple((name, value) for name, value in options.items() if value is not None)
 
 
 @click.command(cls=ArgvCommand)
@@ -181,15 +182,15 @@ def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resum
     Works in ./medseg-work/ by default, after `medseg-mem prepare`.
     """
     inference, inference_precision = inference_options(options)
-    fold_slab_alias(options)
-    if resume and any(value is not None for value in options.values()):
+    changes = run_changes(options)
+    if resume and changes.given():
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
-    if options["snapshots"] is not None:
+    if changes.train.snapshots is not None:
         from medseg_mem.core.config import check_wall_clock
 
-        check_wall_clock(options["time_limit"], options["snapshots"])  # a mark past the limit: one line, at once
-    check_network_options(options, tuple(variants))
-    request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
+        check_wall_clock(changes.train.time_limit, changes.train.snapshots)  # a mark past the limit: at once
+    check_network_options(changes, tuple(variants))
+    request = RunRequest(variants, data_dir, results, runs_dir, resume, changes, progress=not quiet,
                          inference=inference, inference_precision=inference_precision, budget_bytes=budget_bytes,
                          memory_check=memory_check)  # fmt: skip
     if memory_check and tuple(variants) != ("auto",):
@@ -207,12 +208,22 @@ def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resum
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
         request = dataclasses.replace(request, data_dir=data_dir, results=results)
-    for option, notice in lever_notices(options):
+    for option, notice in lever_notices(changes):
         click.echo(f"note: {option} {notice}", err=True)
     try:
         run_variants(request, echo=click.echo)
     except RunInterrupted as interrupted:  # Ctrl-C: one line with the run id and its --resume, not "Aborted!"
         raise click.ClickException(str(interrupted)) from None
+
+
+def run_changes(options: dict) -> RunChanges:
+    """The model and training settings the user gave (``None``: the dataset's profile), typed: click's values of
+    the options named after :class:`~medseg_mem.core.changes.ModelChanges` / ``TrainChanges`` fields, with
+    ``--skip-empty-slabs`` / ``--any-slab`` folded into ``--foreground-oversample``."""
+    oversample = slab_alias(options.pop("skip_empty_slabs"), options.pop("foreground_oversample"))
+    model = ModelChanges(**{name: options.pop(name) for name in MODEL_CHANGES})
+    train = TrainChanges(foreground_oversample=oversample, **{name: options.pop(name) for name in TRAIN_CHANGES})
+    return RunChanges(model, train)
 
 
 def inference_options(options: dict):
@@ -226,7 +237,7 @@ def inference_options(options: dict):
     return inference, options.pop("inference_precision")
 
 
-def check_network_options(options: dict, variants) -> None:
+def check_network_options(changes: RunChanges, variants) -> None:
     """Refuse ``--deep-supervision`` with a ``--channels`` list too shallow for it, and ``--snapshots`` of a cascade
     with ``--stage2-guidance predicted``, before any data is read.
 
@@ -235,36 +246,35 @@ def check_network_options(options: dict, variants) -> None:
     """
     from medseg_mem.core.config import ModelConfig, TrainConfig
 
-    if options.get("deep_supervision") and options.get("channels") is not None:
-        ModelConfig(channels=options["channels"], deep_supervision=True)
-    if options.get("stage2_guidance") == "predicted" and options.get("snapshots") and variants != ("auto",):
+    model, train = changes.model, changes.train
+    if model.deep_supervision and model.channels is not None:
+        ModelConfig(channels=model.channels, deep_supervision=True)
+    if train.stage2_guidance == "predicted" and train.snapshots and variants != ("auto",):
         from medseg_mem.runner.variant import check_snapshots
         from medseg_mem.variants import resolve_variants
 
-        marks = options["snapshots"]
         check_snapshots(resolve_variants(list(variants)),
-                        TrainConfig(stage2_guidance="predicted", time_limit=options["time_limit"], snapshots=marks))
+                        TrainConfig(stage2_guidance="predicted", time_limit=train.time_limit, snapshots=train.snapshots))
 
 
-def fold_slab_alias(options: dict) -> None:
-    """``--skip-empty-slabs`` / ``--any-slab`` become ``--foreground-oversample 1`` / ``0`` in ``options``.
+def slab_alias(skip: Optional[bool], oversample: Optional[float]) -> Optional[float]:
+    """``--foreground-oversample``, or ``--skip-empty-slabs`` / ``--any-slab`` as its older spelling (1 / 0).
 
     Raises:
         click.UsageError: both spellings are given.
     """
-    skip = options.pop("skip_empty_slabs")
     if skip is None:
-        return
-    if options["foreground_oversample"] is not None:
+        return oversample
+    if oversample is not None:
         raise click.UsageError("--skip-empty-slabs/--any-slab is the older spelling of --foreground-oversample 1 / 0; "
                                "give one of them")
-    options["foreground_oversample"] = 1.0 if skip else 0.0
+    return 1.0 if skip else 0.0
 
 
-def lever_notices(options: dict):
+def lever_notices(changes: RunChanges):
     """What a training-memory lever does not do, said once, so nobody expects it in the inference figures."""
     notices = []
-    if options.get("checkpointing"):
+    if changes.train.checkpointing:
         notices.append(("--checkpointing", "lowers training memory only; evaluation, the results' peak memory and "
                                            "predict run without it"))  # fmt: skip
     return notices

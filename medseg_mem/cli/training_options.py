@@ -28,16 +28,11 @@ def parse_variants(ctx, param, values: Tuple[str, ...]) -> Tuple[str, ...]:
 
 
 def parse_channels(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]]:
-    """``32,64,128,256,512`` -> a tuple of at least two positive widths."""
-    if value is None:
-        return None
-    try:
-        widths = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) < 2 or min(widths) < 1:
-        raise click.BadParameter(f"must list at least two positive widths like 32,64,128,256,512; got {value!r}")
-    return widths
+    """``32,64,128,256,512`` -> a tuple of at least two positive widths
+    (:func:`~medseg_mem.core.config.parse_widths`)."""
+    from medseg_mem.core.config import parse_widths
+
+    return library_parse(parse_widths, "--channels", value)
 
 
 def parse_cache(ctx, param, value: Optional[str]) -> Optional[int]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional, Tuple
 
+from medseg_mem.core.changes import RunChanges
 from medseg_mem.core.errors import OptionError
 from medseg_mem.core.inference_config import InferenceConfig  # re-exported: RunRequest uses it, callers import it here
 from medseg_mem.core.names import (
@@ -31,6 +32,30 @@ from medseg_mem.core.names import (
     PRECISION_NAMES,
     STAGE2_GUIDANCE_NAMES,
 )
+
+
+WIDTHS_RULE = "must list at least two positive widths like 32,64,128,256,512"
+
+
+def parse_widths(channels) -> Tuple[int, ...]:
+    """U-Net widths from ``"8,16,32"``, ``[8, 16, 32]`` or ``(8, 16, 32)``: ``run``'s and the bundles'
+    ``--channels``.
+
+    Raises:
+        OptionError: naming ``--channels``, the rule and the value, for fewer than two positive whole widths.
+
+    Example:
+        >>> parse_widths("8,16,32"), parse_widths([4, 8])
+        ((8, 16, 32), (4, 8))
+    """
+    try:
+        parts = channels.split(",") if isinstance(channels, str) else list(channels)
+        widths = tuple(int(part) for part in parts)
+    except (TypeError, ValueError):
+        widths = ()
+    if len(widths) < 2 or min(widths) < 1:
+        raise OptionError("--channels", WIDTHS_RULE, channels)
+    return widths
 
 
 @dataclass(frozen=True)
@@ -59,7 +84,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if len(self.channels) < 2 or min(self.channels) < 1:
-            raise OptionError("--channels", "must list at least two positive widths like 32,64,128,256,512", self.channels)
+            raise OptionError("--channels", WIDTHS_RULE, self.channels)
         if self.slab_size < 1:
             raise OptionError("--slab-size", "must be a positive number of voxels", self.slab_size)
         if not 0 < self.downsample < 1:
@@ -240,8 +265,8 @@ class RunRequest:
         results: the results CSV rows are appended to.
         runs_dir: checkpoints go to ``runs_dir/<run id>/<stage>/{best,last}.pt``.
         resume: a run id under ``runs_dir`` to continue from its last checkpoints (its saved settings are used).
-        overrides: option values given by the user, applied on top of the dataset's default profile
-            (``TrainConfig``/``ModelConfig`` field names; see :mod:`medseg_mem.runner.settings`).
+        changes: the settings the user gave, laid over the dataset's default profile
+            (:class:`~medseg_mem.core.changes.RunChanges`; see :mod:`medseg_mem.runner.settings`).
         progress: show progress bars.
         inference: how the test split is segmented (:class:`InferenceConfig`; its precision is replaced by
             ``inference_precision``).
@@ -257,7 +282,7 @@ class RunRequest:
     results: Path = DEFAULT_RESULTS
     runs_dir: Path = DEFAULT_RUNS
     resume: Optional[str] = None
-    overrides: Tuple[Tuple[str, object], ...] = ()
+    changes: RunChanges = RunChanges()
     progress: bool = True
     inference: InferenceConfig = InferenceConfig()
     inference_precision: Optional[str] = None

@@ -149,7 +149,7 @@ def check_floor(request: RunRequest, variants: List[str], nproc: int = 1) -> Non
     from medseg_mem.core.errors import MedsegError
     from medseg_mem.runner.settings import resolve_settings
 
-    budget = floor_budget(request.budget_bytes, dict(request.overrides).get("device", "auto"))
+    budget = floor_budget(request.budget_bytes, request.changes.train.device or "auto")
     if budget is None or request.resume:
         return
     try:

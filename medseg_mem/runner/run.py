@@ -40,7 +40,7 @@ from medseg_mem.runner.evaluation import (
 )
 from medseg_mem.core.files.writable import check_output_file, check_output_folder
 from medseg_mem.runner.resume import filed_rows, resumed_request, same_path
-from medseg_mem.runner.settings import load_run_record, resolve_settings, write_run_record
+from medseg_mem.runner.settings import RunJob, load_run_record, resolve_settings, write_run_record
 from medseg_mem.runner.snapshots import describe, record_training, recorded_training, with_recorded_peaks
 from medseg_mem.runner.variant import check_snapshots, stage_names, train_variant
 from medseg_mem.training.wallclock import Clock
@@ -89,10 +89,11 @@ def run_all(request: RunRequest, echo: Callable[[str], None], clock: Clock = tim
     if distributed.is_main():
         jobs, needs = planned_runs(request, dataset, record, echo)
     jobs = distributed.from_main(jobs if distributed.is_main() else None)
-    device = distributed.local_device(resolve_device(jobs[0][2].device))
+    first = jobs[0]
+    device = distributed.local_device(resolve_device(first.train.device))
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
-    weights = class_weights(jobs[0][2].class_weights, dataset)  # one pass over the labels for every variant
+    weights = class_weights(first.train.class_weights, dataset)  # one pass over the labels for every variant
     results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights, clock, needs.get(run_id))
                for run_id, name, train, model in jobs]  # fmt: skip
     if not distributed.is_main():
@@ -148,7 +149,7 @@ def check_splits(dataset: PreparedDataset) -> None:
 
 
 def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None, echo=print):
-    """``(jobs, needs)``: (run id, variant, train config, model config) for each run - new ones, or the one being
+    """``(jobs, needs)``: a :class:`~medseg_mem.runner.settings.RunJob` for each run - new ones, or the one being
     resumed (``--variant auto``: the one :func:`~medseg_mem.runner.auto.auto_variant` picks, said with ``echo``)
     - and each run's planned memory (:func:`~medseg_mem.runner.guard.guard`), checked against the budget before
     any training unless ``request.memory_check`` is off.
@@ -160,12 +161,12 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional
 
     auto = record is None and tuple(request.variants) == ("auto",)
     if record is not None:
-        jobs = [(request.resume, record["variant"], record["train"], record["model"])]
+        jobs = [RunJob(request.resume, record["variant"], record["train"], record["model"])]
         model, train = record["model"], record["train"]
     else:
         model, train = resolve_settings(request, dataset)
         names = [] if auto else resolve_variants(list(request.variants))
-        jobs = [(new_run_id(name), name, train, model) for name in names]
+        jobs = [RunJob(new_run_id(name), name, train, model) for name in names]
     checked(jobs, train, dataset, echo)
     check = memory_check(resolve_device(train.device).type, request.budget_bytes, echo)
     nproc = distributed.world_size()
@@ -173,15 +174,15 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional
         from medseg_mem.runner.auto import auto_variant
 
         name, found = auto_variant(request, dataset, model, train, check, echo, nproc)
-        jobs = checked([(new_run_id(name), name, train, model)], train, dataset, echo)
-        return jobs, {jobs[0][0]: found}
+        jobs = checked([RunJob(new_run_id(name), name, train, model)], train, dataset, echo)
+        return jobs, {jobs[0].run_id: found}
     return jobs, guard(check, jobs, dataset, request, nproc, echo, refuse=request.memory_check)
 
 
 def checked(jobs, train: TrainConfig, dataset: PreparedDataset, echo):
     """``jobs`` after refusing ``--snapshots`` that their variants cannot take (one line, before any training) and
     saying once that slabs thicker than the cases are padded."""
-    check_snapshots([name for _, name, _, _ in jobs], train)
+    check_snapshots([job.variant for job in jobs], train)
     warn_thick_slabs(jobs, dataset, echo)
     return jobs
 

@@ -1,4 +1,4 @@
-"""Which settings a run uses: the dataset's default profile, the user's overrides, and the saved run record.
+"""Which settings a run uses: the dataset's default profile, the user's changes, and the saved run record.
 
 Profiles: the embedded default (``SyntheticRods``, 32x32x96 volumes) trains narrow U-Nets (8..128 channels) with
 Adam at 3e-3 so ``run --variant all`` finishes in minutes on a 2-core CPU (at the thesis's 3e-4 the narrow nets'
@@ -28,9 +28,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, NamedTuple, Tuple
 
 from medseg_mem.core.files.atomic import write_json_atomic
+from medseg_mem.core.changes import RunChanges
 from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.core.errors import MedsegError, OptionError
 from medseg_mem.core.names import EMBEDDED_DATASET
@@ -40,6 +41,15 @@ EMBEDDED_MODEL = ModelConfig(channels=(8, 16, 32, 64, 128))
 EMBEDDED_TRAIN = TrainConfig(steps=200, batch_size=2, val_every=50, lr=3e-3, class_weights="balanced")
 REAL_MODEL = ModelConfig()
 REAL_TRAIN = TrainConfig(steps=300, batch_size=2, val_every=50, lr_schedule="poly", stage2_guidance="predicted")
+
+class RunJob(NamedTuple):
+    """One run to train: its id, its variant and the settings it trains with."""
+
+    run_id: str
+    variant: str
+    train: TrainConfig
+    model: ModelConfig
+
 
 MODEL_FIELDS = {f.name for f in dataclasses.fields(ModelConfig)}
 TRAIN_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -53,20 +63,15 @@ def profile(dataset_name: str) -> Tuple[ModelConfig, TrainConfig]:
 
 
 def resolve_settings(request: RunRequest, dataset) -> Tuple[ModelConfig, TrainConfig]:
-    """The dataset's profile with the user's overrides applied (validated by the dataclasses)."""
-    return with_overrides(*profile(dataset.name), request.overrides)
+    """The dataset's profile with the user's changes applied (validated by the dataclasses)."""
+    return with_changes(*profile(dataset.name), request.changes)
 
 
-def with_overrides(model: ModelConfig, train: TrainConfig, pairs) -> Tuple[ModelConfig, TrainConfig]:
-    """``model`` and ``train`` with the ``(field, value)`` ``pairs`` the user set (``run``'s options, and
-    ``plan``'s, which plans what ``run`` would train); a learning rate follows the optimizer unless given."""
-    overrides = dict(pairs)
-    unknown = set(overrides) - MODEL_FIELDS - TRAIN_FIELDS
-    if unknown:
-        raise MedsegError(f"unknown run setting(s): {', '.join(sorted(unknown))}")
-    model = dataclasses.replace(model, **{k: v for k, v in overrides.items() if k in MODEL_FIELDS})
-    train = dataclasses.replace(train, **{k: v for k, v in overrides.items() if k in TRAIN_FIELDS})
-    if "lr" not in overrides:
+def with_changes(model: ModelConfig, train: TrainConfig, changes: RunChanges) -> Tuple[ModelConfig, TrainConfig]:
+    """``model`` and ``train`` with the settings the user changed (``run``'s options, and ``plan``'s, which plans
+    what ``run`` would train); a learning rate follows the optimizer unless given."""
+    model, train = changes.apply(model, train)
+    if changes.train.lr is None:
         train = dataclasses.replace(train, lr=default_lr(train.optimizer, train.lr))
     return model, train
 
