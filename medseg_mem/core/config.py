@@ -11,10 +11,11 @@ import math
 import numbers
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from medseg_mem.core.changes import RunChanges
 from medseg_mem.core.errors import OptionError
+from medseg_mem.core.record import Record
 from medseg_mem.core.inference_config import InferenceConfig  # re-exported: RunRequest uses it, callers import it here
 from medseg_mem.core.names import (
     AUGMENT_NAMES,
@@ -59,7 +60,7 @@ def parse_widths(channels) -> Tuple[int, ...]:
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Record):
     """Network and variant settings shared by training, evaluation, planning and prediction.
 
     Args:
@@ -99,7 +100,7 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Record):
     """Training options of ``medseg-mem run`` (one set for every stage of every variant).
 
     Args:
@@ -199,6 +200,20 @@ class TrainConfig:
         if not 0 <= self.guidance_noise <= 1:
             raise OptionError("--guidance-noise", "must be a probability in [0, 1]", self.guidance_noise)
         self._check_recipe()
+
+    @classmethod
+    def older(cls, data: Dict[str, Any]) -> Dict[str, Any]:
+        """The settings of a record (``run.json``'s ``train``), with those of runs recorded before an option existed.
+
+        Runs recorded before ``channels_last`` trained with contiguous weights, and resume so. Runs recorded before
+        ``foreground_oversample`` saved ``skip_empty_slabs``: true is an oversampling of 1 (every slab sample holds
+        foreground), false of 0 (any slab); both draw exactly the slabs they drew before.
+        """
+        data = {"channels_last": False, **data}
+        if "skip_empty_slabs" in data:
+            skip = data.pop("skip_empty_slabs")
+            data.setdefault("foreground_oversample", 1.0 if skip else 0.0)
+        return data
 
     def _check_recipe(self) -> None:
         """Validate the options of nnU-Net's training recipe: optimizer, augmentation, foreground oversampling."""

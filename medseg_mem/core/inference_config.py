@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Tuple
 
 from medseg_mem.core.errors import OptionError
+from medseg_mem.core.record import Record
 from medseg_mem.core.names import MAX_OVERLAP, PRECISION_NAMES
 
 
@@ -26,7 +27,7 @@ def check_overlap(overlap) -> float:
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
+class InferenceConfig(Record):
     """How a trained variant segments a volume: ``run``'s evaluation, ``predict`` and ``plan`` share it.
 
     Args:

@@ -39,7 +39,7 @@ from medseg_mem.export.onnx_format import (
     default_onnx_dir,
     require_onnx,
 )
-from medseg_mem.models.build import build_network, inference_state_dict, saved_deep_supervision
+from medseg_mem.models.build import build_network, inference_state_dict
 from medseg_mem.variants import get_variant
 from medseg_mem.variants.resample import guidance_channels
 from medseg_mem.variants.trained_run import open_trained_run
@@ -158,7 +158,7 @@ def check_onnx_logits(onnx_path: Path, saved: Dict[str, Any], example, target: P
     """
 
     spec = saved["model"]
-    model = ModelConfig(tuple(spec["channels"]), deep_supervision=saved_deep_supervision(spec))
+    model = ModelConfig.from_dict(spec)
     reference = build_network(int(spec["in_channels"]), int(spec["num_classes"]), model)
     reference.load_state_dict(saved["state_dict"])
     with torch.inference_mode():

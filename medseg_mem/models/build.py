@@ -56,17 +56,11 @@ def load_networks(
     for stage, path in paths.items():
         saved = load_checkpoint(path, map_location=device)
         spec = saved["model"]
-        model = ModelConfig(channels=tuple(spec["channels"]), deep_supervision=saved_deep_supervision(spec))
+        model = ModelConfig.from_dict(spec)
         net = build_network(spec["in_channels"], spec["num_classes"], model, channels_last=channels_last)
         net.load_state_dict(saved["state_dict"])
         nets[stage] = half_convolutions(net.to(device).eval(), precision)
     return nets
-
-
-def saved_deep_supervision(spec: Dict) -> bool:
-    """Whether a checkpoint's ``model`` settings had deep-supervision heads (checkpoints from before the option:
-    no)."""
-    return bool(spec.get("deep_supervision", False))
 
 
 def inference_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -78,7 +78,7 @@ def with_changes(model: ModelConfig, train: TrainConfig, changes: RunChanges) ->
 
 def write_run_record(run_dir: Path, info: Dict[str, Any], model: ModelConfig, train: TrainConfig) -> Path:
     """``run.json``: what the run is, so ``--resume`` continues it with the very same settings."""
-    record = {**info, "model": dataclasses.asdict(model), "train": dataclasses.asdict(train)}
+    record = {**info, "model": model.to_dict(), "train": train.to_dict()}
     return write_json_atomic(Path(run_dir) / "run.json", record)
 
 
@@ -89,8 +89,8 @@ def load_run_record(run_dir: Path) -> Dict[str, Any]:
         raise MedsegError(f"--resume: no run at {run_dir} (no run.json); list {Path(run_dir).parent} for run ids")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
-        record["model"] = ModelConfig(**{**record["model"], "channels": tuple(record["model"]["channels"])})
-        record["train"] = TrainConfig(**older_train_record(record["train"]))
+        record["model"] = ModelConfig.from_dict(record["model"], strict=True)
+        record["train"] = TrainConfig.from_dict(record["train"], strict=True)
     except (ValueError, KeyError, TypeError) as error:
         raise MedsegError(f"{path}: not a readable run record ({error}); start a new run instead") from error
     except OptionError as error:
@@ -105,17 +105,3 @@ def recorded_setting(error: OptionError) -> str:
     field = error.option.lstrip("-").replace("-", "_")
     section = "model" if field in MODEL_FIELDS else "train" if field in TRAIN_FIELDS else None
     return str(error).replace(error.option, f"{section}.{field}", 1) if section else str(error)
-
-
-def older_train_record(train: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``train`` settings of a ``run.json``, with those of runs recorded before an option existed.
-
-    Runs recorded before ``channels_last`` trained with contiguous weights, and resume so. Runs recorded before
-    ``foreground_oversample`` saved ``skip_empty_slabs``: true is an oversampling of 1 (every slab sample holds
-    foreground), false of 0 (any slab); both draw exactly the slabs they drew before.
-    """
-    train = {"channels_last": False, **train}
-    if "skip_empty_slabs" in train:
-        skip = train.pop("skip_empty_slabs")
-        train.setdefault("foreground_oversample", 1.0 if skip else 0.0)
-    return train

@@ -22,7 +22,6 @@ from typing import Any, Dict, Tuple
 from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.core.config import ModelConfig
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.models.build import saved_deep_supervision
 from medseg_mem.variants import REGISTRY, get_variant
 
 BEST = "best.pt"
@@ -128,8 +127,7 @@ def _trained_run(variant: str, paths: Dict[str, Path], payloads: Dict[str, Dict[
         _check_stage(saved, paths[stage], variant, stage)
         _check_agreement(saved, first, paths[stage], paths[first_stage])
     meta, spec = first["meta"], first["model"]
-    model = ModelConfig(tuple(spec["channels"]), int(spec["slab_size"]), float(spec["downsample"]), spec["guidance"],
-                        saved_deep_supervision(spec))  # fmt: skip
+    model = ModelConfig.from_dict(spec)
     return TrainedRun(
         variant=variant,
         paths=dict(paths),
