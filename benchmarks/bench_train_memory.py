@@ -82,7 +82,7 @@ def planned_step(args, precision, checkpointing):
 
     The measured step has no data loader, so the loader's host bytes (part of a CPU plan) are left out.
     """
-    from medseg_mem.core.config import ModelConfig
+    from medseg_mem.core.config import ModelConfig, TrainConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
 
@@ -91,10 +91,11 @@ def planned_step(args, precision, checkpointing):
     calibration = cached_calibration(args.calibration, args.device, announce=print, mode="training",
                                      precision=precision, checkpointing=checkpointing,
                                      channels_last=args.channels_last, training_setup=training_setup)  # fmt: skip
+    train = TrainConfig(batch_size=args.batch, precision=precision, checkpointing=checkpointing, workers=0,
+                        cache_bytes=0, channels_last=args.channels_last)  # fmt: skip
     plan = plan_variant(
-        "full", args.shape, args.classes, ModelConfig(channels=args.channels), batch=args.batch, mode="training",
-        calibration=calibration, precision=precision, checkpointing=checkpointing, workers=0, cache_bytes=0,
-        device=args.device, channels_last=args.channels_last, validation=False,  # one step, as measured
+        "full", args.shape, args.classes, ModelConfig(channels=args.channels), train, calibration=calibration,
+        device=args.device, validation=False,  # one step, as measured
     )  # fmt: skip
     host = 0 if args.device.startswith("cuda") else plan.host_bytes
     return plan.predicted_bytes - host, calibration.key

@@ -123,9 +123,9 @@ def test_the_planner_counts_the_heads():
     from medseg_mem.memory.planner import plan_variant
 
     plain, supervised = ModelConfig(channels=(4, 8, 16)), ModelConfig(channels=(4, 8, 16), deep_supervision=True)
-    for mode in ("inference", "training"):
-        without = plan_variant("full", (1, 16, 16, 16), K, model=plain, mode=mode)
-        with_heads = plan_variant("full", (1, 16, 16, 16), K, model=supervised, mode=mode)
+    for train in (None, TrainConfig(batch_size=1, channels_last=False)):  # inference, then training
+        without = plan_variant("full", (1, 16, 16, 16), K, model=plain, train=train)
+        with_heads = plan_variant("full", (1, 16, 16, 16), K, model=supervised, train=train)
         assert with_heads.resident_bytes > without.resident_bytes
     assert with_heads.traced_bytes > without.traced_bytes  # training: the heads' outputs and the loss terms
 

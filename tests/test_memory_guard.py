@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.config import ModelConfig, TrainConfig
 from test_predict import bright_scan, make_run, save_tilted
 
 TINY_RUN = ["--channels", "2,4", "--steps", "1", "--val-every", "1", "--quiet"]
@@ -98,8 +98,9 @@ def test_the_lower_bound_never_exceeds_the_trace():
         ((4, 8, 16), (8, 16, 32, 64, 128), (32, 64, 128)), ("full", "patch", "cascade"), ("fp32", "bf16"),
         (False, True)
     ):  # fmt: skip
-        plan = plan_variant(variant, (1, 32, 32, 48), 3, ModelConfig(channels=channels, slab_size=8), batch=2,
-                            mode="training", precision=precision, checkpointing=checkpointing, cache_bytes=0,
+        train = TrainConfig(batch_size=2, precision=precision, checkpointing=checkpointing, cache_bytes=0,
+                            channels_last=False)  # fmt: skip
+        plan = plan_variant(variant, (1, 32, 32, 48), 3, ModelConfig(channels=channels, slab_size=8), train,
                             device="cuda", validation=False)  # fmt: skip
         floor = training_floor(variant, (1, 32, 32, 48), 2, 8, channels[0], precision)
         assert floor <= plan.predicted_bytes - plan.host_bytes, (channels, variant, precision, checkpointing)

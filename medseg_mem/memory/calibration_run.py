@@ -151,11 +151,12 @@ def warm_up() -> None:
     torch's decompositions and, through them, ``torch._dynamo`` and sympy: about 75 MiB of the process), read a
     small NIfTI with MONAI's ``LoadImaged`` (nibabel), orient and normalise it and invert it (``Invertd``), save and
     load a checkpoint."""
-    from medseg_mem.core.config import ModelConfig
+    from medseg_mem.core.config import ModelConfig, TrainConfig
     from medseg_mem.memory.planner import plan_variant
 
-    plan_variant("cascade", (1, 8, 8, 8), 2, ModelConfig(channels=(2, 4)), mode="training", batch=2)
-    plan_variant("cascade", (1, 8, 8, 8), 2, ModelConfig(channels=(2, 4)))
+    tiny = ModelConfig(channels=(2, 4))
+    plan_variant("cascade", (1, 8, 8, 8), 2, tiny, TrainConfig(batch_size=2, channels_last=False))
+    plan_variant("cascade", (1, 8, 8, 8), 2, tiny)
     import nibabel as nib
     import numpy as np
     import torch

@@ -125,11 +125,8 @@ class MemoryCheck:
         """
         from medseg_mem.memory.planner import plan_variant
 
-        options = dict(model=model, batch=train.batch_size, mode="training", precision=train.precision,
-                       checkpointing=train.checkpointing, workers=train.workers, cache_bytes=int(train.cache_bytes),
-                       channels_last=train.channels_last, nproc=nproc, optimizer=train.optimizer, cases=cases,
-                       device=self.device, budget_bytes=self.budget.bytes,
-                       earlier_networks=earlier_networks)  # fmt: skip
+        options = dict(model=model, train=train, nproc=nproc, cases=cases, device=self.device,
+                       budget_bytes=self.budget.bytes, earlier_networks=earlier_networks)  # fmt: skip
         setting = ("training", train.precision, train.checkpointing, train.channels_last)
         return self._plan(plan_variant, (variant, shape, classes), options, setting, calibration)
 
