@@ -70,7 +70,7 @@ class StageJob:
 @dataclass(frozen=True)
 class StageOutcome:
     """How a stage trained; ``snapshots`` maps each mark it passed (seconds) to ``{"seconds", "step"}``;
-    ``peak_bytes``: the memory its training added at its peak, when measured (``training.variant.measured``);
+    ``peak_bytes``: the memory its training added at its peak, when measured (``runner.variant.measured``);
     ``process_peak_bytes``: the whole process at that peak (CPU: resident size; CUDA: memory reserved)."""
 
     best_path: Path
