@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 from medseg_mem.core.changes import RunChanges
-from medseg_mem.core.errors import OptionError
+from medseg_mem.core.errors import OptionError, check_choice
 from medseg_mem.core.record import Record
 from medseg_mem.core.inference_config import InferenceConfig  # re-exported: RunRequest uses it, callers import it here
 from medseg_mem.core.names import (
@@ -90,8 +90,7 @@ class ModelConfig(Record):
             raise OptionError("--slab-size", "must be a positive number of voxels", self.slab_size)
         if not 0 < self.downsample < 1:
             raise OptionError("--downsample", "must lie strictly between 0 and 1", self.downsample)
-        if self.guidance not in GUIDANCE_NAMES:
-            raise OptionError("--guidance", f"must be one of {', '.join(GUIDANCE_NAMES)}", self.guidance)
+        check_choice("--guidance", self.guidance, GUIDANCE_NAMES)
         if self.deep_supervision and len(self.channels) < DEEP_SUPERVISION_LEVELS:
             rule = (f"needs a U-Net of at least {DEEP_SUPERVISION_LEVELS} levels (a decoder level below the top one "
                     "to supervise), e.g. --channels 8,16,32")  # fmt: skip
@@ -174,8 +173,7 @@ class TrainConfig(Record):
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "snapshots", check_wall_clock(self.time_limit, self.snapshots))  # run.json: a list
-        if self.precision not in PRECISION_NAMES:
-            raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", self.precision)
+        check_choice("--precision", self.precision, PRECISION_NAMES)
         if isinstance(self.workers, bool) or int(self.workers) < 0:
             raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", self.workers)
         if isinstance(self.cache_bytes, bool) or int(self.cache_bytes) < 0:
@@ -187,14 +185,10 @@ class TrainConfig(Record):
             raise OptionError("--steps", f"must be at most {MAX_STEPS:,} (a billion steps per stage)", self.steps)
         if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
             raise OptionError("--lr", "must be a positive, finite number", self.lr)
-        if self.lr_schedule not in LR_SCHEDULE_NAMES:
-            raise OptionError("--lr-schedule", f"must be one of {', '.join(LR_SCHEDULE_NAMES)}", self.lr_schedule)
-        if self.loss not in LOSS_NAMES:
-            raise OptionError("--loss", f"must be one of {', '.join(LOSS_NAMES)}", self.loss)
-        if self.class_weights not in CLASS_WEIGHT_NAMES:
-            raise OptionError("--class-weights", f"must be one of {', '.join(CLASS_WEIGHT_NAMES)}", self.class_weights)
-        if self.device not in DEVICE_NAMES:
-            raise OptionError("--device", f"must be one of {', '.join(DEVICE_NAMES)}", self.device)
+        check_choice("--lr-schedule", self.lr_schedule, LR_SCHEDULE_NAMES)
+        check_choice("--loss", self.loss, LOSS_NAMES)
+        check_choice("--class-weights", self.class_weights, CLASS_WEIGHT_NAMES)
+        check_choice("--device", self.device, DEVICE_NAMES)
         if self.seed < 0:
             raise OptionError("--seed", "must be >= 0", self.seed)
         if not 0 <= self.guidance_noise <= 1:
@@ -217,10 +211,8 @@ class TrainConfig(Record):
 
     def _check_recipe(self) -> None:
         """Validate the options of nnU-Net's training recipe: optimizer, augmentation, foreground oversampling."""
-        if self.optimizer not in OPTIMIZER_NAMES:
-            raise OptionError("--optimizer", f"must be one of {', '.join(OPTIMIZER_NAMES)}", self.optimizer)
-        if self.augment not in AUGMENT_NAMES:
-            raise OptionError("--augment", f"must be one of {', '.join(AUGMENT_NAMES)}", self.augment)
+        check_choice("--optimizer", self.optimizer, OPTIMIZER_NAMES)
+        check_choice("--augment", self.augment, AUGMENT_NAMES)
         fraction = self.foreground_oversample
         if isinstance(fraction, bool) or not isinstance(fraction, numbers.Real) or not 0 <= fraction <= 1:
             raise OptionError("--foreground-oversample", "must be a fraction of the slab samples in [0, 1]", fraction)
@@ -228,9 +220,7 @@ class TrainConfig(Record):
 
     def _check_stage2_guidance(self) -> None:
         """Validate ``stage2_guidance`` and ``guidance_folds``."""
-        if self.stage2_guidance not in STAGE2_GUIDANCE_NAMES:
-            raise OptionError("--stage2-guidance", f"must be one of {', '.join(STAGE2_GUIDANCE_NAMES)}",
-                              self.stage2_guidance)  # fmt: skip
+        check_choice("--stage2-guidance", self.stage2_guidance, STAGE2_GUIDANCE_NAMES)
         folds = self.guidance_folds
         if isinstance(folds, bool) or not isinstance(folds, numbers.Integral) or folds < 2:
             raise OptionError("--guidance-folds", "must be a whole number >= 2 (each fold holds out part of the "
@@ -305,9 +295,8 @@ class RunRequest:
     memory_check: bool = True
 
     def __post_init__(self) -> None:
-        if self.inference_precision is not None and self.inference_precision not in PRECISION_NAMES:
-            rule = f"must be one of {', '.join(PRECISION_NAMES)}"
-            raise OptionError("--inference-precision", rule, self.inference_precision)
+        if self.inference_precision is not None:
+            check_choice("--inference-precision", self.inference_precision, PRECISION_NAMES)
 
     def evaluation(self, train: TrainConfig) -> InferenceConfig:
         """How the test split is segmented: :attr:`inference` at :attr:`inference_precision` (else the run's

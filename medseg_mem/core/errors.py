@@ -41,6 +41,22 @@ class OptionError(MedsegError):
         super().__init__(f"{option} {rule}; got {value!r}")
 
 
+def check_choice(option: str, value: object, names: Sequence[str]) -> object:
+    """``value`` when it is one of ``names`` (a tuple of :mod:`medseg_mem.core.names`, which the CLI's
+    ``click.Choice`` is built from too): the one rule of a choice option.
+
+    Raises:
+        OptionError: ``<option> must be one of <names>; got <value>``.
+
+    Example:
+        >>> check_choice("--precision", "bf16", ("fp32", "bf16"))
+        'bf16'
+    """
+    if value not in names:
+        raise OptionError(option, f"must be one of {', '.join(names)}", value)
+    return value
+
+
 def did_you_mean(name: str, valid: Iterable[str]) -> str:
     """Return a hint such as "did you mean 'patch'? Valid: full, patch, cascade" for an unknown ``name``."""
     valid = list(valid)

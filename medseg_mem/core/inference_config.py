@@ -9,7 +9,7 @@ import numbers
 from dataclasses import dataclass
 from typing import Tuple
 
-from medseg_mem.core.errors import OptionError
+from medseg_mem.core.errors import OptionError, check_choice
 from medseg_mem.core.record import Record
 from medseg_mem.core.names import MAX_OVERLAP, PRECISION_NAMES
 
@@ -63,8 +63,7 @@ class InferenceConfig(Record):
         if isinstance(self.sw_batch_size, bool) or not isinstance(self.sw_batch_size, int) or self.sw_batch_size < 1:
             raise OptionError("--sw-batch-size", "must be a whole number of slabs >= 1", self.sw_batch_size)
         check_overlap(self.overlap)
-        if self.precision not in PRECISION_NAMES:
-            raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", self.precision)
+        check_choice("--precision", self.precision, PRECISION_NAMES)
         check_tta_axes(self.tta_axes)
 
     @property

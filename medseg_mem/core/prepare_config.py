@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple, Union
 
-from medseg_mem.core.errors import OptionError
+from medseg_mem.core.errors import OptionError, check_choice
 from medseg_mem.core.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
 
 
@@ -48,8 +48,7 @@ class PrepareConfig:
     splits: Optional[Path] = None
 
     def __post_init__(self) -> None:
-        if self.reader not in READER_NAMES:
-            raise OptionError("--reader", f"must be one of {', '.join(READER_NAMES)}", self.reader)
+        check_choice("--reader", self.reader, READER_NAMES)
         if isinstance(self.spacing, str) and self.spacing != "median":
             raise OptionError("--spacing", "must be 'median' or three positive numbers like 1,1,1.5", self.spacing)
         if isinstance(self.spacing, tuple) and not (len(self.spacing) == 3 and all(math.isfinite(s) and s > 0
@@ -57,8 +56,7 @@ class PrepareConfig:
             raise OptionError("--spacing", "must be three positive, finite numbers like 1,1,1.5", self.spacing)
         if self.seed < 0:
             raise OptionError("--seed", "must be >= 0", self.seed)
-        if self.synthetic not in SYNTHETIC_NAMES:
-            raise OptionError("--synthetic", f"must be one of {', '.join(SYNTHETIC_NAMES)}", self.synthetic)
+        check_choice("--synthetic", self.synthetic, SYNTHETIC_NAMES)
         if self.task_dir is not None and (self.cases is not None or self.shape is not None or self.synthetic != "rods"):
             rule = "only apply to a generated task (no TASK_DIR)"
             raise OptionError("--synthetic/--cases/--shape", rule, str(self.task_dir))
