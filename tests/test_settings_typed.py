@@ -36,8 +36,8 @@ def test_every_setting_option_of_run_is_a_config_field():
 def test_slab_size_from_the_command_line_reaches_the_model_config_typed(monkeypatch, tmp_path):
     seen = []
     monkeypatch.setattr("medseg_mem.runner.run.run_variants", lambda request, echo: seen.append(request))
-    result = CliRunner().invoke(main, ["run", "--slab-size", "8", "--channels", "4,8", "--any-slab", "--no-memory-check",
-                                       "--data", str(tmp_path / "none")])  # fmt: skip
+    result = CliRunner().invoke(main, ["run", "--slab-size", "8", "--channels", "4,8", "--any-slab",
+                                       "--no-memory-check", "--data", str(tmp_path / "none")])  # fmt: skip
     assert result.exit_code == 0, result.output
     (request,) = seen
     assert request.changes == RunChanges(ModelChanges(channels=(4, 8), slab_size=8),

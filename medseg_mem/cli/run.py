@@ -253,8 +253,8 @@ def check_network_options(changes: RunChanges, variants) -> None:
         from medseg_mem.runner.variant import check_snapshots
         from medseg_mem.variants import resolve_variants
 
-        check_snapshots(resolve_variants(list(variants)),
-                        TrainConfig(stage2_guidance="predicted", time_limit=train.time_limit, snapshots=train.snapshots))
+        predicted = TrainConfig(stage2_guidance="predicted", time_limit=train.time_limit, snapshots=train.snapshots)
+        check_snapshots(resolve_variants(list(variants)), predicted)
 
 
 def slab_alias(skip: Optional[bool], oversample: Optional[float]) -> Optional[float]:

@@ -46,7 +46,6 @@ from medseg_mem.memory.meta import FLOAT_BYTES, check_countable
 from medseg_mem.memory.planner_trace import trace_inference
 from medseg_mem.memory.planner_training import trace_training
 
-MODES = ("inference", "training")
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)
 PREFETCH_FACTOR = 2  # batches a DataLoader worker prepares ahead (torch's default)
 DEFAULT_CACHE_BYTES = TrainConfig.cache_bytes
