@@ -43,7 +43,7 @@ def full_size_prediction(run, scan) -> np.ndarray:
     data = segmenter.preprocess(scan)
     with torch.inference_mode():
         image = data["image"].as_tensor()[None].float()
-        probabilities = full_size_probabilities(trained.variant, segmenter.nets, image, trained.model,
+        probabilities = full_size_probabilities(trained.variant, segmenter.run.nets, image, trained.model,
                                                 trained.num_classes)[0].float().cpu()  # fmt: skip
     return restore_grid(segmenter.pipeline, data, probabilities.clone(), scan)
 

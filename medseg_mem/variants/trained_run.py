@@ -23,7 +23,7 @@ from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.core.config import ModelConfig
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.models.build import saved_deep_supervision
-from medseg_mem.variants import REGISTRY, get_variant
+from medseg_mem.variants.registry import REGISTRY, get_variant
 
 BEST = "best.pt"
 SHARED_META = ("class_names", "modalities", "preprocessing")
