@@ -41,7 +41,7 @@ from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
 from medseg_mem.core.device import resolve_device
 from medseg_mem.memory.measure import InProcessPeak
 from medseg_mem.core.units import format_bytes
-from medseg_mem.variants import TrainedVariant, get_variant
+from medseg_mem.variants import TrainedVariant
 from medseg_mem.core.files.output_lock import output_lock
 from medseg_mem.core.files.writable import check_output_folder
 
@@ -107,7 +107,7 @@ class Segmenter:
         device: where the networks run.
         inference: slab batch, overlap and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
         engine: ``"torch"``, or ``"onnxruntime"``: the run's ONNX models in ONNX Runtime sessions
-            (:func:`~medseg_mem.export.onnx_engine.onnx_networks`; CPU, fp32), called by the variant like the networks.
+            (:func:`~medseg_mem.export.onnx_engine.onnx_variant`; CPU, fp32), called by the variant like the networks.
 
     Raises:
         MedsegError: ``engine`` is onnxruntime and onnxruntime is not installed, or a model cannot be loaded.
@@ -125,10 +125,9 @@ class Segmenter:
         self.inference = inference or InferenceConfig()
         self.engine = engine
         if engine == "onnxruntime":
-            from medseg_mem.export.onnx_engine import onnx_networks
+            from medseg_mem.export.onnx_engine import onnx_variant
 
-            self.run = TrainedVariant(get_variant(trained.variant), onnx_networks(trained), trained.model,
-                                      trained.num_classes, self.inference, labels_device="cpu")  # fmt: skip
+            self.run = onnx_variant(trained, self.inference, labels_device="cpu")
         else:
             self.run = TrainedVariant.load(trained, device, self.inference, labels_device="cpu")
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
