@@ -137,3 +137,28 @@ def test_unknown_variant_suggests_the_nearest_name():
 def test_all_expands_in_registry_order():
     assert resolve_variants(["all"]) == ["full", "patch", "cascade"]
     assert resolve_variants(["cascade", "full"]) == ["cascade", "full"]
+
+
+def test_a_trained_variant_builds_its_slab_inferers_once(monkeypatch):
+    import medseg_mem.variants.base as base_module
+
+    built = []
+    slab_inferer = base_module.SlabInferer
+    def counted(**settings):
+        built.append(settings.get("output", "logits"))
+        return slab_inferer(**settings)
+
+    monkeypatch.setattr(base_module, "SlabInferer", counted)
+    variant = get_variant("cascade")
+    run = TrainedVariant(variant, networks(variant), MODEL, K)
+    image, _ = sample()
+    with torch.inference_mode():
+        first, second, probabilities = run.segment(image), run.segment(image), run.probabilities(image)
+    assert built == ["logits", "labels"]  # stage 2's two, made with the object; stage 1 is whole-volume
+    assert torch.equal(first, second) and torch.equal(first.long(), probabilities.argmax(dim=1, keepdim=True))
+
+
+def test_a_trained_variant_without_a_stages_network_names_it():
+    variant = get_variant("cascade")
+    with pytest.raises(MedsegError, match="stage2"):
+        TrainedVariant(variant, {"stage1": networks(variant)["stage1"]}, MODEL, K)
