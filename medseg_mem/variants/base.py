@@ -149,8 +149,8 @@ class StageInference:
 
     def labels(self, x: torch.Tensor | SlabSource) -> torch.Tensor:
         """Label map ``(B, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of the whole volume ``x`` on the
-        inference's ``device``: slab by slab, or the argmax of one pass taken a few slices at a time. ``x`` may
-        be a :class:`~medseg_mem.inference.source.SlabSource` for a slab stage."""
+        ``device`` given (default: where the network runs): slab by slab, or the argmax of one pass taken a few
+        slices at a time. ``x`` may be a :class:`~medseg_mem.inference.source.SlabSource` for a slab stage."""
         if self.stage.slab:
             return self.labels_inferer(x, self.network)
         return labels_of(self.network(x), self.device)
