@@ -52,7 +52,7 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
     from medseg_mem.core.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
-    from medseg_mem.variants import get_variant
+    from medseg_mem.variants import TrainedVariant, get_variant
 
     torch.manual_seed(0)
     model, variant = ModelConfig(channels=CHANNELS), get_variant(variant_name)
@@ -61,8 +61,8 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
             for s in variant.stages()}  # fmt: skip
     image = torch.randn((1, *shape), device=device)
     inference = InferenceConfig(precision=precision)
-    return _timed(lambda: variant.segment(nets, image, model, classes, inference=inference), repeats, timing_file,
-                  device)  # fmt: skip
+    run = TrainedVariant(variant, nets, model, classes, inference)
+    return _timed(lambda: run.segment(image), repeats, timing_file, device)
 
 
 def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, timing_file, device):

@@ -80,6 +80,30 @@ def test_the_loss_is_the_weighted_sum_over_nearest_downsampled_labels():
     assert torch.allclose(DeepSupervisionLoss(plain, outputs=3)(logits, label), by_hand, rtol=0, atol=1e-6)
 
 
+def test_monais_deep_supervision_loss_differs_only_in_how_it_downsamples_the_label():
+    """Why ours is kept beside ``monai.losses.DeepSupervisionLoss`` (MONAI 1.6.1): given our weights it sums the same
+    terms, but it resizes the label with ``F.interpolate(mode="nearest-exact")``, which refuses int64 labels and, on
+    float ones, samples the centre of each ``2**k`` block (voxel ``2**k * i + 2**k // 2``) where ours (and PyTorch's
+    ``nearest``) takes its first voxel: another loss. With our label downsampling swapped in the two are equal."""
+    from monai.losses import DeepSupervisionLoss as MonaiDeepSupervisionLoss
+
+    from medseg_mem.models.deep_supervision import downsampled_label, supervision_weights
+
+    torch.manual_seed(2)
+    logits = [torch.randn(2, K, 8, 8, 4), torch.randn(2, K, 4, 4, 2), torch.randn(2, K, 2, 2, 1)]
+    label = torch.randint(0, K, (2, 1, 8, 8, 4))
+    plain = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    ours = DeepSupervisionLoss(plain, outputs=3)(logits, label)
+    monai = MonaiDeepSupervisionLoss(plain, weights=supervision_weights(3))
+    with pytest.raises(NotImplementedError):
+        monai(logits, label)  # int64 labels: "compute_indices_weights_nearest" not implemented for 'Long'
+    assert not torch.allclose(monai(logits, label.float()), ours, rtol=0, atol=1e-3)
+    centre = F.interpolate(label.float(), size=(4, 4, 2), mode="nearest-exact")
+    assert torch.equal(centre, label[:, :, 1::2, 1::2, 1::2].float())
+    monai.get_loss = lambda output, target: plain(output, downsampled_label(target, target.shape[2] // output.shape[2]))
+    assert torch.equal(monai(logits, label), ours)
+
+
 def test_make_loss_supervises_every_output_only_for_a_deep_supervised_model():
     stage, train = get_variant("full").stages()[0], TrainConfig()
     assert isinstance(make_loss(stage, train, None, DS_MODEL), DeepSupervisionLoss)

@@ -123,7 +123,7 @@ def test_both_engines_segment_a_scan_alike(runs, scan, tmp_path, variant):
     segmenter = Segmenter(open_trained_run(runs[variant]), torch.device("cpu"), engine="onnxruntime")
     image = segmenter.preprocess(scan)["image"].as_tensor()[None].float()
     stage = STAGES[variant][-1]
-    guide = torch.rand(1, segmenter.nets[stage].session.get_inputs()[0].shape[1] - 1, *image.shape[2:])
+    guide = torch.rand(1, segmenter.run.nets[stage].session.get_inputs()[0].shape[1] - 1, *image.shape[2:])
     x = torch.cat([image, guide], dim=1) if variant == "cascade" else image
     expected, got = torch_and_onnx_logits(runs[variant], runs[variant] / "onnx", stage, x)
     difference = float((got - expected).abs().max())

@@ -32,15 +32,15 @@ GB = 10**9
 def full_setup(shape, classes, channels):
     """Measured counterpart of ``plan_variant("full", ...)``: the full variant's segment on a random image."""
     from medseg_mem.models.unet import UNet3D
-    from medseg_mem.variants import get_variant
-
     from medseg_mem.models.build import channels_last_layout
+    from medseg_mem.variants import TrainedVariant, get_variant
 
     torch.manual_seed(0)
     model, variant = ModelConfig(channels=channels), get_variant("full")
     nets = {"full": channels_last_layout(UNet3D(shape[0], classes, channels).eval())}  # as predict loads them
     image = torch.randn((1, *shape))
-    return lambda: variant.segment(nets, image, model, classes)
+    run = TrainedVariant(variant, nets, model, classes)
+    return lambda: run.segment(image)
 
 
 def test_tracer_counts_live_storages_once():

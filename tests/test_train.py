@@ -12,7 +12,7 @@ from medseg_mem.core.errors import MedsegError
 from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import StageData
-from medseg_mem.variants import get_variant
+from medseg_mem.variants import TrainedVariant, get_variant
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)
@@ -314,5 +314,6 @@ def test_validation_and_evaluation_hold_one_case_at_a_time(tmp_path, variant):
     validation_job = StageJob(variant, stage, 1, K, MODEL, TrainConfig(), cases, tmp_path, torch.device("cpu"))
     assert len(train_module.validate(validation_job, net)) == K - 1 and cases.most == 1
     evaluated = CountingCases()
-    evaluate_variant(get_variant(variant), {stage.name: net}, evaluated, MODEL, K, torch.device("cpu"))
+    run = TrainedVariant(get_variant(variant), {stage.name: net}, MODEL, K)
+    evaluate_variant(run, evaluated, torch.device("cpu"))
     assert evaluated.most == 1

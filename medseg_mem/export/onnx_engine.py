@@ -11,9 +11,11 @@ one made from other weights (its ``recipe.json`` records each stage checkpoint's
 networks into a temporary folder first (about a second per stage) and deletes it once the sessions are loaded.
 
 Example:
-    >>> nets = onnx_networks(open_trained_run(Path("medseg-work/runs/<run id>")))  # doctest: +SKIP
-    >>> nets["patch"](torch.zeros(1, 1, 32, 32, 16)).shape  # doctest: +SKIP
+    >>> run = onnx_variant(open_trained_run(Path("medseg-work/runs/<run id>")))  # doctest: +SKIP
+    >>> run.nets["patch"](torch.zeros(1, 1, 32, 32, 16)).shape  # doctest: +SKIP
     torch.Size([1, 3, 32, 32, 16])
+    >>> run.segment(torch.zeros(1, 1, 32, 32, 40)).shape  # doctest: +SKIP
+    torch.Size([1, 1, 32, 32, 40])
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ import contextlib
 import json
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
-
+from medseg_mem.core.config import InferenceConfig
 from medseg_mem.core.errors import OptionError, look_up_option
 from medseg_mem.core.files.digest import read_digests, sha256_file
 from medseg_mem.export.onnx import write_onnx
 from medseg_mem.export.onnx_format import ONNX_FORMAT, RECIPE_FILE, OnnxNetwork, default_onnx_dir, require_onnx
+from medseg_mem.variants import TrainedVariant, get_variant
 
 #: ``--engine`` values of ``predict``: PyTorch (the default) or ONNX Runtime's CPU provider.
 ENGINE_NAMES = ("torch", "onnxruntime")
@@ -56,6 +59,18 @@ def check_engine(engine: str, device: str, precision: str) -> str:
                           precision)  # fmt: skip
     require_onnx("--engine onnxruntime")
     return "cpu"
+
+
+def onnx_variant(trained, inference: InferenceConfig = None, labels_device: Any = None) -> TrainedVariant:
+    """The trained run segmenting with its ONNX models (:func:`onnx_networks`): the same
+    :class:`~medseg_mem.variants.trained.TrainedVariant` as with PyTorch, the sessions in place of the U-Nets.
+
+    Raises:
+        MedsegError: onnxruntime is missing, or a model cannot be loaded.
+    """
+    nets = onnx_networks(trained)
+    return TrainedVariant(get_variant(trained.variant), nets, trained.model, trained.num_classes, inference,
+                          labels_device)  # fmt: skip
 
 
 def onnx_networks(trained) -> Dict[str, OnnxNetwork]:

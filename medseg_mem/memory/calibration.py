@@ -109,14 +109,15 @@ def network_setup(shape: Shape, classes: int, channels: Tuple[int, ...], device:
     from medseg_mem.core.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
-    from medseg_mem.variants import get_variant
+    from medseg_mem.variants import TrainedVariant, get_variant
 
     torch.manual_seed(0)
     net = half_convolutions(UNet3D(shape[1], classes, channels).eval().to(device), precision)
     nets = {"full": channels_last_layout(net) if channels_last else net}
     image, model = torch.randn(shape, device=device), ModelConfig(channels=tuple(channels))
     inference = InferenceConfig(precision=precision, channels_last=channels_last)
-    return lambda: get_variant("full").segment(nets, image, model, classes, inference=inference)
+    run = TrainedVariant(get_variant("full"), nets, model, classes, inference)
+    return lambda: run.segment(image)
 
 
 def fit(points: Sequence[Tuple[float, float]]) -> Tuple[float, float]:

@@ -1,4 +1,4 @@
-"""The planner's inference trace: a variant's ``segment`` on ``meta`` U-Nets (:mod:`~medseg_mem.memory.meta`) under a
+"""The planner's inference trace: a variant's segmentation on ``meta`` U-Nets (:mod:`~medseg_mem.memory.meta`) under a
 live-set tracer.
 
 The slab loop is traced with :func:`~medseg_mem.inference.slab.representative_slabs`: only the slab groups
@@ -18,7 +18,9 @@ from medseg_mem.memory.meta import (
 
 
 def trace_inference(variant, shape, classes, model, batch, inference=None, device: str = "cpu"):
-    """Trace ``variant.segment`` on ``meta`` under inference mode; returns ``(resident bytes, trace)``.
+    """Trace ``variant``'s segmentation on ``meta`` under inference mode; returns ``(resident bytes, trace)``. It
+    segments through a :class:`~medseg_mem.variants.trained.TrainedVariant` of ``meta`` networks, the object
+    evaluation and ``predict`` segment with.
 
     ``inference`` (:class:`~medseg_mem.core.config.InferenceConfig`) sets the slab batch and overlap, traced as they
     run, and the precision: autocast cannot run on ``meta``, so the networks compute in the half dtype as under
@@ -32,6 +34,7 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
     from medseg_mem.core.config import InferenceConfig
     from medseg_mem.inference.slab import representative_slabs
     from medseg_mem.memory.trace import LiveSetTracer
+    from medseg_mem.variants import TrainedVariant
 
     inference = inference or InferenceConfig()
     nets = {name: net.eval() for name, net in meta_networks(variant, shape[0], classes, model).items()}
@@ -42,8 +45,9 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
     with countable(shape, batch):
         image = torch.zeros((batch, *shape), device="meta")
         existing = [image, *(t for net in nets.values() for t in (*net.parameters(), *net.buffers()))]
+        run = TrainedVariant(variant, nets, model, classes, on_meta)
         transient = backend_transient(device, inference.channels_last)
         with torch.inference_mode(), representative_slabs(), \
                 LiveSetTracer(existing, nets.values(), transient=transient) as tracer:  # fmt: skip
-            variant.segment(nets, image, model, classes, inference=on_meta)
+            run.segment(image)
     return resident + image.numel() * FLOAT_BYTES, tracer.trace

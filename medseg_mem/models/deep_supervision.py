@@ -12,6 +12,13 @@ decoder level has a head and its weight, so a 3-level U-Net (``--channels 4,8,16
 no head is idle (nnU-Net's DDP training gives its idle head 1e-6 instead of 0: DDP refuses parameters that get no
 gradient).
 
+Why not ``monai.losses.DeepSupervisionLoss`` (MONAI 1.6.1)? Given these weights (its ``weights=``; its default
+``"exp"`` mode leaves 1, 1/2, 1/4, ... unnormalised) it sums the same terms, but it resizes the label with
+``F.interpolate(mode="nearest-exact")``: that refuses the int64 labels the losses take (``NotImplementedError``
+for ``Long``), and on a float label it samples the centre of each ``2**k`` block (voxel ``2**k * i + 2**k // 2``)
+instead of its first voxel, so it gives another loss (and other weights for a seeded run). With this module's
+label downsampling swapped in, its loss equals this one bit for bit (tests/test_deep_supervision.py).
+
 Example:
     >>> from monai.losses import DiceCELoss
     >>> loss = DeepSupervisionLoss(DiceCELoss(to_onehot_y=True, softmax=True), outputs=3)

@@ -150,17 +150,15 @@ def case_segmenter(trained: TrainedRun, device: str, inference: InferenceConfig)
     import torch
 
     from medseg_mem.core.device import resolve_device
-    from medseg_mem.models.build import load_networks
-    from medseg_mem.variants import get_variant
+    from medseg_mem.variants import TrainedVariant
 
     torch_device = resolve_device(device)
-    nets = load_networks(trained.paths, torch_device, inference.channels_last, inference.precision)
-    variant = get_variant(trained.variant)
+    run = TrainedVariant.load(trained, torch_device, inference, labels_device="cpu")
 
     def segment(image: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(torch_device)
         with torch.inference_mode():
-            labels = variant.segment(nets, batch, trained.model, trained.num_classes, device="cpu", inference=inference)
+            labels = run.segment(batch)
         return labels[0, 0].numpy()
 
     return segment

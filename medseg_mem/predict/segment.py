@@ -41,8 +41,7 @@ from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
 from medseg_mem.core.device import resolve_device
 from medseg_mem.memory.measure import InProcessPeak
 from medseg_mem.core.units import format_bytes
-from medseg_mem.models.build import load_networks
-from medseg_mem.variants import get_variant
+from medseg_mem.variants import TrainedVariant
 from medseg_mem.core.files.output_lock import output_lock
 from medseg_mem.core.files.writable import check_output_folder
 
@@ -100,14 +99,15 @@ class PredictSummary:
 
 
 class Segmenter:
-    """A trained run ready to segment scans: networks on ``device`` and the run's preprocessing pipeline.
+    """A trained run ready to segment scans: its :class:`~medseg_mem.variants.trained.TrainedVariant` (``run``:
+    networks on ``device``, label maps kept on the CPU) and the run's preprocessing pipeline.
 
     Args:
         trained: the run, from :func:`~medseg_mem.variants.trained_run.open_trained_run`.
         device: where the networks run.
         inference: slab batch, overlap and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
         engine: ``"torch"``, or ``"onnxruntime"``: the run's ONNX models in ONNX Runtime sessions
-            (:func:`~medseg_mem.export.onnx_engine.onnx_networks`; CPU, fp32), called by the variant like the networks.
+            (:func:`~medseg_mem.export.onnx_engine.onnx_variant`; CPU, fp32), called by the variant like the networks.
 
     Raises:
         MedsegError: ``engine`` is onnxruntime and onnxruntime is not installed, or a model cannot be loaded.
@@ -123,14 +123,13 @@ class Segmenter:
         self.trained = trained
         self.device = device
         self.inference = inference or InferenceConfig()
-        self.variant = get_variant(trained.variant)
         self.engine = engine
         if engine == "onnxruntime":
-            from medseg_mem.export.onnx_engine import onnx_networks
+            from medseg_mem.export.onnx_engine import onnx_variant
 
-            self.nets = onnx_networks(trained)
+            self.run = onnx_variant(trained, self.inference, labels_device="cpu")
         else:
-            self.nets = load_networks(trained.paths, device, self.inference.channels_last, self.inference.precision)
+            self.run = TrainedVariant.load(trained, device, self.inference, labels_device="cpu")
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
         self.peak = (0, "")  # the largest inference peak so far, and how it was measured
         self.device_peak = 0  # CUDA: the most memory reserved at an inference's peak
@@ -144,7 +143,7 @@ class Segmenter:
         data = self.preprocess(scan)
         if resamples(self.trained.preprocessing):
             return restore_grid(self.pipeline, data, self.probabilities(data["image"], scan), scan)
-        if self.variant.reads_slabs_only():
+        if self.run.variant.reads_slabs_only():
             return restore_labels(self.pipeline, data, self.spilled_labels(data, scan), scan)
         return restore_labels(self.pipeline, data, self.labels(data["image"], scan), scan)
 
@@ -166,18 +165,16 @@ class Segmenter:
 
     def labels(self, image: torch.Tensor | SpilledImage, scan: Path) -> torch.Tensor:
         """Label map ``(1, X, Y, Z)`` (uint8) of the preprocessed image, made straight into CPU memory."""
-        trained = self.trained
         with self._out_of_memory(scan), torch.inference_mode():
             batch = image if isinstance(image, SpilledImage) else image.as_tensor()[None].float().to(self.device)
             with self._measured(0 if isinstance(batch, SpilledImage) else tensor_bytes(batch)):
-                out = self.variant.segment(self.nets, batch, trained.model, trained.num_classes, device="cpu",
-                                           inference=self.inference)[0]
+                out = self.run.segment(batch)[0]
         return out.clone()  # a normal tensor again (not an inference tensor) for MONAI's inverse transforms
 
     @contextlib.contextmanager
     def _measured(self, input_bytes: int) -> Iterator[None]:
         """Measure the block's peak (weights and ``input_bytes`` included) into :attr:`peak` if it is the largest."""
-        weights = sum(map(network_bytes, self.nets.values()))
+        weights = sum(map(network_bytes, self.run.nets.values()))
         with InProcessPeak(self.device.type, weights + input_bytes) as peak:
             yield
         self.peak = max(self.peak, (peak.peak_bytes, peak.method))
@@ -185,10 +182,9 @@ class Segmenter:
 
     def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
         """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU (resampled runs)."""
-        trained = self.trained
         with self._out_of_memory(scan), torch.inference_mode():
             batch = image.as_tensor()[None].float().to(self.device)
-            out = self.variant.probabilities(self.nets, batch, trained.model, trained.num_classes, self.inference)
+            out = self.run.probabilities(batch)
             out = out[0].float().cpu()
         return out.clone()
 

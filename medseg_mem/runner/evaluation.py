@@ -1,9 +1,10 @@
 """What a trained variant is filed as: its test-split evaluation, its peak inference memory and its result rows.
 
-:func:`evaluate_variant` segments each case with the whole variant and scores it (Dice per class,
+:func:`evaluate_variant` segments each case with the whole variant (a
+:class:`~medseg_mem.variants.trained.TrainedVariant`) and scores it (Dice per class,
 :mod:`medseg_mem.inference.metrics`; seconds per case); :func:`evaluate_checkpoints` segments the test split one case
-at a time with the stage checkpoints; :func:`measure_variant_memory` measures the whole variant's inference peak on the largest test case
-(:func:`medseg_mem.memory.measure.measure_peak`, in a fresh process); :func:`result_rows` makes one tidy row per
+at a time with the stage checkpoints; :func:`measure_variant_memory` measures the whole variant's inference peak on
+the largest test case (:func:`medseg_mem.memory.measure.measure_peak`, in a fresh process); :func:`result_rows` makes one tidy row per
 foreground class for the results CSV (:mod:`medseg_mem.report.results`), the training's own peak memory included.
 """
 
@@ -12,11 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from medseg_mem import __version__
 from medseg_mem.core.config import InferenceConfig, ModelConfig, TrainConfig
@@ -28,7 +28,7 @@ from medseg_mem.memory.measure import MemoryReading, measure_peak
 from medseg_mem.models.build import load_networks
 from medseg_mem.report.results import utc_timestamp
 from medseg_mem.runner.snapshots import Snapshot
-from medseg_mem.variants import Variant, get_variant
+from medseg_mem.variants import TrainedVariant, get_variant
 
 
 def synchronize(device: torch.device) -> None:
@@ -65,31 +65,23 @@ def scored(segment: Callable, case: Tuple[torch.Tensor, torch.Tensor], num_class
     return dice_per_class(labels.cpu(), label, num_classes), elapsed
 
 
-def evaluate_variant(
-    variant: Variant,
-    nets: Mapping[str, nn.Module],
-    cases: Sequence[Tuple[torch.Tensor, torch.Tensor]],
-    model: ModelConfig,
-    num_classes: int,
-    device: torch.device,
-    inference: InferenceConfig = None,
-) -> Evaluation:
-    """Segment each ``(image (1,C,X,Y,Z), label (1,1,X,Y,Z))`` case with the whole variant and score it.
+def evaluate_variant(run: TrainedVariant, cases: Sequence[Tuple[torch.Tensor, torch.Tensor]],
+                     device: torch.device) -> Evaluation:  # fmt: skip
+    """Segment each ``(image (1,C,X,Y,Z), label (1,1,X,Y,Z))`` case with the whole variant ``run`` (its networks
+    put in evaluation mode; its inference settings set the slab batch, overlap and precision) and score it.
 
-    The first case is run once untimed to warm up (allocator, kernels), then every case is timed. ``inference``
-    sets the slab batch, overlap and precision (default: :class:`~medseg_mem.core.config.InferenceConfig`).
+    The first case is run once untimed to warm up (allocator, kernels), then every case is timed.
     """
-    for net in nets.values():
-        net.eval()
+    run.eval()
 
     def segment(image):
-        return variant.segment(nets, image.to(device), model, num_classes, inference=inference)
+        return run.segment(image.to(device))
 
     scores, seconds = [], []
     with torch.inference_mode():
         segment(cases[0][0])
         for index in range(len(cases)):
-            score, elapsed = scored(segment, cases[index], num_classes, device)
+            score, elapsed = scored(segment, cases[index], run.num_classes, device)
             scores.append(score)
             seconds.append(elapsed)
     dice, counts = mean_dice(torch.cat(scores))
@@ -123,11 +115,12 @@ def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelCo
     torch_device = torch.device(device)
     nets = load_networks({k: Path(v) for k, v in paths.items()}, torch_device, inference.channels_last,
                          inference.precision)  # fmt: skip
-    variant, image = get_variant(variant_name), torch.as_tensor(image).to(torch_device)
+    run = TrainedVariant(get_variant(variant_name), nets, model, num_classes, inference)
+    image = torch.as_tensor(image).to(torch_device)
 
     def infer():
         with torch.inference_mode():
-            return variant.segment(nets, image, model, num_classes, inference=inference)
+            return run.segment(image)
 
     return infer
 
@@ -190,8 +183,8 @@ def process_columns(result: VariantResult) -> dict:
 def evaluate_checkpoints(name, paths, dataset, model, device, inference: InferenceConfig) -> Evaluation:
     """Segment the test split with variant ``name`` made of the stage checkpoints ``paths`` and score it."""
     nets = load_networks(paths, device, inference.channels_last, inference.precision)
-    return evaluate_variant(get_variant(name), nets, CaseStream(dataset, "test"), model, dataset.num_classes,
-                            device, inference)  # fmt: skip
+    run = TrainedVariant(get_variant(name), nets, model, dataset.num_classes, inference)
+    return evaluate_variant(run, CaseStream(dataset, "test"), device)
 
 
 def evaluate_snapshot(final: VariantResult, snapshot: Snapshot, dataset, model, device, inference,

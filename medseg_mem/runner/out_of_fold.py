@@ -43,6 +43,7 @@ from medseg_mem.training import distributed
 from medseg_mem.training.guidance_files import GUIDANCE_FOLDER, save_guidance
 from medseg_mem.training.sampling import StageData
 from medseg_mem.training.wallclock import StageTimes
+from medseg_mem.variants import StageInference
 
 #: Offset of the fold models' seeds from stage 1's, so their samples and initial weights differ from its own.
 FOLD_SEED_OFFSET = 1000
@@ -82,12 +83,12 @@ def predict_cases(checkpoint: Path, stage, model, dataset, device, case_ids: Seq
         stage: the :class:`~medseg_mem.variants.base.Stage` it belongs to; ``model``: its ``ModelConfig``.
         dataset: the prepared dataset the cases are read from; ``device``: where the network runs.
     """
-    net = load_networks({stage.name: checkpoint}, device)[stage.name]
+    run = StageInference(stage, load_networks({stage.name: checkpoint}, device)[stage.name], model)
     with torch.inference_mode():
         for case_id in case_ids:
             image, label = open_case(dataset, case_id)
             x, _ = stage.inputs(as_tensor(image)[None], as_tensor(label)[None], model, dataset.num_classes)
-            labels = stage.forward(net, x.to(device), model).argmax(dim=1)[0]
+            labels = run.logits(x.to(device)).argmax(dim=1)[0]
             save_guidance(folder, case_id, labels)
 
 

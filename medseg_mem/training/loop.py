@@ -39,7 +39,7 @@ from medseg_mem.training.optimizer import build_optimizer
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
 from medseg_mem.training.wallclock import Clock, StageTimes, snapshot_path
-from medseg_mem.variants.base import Stage
+from medseg_mem.variants.base import Stage, StageInference
 
 
 @dataclass
@@ -118,20 +118,21 @@ def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
     """Mean Dice per foreground class of this stage's own output on the validation cases (one at a time); a class
     absent from a case's label and prediction is left out of its mean (NaN when no case scores it)."""
     net.eval()
+    run = StageInference(job.stage, net, job.model, device="cpu")
     with torch.inference_mode():
-        scores = [case_dice(job, net, case_id) for case_id in job.data.validation_ids()]
+        scores = [case_dice(job, run, case_id) for case_id in job.data.validation_ids()]
     net.train()
     return mean_dice(torch.cat(scores))[0]
 
 
-def case_dice(job: StageJob, net: torch.nn.Module, case_id: str) -> torch.Tensor:
+def case_dice(job: StageJob, run: StageInference, case_id: str) -> torch.Tensor:
     """Dice per foreground class ``(1, K-1)`` of one val case, segmented into a uint8 label map on the CPU.
 
     Everything of the case is made and freed inside this call, so no case's input, output or logits is alive
     while the next one is read (they were, and the run's peak grew with the val split).
     """
     x, y = job.data.validation_pair(case_id, job.device)
-    labels = job.stage.labels(net, x, job.model, device="cpu")
+    labels = run.labels(x)
     return dice_per_class(labels, y, job.num_classes)
 
 

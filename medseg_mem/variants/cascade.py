@@ -11,12 +11,10 @@ nnU-Net does.
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping
+from typing import List
 
 import torch
-from torch import nn
 
-from medseg_mem.core.config import InferenceConfig, ModelConfig
 from medseg_mem.variants.resample import resample_image, scaled_size
 from medseg_mem.variants.base import Stage, Variant
 from medseg_mem.variants.guided import GuidedSlabs
@@ -32,31 +30,17 @@ class CascadeVariant(Variant):
             Stage("stage2", slab=True, include_background=True, guided=True),
         ]
 
-    def guided_input(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
-        inference: InferenceConfig = None,
-    ) -> GuidedSlabs:  # fmt: skip
+    def guided_input(self, run, image: torch.Tensor) -> GuidedSlabs:
         """Stage 1 on the downsampled image, then stage 2's input as a :class:`GuidedSlabs` (made per slab)."""
-        low_stage = self.stages()[0]
-        low = resample_image(image, scaled_size(image.shape[2:], model.downsample))
-        low_logits = low_stage.forward(nets[low_stage.name], low, model, inference)
+        low = resample_image(image, scaled_size(image.shape[2:], run.model.downsample))
+        low_logits = run.stages["stage1"].logits(low)
         low_probabilities = torch.softmax(low_logits.float(), dim=1)
         del low_logits
         del low
-        return GuidedSlabs(image, low_probabilities, model.guidance, num_classes)
+        return GuidedSlabs(image, low_probabilities, run.model.guidance, run.num_classes)
 
-    def segment(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
-        device: Any = None, inference: InferenceConfig = None,
-    ) -> torch.Tensor:  # fmt: skip
-        slab_stage = self.stages()[1]
-        guided = self.guided_input(nets, image, model, num_classes, inference)
-        return slab_stage.labels(nets[slab_stage.name], guided, model, device, inference)
+    def segment(self, run, image: torch.Tensor) -> torch.Tensor:
+        return run.stages["stage2"].labels(self.guided_input(run, image))
 
-    def probabilities(
-        self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
-        inference: InferenceConfig = None,
-    ) -> torch.Tensor:  # fmt: skip
-        slab_stage = self.stages()[1]
-        guided = self.guided_input(nets, image, model, num_classes, inference)
-        return torch.softmax(slab_stage.forward(nets[slab_stage.name], guided, model, inference).float(), dim=1)
+    def probabilities(self, run, image: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(run.stages["stage2"].logits(self.guided_input(run, image)).float(), dim=1)

@@ -22,7 +22,7 @@ from typing import Any, Dict, Tuple
 from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.core.config import ModelConfig
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.variants import REGISTRY, get_variant
+from medseg_mem.variants.registry import REGISTRY, get_variant
 
 BEST = "best.pt"
 SHARED_META = ("class_names", "modalities", "preprocessing")

@@ -150,13 +150,18 @@ def test_bundle_inference_without_a_model_names_the_bundle_run(bundle, tmp_path)
 
 
 class Echo:
-    """A variant whose segmentation is a given label map (the ground truth, or an edited copy of it)."""
+    """A trained variant whose segmentation is a given label map (the ground truth, or an edited copy of it)."""
+
+    num_classes = 3
 
     def __init__(self, predictions: List[torch.Tensor]) -> None:
         self.predictions = predictions
         self.calls = 0
 
-    def segment(self, nets, image, model, num_classes, inference=None):
+    def eval(self) -> "Echo":
+        return self
+
+    def segment(self, image):
         prediction = self.predictions[min(self.calls, len(self.predictions) - 1)]
         self.calls += 1
         return prediction
@@ -171,16 +176,15 @@ def label(*classes: int) -> torch.Tensor:
 
 
 def test_a_class_absent_from_a_case_is_not_scored_there():
-    from medseg_mem.core.config import ModelConfig
     from medseg_mem.runner.evaluation import evaluate_variant
 
     truths = [label(1, 2), label(1)]  # class 2 only in the first case
     predictions = [truths[0], truths[0], label(1)]  # (warm-up call first) both cases right
     cases = [(torch.zeros(1, 1, 2, 2, 2), truth) for truth in truths]
-    evaluation = evaluate_variant(Echo(predictions), {}, cases, ModelConfig(), 3, torch.device("cpu"))
+    evaluation = evaluate_variant(Echo(predictions), cases, torch.device("cpu"))
     assert evaluation.dice == [1.0, 1.0] and evaluation.dice_cases == [2, 1]  # not (1 + 1) / 2 from an empty case
     wrong = [truths[0], truths[0], label(1, 2)]  # class 2 predicted where the second case has none: 0 there
-    evaluation = evaluate_variant(Echo(wrong), {}, cases, ModelConfig(), 3, torch.device("cpu"))
+    evaluation = evaluate_variant(Echo(wrong), cases, torch.device("cpu"))
     assert evaluation.dice == [1.0, 0.5] and evaluation.dice_cases == [2, 2]
 
 
