@@ -23,7 +23,6 @@ from medseg_mem.bundle.workflow import as_bool, as_widths, ensure_prepared, infe
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.export.bundle import export_bundle
-from medseg_mem.memory.measure import MemoryReading
 from medseg_mem.models.label_net import LabelUNet3D
 from medseg_mem.models.unet import UNet3D
 
@@ -59,11 +58,10 @@ def run_bundle(variant: str, config: str, **overrides) -> None:
 
 
 @pytest.fixture
-def no_memory_probe(monkeypatch):
-    """Stub the spawned memory probe; one torch thread (tiny volumes: a second thread only contends)."""
+def one_thread():
+    """One torch thread (tiny volumes: a second thread only contends); the memory probe is stubbed (conftest)."""
     import torch
 
-    monkeypatch.setattr("medseg_mem.runner.run.measure_variant_memory", lambda *a, **k: MemoryReading(0, "stub", "cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -143,7 +141,7 @@ def test_inference_before_training_says_run_train_first(tmp_path):
 
 
 @pytest.mark.parametrize("variant", ["full", "cascade"])
-def test_train_then_infer_on_a_prepared_dataset(tmp_path, prepared_default, no_memory_probe, variant):
+def test_train_then_infer_on_a_prepared_dataset(tmp_path, prepared_default, one_thread, variant):
     settings = {"work_dir": str(tmp_path), "data_dir": str(prepared_default)}
     run_bundle(variant, "train", **settings, **TINY)
     model_dir = tmp_path / "models" / variant
@@ -153,7 +151,7 @@ def test_train_then_infer_on_a_prepared_dataset(tmp_path, prepared_default, no_m
     assert_test_split_predicted(prepared_default, tmp_path / "predictions" / variant)
 
 
-def test_patch_bundle_prepares_the_embedded_default_when_missing(tmp_path, no_memory_probe):
+def test_patch_bundle_prepares_the_embedded_default_when_missing(tmp_path, one_thread):
     run_bundle("patch", "train", work_dir=str(tmp_path), **TINY)
     assert (tmp_path / "prepared" / "manifest.json").is_file() and (tmp_path / "results.csv").is_file()
     run_bundle("patch", "inference", work_dir=str(tmp_path), progress=False)
@@ -214,7 +212,7 @@ def two_channel_task(tmp_path, make_msd_task):
 
 
 def test_a_model_for_other_channels_stops_before_predicting(tmp_path, tiny_prepared, two_channel_task,
-                                                            no_memory_probe, monkeypatch):  # fmt: skip
+                                                            one_thread, monkeypatch):  # fmt: skip
     task, prepared = two_channel_task
     model_dir = train("patch", work_dir=tmp_path, data_dir=tiny_prepared.root, **TINY)  # 1 channel (MRI)
     monkeypatch.setattr("medseg_mem.predict.predict", lambda *a, **k: pytest.fail("predict ran"))
@@ -250,7 +248,7 @@ def test_label_network_is_the_unet_argmax_and_compiles_to_torchscript():
 
 
 @pytest.mark.parametrize("variant", ["patch", "cascade"])
-def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path, tiny_prepared, no_memory_probe,
+def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path, tiny_prepared, one_thread,
                                                                        variant):  # fmt: skip
     model_dir = train(variant, work_dir=tmp_path, data_dir=tiny_prepared.root, **TINY)
     bundle = shutil.copytree(BUNDLES / variant, tmp_path / "bundle", ignore=shutil.ignore_patterns("models"))
