@@ -10,7 +10,7 @@ a test that changes a run copies it first).
 Speed: the spawned peak-memory probe (a fresh interpreter per variant, ~5 s of CPU; tested in test_measure.py) is
 stubbed in every test not marked ``memory_probe``; end-to-end tests (subprocesses, torchrun, bundle runs) are
 marked ``slow``, so ``pytest -m "not slow"`` is the quick loop and CI runs everything. No test asserts a duration:
-a subprocess's timeout (:data:`HANG_GUARD_S`) only stops a hung child.
+a subprocess's timeout (``hang_guard.HANG_GUARD_S``) only stops a hung child.
 """
 
 from __future__ import annotations
@@ -24,9 +24,6 @@ from typing import Dict, Optional, Sequence
 import numpy as np
 import pytest
 
-#: Seconds after which a test's subprocess counts as hung: far beyond any run's length even on a loaded machine, so
-#: no test depends on the machine's speed.
-HANG_GUARD_S = 3600
 #: ``run`` options of the shared tiny runs: 2 steps of a 2-level U-Net, validated after each.
 TINY_RUN = ("--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet")
 
@@ -264,3 +261,12 @@ def trained_runs(tmp_path_factory, request) -> TrainedRuns:
     """Factory ``trained_runs(variant, data="tiny") -> run folder``: one tiny trained run per variant and data,
     trained once per session; read-only (copy it to change it)."""
     return TrainedRuns(tmp_path_factory.mktemp("trained-runs"), request)
+
+
+@pytest.fixture(scope="session")
+def seed_7_weights(tmp_path_factory, tiny_prepared):
+    """The best weights of a 3-step ``full`` run with seed 7 on the tiny task, trained in a fresh interpreter (what
+    the repeatability tests compare against)."""
+    from fresh_process import train_in_new_process
+
+    return train_in_new_process(tiny_prepared.root, tmp_path_factory.mktemp("seed-7"), 7)

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 
 import pytest
 
+from hang_guard import HANG_GUARD_S
 from medseg_mem.report import results as results_module
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.report.results import (
@@ -212,7 +213,7 @@ def test_concurrent_appends_lose_no_rows(tmp_path):
     for worker in workers:
         worker.start()
     for worker in workers:
-        worker.join(timeout=60)
+        worker.join(timeout=HANG_GUARD_S)
     assert [w.exitcode for w in workers] == [0, 0, 0]
     counts = read_results(path)["variant"].value_counts().to_dict()
     assert counts == {"full": 30, "patch": 30, "cascade": 30}

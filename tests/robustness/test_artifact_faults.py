@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
+from hang_guard import HANG_GUARD_S
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -139,7 +140,7 @@ def test_bundle_inference_without_a_model_names_the_bundle_run(bundle, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
                "--model_dir", str(tmp_path / "no-model")]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     (line,) = [text for text in done.stderr.splitlines() if "medseg-mem:" in text]
     assert f"--config_file {bundle}/configs/train.json" in line and "bundles/full" not in line
