@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from medseg_mem.bundle.workflow import as_bool, as_widths, ensure_prepared, infer, train
-from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.data import PreparedDataset
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.export.bundle import export_bundle
 from medseg_mem.models.label_net import LabelUNet3D

@@ -18,7 +18,7 @@ from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.cli import main
 from medseg_mem.core.config import ModelConfig, TrainConfig
 from medseg_mem.core.errors import OptionError
-from medseg_mem.memory.measure import MemoryReading
+from medseg_mem.memory import MemoryReading
 from medseg_mem.models.build import inference_state_dict, load_networks
 from medseg_mem.models.label_net import LabelUNet3D
 from medseg_mem.models.unet import UNet3D

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from medseg_mem.memory.measure import MemoryReading
+from medseg_mem.memory import MemoryReading
 from medseg_mem.report.results import append_rows, read_results
 from hang_guard import HANG_GUARD_S
 
