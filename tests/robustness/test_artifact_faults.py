@@ -133,6 +133,7 @@ def test_export_writes_a_sha256_beside_the_bundle_weights(run_dir, bundle):
         verify_digest(model, "bundle weights")  # what sha256sum -c models/model.pt.sha256 says too
 
 
+@pytest.mark.slow  # python -m monai.bundle in a fresh interpreter
 def test_bundle_inference_without_a_model_names_the_bundle_run(bundle, tmp_path):
     pytest.importorskip("fire")
     (bundle / "models").mkdir()
