@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import medseg_mem
+from hang_guard import HANG_GUARD_S
 from medseg_mem.report.results import append_rows
 
 CLI_DIR = Path(medseg_mem.__file__).parent / "cli"
@@ -95,7 +96,7 @@ def test_malformed_results_file_is_a_one_line_error(compare_command, tmp_path):
 
 def test_import_does_not_load_pandas_or_matplotlib():
     code = ISOLATED_IMPORT + "print(sorted(m for m in ('pandas', 'matplotlib') if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

@@ -18,7 +18,7 @@ from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.cli import main
 from medseg_mem.core.config import ModelConfig, TrainConfig
 from medseg_mem.core.errors import OptionError
-from medseg_mem.memory.measure import MemoryReading
+from medseg_mem.memory import MemoryReading
 from medseg_mem.models.build import inference_state_dict, load_networks
 from medseg_mem.models.label_net import LabelUNet3D
 from medseg_mem.models.unet import UNet3D
@@ -155,10 +155,11 @@ def test_the_planner_counts_the_heads():
 
 
 @pytest.fixture(scope="module")
-def ds_run(prepared_default, tmp_path_factory):
-    """A tiny deep-supervised patch run, evaluated with test-time mirroring: (run folder, results CSV, output)."""
+def ds_run(tiny_prepared, tmp_path_factory):
+    """A tiny deep-supervised patch run on the tiny task, evaluated with test-time mirroring: (run folder, results
+    CSV, output)."""
     root = tmp_path_factory.mktemp("ds-run")
-    args = ["--data", str(prepared_default), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
+    args = ["--data", str(tiny_prepared.root), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr("medseg_mem.runner.run.measure_variant_memory",
                       lambda *a, **k: MemoryReading(0, "stub", "cpu"))  # fmt: skip
@@ -195,10 +196,10 @@ def test_exports_leave_the_heads_behind_and_keep_the_main_output(ds_run, tmp_pat
     LabelUNet3D(1, K, channels=(2, 4, 8)).load_state_dict(weights)
 
 
-def test_predict_with_tta_on_both_engines(ds_run, prepared_default, tmp_path):
+def test_predict_with_tta_on_both_engines(ds_run, tiny_prepared, tmp_path):
     pytest.importorskip("onnxruntime")
     run, _, _ = ds_run
-    manifest = json.loads((prepared_default / "manifest.json").read_text())
+    manifest = json.loads((tiny_prepared.root / "manifest.json").read_text())
     scan = Path(manifest["source"]) / manifest["cases"][0]["image"]
     labels = {}
     for engine in ("torch", "onnxruntime"):

@@ -63,6 +63,8 @@ def test_run_refuses_a_plan_over_the_budget_in_one_line_with_the_levers(tmp_path
     assert not any((tmp_path / "runs").iterdir()) and not (tmp_path / "r.csv").exists()  # before any training
 
 
+@pytest.mark.slow
+@pytest.mark.memory_probe
 def test_no_memory_check_trains_anyway_and_files_the_plan(tmp_path, prepared_default, small_process):
     result = invoke(*run_args(tmp_path, prepared_default, "--variant", "patch", "--budget", "340MiB",
                               "--no-memory-check"))  # fmt: skip

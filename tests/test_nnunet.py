@@ -10,9 +10,8 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.data.msd import read_task
+from medseg_mem.data import PreparedDataset, read_task
 from medseg_mem.data.prepare import prepare
-from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.core.errors import DatasetError, MedsegError
 from medseg_mem.core.prepare_config import PrepareConfig
 

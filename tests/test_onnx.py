@@ -23,11 +23,9 @@ import torch
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.memory.measure import MemoryReading
 
 VARIANTS = ("full", "patch", "cascade")
 STAGES = {"full": ["full"], "patch": ["patch"], "cascade": ["stage1", "stage2"]}
-TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
 INSTALLED = {name: importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime")}
 HAS_ORT = all(INSTALLED.values())
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed: pip install '.[onnx]'")
@@ -42,18 +40,11 @@ def error_lines(result):
 
 
 @pytest.fixture(scope="module")
-def runs(prepared_default, tmp_path_factory):
-    """``{variant: run folder}``: one tiny trained run of each variant."""
-    root = tmp_path_factory.mktemp("onnx-runs")
-    with pytest.MonkeyPatch.context() as patch:
-        stub = lambda *a, **k: MemoryReading(0, "stub", "cpu")  # noqa: E731
-        patch.setattr("medseg_mem.runner.run.measure_variant_memory", stub)
-        args = ["--data", str(prepared_default), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
-        result = invoke("run", "--variant", "all", *args, *TINY)
-    assert result.exit_code == 0, result.output
-    folders = {json.loads((run / "run.json").read_text())["variant"]: run for run in (root / "runs").iterdir()}
-    assert sorted(folders) == sorted(VARIANTS)
-    return folders
+def runs(trained_runs, tmp_path_factory):
+    """``{variant: run folder}``: copies of the session's tiny trained runs on the embedded default (exports write
+    into them)."""
+    root, shared = tmp_path_factory.mktemp("onnx-runs"), {v: trained_runs(v, data="default") for v in VARIANTS}
+    return {v: Path(shutil.copytree(run, root / v / run.name)) for v, run in shared.items()}
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from medseg_mem.core.config import InferenceConfig, ModelConfig
 from medseg_mem.core.errors import OptionError
 from medseg_mem.core.precision import with_precision
 from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
-from medseg_mem.inference.slab import SlabInferer
+from medseg_mem.inference import SlabInferer
 from medseg_mem.models.unet import UNet3D
 from medseg_mem.variants import TrainedVariant, get_variant
 

@@ -18,7 +18,7 @@ from medseg_mem.memory.calibration import (
     save_calibration,
 )
 from medseg_mem.core.units import format_bytes, parse_bytes
-from medseg_mem.memory.measure import measure_peak
+from medseg_mem.memory import measure_peak
 from medseg_mem.memory.planner import loader_host_bytes, plan_variant
 from medseg_mem.memory.trace import LiveSetTracer
 from medseg_mem.training.calibration_step import training_setup

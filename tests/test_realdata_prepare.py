@@ -11,6 +11,7 @@ import pytest
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f"real data not present at {HIPPOCAMPUS}")
 def test_prepare_hippocampus(tmp_path):

@@ -5,7 +5,7 @@ import torch
 
 from medseg_mem.core.config import ModelConfig
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.inference.slab import cut_slab
+from medseg_mem.inference import cut_slab
 from medseg_mem.models.unet import UNet3D
 from medseg_mem.variants import REGISTRY, TrainedVariant, get_variant, resolve_variants
 

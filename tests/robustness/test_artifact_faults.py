@@ -22,6 +22,7 @@ import torch
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
+from hang_guard import HANG_GUARD_S
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 
@@ -132,6 +133,7 @@ def test_export_writes_a_sha256_beside_the_bundle_weights(run_dir, bundle):
         verify_digest(model, "bundle weights")  # what sha256sum -c models/model.pt.sha256 says too
 
 
+@pytest.mark.slow  # python -m monai.bundle in a fresh interpreter
 def test_bundle_inference_without_a_model_names_the_bundle_run(bundle, tmp_path):
     pytest.importorskip("fire")
     (bundle / "models").mkdir()
@@ -139,7 +141,7 @@ def test_bundle_inference_without_a_model_names_the_bundle_run(bundle, tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(bundle / "configs" / "inference.json"),
                "--model_dir", str(tmp_path / "no-model")]  # fmt: skip
-    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
     (line,) = [text for text in done.stderr.splitlines() if "medseg-mem:" in text]
     assert f"--config_file {bundle}/configs/train.json" in line and "bundles/full" not in line
