@@ -18,8 +18,9 @@ ENGINES = ("torch", "onnxruntime")
 @click.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path), metavar="INPUT...")
 @click.option("--checkpoint", type=click.Path(path_type=Path),
-              help="A run folder (or a run id in $MEDSEG_MEM_HOME/runs, else medseg-work/runs) or any .pt in it; "
-                   "every stage's best.pt is used. With --variant: a folder of runs [the work folder's runs].")
+              help="A run folder (or a run id in $MEDSEG_MEM_HOME/runs, else medseg-work/runs) or any .pt in it "
+                   "(every stage's best.pt is used), an exported bundle folder or an ONNX export folder (their "
+                   "SHA-256 digests checked). With --variant: a folder of runs [the work folder's runs].")
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="With a folder of runs: auto (the most accurate run whose plan fits --budget) or a variant "
                    "name (its best run by validation Dice), among the runs of one dataset that fits the scans "
