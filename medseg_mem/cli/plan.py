@@ -96,8 +96,8 @@ def footer(plans) -> str:
               help="A prepared dataset: plan what `run --data` trains on it (its profile, largest case, classes) "
                    "[without --shape and --run: $MEDSEG_MEM_HOME/prepared, else medseg-work/prepared, if present].")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
-              help="A trained run (a run folder, or a run id in the work folder's runs): plan its inference (on --shape or its dataset's "
-                   "largest case).")
+              help="A trained run (a run folder, or a run id in the work folder's runs): plan its inference "
+                   "(on --shape or its dataset's largest case).")
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="full, patch, cascade or all (repeat or comma-separate). Default: all (--run: the run's).")
 @click.option("--budget", callback=parse_budget,

@@ -56,8 +56,9 @@ ENGINES = ("torch", "onnxruntime")
               help="Also draw OUT/<name>_overlay.png: the scan's three planes through the prediction, outlined.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
-def predict(inputs, checkpoint, variants, dataset, budget_bytes, memory_check, results, out_dir, overwrite, device, precision,
-            overlap, sw_batch_size, tta, tta_axes, channels_last, engine, overlay, quiet) -> None:  # fmt: skip
+def predict(inputs, checkpoint, variants, dataset, budget_bytes, memory_check, results, out_dir, overwrite, device,
+            precision, overlap, sw_batch_size, tta, tta_axes, channels_last, engine, overlay,
+            quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it

@@ -81,7 +81,8 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None, choice: str = "be
     paths = [out_dir / name for name in ("comparison.md", "comparison.csv", "comparison.png")]
     title = f"medseg-mem comparison — {results_csv.name}"
     time_path = plot_dice_over_time(results, out_dir / FILE_NAME, title=title)
-    write_text_atomic(paths[0], _markdown(results_csv, results, text, time_path, _chosen_text(choice, run_ids)))  # each file whole or not at all
+    markdown = _markdown(results_csv, results, text, time_path, _chosen_text(choice, run_ids))
+    write_text_atomic(paths[0], markdown)  # each file whole or not at all
     write_text_atomic(paths[1], comparison_frame(groups).to_csv(index=False))
     plot_comparison(groups, paths[2], title=title)
     return CompareReport(results_csv, *paths, text=text, time_png_path=time_path)
@@ -89,7 +90,8 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None, choice: str = "be
 
 def comparison_frame(groups: List[Group]) -> pd.DataFrame:
     """Return every group's table stacked into one machine-readable frame (Dice as fractions, memory in bytes)."""
-    frames = [_with_source(group.table, group.source).assign(dataset=group.dataset, dataset_fingerprint=group.fingerprint)
+    frames = [_with_source(group.table, group.source).assign(dataset=group.dataset,
+                                                             dataset_fingerprint=group.fingerprint)
               for group in groups]  # fmt: skip
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(CSV_LEAD))
     for column in CSV_LEAD:
