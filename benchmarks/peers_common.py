@@ -220,10 +220,12 @@ class PeerRun:
 
 def peer_rows(run: PeerRun, dataset) -> List[dict]:
     """One results row per foreground class (``source = peer``), run-level columns repeated."""
+    from medseg_mem.data.fingerprint import fingerprint
     from medseg_mem.report.results import utc_timestamp
 
     shared = {
         "run_id": run.run_id, "timestamp": utc_timestamp(), "dataset": dataset.name, "variant": run.variant,
+        "dataset_fingerprint": fingerprint(dataset),
         "peak_memory_bytes": run.memory.peak_bytes, "memory_method": run.memory.method, "device": "cpu",
         "inference_seconds_per_case": run.evaluation.seconds_per_case, "train_steps": run.train_steps,
         "train_seconds": round(run.train_seconds, 2), "train_peak_memory_bytes": run.train_peak_bytes,

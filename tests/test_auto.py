@@ -106,7 +106,7 @@ def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepa
     named = predict("--variant", "patch")
     assert named.exit_code == 0 and "with patch" in named.output
     missing = predict("--variant", "cascade")
-    assert missing.exit_code == 2 and "holds no finished cascade run" in missing.output
+    assert missing.exit_code == 1 and "holds no finished cascade run of SyntheticRods [" in missing.output
 
 
 def test_auto_without_a_budget_or_a_way_to_find_one_is_one_line(calibrated, prepared_default, monkeypatch):

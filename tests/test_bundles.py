@@ -81,7 +81,7 @@ def test_bundle_layout_and_metadata(variant):
     assert_metadata_fits_schema(meta, stages[STAGES[variant][-1]]["in_channels"], meta["medseg_mem"]["num_classes"])
     for config, ids in STANDARD_IDS.items():
         content = json.loads((root / "configs" / f"{config}.json").read_text())
-        assert content["variant"] == variant and content["work_dir"] == "medseg-work"
+        assert content["variant"] == variant and content["work_dir"] == "$medseg_workflow.work_folder()"
         assert [key for key in ids if key not in content] == [], config
 
 

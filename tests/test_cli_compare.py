@@ -62,7 +62,7 @@ def test_compare_prints_tables_and_paths(compare_command, tmp_path):
     results = write_results(tmp_path / "results.csv")
     result = CliRunner().invoke(compare_command, [str(results), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
-    assert "## Task04_Hippocampus — cpu, rss-above-baseline" in result.output
+    assert "## Task04_Hippocampus [unknown dataset] — cpu, rss-above-baseline" in result.output
     assert "| full    |" in result.output and "Dice % anterior" in result.output
     for name in ("comparison.md", "comparison.csv", "comparison.png"):
         assert f"wrote {tmp_path / 'report' / name}" in result.output

@@ -87,7 +87,8 @@ def test_nnunet_data_converted_for_another_split_is_refused(tmp_path, capsys):
 def peer_csv(path: Path, method: str) -> Path:
     """A results CSV with one medseg-mem ``full`` run and one nnU-Net peer run, both on the CPU with ``method``."""
     peers = load_script("peers_common")
-    dataset = SimpleNamespace(name="Hippocampus", class_names=["background", "Anterior", "Posterior"])
+    dataset = SimpleNamespace(name="Hippocampus", class_names=["background", "Anterior", "Posterior"],
+                              modalities=["MRI"], manifest={"preprocessing": {}}, split={"train": ["a"]})
     evaluation = SimpleNamespace(dice=[0.88, 0.86], seconds_per_case=0.9, n_cases=52)
     memory = MemoryReading(300 * 2**20, method, "cpu")
     run = peers.PeerRun("nnunet-3d_fullres", evaluation, memory, 2 * 2**30, 75, 900.0, {"seed": 0, "inferer": "x"})

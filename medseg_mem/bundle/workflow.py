@@ -5,7 +5,10 @@ missing, train the bundle's variant with :func:`medseg_mem.runner.run.run_varian
 results CSV), then copy the run's ``run.json`` and every stage's ``best.pt`` to ``model_dir``.
 ``configs/inference.json`` calls :func:`infer`: :func:`medseg_mem.predict.predict` with ``model_dir`` on the
 prepared dataset's test images (or every NIfTI in ``input_dir``). Every path defaults to ``work_dir``
-(``./medseg-work``), so a bundle run needs no network and no other configuration.
+(``$MEDSEG_MEM_HOME``, else ``./medseg-work``), so a bundle run needs no network and no other configuration. A
+bundle a run was exported into (``medseg-mem export --format bundle``) segments with its own ``models/`` instead:
+it runs anywhere, with no work folder, e.g. ``python -m monai.bundle run --config_file <bundle>/configs/
+inference.json --bundle_root <bundle> --input_dir scans --output_dir out``.
 
 Example:
     >>> from monai.bundle import run
@@ -16,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import shutil
 import sys
@@ -33,7 +37,7 @@ FALSE_WORDS = ("0", "false", "no", "off")
 
 def train(
     variant: str,
-    work_dir: Union[str, Path] = "medseg-work",
+    work_dir: Optional[Union[str, Path]] = None,
     data_dir: Optional[Union[str, Path]] = None,
     model_dir: Optional[Union[str, Path]] = None,
     task_dir: Optional[Union[str, Path]] = None,
@@ -49,7 +53,8 @@ def train(
 
     Args:
         variant: ``full``, ``patch`` or ``cascade``.
-        work_dir: the medseg-mem work folder; ``prepared/``, ``runs/``, ``results.csv`` live in it.
+        work_dir: the medseg-mem work folder; ``prepared/``, ``runs/``, ``results.csv`` live in it (default:
+            :func:`work_folder`).
         data_dir: the prepared dataset (default ``<work_dir>/prepared``), prepared when missing.
         model_dir: where the trained run is published (default ``<work_dir>/models/<variant>``).
         task_dir: an MSD task folder to prepare when ``data_dir`` is missing; ``None`` = the embedded default.
@@ -71,7 +76,7 @@ def train(
     from medseg_mem.core.config import RunRequest
     from medseg_mem.runner.run import run_variants
 
-    work_dir = Path(work_dir)
+    work_dir = Path(work_dir) if work_dir else Path(work_folder())
     data_dir = Path(data_dir) if data_dir else work_dir / "prepared"
     model_dir = Path(model_dir) if model_dir else work_dir / "models" / variant
     show = as_bool(progress, "progress")
@@ -96,8 +101,10 @@ def infer(
     overwrite: Union[bool, str] = True,
     device: str = "auto",
     progress: Union[bool, str] = True,
+    bundle_root: Optional[Union[str, Path]] = None,
 ):
-    """Segment the prepared dataset's test images (or ``input_dir``) with the run published in ``model_dir``.
+    """Segment the prepared dataset's test images (or ``input_dir``) with the bundle's exported ``models/`` when
+    ``bundle_root`` holds them, else with the run published in ``model_dir``.
 
     Args:
         variant: the bundle's variant (names the train config in the "train first" error).
@@ -108,6 +115,7 @@ def infer(
         overwrite: replace label maps from an earlier run.
         device: ``auto``, ``cpu`` or ``cuda``.
         progress: show a progress bar.
+        bundle_root: the bundle folder; its ``models/`` are used when a run was exported into it.
 
     Returns:
         the :class:`~medseg_mem.predict.PredictSummary`.
@@ -122,7 +130,7 @@ def infer(
     from medseg_mem.predict import predict
 
     with _logged():
-        checkpoint = trained_model(Path(model_dir), variant)
+        checkpoint = exported_bundle(bundle_root) or trained_model(Path(model_dir), variant)
         inputs = [Path(input_dir)] if input_dir else prepared_test_images(data_dir)
         check_channels(checkpoint, variant, inputs, None if input_dir else data_dir)
         summary = predict(checkpoint, inputs, Path(output_dir), as_bool(overwrite, "overwrite"), device,
@@ -151,7 +159,32 @@ def require_trained(model_dir: Union[str, Path], variant: str, bundle_root: Opti
         PosixPath('medseg-work/models/patch')
     """
     with _logged():
-        return trained_model(Path(model_dir), variant, bundle_run(variant, bundle_root))
+        return exported_bundle(bundle_root) or trained_model(Path(model_dir), variant, bundle_run(variant, bundle_root))
+
+
+def exported_bundle(bundle_root: Optional[Union[str, Path]]) -> Optional[Path]:
+    """``bundle_root`` when a run was exported into it (``models/model.pt`` and ``medseg_mem`` in its metadata),
+    else ``None``."""
+    if not bundle_root:
+        return None
+    from medseg_mem.variants.exported_run import METADATA
+
+    folder = Path(bundle_root)
+    if not (folder / "models" / "model.pt").is_file():
+        return None
+    try:
+        metadata = json.loads((folder / METADATA).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return folder if isinstance(metadata, dict) and "medseg_mem" in metadata else None
+
+
+def work_folder() -> str:
+    """The configs' ``work_dir``: ``$MEDSEG_MEM_HOME``, else ``medseg-work``
+    (:func:`~medseg_mem.core.locations.work_home`)."""
+    from medseg_mem.core.locations import work_home
+
+    return str(work_home())
 
 
 def trained_model(model_dir: Path, variant: str, bundle: Optional[str] = None) -> Path:
@@ -209,9 +242,9 @@ def check_channels(model_dir: Path, variant: str, inputs: Sequence[Path], data_d
     from medseg_mem.data.prepared import PreparedDataset
     from medseg_mem.predict.files import collect_inputs
     from medseg_mem.predict.scan import channel_mismatch, header_channels
-    from medseg_mem.variants.trained_run import open_trained_run
+    from medseg_mem.variants.exported_run import open_any_run
 
-    modalities = open_trained_run(Path(model_dir)).modalities
+    modalities = open_any_run(Path(model_dir)).modalities
     expecter = f"the {variant} model in {model_dir}"
     retrain = f"python -m monai.bundle run --config_file {bundle_run(variant)}/configs/train.json"
     if data_dir:

@@ -20,7 +20,8 @@ COMMANDS = (prepare.prepare, run.run, compare.compare, plan.plan, predict.predic
 def main() -> None:
     """Segment large 3D scans with the U-Net variant that fits your memory.
 
-    Typical use: ``medseg-mem prepare && medseg-mem run --variant all`` (works in ./medseg-work/).
+    Typical use: ``medseg-mem prepare && medseg-mem run --variant all`` (works in ./medseg-work/,
+    or in the folder $MEDSEG_MEM_HOME names: prepared data, runs and results.csv live there).
     """
 
 

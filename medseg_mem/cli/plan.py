@@ -93,10 +93,11 @@ def footer(plans) -> str:
 @click.option("--shape", callback=parse_shape, help="Image shape C,X,Y,Z, e.g. 4,240,240,155 (or --data / --run).")
 @click.option("--classes", type=click.IntRange(min=2), help="Output classes, background included (or --data).")
 @click.option("--data", type=click.Path(path_type=Path),
-              help="A prepared dataset: plan what `run --data` trains on it (its profile, largest case, classes).")
+              help="A prepared dataset: plan what `run --data` trains on it (its profile, largest case, classes) "
+                   "[without --shape and --run: $MEDSEG_MEM_HOME/prepared, else medseg-work/prepared, if present].")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
-              help="A trained run (medseg-work/runs/<run id>): plan its inference (on --shape or its dataset's "
-                   "largest case).")
+              help="A trained run (a run folder, or a run id in the work folder's runs): plan its inference "
+                   "(on --shape or its dataset's largest case).")
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="full, patch, cascade or all (repeat or comma-separate). Default: all (--run: the run's).")
 @click.option("--budget", callback=parse_budget,

@@ -58,8 +58,13 @@ def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], chang
         click.UsageError: none or several of the ways, or ``--shape`` without ``--classes`` (and the reverse).
         MedsegError: a dataset or run that cannot be opened.
     """
+    from medseg_mem.core.locations import default_prepared, run_folder
     from medseg_mem.runner.settings import profile, with_changes
 
+    run = None if run is None else run_folder(run)
+
+    if data is None and run is None and shape is None and classes is None and default_prepared().is_dir():
+        data = default_prepared()  # what `run` trains by default
     _one_way(shape, classes, data, run)
     if run is not None:
         return _run_target(run, shape)

@@ -13,7 +13,8 @@ from typing import Optional
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.core.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
+from medseg_mem.core.locations import HOME_TEXT, default_prepared
+from medseg_mem.core.names import READER_NAMES, SYNTHETIC_NAMES
 
 MIN_CASES = 3  # so that the 60/20/20 split leaves validation and test non-empty
 
@@ -63,8 +64,8 @@ class ShapeParam(click.ParamType):
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_PREPARED,
-    show_default=True,
+    default=default_prepared,
+    show_default=f"{HOME_TEXT}/prepared",
     help="Folder the prepared dataset appears in (atomically).",
 )
 @click.option(

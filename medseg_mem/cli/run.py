@@ -27,12 +27,10 @@ from medseg_mem.cli.training_options import (
     parse_time_limit,
     parse_variants,
 )
+from medseg_mem.core.locations import HOME_TEXT, default_prepared, default_results, default_runs
 from medseg_mem.core.names import (
     AUGMENT_NAMES,
     CLASS_WEIGHT_NAMES,
-    DEFAULT_PREPARED,
-    DEFAULT_RESULTS,
-    DEFAULT_RUNS,
     DEVICE_NAMES,
     GUIDANCE_NAMES,
     LOSS_NAMES,
@@ -88,11 +86,14 @@ def given(ctx: click.Context, name: str) -> bool:
                    "memory less 10 %].")
 @click.option("--no-memory-check", "memory_check", flag_value=False, default=True,
               help="Train even when the planned peak exceeds --budget (the plan is still said and filed).")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_PREPARED, show_default=True,
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=default_prepared,
+              show_default=f"{HOME_TEXT}/prepared",
               help="Prepared dataset (output of `medseg-mem prepare`).")
-@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+@click.option("--results", type=click.Path(path_type=Path), default=default_results,
+              show_default=f"{HOME_TEXT}/results.csv",
               help="Results CSV to append to.")
-@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=DEFAULT_RUNS, show_default=True,
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=default_runs,
+              show_default=f"{HOME_TEXT}/runs",
               help="Folder for run checkpoints (<runs>/<run id>/<stage>/best.pt).")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS),
               help="Training steps per stage [300; embedded default 200].")
@@ -179,7 +180,7 @@ def given(ctx: click.Context, name: str) -> bool:
 def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resume, nproc, quiet, **options) -> None:
     """Train each variant, keep the best checkpoint on validation, evaluate on test, append to the CSV.
 
-    Works in ./medseg-work/ by default, after `medseg-mem prepare`.
+    Works in ./medseg-work/ by default (or $MEDSEG_MEM_HOME), after `medseg-mem prepare`.
     """
     inference, inference_precision = inference_options(options)
     changes = run_changes(options)

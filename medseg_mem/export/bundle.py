@@ -163,7 +163,8 @@ def bundle_recipe(trained, payloads: Dict[str, Dict[str, Any]]) -> Dict[str, Any
                       "channels": [int(width) for width in saved["model"]["channels"]]}
               for stage, saved in payloads.items()}  # fmt: skip
     model = trained.model
-    return {"variant": trained.variant, "dataset": trained.dataset, "num_classes": trained.num_classes,
+    return {"variant": trained.variant, "dataset": trained.dataset, "dataset_fingerprint": trained.fingerprint,
+            "num_classes": trained.num_classes,
             "class_names": list(trained.class_names), "modalities": list(trained.modalities),
             "slab_size": model.slab_size, "downsample": model.downsample, "guidance": model.guidance,
             "stages": stages, "preprocessing": trained.preprocessing}  # fmt: skip

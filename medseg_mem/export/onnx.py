@@ -179,6 +179,7 @@ def onnx_recipe(trained, payloads: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     stages = [onnx_stage(stage, payloads[stage.name], trained.paths[stage.name], model)
               for stage in get_variant(trained.variant).stages()]  # fmt: skip
     return {"format": ONNX_FORMAT, "variant": trained.variant, "dataset": trained.dataset,
+            "dataset_fingerprint": trained.fingerprint,
             "num_classes": trained.num_classes, "class_names": list(trained.class_names),
             "modalities": list(trained.modalities), "stages": stages, "slab_size": model.slab_size,
             "slab_axis": "last", "downsample": model.downsample, "guidance": model.guidance,

@@ -80,6 +80,8 @@ def onnx_networks(trained) -> Dict[str, OnnxNetwork]:
         MedsegError: onnxruntime is missing, or a model cannot be loaded.
     """
     require_onnx("--engine onnxruntime")
+    if trained.onnx_dir is not None:  # an ONNX export given as --checkpoint: its models, digests checked
+        return {stage: OnnxNetwork(path) for stage, path in trained.paths.items()}
     with exported_models(trained) as folder:
         return {stage: OnnxNetwork(folder / f"{stage}.onnx") for stage in trained.paths}
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -45,20 +45,27 @@ def channels_last_layout(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_networks(
-    paths: Dict[str, Path], device: torch.device, channels_last: bool = False, precision: str = "fp32"
+    paths: Dict[str, Path], device: torch.device, channels_last: bool = False, precision: str = "fp32",
+    specs: Optional[Dict[str, Dict]] = None,
 ) -> Dict[str, torch.nn.Module]:
     """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``), in eval mode on ``device``,
     with channels-last weights when ``channels_last`` (:func:`channels_last_layout`) and half convolution
-    weights for a ``bf16``/``fp16`` inference (:func:`~medseg_mem.core.precision.half_convolutions`)."""
+    weights for a ``bf16``/``fp16`` inference (:func:`~medseg_mem.core.precision.half_convolutions`).
+
+    ``specs`` (an exported bundle's ``in_channels``, ``out_channels`` and ``channels`` per stage) says that
+    ``paths`` hold plain ``state_dict`` files without deep-supervision heads (checked by their caller)."""
     from medseg_mem.core.precision import half_convolutions
 
     nets = {}
     for stage, path in paths.items():
-        saved = load_checkpoint(path, map_location=device)
-        spec = saved["model"]
+        if specs is not None:
+            spec, state = dict(specs[stage], num_classes=specs[stage]["out_channels"]), None
+        else:
+            saved = load_checkpoint(path, map_location=device)
+            spec, state = saved["model"], saved["state_dict"]
         model = ModelConfig.from_dict(spec)
         net = build_network(spec["in_channels"], spec["num_classes"], model, channels_last=channels_last)
-        net.load_state_dict(saved["state_dict"])
+        net.load_state_dict(state if state is not None else torch.load(path, map_location=device, weights_only=True))
         nets[stage] = half_convolutions(net.to(device).eval(), precision)
     return nets
 

@@ -27,7 +27,7 @@ import numpy as np
 from medseg_mem.core.config import InferenceConfig
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.core.files.writable import check_output_folder
-from medseg_mem.core.names import DEFAULT_RUNS
+from medseg_mem.core.locations import default_runs
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.overlay.figure import draw_overlay
 from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
@@ -51,13 +51,15 @@ class ShowSummary:
                 f"{self.seconds:.1f} s")  # fmt: skip
 
 
-def find_run(run: str, runs_dir: Path = DEFAULT_RUNS) -> Path:
-    """The run folder ``run`` names: a folder holding ``run.json``, or a run id in ``runs_dir``.
+def find_run(run: str, runs_dir: Optional[Path] = None) -> Path:
+    """The run folder ``run`` names: a folder holding ``run.json``, or a run id in ``runs_dir`` (default: the work
+    folder's, :func:`~medseg_mem.core.locations.default_runs`).
 
     Raises:
         MedsegError: neither, naming ``RUN`` and where it was looked for.
     """
-    for folder in (Path(run), Path(runs_dir) / str(run)):
+    runs_dir = default_runs() if runs_dir is None else Path(runs_dir)
+    for folder in (Path(run), runs_dir / str(run)):
         if (folder / "run.json").is_file():
             return folder
     if Path(run).is_dir():

@@ -34,7 +34,8 @@ from medseg_mem.data.transforms import build_preprocessing, load_steps
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.predict.scan import check_scan, load_scan, metadata_only
-from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
+from medseg_mem.variants.exported_run import open_any_run
+from medseg_mem.variants.trained_run import TrainedRun
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
 from medseg_mem.predict.overlay import check_overlays, draw_scan_overlay, overlay_path
 from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
@@ -217,7 +218,8 @@ def predict(
     """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
 
     Args:
-        checkpoint: a run folder (``medseg-work/runs/<run id>``) or any ``.pt`` in it.
+        checkpoint: a run folder (``medseg-work/runs/<run id>``) or any ``.pt`` in it, an exported bundle folder
+            or an ONNX export folder (:mod:`~medseg_mem.variants.exported_run`; their digests are checked).
         inputs: NIfTI files (3D, or 4D with channels last) and folders of them.
         out_dir: where ``<name>_seg.nii.gz`` files go (created when missing).
         overwrite: replace existing output files instead of refusing.
@@ -252,9 +254,12 @@ def predict(
     from medseg_mem.export.onnx_engine import check_engine
 
     start = time.perf_counter()
-    engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)
-    trained = open_trained_run(Path(checkpoint))
+    trained = open_any_run(Path(checkpoint))
     warn = warn or (lambda line: print(line, file=sys.stderr))
+    if trained.onnx_dir is not None and engine != "onnxruntime":
+        warn(f"note: {checkpoint} is an ONNX export: it runs on ONNX Runtime (--engine onnxruntime)")
+        engine = "onnxruntime"
+    engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)
     note = unmirrored_note(trained.augment, (inference or InferenceConfig()).mirror_axes)
     if note:
         warn(note)

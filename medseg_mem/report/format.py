@@ -13,6 +13,7 @@ import pandas as pd
 
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.core.units import format_bytes
+from medseg_mem.data.fingerprint import dataset_label
 from medseg_mem.report.tables import DICE_PREFIX, GROUP_KEYS, Group, build_groups
 
 MISSING = "—"
@@ -73,10 +74,13 @@ def method_words(method: object) -> str:
 
 
 def group_heading(group: Group) -> str:
-    """Return e.g. ``## Task04_Hippocampus — cpu, peak resident memory of the process`` (benchmarks say so)."""
+    """Return e.g. ``## Task04_Hippocampus [3f9a1c0b7d2e] — cpu, peak resident memory of the process``
+    (benchmarks say so, without a fingerprint)."""
     where = f"{group.device or 'unknown device'}, {method_words(group.memory_method)}"
     kind = "" if group.source == "run" else " — benchmark (memory and time only)"
-    return f"## {group.dataset or 'unknown dataset'}{kind} — {where}"
+    if group.source != "run":
+        return f"## {group.dataset or 'unknown dataset'}{kind} — {where}"
+    return f"## {dataset_label(group.dataset or 'unnamed', group.fingerprint)}{kind} — {where}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:

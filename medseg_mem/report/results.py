@@ -14,6 +14,9 @@ another tool (nnU-Net, a MONAI tutorial U-Net) on medseg-mem's split and budget,
 ``train_process_peak_bytes`` are the whole process at those peaks (Python, torch and MONAI included: the figure
 ``free``/``top`` show), ``planned_process_bytes`` / ``train_planned_process_bytes`` the planner's figures for them
 and ``planned_bytes`` its figure for ``peak_memory_bytes``; rows written before they existed leave them empty.
+``dataset_fingerprint`` is the prepared dataset's (:mod:`medseg_mem.data.fingerprint`: runs are compared and
+picked per dataset) and ``val_dice`` the mean foreground validation Dice of the run's final stage's best
+checkpoint (what ``compare`` picks a variant's best run by); rows written before them leave them empty.
 pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
 """
 
@@ -48,13 +51,13 @@ RESULT_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS,
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "dataset_fingerprint", "val_dice",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS,
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "dataset_fingerprint", "val_dice",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark", "peer")
@@ -62,12 +65,12 @@ SOURCES = ("run", "benchmark", "peer")
 NUMERIC_COLUMNS = (
     "class_index", "dice", "peak_memory_bytes", "inference_seconds_per_case", "train_steps", "train_seconds",
     "seed", "n_test_cases", "planned_bytes", "budget_seconds", "time_limit_seconds", "train_peak_memory_bytes",
-    "dice_cases", *PROCESS_COLUMNS,
+    "dice_cases", *PROCESS_COLUMNS, "val_dice",
 )  # fmt: skip
 INTEGER_COLUMNS = ("class_index", "train_steps", "seed", "n_test_cases", "dice_cases")
 #: The range of each numeric column (low, high; ``None``: open); every number must also be finite.
-RANGES = {"dice": (0.0, 1.0), "class_index": (-1, None), **{c: (0, None) for c in NUMERIC_COLUMNS
-                                                            if c not in ("dice", "class_index")}}  # fmt: skip
+RANGES = {"dice": (0.0, 1.0), "val_dice": (0.0, 1.0), "class_index": (-1, None),
+          **{c: (0, None) for c in NUMERIC_COLUMNS if c not in ("dice", "val_dice", "class_index")}}  # fmt: skip
 _FIX = "move it away or name another results CSV: run --results NEW.csv, compare NEW.csv"
 
 

@@ -22,6 +22,7 @@ from medseg_mem import __version__
 from medseg_mem.core.config import InferenceConfig, ModelConfig, TrainConfig
 from medseg_mem.core.inference_config import tta_text
 from medseg_mem.data.cases import CaseStream, open_case
+from medseg_mem.data.fingerprint import fingerprint
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.inference.metrics import dice_per_class, dice_text, mean_dice
 from medseg_mem.memory.measure import MemoryReading, measure_peak
@@ -100,6 +101,7 @@ class VariantResult:
     train_peak_bytes: Optional[int] = None  # training memory at its peak, the largest over the stages (and folds)
     train_process_peak_bytes: Optional[int] = None  # the whole process at that peak
     need: Optional[object] = None  # the planner's figures (runner.guard.Need) when the run was planned
+    val_dice: Optional[float] = None  # the final stage's best validation mean Dice (its best.pt's score)
 
 
 def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
@@ -133,12 +135,20 @@ def measure_variant_memory(name, paths, dataset: PreparedDataset, model, num_cla
     return measure_peak(memory_setup, args, device.type)
 
 
+def valid_dice(score: Optional[float]) -> Optional[float]:
+    """A validation Dice as the results CSV files it: rounded to 6 digits; ``None`` when missing or not finite."""
+    if score is None or not np.isfinite(score):
+        return None
+    return round(min(max(float(score), 0.0), 1.0), 6)
+
+
 def result_rows(result: VariantResult, dataset, model: ModelConfig, train: TrainConfig, device,
                 inference: InferenceConfig = InferenceConfig()) -> List[dict]:  # fmt: skip
     """One tidy row per foreground class, run-level columns repeated."""
     slabs = result.variant != "full"
     run = {
         "run_id": result.run_id, "timestamp": utc_timestamp(), "dataset": dataset.name, "variant": result.variant,
+        "dataset_fingerprint": fingerprint(dataset), "val_dice": valid_dice(result.val_dice),
         "peak_memory_bytes": result.memory.peak_bytes, "memory_method": result.memory.method,
         "device": str(device), "inference_seconds_per_case": result.evaluation.seconds_per_case,
         "train_steps": result.train_steps, "train_seconds": round(result.train_seconds, 2), "seed": train.seed,

@@ -25,7 +25,7 @@ from typing import Any, Dict, Optional
 
 from medseg_mem.core.config import RunRequest
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.core.names import DEFAULT_PREPARED
+from medseg_mem.core.locations import default_prepared
 
 
 def saved_data_dir(record: Dict[str, Any], run_dir: Path) -> Path:
@@ -60,7 +60,7 @@ def resumed_request(request: RunRequest, record: Dict[str, Any]) -> RunRequest:
     """
     run_dir = Path(request.runs_dir) / str(request.resume)
     saved = saved_data_dir(record, run_dir)
-    if not same_path(request.data_dir, DEFAULT_PREPARED) and not same_path(request.data_dir, saved):
+    if not same_path(request.data_dir, default_prepared()) and not same_path(request.data_dir, saved):
         raise MedsegError(f"--data {request.data_dir}: run {request.resume} was trained on {saved} and resumes "
                           "on it; drop --data (or start a new run on the other dataset)")
     return dataclasses.replace(request, data_dir=saved)

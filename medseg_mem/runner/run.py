@@ -22,8 +22,9 @@ from typing import Callable, Iterator, List, Optional, Tuple
 from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
 from medseg_mem.core.device import resolve_device
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.core.names import DEFAULT_RUNS
+from medseg_mem.core.locations import default_runs
 from medseg_mem.core.units import format_bytes
+from medseg_mem.data.fingerprint import fingerprint
 from medseg_mem.data.prepared import SPLITS, PreparedDataset
 from medseg_mem.inference.metrics import dice_text
 from medseg_mem.inference.mirror import unmirrored_note
@@ -191,7 +192,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
             clock: Clock = time.perf_counter, need=None) -> Optional[VariantResult]:  # fmt: skip
     run_dir = request.runs_dir / run_id
     info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
-            "results": os.path.abspath(request.results)}  # fmt: skip
+            "results": os.path.abspath(request.results), "dataset_fingerprint": fingerprint(dataset)}  # fmt: skip
     main, earlier = distributed.is_main(), recorded_training(run_dir)
     if main:  # a resumed run's record keeps what its training recorded
         write_run_record(run_dir, {**info, **earlier}, model, train)
@@ -218,7 +219,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
         result = VariantResult(run_id, name, evaluation, memory, steps, seconds,
                                train_peak_bytes=max(o.peak_bytes for o in outcomes.values()),
                                train_process_peak_bytes=max(o.process_peak_bytes for o in outcomes.values()),
-                               need=need)  # fmt: skip
+                               need=need, val_dice=outcomes[list(paths)[-1]].best_score)  # fmt: skip
         rows = result_rows(result, dataset, model, train, device, inference)
         for snapshot in snapshots:
             rows += result_rows(evaluate_snapshot(result, snapshot, dataset, model, device, inference, echo),
@@ -280,7 +281,7 @@ def resumable(run_id: str, request: RunRequest, state: str, resume_does: str) ->
         state: where the run stands, e.g. "finished training".
         resume_does: what ``--resume`` will then do, e.g. "continues it".
     """
-    runs = "" if same_path(request.runs_dir, DEFAULT_RUNS) else f" --runs {request.runs_dir}"
+    runs = "" if same_path(request.runs_dir, default_runs()) else f" --runs {request.runs_dir}"
     where = f"its checkpoints are kept in {request.runs_dir / run_id}"
     try:
         yield

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional
 import torch
 
 from medseg_mem import __version__
+from medseg_mem.data.fingerprint import fingerprint
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.core.errors import OptionError
 from medseg_mem.memory import rss
@@ -113,6 +114,7 @@ def checkpoint_meta(dataset: PreparedDataset) -> dict:
     manifest = dataset.manifest
     return {
         "dataset": dataset.name,
+        "dataset_fingerprint": fingerprint(dataset),
         "class_names": list(dataset.class_names),
         "modalities": list(dataset.modalities),
         "preprocessing": manifest.get("settings", manifest.get("preprocessing", {})),

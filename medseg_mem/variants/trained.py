@@ -62,7 +62,7 @@ class TrainedVariant:
              labels_device: Any = None) -> "TrainedVariant":  # fmt: skip
         """The trained run's best networks loaded on ``device`` as ``inference`` runs them (precision, layout)."""
         inference = inference or InferenceConfig()
-        nets = load_networks(trained.paths, device, inference.channels_last, inference.precision)
+        nets = load_networks(trained.paths, device, inference.channels_last, inference.precision, trained.specs)
         return cls(get_variant(trained.variant), nets, trained.model, trained.num_classes, inference, labels_device)
 
     def segment(self, image) -> torch.Tensor:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.core.config import ModelConfig
@@ -43,6 +43,10 @@ class TrainedRun:
         preprocessing: the settings for :func:`~medseg_mem.data.transforms.build_preprocessing`.
         dataset: the name of the dataset the run was trained on.
         augment: the training augmentation (``"none"`` for checkpoints that predate the option).
+        fingerprint: the dataset's fingerprint (:mod:`medseg_mem.data.fingerprint`; empty for older checkpoints).
+        specs: for an export (:mod:`~medseg_mem.variants.exported_run`), each stage's network settings
+            (``in_channels``, ``out_channels``, ``channels``): ``paths`` then hold plain weights or ONNX models.
+        onnx_dir: for an ONNX export, its folder (the stages run on ONNX Runtime).
     """
 
     variant: str
@@ -54,6 +58,9 @@ class TrainedRun:
     preprocessing: dict
     dataset: str
     augment: str = "none"
+    fingerprint: str = ""
+    specs: Optional[Dict[str, Dict[str, Any]]] = None
+    onnx_dir: Optional[Path] = None
 
 
 def open_trained_run(checkpoint: Path) -> TrainedRun:
@@ -138,6 +145,7 @@ def _trained_run(variant: str, paths: Dict[str, Path], payloads: Dict[str, Dict[
         preprocessing=dict(meta["preprocessing"]),
         dataset=str(meta.get("dataset", "")),
         augment=str(first.get("training", {}).get("augment", "none")),
+        fingerprint=str(meta.get("dataset_fingerprint", "")),
     )
 
 
