@@ -15,15 +15,7 @@ from click.testing import CliRunner
 from medseg_mem.cli import main
 from medseg_mem.predict.uncertainty import agreement, foreground_entropy
 
-TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
-
-
-def one_error(result, *fragments):
-    assert result.exit_code != 0 and "Traceback" not in result.output, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(lines) == 1, result.output
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from test_init_from import TINY, one_error
 
 
 @pytest.fixture(scope="module")
