@@ -120,9 +120,10 @@ class ShapeParam(click.ParamType):
     help="Without TASK_DIR: volume shape of the generated task in voxels. Default: 32,32,96 (rods), "
     "240,240,155 (brats-like).",
 )
-@click.option("--add", is_flag=True, help="Add the new and corrected cases of TASK_DIR to the prepared dataset at --out, "
-              "with its recorded preprocessing and statistics; existing cases keep their split, the rest is not "
-              "prepared again. Without TASK_DIR: the task folder the dataset was prepared from.")
+@click.option("--add", is_flag=True,
+              help="Add the new and corrected cases of TASK_DIR to the prepared dataset at --out, with its recorded "
+                   "preprocessing and statistics; existing cases keep their split, the rest is not prepared again. "
+                   "Without TASK_DIR: the task folder the dataset was prepared from.")
 @click.option("--add-split", type=click.Choice(("train", "val", "test")), default="train", show_default=True,
               help="With --add: the split new cases go to.")
 @library_errors
