@@ -17,6 +17,7 @@ and ``planned_bytes`` its figure for ``peak_memory_bytes``; rows written before 
 ``dataset_fingerprint`` is the prepared dataset's (:mod:`medseg_mem.data.fingerprint`: runs are compared and
 picked per dataset) and ``val_dice`` the mean foreground validation Dice of the run's final stage's best
 checkpoint (what ``compare`` picks a variant's best run by); rows written before them leave them empty.
+``init_from`` names the run a fine-tuned run (``run --init-from``) started from; empty for a run from random weights.
 pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
 """
 
@@ -51,13 +52,13 @@ RESULT_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "dataset_fingerprint", "val_dice",
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "dataset_fingerprint", "val_dice", "init_from",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "dataset_fingerprint", "val_dice",
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "dataset_fingerprint", "val_dice", "init_from",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark", "peer")
