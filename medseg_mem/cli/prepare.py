@@ -120,6 +120,11 @@ class ShapeParam(click.ParamType):
     help="Without TASK_DIR: volume shape of the generated task in voxels. Default: 32,32,96 (rods), "
     "240,240,155 (brats-like).",
 )
+@click.option("--add", is_flag=True, help="Add the new and corrected cases of TASK_DIR to the prepared dataset at --out, "
+              "with its recorded preprocessing and statistics; existing cases keep their split, the rest is not "
+              "prepared again. Without TASK_DIR: the task folder the dataset was prepared from.")
+@click.option("--add-split", type=click.Choice(("train", "val", "test")), default="train", show_default=True,
+              help="With --add: the split new cases go to.")
 @library_errors
 def prepare(
     task_dir: Optional[Path],
@@ -133,6 +138,8 @@ def prepare(
     synthetic: str,
     cases: Optional[int],
     shape,
+    add: bool,
+    add_split: str,
 ) -> None:
     """Check and preprocess an MSD task or nnU-Net v2 dataset folder into a prepared dataset.
 
@@ -152,7 +159,10 @@ def prepare(
       medseg-mem prepare nnUNet_raw/Dataset004_Hippocampus --out medseg-work/hippo --splits my_splits.json
       medseg-mem prepare --synthetic brats-like --cases 40 --out medseg-work/brats40
       medseg-mem prepare --synthetic brats-like --cases 6 --shape 96,96,64 --out medseg-work/brats-small
+      medseg-mem prepare ../data/Task04_Hippocampus --out medseg-work/hippocampus --add   # new/corrected cases
     """
+    if add:
+        return add_cases(task_dir, out_dir, add_split)
     if task_dir is not None and synthetic != "rods":
         raise click.UsageError(
             f"--synthetic {synthetic} generates a task, so it takes no TASK_DIR; got TASK_DIR {str(task_dir)!r}. "
@@ -175,4 +185,26 @@ def prepare(
         shape=shape,
     )
     summary = run_prepare(config, warn=lambda line: click.echo(line, err=True))
+    click.echo(summary.line())
+
+
+ADD_REFUSES = ("overwrite", "splits", "synthetic", "cases", "shape", "seed")
+ADD_POLICY = ("reader", "spacing", "crop_foreground")
+
+
+def add_cases(task_dir: Optional[Path], out_dir: Path, split: str) -> None:
+    """``prepare --add``: refuse the options that only make a new dataset, pass the preprocessing ones the user typed
+    (each must match the dataset's record), and call :func:`medseg_mem.data.add.add_cases`."""
+    from medseg_mem.cli.run import given
+    from medseg_mem.data.add import add_cases as run_add
+
+    ctx = click.get_current_context()
+    typed = [name for name in ctx.params if given(ctx, name)]
+    refused = [name for name in ADD_REFUSES if name in typed]
+    if refused:
+        option = "--" + refused[0].replace("_", "-")
+        raise click.UsageError(f"{option} makes a new prepared dataset; --add extends the one at --out with its own "
+                               f"settings and split: drop {option} (or drop --add to prepare anew)")
+    policy = {name: ctx.params[name] for name in ADD_POLICY if name in typed}
+    summary = run_add(task_dir, out_dir, split, policy, warn=lambda line: click.echo(line, err=True))
     click.echo(summary.line())

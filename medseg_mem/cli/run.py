@@ -170,19 +170,23 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--resume", metavar="RUN_ID", callback=parse_run_id,
               help="Continue an interrupted run from its last checkpoints, on its saved dataset; a finished run "
                    "is only reported.")
+@click.option("--init-from", metavar="RUN", help="Fine-tune: each stage starts from this trained run's best weights "
+              "(a run id under --runs, or a run folder), on --data, with its own --steps/--time-limit; the run's "
+              "variant and network are kept [random weights].")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes on this machine (starts torchrun --standalone --nproc_per_node N; "
                    "--batch-size is per process). Several machines: call torchrun yourself.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
-def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resume, nproc, quiet, **options) -> None:
+def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resume, nproc, quiet, init_from,
+        **options) -> None:
     """Train each variant, keep the best checkpoint on validation, evaluate on test, append to the CSV.
 
     Works in ./medseg-work/ by default, after `medseg-mem prepare`.
     """
     inference, inference_precision = inference_options(options)
     fold_slab_alias(options)
-    if resume and any(value is not None for value in options.values()):
+    if resume and (init_from or any(value is not None for value in options.values())):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
     if options["snapshots"] is not None:
         from medseg_mem.core.config import check_wall_clock
@@ -191,8 +195,8 @@ def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resum
     check_network_options(options, tuple(variants))
     request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
                          inference=inference, inference_precision=inference_precision, budget_bytes=budget_bytes,
-                         memory_check=memory_check)  # fmt: skip
-    if memory_check and tuple(variants) != ("auto",):
+                         memory_check=memory_check, init_from=init_from)  # fmt: skip
+    if memory_check and tuple(variants) != ("auto",) and not init_from:  # fine-tuning: its run's network, planned later
         from medseg_mem.core.names import VARIANT_NAMES
         from medseg_mem.runner.guard import check_floor
 

@@ -250,6 +250,8 @@ class RunRequest:
             the device's free memory less a margin.
         memory_check: stop before any training when a run's planned peak exceeds the budget (``False``:
             ``--no-memory-check``, say so and train anyway).
+        init_from: a trained run (id under ``runs_dir``, or its folder) whose best weights each stage starts from
+            (:mod:`medseg_mem.runner.init_from`); ``None``: random weights.
     """
 
     variants: Tuple[str, ...] = ("all",)
@@ -263,6 +265,7 @@ class RunRequest:
     inference_precision: Optional[str] = None
     budget_bytes: Optional[int] = None
     memory_check: bool = True
+    init_from: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.inference_precision is not None and self.inference_precision not in PRECISION_NAMES:

@@ -14,6 +14,7 @@ another tool (nnU-Net, a MONAI tutorial U-Net) on medseg-mem's split and budget,
 ``train_process_peak_bytes`` are the whole process at those peaks (Python, torch and MONAI included: the figure
 ``free``/``top`` show), ``planned_process_bytes`` / ``train_planned_process_bytes`` the planner's figures for them
 and ``planned_bytes`` its figure for ``peak_memory_bytes``; rows written before they existed leave them empty.
+``init_from`` names the run a fine-tuned run (``run --init-from``) started from; empty for a run from random weights.
 pandas is imported only by :func:`read_results`, so the CLI stays quick to start.
 """
 
@@ -48,13 +49,13 @@ RESULT_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS,
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "init_from",
 )  # fmt: skip
 OPTIONAL_COLUMNS = (
     "planned_bytes", "planner_error", "inferer", "precision", "checkpointing", "channels_last",
     "inference_precision", "overlap", "sw_batch_size", "budget_seconds", "time_limit_seconds",
     "deep_supervision", "tta", "optimizer", "augment", "foreground_oversample", "train_peak_memory_bytes",
-    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS,
+    "stage2_guidance", "dice_cases", *PROCESS_COLUMNS, "init_from",
 )  # fmt: skip
 REQUIRED_COLUMNS = tuple(c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS)
 SOURCES = ("run", "benchmark", "peer")

@@ -26,8 +26,9 @@ RUN_SOURCES = ("run", "peer")
 RUN_COLUMNS = (
     "run_id", "timestamp", "dataset", "variant", "source", "device", "memory_method", "peak_memory_bytes",
     "inference_seconds_per_case", "train_steps", "n_test_cases", "channels", "loss", "slab_size", "downsample",
-    "planned_bytes", "planner_error", "inferer", "train_peak_memory_bytes", *PROCESS_COLUMNS,
+    "planned_bytes", "planner_error", "inferer", "train_peak_memory_bytes", *PROCESS_COLUMNS, "init_from",
 )  # fmt: skip
+FINE_TUNED = " (fine-tuned)"
 #: What makes two benchmark runs the same configuration (only the latest of each is shown).
 BENCHMARK_KEYS = ("variant", "channels", "slab_size", "downsample", "inferer")
 DICE_PREFIX = "dice_"
@@ -103,7 +104,12 @@ def run_table(rows: pd.DataFrame) -> Tuple[pd.DataFrame, Tuple[str, ...], List[s
     """Return the table of one run group: the latest run of each variant (medseg-mem's first, then the peers'),
     with ``n_runs``; classes; notes."""
     summary, classes = run_summaries(rows)
+    summary, fine_tuned = _mark_fine_tuned(summary)
     table, notes = _latest(summary, ["variant"])
+    if fine_tuned:
+        starts = table.loc[table["variant"].str.endswith(FINE_TUNED), ["variant", "init_from"]]
+        notes.append("fine-tuned runs (run --init-from) started from a trained run's weights: "
+                     + ", ".join(f"{v} from {i}" for v, i in zip(starts["variant"], starts["init_from"])) + ".")
     table = table.sort_values("source", key=lambda s: s.eq("peer"), kind="stable").reset_index(drop=True)
     peers = table.loc[table["source"] == "peer", "variant"].tolist()
     if peers:
@@ -118,6 +124,15 @@ def run_table(rows: pd.DataFrame) -> Tuple[pd.DataFrame, Tuple[str, ...], List[s
                "timestamp", "n_test_cases", "channels", "slab_size", "downsample", "train_peak_memory_bytes",
                *PROCESS_COLUMNS]  # fmt: skip
     return table[columns], classes, notes
+
+
+def _mark_fine_tuned(summary: pd.DataFrame) -> Tuple[pd.DataFrame, bool]:
+    """Runs fine-tuned from another run (``init_from`` set) become variant ``<name> (fine-tuned)``, so the tables
+    keep them apart from runs trained from random weights; also whether there were any."""
+    started = summary["init_from"].fillna("").astype(str).str.strip().ne("")
+    if not started.any():
+        return summary, False
+    return summary.assign(variant=summary["variant"].where(~started, summary["variant"] + FINE_TUNED)), True
 
 
 def benchmark_table(rows: pd.DataFrame) -> Tuple[pd.DataFrame, Tuple[str, ...], List[str]]:

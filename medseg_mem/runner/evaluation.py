@@ -108,6 +108,7 @@ class VariantResult:
     train_peak_bytes: Optional[int] = None  # training memory at its peak, the largest over the stages (and folds)
     train_process_peak_bytes: Optional[int] = None  # the whole process at that peak
     need: Optional[object] = None  # the planner's figures (runner.guard.Need) when the run was planned
+    init_from: Optional[str] = None  # the run whose weights training started from (run --init-from)
 
 
 def memory_setup(variant_name: str, paths: Dict[str, str], image, model: ModelConfig, num_classes: int, device: str,
@@ -163,6 +164,7 @@ def result_rows(result: VariantResult, dataset, model: ModelConfig, train: Train
         "foreground_oversample": train.foreground_oversample if slabs else "",
         "train_peak_memory_bytes": result.train_peak_bytes,
         "stage2_guidance": stage2_guidance_text(train) if result.variant == "cascade" else "",
+        "init_from": result.init_from or "",
         **process_columns(result),
     }  # fmt: skip
     names, counts = dataset.class_names[1:], result.evaluation.dice_cases

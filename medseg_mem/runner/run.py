@@ -85,16 +85,16 @@ def run_all(request: RunRequest, echo: Callable[[str], None], clock: Clock = tim
     dataset = open_dataset(request)
     check_splits(dataset)
     check_outputs(request)
-    needs = {}
+    needs, init = {}, starting_point(request, dataset, record)
     if distributed.is_main():
-        jobs, needs = planned_runs(request, dataset, record, echo)
+        jobs, needs = planned_runs(request, dataset, record, echo, init)
     jobs = distributed.from_main(jobs if distributed.is_main() else None)
     device = distributed.local_device(resolve_device(jobs[0][2].device))
     sizes = ", ".join(f"{split} {len(dataset.ids(split))}" for split in SPLITS)
     echo(f"{dataset.name}: {sizes} cases (streamed from disk); device {device}")
     weights = class_weights(jobs[0][2].class_weights, dataset)  # one pass over the labels for every variant
-    results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights, clock, needs.get(run_id))
-               for run_id, name, train, model in jobs]  # fmt: skip
+    results = [run_one(run_id, name, model, train, dataset, request, device, echo, weights, clock, needs.get(run_id),
+                       init) for run_id, name, train, model in jobs]  # fmt: skip
     if not distributed.is_main():
         return []
     from medseg_mem.report import format_table
@@ -109,6 +109,17 @@ def resolved(request: RunRequest) -> Tuple[RunRequest, Optional[dict]]:
         return request, None
     record = load_run_record(request.runs_dir / request.resume)
     return resumed_request(request, record), record
+
+
+def starting_point(request: RunRequest, dataset: PreparedDataset, record: Optional[dict]):
+    """The trained run whose weights each stage starts from (:mod:`~medseg_mem.runner.init_from`): ``--init-from``,
+    or what a resumed run's ``run.json`` recorded; ``None`` for random weights."""
+    from medseg_mem.runner.init_from import initial_weights
+
+    if record is not None:
+        recorded = record.get("init_from_dir")
+        return initial_weights(request, dataset, recorded) if recorded else None
+    return initial_weights(request, dataset) if request.init_from else None
 
 
 def finished(request: RunRequest, echo: Callable[[str], None]) -> bool:
@@ -147,11 +158,12 @@ def check_splits(dataset: PreparedDataset) -> None:
                               f"cases in {split} in its splits.json")  # fmt: skip
 
 
-def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None, echo=print):
+def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional[dict] = None, echo=print, init=None):
     """``(jobs, needs)``: (run id, variant, train config, model config) for each run - new ones, or the one being
     resumed (``--variant auto``: the one :func:`~medseg_mem.runner.auto.auto_variant` picks, said with ``echo``)
     - and each run's planned memory (:func:`~medseg_mem.runner.guard.guard`), checked against the budget before
-    any training unless ``request.memory_check`` is off.
+    any training unless ``request.memory_check`` is off. A run fine-tuned from ``init``
+    (:class:`~medseg_mem.runner.init_from.InitFrom`) trains that run's variant and network.
 
     Raises:
         MemoryGuardError: a run's plan does not fit the budget (one line with the levers' figures).
@@ -164,7 +176,8 @@ def planned_runs(request: RunRequest, dataset: PreparedDataset, record: Optional
         model, train = record["model"], record["train"]
     else:
         model, train = resolve_settings(request, dataset)
-        names = [] if auto else resolve_variants(list(request.variants))
+        model = model if init is None else init.model
+        names = [] if auto else [init.variant] if init is not None else resolve_variants(list(request.variants))
         jobs = [(new_run_id(name), name, train, model) for name in names]
     checked(jobs, train, dataset, echo)
     check = memory_check(resolve_device(train.device).type, request.budget_bytes, echo)
@@ -187,20 +200,21 @@ def checked(jobs, train: TrainConfig, dataset: PreparedDataset, echo):
 
 
 def run_one(run_id, name, model, train, dataset, request, device, echo, weights=None,
-            clock: Clock = time.perf_counter, need=None) -> Optional[VariantResult]:  # fmt: skip
+            clock: Clock = time.perf_counter, need=None, init=None) -> Optional[VariantResult]:  # fmt: skip
     run_dir = request.runs_dir / run_id
     info = {"run_id": run_id, "variant": name, "data_dir": os.path.abspath(request.data_dir),
-            "results": os.path.abspath(request.results)}  # fmt: skip
+            "results": os.path.abspath(request.results), **init_record(init)}  # fmt: skip
     main, earlier = distributed.is_main(), recorded_training(run_dir)
     if main:  # a resumed run's record keeps what its training recorded
         write_run_record(run_dir, {**info, **earlier}, model, train)
-    echo(f"[{name}] run {run_id}: {run_settings(model, train)}{describe(train)}")
+    echo(f"[{name}] run {run_id}: {run_settings(model, train)}{describe(train)}"
+         + (f"; fine-tuned from run {init.run_id}" if init is not None else ""))
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
              + ", ".join(f"{n} {w:g}" for n, w in zip(dataset.class_names, weights)))
     with resumable(run_id, request, "stopped at its last checkpoint", "continues it"):
         outcomes = train_variant(name, run_dir, dataset, model, train, device, request.progress and main, weights,
-                                 clock)  # fmt: skip
+                                 clock, init=None if init is None else init.checkpoints)  # fmt: skip
     if not main:
         return None  # rank 0 evaluates, measures and files the rows
     outcomes = with_recorded_peaks(outcomes, earlier)
@@ -217,7 +231,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
         result = VariantResult(run_id, name, evaluation, memory, steps, seconds,
                                train_peak_bytes=max(o.peak_bytes for o in outcomes.values()),
                                train_process_peak_bytes=max(o.process_peak_bytes for o in outcomes.values()),
-                               need=need)  # fmt: skip
+                               need=need, init_from=None if init is None else init.run_id)  # fmt: skip
         rows = result_rows(result, dataset, model, train, device, inference)
         for snapshot in snapshots:
             rows += result_rows(evaluate_snapshot(result, snapshot, dataset, model, device, inference, echo),
@@ -227,6 +241,13 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     echo(f"[{name}] test Dice {dice} (inference {inference.describe()}); {evaluation.seconds_per_case:.3f} s/case; "
          f"{memory_line(result)}")
     return result
+
+
+def init_record(init) -> dict:
+    """What ``run.json`` records of the run a fine-tuned run started from (its id, and its folder for --resume)."""
+    if init is None:
+        return {}
+    return {"init_from": init.run_id, "init_from_dir": os.path.abspath(init.run_dir)}
 
 
 def memory_line(result: VariantResult) -> str:

@@ -28,11 +28,13 @@ from medseg_mem.variants import get_variant
 
 
 def train_variant(
-    name, run_dir, dataset, model, train, device, progress, weights=None, clock: Clock = time.perf_counter
+    name, run_dir, dataset, model, train, device, progress, weights=None, clock: Clock = time.perf_counter,
+    init: Optional[Dict[str, Path]] = None,
 ) -> Dict[str, StageOutcome]:
     """Train each stage of variant ``name`` (loss class ``weights``, if any), each to its share of the time limit
     and snapshot marks (:func:`~medseg_mem.training.wallclock.stage_times`); return ``{stage name: outcome}``
-    in training order, with the fold models of ``--stage2-guidance predicted`` after the stage they stand for."""
+    in training order, with the fold models of ``--stage2-guidance predicted`` after the stage they stand for.
+    ``init`` maps a stage name to the checkpoint it starts from (``run --init-from``)."""
     stages = get_variant(name).stages()
     outcomes: Dict[str, StageOutcome] = {}
     guidance: Optional[Path] = None
@@ -47,6 +49,7 @@ def train_variant(
                            guidance=guidance if stage.guided else None),
             folder=run_dir / stage.name, device=device, meta=checkpoint_meta(dataset), seed_offset=index,
             class_weights=weights, times=divided(times, train.guidance_folds + 1) if feeds else times,
+            init_weights=(init or {}).get(stage.name),
         )  # fmt: skip
         outcomes[stage.name] = measured(job, progress, clock, since)
         if feeds:

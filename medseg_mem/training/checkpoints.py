@@ -65,10 +65,13 @@ def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Di
 
 
 def resume_state(job, net, optimizer, scaler) -> Tuple[int, Dict[str, Any]]:
-    """Start fresh (step 0), or continue from ``last.pt`` in the stage folder: weights, optimizer, scaler,
-    step and history. Sampling needs no saved state: sample ``i`` depends only on the seed and ``i``."""
+    """Start fresh (step 0; from ``job.init_weights``' weights when given), or continue from ``last.pt`` in the stage
+    folder: weights, optimizer, scaler, step and history. Sampling needs no saved state: sample ``i`` depends only
+    on the seed and ``i``."""
     last = job.folder / "last.pt"
     if not last.exists():
+        if job.init_weights is not None:
+            net.load_state_dict(load_checkpoint(job.init_weights)["state_dict"])
         return 0, fresh_state()
     saved = load_checkpoint(last)
     check_recorded_model(job, saved, last)

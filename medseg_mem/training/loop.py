@@ -49,7 +49,8 @@ class StageJob:
     ``data`` provides ``batches(first_step)`` (training batches from that step on), ``validation_ids()`` and
     ``validation_pair(case_id, device)`` (a val case's whole-volume input and label), e.g. a
     :class:`~medseg_mem.training.sampling.StageData`. ``times`` is the stage's share of the variant's time limit
-    and snapshot marks (default: neither).
+    and snapshot marks (default: neither). ``init_weights``: a checkpoint whose weights a stage that has not
+    trained yet starts from (``run --init-from``), instead of random ones.
     """
 
     variant: str
@@ -65,6 +66,7 @@ class StageJob:
     seed_offset: int = 0
     class_weights: Optional[Tuple[float, ...]] = None
     times: StageTimes = field(default_factory=StageTimes)
+    init_weights: Optional[Path] = None
 
 
 @dataclass(frozen=True)
