@@ -1,13 +1,11 @@
-"""Train a served variant again on the labels MONAI Label has received, into a new run beside the app.
+"""Fine-tune a served variant on the labels MONAI Label has received, into a new run beside the app.
 
 The labelled scans (``datastore.datalist()``: ``{"image", "label"}`` paths) are copied into an MSD task folder
 named after the served run's dataset, with its classes and channels; that folder is prepared with the run's own
-preprocessing (reader, grid, cropping) and trained with the run's own model and training settings, the budget
-(``steps``) aside. Nothing of the user's is touched: tasks, prepared folders, runs and a results CSV go under
-``work_dir`` (``<app>/work``), each under a new name.
-
-Until ``medseg-mem run --init-from`` lands (issue 27, item 2), the new run starts from random weights: fine-tuning
-from the served run is the one argument marked in :func:`retrain`.
+preprocessing (reader, grid, cropping), and the new run starts from the served run's weights (``run --init-from``,
+:mod:`~medseg_mem.runner.init_from`) with the run's own model and training settings, the budget (``steps``) aside,
+under the memory guard of any run. Nothing of the user's is touched: tasks, prepared folders, runs and a results
+CSV go under ``work_dir`` (``<app>/work``), each under a new name.
 
 Example:
     >>> new_run = retrain(Path("runs/<id>"), [(Path("s/a.nii.gz"), Path("s/labels/final/a.nii.gz"))] * 3,
@@ -38,7 +36,7 @@ Case = Tuple[Path, Path]
 
 def retrain(run_dir: Path, cases: Sequence[Case], work_dir: Path, steps: int,
             echo: Callable[[str], None] = print) -> Path:  # fmt: skip
-    """Train ``run_dir``'s variant on the labelled ``cases`` for ``steps`` steps; return the new run folder.
+    """Fine-tune ``run_dir`` on the labelled ``cases`` for ``steps`` steps per stage; return the new run folder.
 
     Args:
         run_dir: the run the variant serves now (its settings are kept).
@@ -61,8 +59,8 @@ def retrain(run_dir: Path, cases: Sequence[Case], work_dir: Path, steps: int,
     task = labelled_task(cases, trained, Path(work_dir) / "tasks" / name)
     prepare(prepare_config(trained, task, Path(work_dir) / "prepared" / name), progress=False, warn=echo)
     request = RunRequest((trained.variant,), Path(work_dir) / "prepared" / name, Path(work_dir) / "results.csv",
-                         Path(work_dir) / "runs", overrides=same_settings(run_dir, steps), progress=False)
-    # issue 27 item 2: pass init_from=run_dir here once RunRequest takes it, to fine-tune instead
+                         Path(work_dir) / "runs", overrides=same_settings(run_dir, steps), progress=False,
+                         init_from=str(Path(run_dir).resolve()))  # fmt: skip
     (result,) = run_variants(request, echo)
     return Path(work_dir) / "runs" / result.run_id
 
