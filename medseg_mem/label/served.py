@@ -32,7 +32,10 @@ def served_runs(runs: Sequence[Path]) -> Dict[str, Path]:
         raise MedsegError("--run: give at least one trained run folder (medseg-work/runs/<run id>) to serve")
     served: Dict[str, Path] = {}
     for run in map(Path, runs):
-        variant = open_trained_run(run).variant
+        try:
+            variant = open_trained_run(run).variant
+        except MedsegError as error:  # predict's message names its own option
+            raise MedsegError(str(error).replace("--checkpoint", "--run", 1)) from error
         if variant in served:
             raise MedsegError(f"--run: {served[variant]} and {run} are both {variant} runs; serve one run per variant")
         served[variant] = run.resolve()
