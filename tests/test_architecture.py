@@ -30,6 +30,7 @@ FLOORS: Tuple[Tuple[str, ...], ...] = (
     ("report", "overlay"),
     ("runner", "export"),
     ("predict",),
+    ("label",),
     ("cli", "bundle"),
 )
 ROOT_FILES = {"__init__.py", "__main__.py"}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import click
 
 from medseg_mem import __version__
-from medseg_mem.cli import compare, export, plan, predict, prepare, run, show, suggest
+from medseg_mem.cli import compare, export, label, plan, predict, prepare, run, show, suggest
 
 #: Every subcommand, in ``--help`` order; each module imports only click and light modules at import time.
 COMMANDS = (prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, suggest.suggest, export.export,
-            show.show)
+            show.show, label.label)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -43,6 +43,8 @@ DEFAULT_WORKDIR = Path("medseg-work")
 DEFAULT_PREPARED = DEFAULT_WORKDIR / "prepared"
 DEFAULT_RESULTS = DEFAULT_WORKDIR / "results.csv"
 DEFAULT_RUNS = DEFAULT_WORKDIR / "runs"
+#: MONAI Label's app folder (``medseg-mem label``): its main.py, logs and the runs its train tasks write.
+DEFAULT_LABEL_APP = DEFAULT_WORKDIR / "label"
 
 #: ``dataset.json`` name of the embedded default task (medseg_mem.data.synthetic); it has its own run profile.
 EMBEDDED_DATASET = "SyntheticRods"
