@@ -18,7 +18,7 @@ import dataclasses
 import json
 import shutil
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, Tuple
 
 from medseg_mem.core.changes import RunChanges
 from medseg_mem.core.config import RunRequest
