@@ -93,7 +93,7 @@ def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepa
     assert chosen.exit_code == 0, chosen.output
     picked = chosen.output.split("--variant auto: ")[1].split(":")[0]
     assert picked in ("full", "patch") and f"with {picked} (medseg-work/runs/" in chosen.output
-    assert "ranked by mean test Dice in medseg-work/results.csv" in chosen.output
+    assert "ranked by mean test Dice (%) in medseg-work/results.csv" in chosen.output
     tight = predict("--variant", "auto", "--budget", "1KB")
     assert tight.exit_code == 1 and "no variant fits; the smallest" in tight.output and "Traceback" not in tight.output
     named = predict("--variant", "patch")
