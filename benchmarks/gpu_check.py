@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 from bench_memory import CHANNELS, variant_setup  # noqa: E402
 from bench_plan_vs_predict import verdict  # noqa: E402
-from bench_train_memory import parse_config, timed_step_setup  # noqa: E402
+from bench_train_memory import CONFIGS, parse_config, timed_step_setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 #: The sizes the docs quote: ``(image shape C,X,Y,Z, classes)``.
@@ -75,9 +75,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hippocampus-variants", default="full", help="variants of that run [full]")
     parser.add_argument("--out", type=Path, help="CSV to append to [benchmarks/results/gpu_check_<gpu>.csv]")
     args = parser.parse_args(argv)
-    for option, allowed in (("parts", PARTS), ("sizes", SIZES), ("variants", VARIANTS),
-                            ("hippocampus_variants", VARIANTS), ("inference_precisions", ("fp32", "bf16", "fp16")),
-                            ("train_configs", ("fp32", "bf16", "fp16", "fp32+ckpt", "bf16+ckpt", "fp16+ckpt"))):  # fmt: skip
+    choices = (("parts", PARTS), ("sizes", SIZES), ("variants", VARIANTS), ("hippocampus_variants", VARIANTS),
+               ("inference_precisions", ("fp32", "bf16", "fp16")), ("train_configs", CONFIGS))  # fmt: skip
+    for option, allowed in choices:
         names = [name for name in getattr(args, option).split(",") if name]
         wrong = [name for name in names if name not in allowed]
         if wrong or not names:

@@ -77,7 +77,8 @@ def test_compare_says_the_cascade_steps_sum_its_models(full_and_cascade, tmp_pat
     assert result.exit_code == 0, result.output
     assert "differ" not in result.output
     # full: 2 steps; cascade: stage 1 and stage 2 of 2 steps each
-    assert "train steps: full: 2, cascade: 4; the cascade's figure is the sum over the models it trains" in result.output
+    note = "train steps: full: 2, cascade: 4; the cascade's figure is the sum over the models it trains"
+    assert note in result.output
     assert "2 models of 2 steps, as the others train" in result.output
     assert "mean Dice % (fg)" in result.output
 
