@@ -38,7 +38,7 @@ def test_accuracy_order_ranks_by_the_results_then_the_thesis(tmp_path):
     append_rows(results, [_row("patch", 0.9), _row("full", 0.8), _row("cascade", 0.99, dataset="other"),
                           _row("cascade", 0.99, source="benchmark")])  # fmt: skip
     order, why = accuracy_order(results, "D")
-    assert order == ["patch", "full", "cascade"] and "patch 0.900, full 0.800" in why
+    assert order == ["patch", "full", "cascade"] and "patch 90.00, full 80.00" in why
 
 
 @pytest.fixture

@@ -31,21 +31,20 @@ def command_lines(path: Path):
     found = []
     for _, lines in code_blocks(text):
         joined = "\n".join(lines).replace("\\\n", " ")
-        for line in joined.splitlines():
-            found += [m.group(1) for m in COMMAND.finditer(line.strip()) if line.strip().startswith(("$", "medseg",
-                                                                                                    "torchrun", "python"))]  # fmt: skip
+        for line in (line.strip() for line in joined.splitlines()):
+            if line.startswith(("$", "medseg", "torchrun", "python")):
+                found += [m.group(1) for m in COMMAND.finditer(line)]
     prose = re.sub(r"```.*?```", "", text, flags=re.S)
     found += [m.group(1) for m in re.finditer(r"`(?:medseg-mem|python -m medseg_mem) ([a-z][^`]*)`", prose)]
     return found
 
 
 def arguments(line: str):
-    """The tokens of a command line, without a trailing comment or redirection."""
-    line = re.split(r"\s+#\s", line)[0]
-    tokens = shlex.split(line.replace("…", "...").replace("<", "'<").replace(">", ">'"), posix=True)
-    return [token for token in tokens if token not in ("...",)][: next((i for i, t in enumerate(tokens)
-                                                                          if t in ("|", ">", "&&", "2>&1")),
-                                                                         len(tokens))]  # fmt: skip
+    """The tokens of a command line, without a trailing comment, pipe or redirection, nor ``...`` placeholders."""
+    line = re.split(r"\s+#\s", line)[0].replace("…", "...")
+    tokens = shlex.split(line.replace("<", "'<").replace(">", ">'"))
+    ends = [i for i, token in enumerate(tokens) if token in ("|", ">", "&&", "2>&1")]
+    return [token for token in tokens[: min(ends, default=len(tokens))] if token != "..."]
 
 
 ALL = [(path.name, line) for path in DOCS for line in command_lines(path)]
