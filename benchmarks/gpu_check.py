@@ -32,8 +32,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import re
 import subprocess
 import sys
@@ -46,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmar
 
 from bench_memory import CHANNELS, variant_setup  # noqa: E402
 from bench_plan_vs_predict import verdict  # noqa: E402
+import bench_train_memory  # noqa: E402
 from bench_train_memory import CONFIGS, parse_config, timed_step_setup  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,17 +155,7 @@ def commit() -> str:
 
 def append_row(path: Path, row: dict) -> None:
     """Append ``row`` to the CSV at ``path`` (header first for a new file), atomically; other columns stop it."""
-    from medseg_mem.core.files.atomic import write_text_atomic
-
-    old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and old.splitlines()[0] != ",".join(COLUMNS):
-        raise SystemExit(f"{path} has other columns than {', '.join(COLUMNS)}; pass --out NEW.csv")
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
-    if not old:
-        writer.writeheader()
-    writer.writerow(row)
-    write_text_atomic(path, old + buffer.getvalue())
+    bench_train_memory.append_row(path, row, COLUMNS)
 
 
 def summary_line(row: dict) -> str:
