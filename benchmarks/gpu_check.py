@@ -267,7 +267,11 @@ def run_hippocampus(args, minutes: float, device: str, gpu: str):
                    "--variants", ",".join(args.hippocampus_variants), "--device", "cuda", "--work", work,
                    "--stage2-guidance", "truth", "--results", str(results)]  # fmt: skip
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+        try:  # prepare and the test evaluation get 2 minutes beyond the training time
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60 * (minutes + 2))
+        except subprocess.TimeoutExpired:
+            print(f"hippocampus run stopped after {minutes + 2:g} min (its rows, if any, are in {results})")
+            return []
     if done.returncode != 0:
         print(f"hippocampus run failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
         return []
