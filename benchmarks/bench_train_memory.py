@@ -116,8 +116,8 @@ def make_row(args, name, reading, seconds, planned):
     )  # fmt: skip
 
 
-def append_row(path: Path, row) -> None:
-    """Append ``row`` to the CSV at ``path`` (header written for a new file), atomically.
+def append_row(path: Path, row, columns=COLUMNS) -> None:
+    """Append ``row`` to the CSV at ``path`` (header of ``columns`` written for a new file), atomically.
 
     Raises:
         SystemExit: if ``path`` exists with other columns.
@@ -125,10 +125,10 @@ def append_row(path: Path, row) -> None:
     from medseg_mem.core.files.atomic import write_text_atomic
 
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and old.splitlines()[0] != ",".join(COLUMNS):
-        raise SystemExit(f"{path} has other columns than {', '.join(COLUMNS)}; pass --out NEW.csv")
+    if old and old.splitlines()[0] != ",".join(columns):
+        raise SystemExit(f"{path} has other columns than {', '.join(columns)}; pass --out NEW.csv")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     if not old:
         writer.writeheader()
     writer.writerow(row)

@@ -41,7 +41,7 @@ def test_accuracy_order_ranks_by_the_results_then_the_thesis(tmp_path):
     append_rows(results, [_row("patch", 0.9), _row("full", 0.8), _row("cascade", 0.99, dataset="other"),
                           _row("cascade", 0.99, source="benchmark")])  # fmt: skip
     order, why = accuracy_order(results, "D")
-    assert order == ["patch", "full", "cascade"] and "patch 0.900, full 0.800" in why
+    assert order == ["patch", "full", "cascade"] and "patch 90.00, full 80.00" in why
 
 
 @pytest.fixture
@@ -100,7 +100,7 @@ def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepa
     assert chosen.exit_code == 0, chosen.output
     picked = chosen.output.split("--variant auto: ")[1].split(":")[0]
     assert picked in ("full", "patch") and f"with {picked} (medseg-work/runs/" in chosen.output
-    assert "ranked by mean test Dice in medseg-work/results.csv" in chosen.output
+    assert "ranked by mean test Dice (%) in medseg-work/results.csv" in chosen.output
     tight = predict("--variant", "auto", "--budget", "1KB")
     assert tight.exit_code == 1 and "no variant fits; the smallest" in tight.output and "Traceback" not in tight.output
     named = predict("--variant", "patch")

@@ -111,7 +111,8 @@ def test_show_draws_the_variants_prediction_and_the_cases_ground_truth(tiny_run,
     case = tiny_prepared.load(case_id)
     np.testing.assert_array_equal(prediction, np.asarray(case.image[0]) > 0)  # the analytic "network"
     np.testing.assert_array_equal(truth, case.label[0])
-    assert names == NAMES and drawn["kw"]["title"].startswith(f"{case_id}: run {tiny_run[1].name} (full)\nDice left")
+    assert names == NAMES
+    assert drawn["kw"]["title"].startswith(f"{case_id}: run {tiny_run[1].name} (full)\nDice (%) left")
 
 
 @pytest.mark.parametrize("args, says", [

@@ -77,7 +77,7 @@ def test_tables_and_the_auto_ranking_show_final_models_only(curves_csv):
     assert table.loc["full", "mean_dice"] == pytest.approx(0.88) and table.loc["full", "n_runs"] == 2
     assert table.loc["cascade", "mean_dice"] == pytest.approx(0.86) and table.loc["cascade", "n_runs"] == 1
     order, why = accuracy_order(curves_csv, DATASET)
-    assert order[:2] == ["cascade", "full"] and "cascade 0.860" in why  # full: mean of 0.70 and 0.88
+    assert order[:2] == ["cascade", "full"] and "cascade 86.00" in why  # full: mean of 70 and 88 %
 
 
 def test_the_compare_command_says_it_wrote_the_time_plot(curves_csv, tmp_path):

@@ -66,3 +66,8 @@ def format_bytes(n_bytes: float) -> str:
         return f"{value:.0f} B"
     decimals = 0 if abs(value) >= 100 else 1 if abs(value) >= 10 else 2
     return f"{value:.{decimals}f} {_BINARY_UNITS[unit]}"
+
+
+def dice_percent(value: float) -> str:
+    """A Dice fraction as the percentage every table and summary shows, two decimals: ``0.8013`` -> ``80.13``."""
+    return f"{100 * float(value):.2f}"

@@ -15,6 +15,8 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
+from medseg_mem.core.units import dice_percent
+
 
 def dice_per_class(prediction: torch.Tensor, label: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Dice of each foreground class, ``(B, K-1)`` float32, for integer label maps ``(B, 1, X, Y, Z)``.
@@ -59,5 +61,7 @@ def overall_dice(values: Sequence[float]) -> float:
 
 
 def dice_text(names: Sequence[str], values: Sequence[float]) -> str:
-    """``long_rod 0.912, short_rod n/a`` (n/a: the class was in no case, so it was not scored)."""
-    return ", ".join(f"{name} {'n/a' if math.isnan(value) else f'{value:.3f}'}" for name, value in zip(names, values))
+    """``(%) long_rod 91.20, short_rod n/a``: Dice in percent, the unit named once (n/a: the class was in no case,
+    so it was not scored)."""
+    scores = (f"{name} {'n/a' if math.isnan(value) else dice_percent(value)}" for name, value in zip(names, values))
+    return "(%) " + ", ".join(scores)

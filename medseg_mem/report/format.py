@@ -12,7 +12,7 @@ from typing import Sequence
 import pandas as pd
 
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.core.units import format_bytes
+from medseg_mem.core.units import dice_percent, format_bytes
 from medseg_mem.data.fingerprint import dataset_label
 from medseg_mem.report.tables import DICE_PREFIX, GROUP_KEYS, Group, build_groups
 
@@ -113,7 +113,7 @@ def format_number(value: object) -> str:
 
 def format_dice(value: object) -> str:
     """Return a Dice fraction as a percentage with two decimals (``0.8013`` → ``80.13``)."""
-    return MISSING if _missing(value) else f"{100 * float(value):.2f}"
+    return MISSING if _missing(value) else dice_percent(value)
 
 
 def format_count(value: object) -> str:

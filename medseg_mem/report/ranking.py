@@ -11,6 +11,7 @@ from typing import List, Tuple
 
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.core.names import THESIS_ORDER
+from medseg_mem.core.units import dice_percent
 from medseg_mem.report.results import final_rows, read_results
 
 
@@ -24,8 +25,8 @@ def accuracy_order(results: Path, dataset: str) -> Tuple[List[str], str]:
     order = ranked + [name for name in THESIS_ORDER if name not in means]
     if not means:
         return order, "no results for this dataset yet: the thesis's order full > cascade > patch"
-    scores = ", ".join(f"{name} {means[name]:.3f}" for name in ranked)
-    return order, f"mean test Dice in {results}: {scores}"
+    scores = ", ".join(f"{name} {dice_percent(means[name])}" for name in ranked)
+    return order, f"mean test Dice (%) in {results}: {scores}"
 
 
 def _mean_dice(results: Path, dataset: str) -> dict:

@@ -41,6 +41,8 @@ FINE_TUNED = " (fine-tuned)"
 #: What makes two benchmark runs the same configuration (only the latest of each is shown).
 BENCHMARK_KEYS = ("variant", "channels", "slab_size", "downsample", "inferer")
 DICE_PREFIX = "dice_"
+#: The cascade's stages: its ``train_steps`` is at least their sum.
+CASCADE_STAGES = 2
 
 
 @dataclass
@@ -150,10 +152,7 @@ def run_table(rows: pd.DataFrame, choice: str = "best") -> Tuple[pd.DataFrame, T
     if peers:
         notes.append(f"peer runs (another tool on the same split and training budget, benchmarks/peer_*.py): "
                      f"{', '.join(peers)}.")
-    for column, label in (("train_steps", "train steps"), ("n_test_cases", "test cases")):
-        if table[column].nunique(dropna=False) > 1:
-            values = ", ".join(f"{v}: {_plain(n)}" for v, n in zip(table["variant"], table[column]))
-            notes.append(f"{label} differ between the variants shown ({values}).")
+    notes += [note for note in (_steps_note(table), _cases_note(table)) if note]
     columns = ["variant", "source", *(DICE_PREFIX + c for c in classes), "mean_dice", "peak_memory_bytes",
                "inference_seconds_per_case", "device", "memory_method", "train_steps", "n_runs", "run_id",
                "timestamp", "n_test_cases", "channels", "slab_size", "downsample", "train_peak_memory_bytes",
@@ -168,6 +167,33 @@ def _mark_fine_tuned(summary: pd.DataFrame) -> Tuple[pd.DataFrame, bool]:
     if not started.any():
         return summary, False
     return summary.assign(variant=summary["variant"].where(~started, summary["variant"] + FINE_TUNED)), True
+
+
+def _steps_note(table: pd.DataFrame) -> str:
+    """Say how the variants' training steps compare. The cascade's figure sums the steps of every model it trains
+    (stage 1, stage 2 and, with predicted guidance, the fold models), so ``full: 200, patch: 200, cascade: 400`` is
+    the same training per model and is said as such; only steps that still differ per model are a difference."""
+    if table["train_steps"].nunique(dropna=False) <= 1:
+        return ""
+    steps = dict(zip(table["variant"], table["train_steps"]))
+    values = ", ".join(f"{v}: {_plain(n)}" for v, n in steps.items())
+    if "cascade" not in steps:
+        return f"train steps differ between the variants shown ({values})."
+    summed = "the cascade's figure is the sum over the models it trains (stage 1, stage 2, any fold models)"
+    others = {n for v, n in steps.items() if v != "cascade"}
+    each = others.pop() if len(others) == 1 else None
+    models = steps["cascade"] / each if each else float("nan")
+    if models == models and models.is_integer() and models >= CASCADE_STAGES:
+        return f"train steps: {values}; {summed}: {models:.0f} models of {_plain(each)} steps, as the others train."
+    return f"train steps differ between the variants shown ({values}); {summed}."
+
+
+def _cases_note(table: pd.DataFrame) -> str:
+    """Say when the variants were scored on different numbers of test cases."""
+    if table["n_test_cases"].nunique(dropna=False) <= 1:
+        return ""
+    values = ", ".join(f"{v}: {_plain(n)}" for v, n in zip(table["variant"], table["n_test_cases"]))
+    return f"test cases differ between the variants shown ({values})."
 
 
 def benchmark_table(rows: pd.DataFrame, choice: str = "latest") -> Tuple[pd.DataFrame, Tuple[str, ...], List[str]]:

@@ -95,7 +95,7 @@ def predict_cases(checkpoint: Path, stage, model, dataset, device, case_ids: Seq
 def fold_job(job, dataset, index: int, train_ids: Sequence[str], times: StageTimes):
     """Stage 1's job for fold model ``index``: trained on ``train_ids`` only, in ``<stage folder>/folds/<index>``."""
     fold_data = StageData(FoldView(dataset, train_ids), job.stage, job.model, job.train,
-                          stage_index=FOLD_SEED_OFFSET + index, progress=job.data.progress)  # fmt: skip
+                          stage_index=FOLD_SEED_OFFSET + index)  # fmt: skip
     return dataclasses.replace(job, data=fold_data, folder=job.folder / "folds" / str(index), init_weights=None,
                                seed_offset=FOLD_SEED_OFFSET + index, times=times)  # fmt: skip
 

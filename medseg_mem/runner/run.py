@@ -210,7 +210,7 @@ def run_one(run_id, name, model, train, dataset, request, device, echo, weights=
     main, earlier = distributed.is_main(), recorded_training(run_dir)
     if main:  # a resumed run's record keeps what its training recorded
         write_run_record(run_dir, {**info, **earlier}, model, train)
-    echo(f"[{name}] run {run_id}: {run_settings(model, train)}{describe(train)}"
+    echo(f"[{name}] run {run_id}: {run_settings(model, train, name)}{describe(train)}"
          + (f"; fine-tuned from run {init.run_id}" if init is not None else ""))
     if weights is not None:
         echo(f"[{name}] class weights ({train.class_weights}, from the train split): "
@@ -270,9 +270,11 @@ def memory_line(result: VariantResult) -> str:
             f"added {added}")
 
 
-def run_settings(model: ModelConfig, train: TrainConfig) -> str:
+def run_settings(model: ModelConfig, train: TrainConfig, variant: str) -> str:
     """The header line's settings, e.g. ``channels 4-8, 2 steps/stage, lr 0.003 poly, loss dice_ce, fp32, seed 0``;
-    the levers and nnU-Net's recipe options are named when they are on (``sgd, augment nnunet, ...``)."""
+    the levers and nnU-Net's recipe options are named when they are on (``sgd, augment nnunet, ...``), and the
+    cascade's own (stage-2 guidance) only for the cascade."""
+    cascade = variant == "cascade"
     steps = f"{train.steps} steps/stage" + (" at most" if train.time_limit is not None else "")
     parts = [f"channels {'-'.join(map(str, model.channels))}", steps, f"lr {train.lr:g} {train.lr_schedule}",
              f"loss {train.loss}", train.precision]  # fmt: skip
@@ -283,7 +285,8 @@ def run_settings(model: ModelConfig, train: TrainConfig) -> str:
         "sgd": train.optimizer == "sgd",
         f"augment {train.augment}": train.augment != "none",
         f"foreground oversample {train.foreground_oversample:g}": train.foreground_oversample > 0,
-        f"stage-2 guidance predicted ({train.guidance_folds} folds)": train.stage2_guidance == "predicted",
+        f"stage-2 guidance predicted ({train.guidance_folds} folds)": cascade and train.stage2_guidance == "predicted",
+        f"guidance noise {train.guidance_noise:g}": cascade and train.guidance_noise > 0,
     }
     return ", ".join(parts + [text for text, shown in optional.items() if shown] + [f"seed {train.seed}"])
 

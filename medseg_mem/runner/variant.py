@@ -46,7 +46,7 @@ def train_variant(
         job = StageJob(
             variant=name, stage=stage, in_channels=stage.in_channels(dataset.in_channels, dataset.num_classes, model),
             num_classes=dataset.num_classes, model=model, train=train,
-            data=StageData(dataset, stage, model, train, stage_index=index, progress=progress,
+            data=StageData(dataset, stage, model, train, stage_index=index,
                            guidance=guidance if stage.guided else None),
             folder=run_dir / stage.name, device=device, meta=checkpoint_meta(dataset), seed_offset=index,
             class_weights=weights, times=divided(times, train.guidance_folds + 1) if feeds else times,

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from medseg_mem.core.config import ModelConfig, TrainConfig
 from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.core.precision import grad_scaler
+from medseg_mem.core.units import dice_percent
 from medseg_mem.inference.metrics import dice_per_class, mean_dice, overall_dice
 from medseg_mem.models.build import build_network
 from medseg_mem.models.deep_supervision import DeepSupervisionLoss
@@ -193,7 +194,7 @@ def validate_on_ranks(job: StageJob, trained, step: int, state: Dict[str, Any], 
     distributed.average_buffers(trained[0])
     if distributed.is_main():
         record_validation(job, trained, step, state, loss.item(), marks, log)
-        bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{dice_percent(state['history'][-1]['mean_dice'])} %")
     distributed.barrier()
 
 

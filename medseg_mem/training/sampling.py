@@ -226,15 +226,14 @@ class StageData:
         model: the variant settings.
         train: batch size, workers, cache budget, seed, foreground oversampling and augmentation.
         stage_index: the stage's position in its variant (so two stages draw different samples).
-        progress: show a progress bar while the cache fills.
         guidance: a guided stage's stage-1 predictions (``<case>.npy`` label maps at stage-1 resolution, for the
             train and val cases; :mod:`~medseg_mem.runner.out_of_fold`); ``None``: guidance from the ground truth.
     """
 
     def __init__(self, dataset, stage: Stage, model: ModelConfig, train: TrainConfig, stage_index: int = 0,
-                 progress: bool = False, guidance: Optional[Path] = None) -> None:  # fmt: skip
+                 guidance: Optional[Path] = None) -> None:
         self.dataset, self.stage, self.model, self.train = dataset, stage, model, train
-        self.stage_index, self.progress, self.guidance = stage_index, progress, guidance
+        self.stage_index, self.guidance = stage_index, guidance
         self._cases = None
 
     def cache_count(self, ids: Sequence[str]) -> int:
@@ -251,7 +250,8 @@ class StageData:
             ids = self.dataset.ids("train")
             items = [{"case": case_id} for case_id in ids]
             self._cases = CacheDataset(
-                items, self.inputs(), cache_num=self.cache_count(ids), num_workers=0, progress=self.progress,
+                items, self.inputs(), cache_num=self.cache_count(ids), num_workers=0,
+                progress=False,  # MONAI's "Loading dataset" bar would nest inside the run's own training bar
                 copy_cache=False,
             )  # fmt: skip
         return self._cases
