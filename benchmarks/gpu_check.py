@@ -108,7 +108,7 @@ def stage_inputs(variant: str, shape, classes: int, model=None):
 def planned(variant: str, shape, classes: int, mode: str, config: str, device: str, calibration=None, model=None):
     """The planner's figure (bytes on ``device``) for one row: ``predict``'s inference at ``config``'s precision,
     or one training step (batch 1, no validation, no loader) at ``config``'s levers, channels-last."""
-    from medseg_mem.core.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.config import InferenceConfig, ModelConfig, TrainConfig
     from medseg_mem.memory.planner import UNCALIBRATED, plan_variant
 
     precision, checkpointing = parse_config(config)
@@ -116,8 +116,9 @@ def planned(variant: str, shape, classes: int, mode: str, config: str, device: s
                    device=device)  # fmt: skip
     if mode == "inference":
         return plan_variant(variant, shape, classes, inference=InferenceConfig(precision=precision), **options)
-    return plan_variant(variant, shape, classes, mode="training", precision=precision, checkpointing=checkpointing,
-                        workers=0, cache_bytes=0, channels_last=True, validation=False, **options)  # fmt: skip
+    train = TrainConfig(batch_size=1, precision=precision, checkpointing=checkpointing, workers=0, cache_bytes=0,
+                        channels_last=True)  # fmt: skip
+    return plan_variant(variant, shape, classes, train=train, validation=False, **options)
 
 
 def memory_row(part, size, variant, config, stage, allocated, reserved, planned_bytes, seconds, device, gpu) -> dict:

@@ -27,14 +27,11 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.core.config import RunRequest
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.label import MISSING
 from medseg_mem.label.retrain import MIN_CASES, retrain
 from medseg_mem.label.served import current_run, publish, served_runs
-from medseg_mem.runner.run import run_variants
 from medseg_mem.variants.trained_run import open_trained_run
-from test_wallclock import TINY
 
 HAS_MONAILABEL = importlib.util.find_spec("monailabel") is not None
 needs_monailabel = pytest.mark.skipif(not HAS_MONAILABEL,
@@ -44,12 +41,11 @@ READY_SECONDS = 180  # a generous bound on start-up under load; no test asserts 
 
 
 @pytest.fixture(scope="module")
-def runs(tiny_prepared, tmp_path_factory):
-    """``{variant: run folder}``: a 2-step run of the tiny task for each of :data:`VARIANTS`."""
-    base = tmp_path_factory.mktemp("label-runs")
-    request = RunRequest(VARIANTS, tiny_prepared.root, base / "results.csv", base / "runs",
-                         overrides=TINY + (("steps", 2), ("val_every", 2)), progress=False)  # fmt: skip
-    return {result.variant: base / "runs" / result.run_id for result in run_variants(request, lambda *_: None)}
+def runs(trained_runs, tmp_path_factory):
+    """``{variant: run folder}``: copies of the session's tiny run of each of :data:`VARIANTS` (the server and
+    retraining only read them; copies keep the shared runs safe all the same)."""
+    base = tmp_path_factory.mktemp("label-runs") / "runs"
+    return {name: Path(shutil.copytree(trained_runs(name), base / trained_runs(name).name)) for name in VARIANTS}
 
 
 @pytest.fixture(scope="module")
