@@ -106,12 +106,13 @@ def open_scan(path: Path, folder: Optional[Path] = None) -> ScanFile:
             decompression fails (:func:`~medseg_mem.data.streaming.gunzip.decompress_to_temporary`).
     """
     path = Path(path)
-    header = _header(path)
+    image = _image(path)
+    header = image.header
     shape = tuple(int(s) for s in header.get_data_shape())
     if len(shape) not in SPATIAL_DIMS:
         raise MedsegError(f"{path}: has {len(shape)} dimensions ({'x'.join(map(str, shape))}); expected a 3D scan "
                           "(or 4D with channels last)")  # fmt: skip
-    offset, claimed = int(header.get_data_offset()), voxel_bytes(header)
+    offset, claimed = int(image.dataobj.offset), voxel_bytes(header)  # the image's header has vox_offset reset
     temporary = None
     if _compressed(path):
         plane = header.get_data_dtype().itemsize * shape[0] * shape[1]
@@ -143,12 +144,12 @@ def _check_size(path: Path, present: int, claimed: int) -> None:
                           "the file is truncated or its header is wrong, export the scan again")  # fmt: skip
 
 
-def _header(path: Path):
-    """The NIfTI header of ``path``, voxels unread."""
+def _image(path: Path):
+    """nibabel's image of ``path``: its header read, its voxels not."""
     import nibabel as nib
 
     try:
-        return nib.load(str(path)).header
+        return nib.load(str(path))
     except OSError as error:
         raise MedsegError(f"{path}: cannot be read ({(error.strerror or str(error)).lower()})") from error
     except Exception as error:  # noqa: BLE001 - nibabel reports a bad header in many exception types
@@ -162,5 +163,5 @@ def _load(uncompressed: Path, shown: Path):
 
     try:
         return correct_nifti_header_if_necessary(nib.load(str(uncompressed), mmap=False))
-    except Exception as error:  # noqa: BLE001 - as _header
+    except Exception as error:  # noqa: BLE001 - as _image
         raise MedsegError(f"{shown}: cannot be read as NIfTI ({error}); re-export or replace the file") from error
