@@ -126,8 +126,12 @@ def test_non_finite_voxels_are_refused_with_their_slices(tmp_path):
     data[2, 3, 7] = np.nan
     path = tmp_path / "nan.nii"
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(path))
-    with pytest.raises(MedsegError, match=r"nan.nii: contains NaN or infinite values \(in slices 0-8"):
-        stream_scan(path, settings_for(["CT"]))
+    with pytest.raises(MedsegError, match=r"nan.nii: contains NaN or infinite values \(in slices 0-8 of its axis 2"):
+        stream_scan(path, settings_for(["MRI"]))  # found by the survey, before any slab
+    with stream_scan(path, settings_for(["CT"])) as stream:  # no survey: found by the slab that reads it
+        assert stream.read(0, 4).shape == (1, 6, 6, 4)
+        with pytest.raises(MedsegError, match=r"nan.nii: contains NaN or infinite values \(in slices 4-7 of its"):
+            stream.read(4, 8)
 
 
 def test_wrong_channel_count_is_refused(tmp_path):

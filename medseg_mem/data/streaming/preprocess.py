@@ -2,15 +2,17 @@
 without ever holding the whole volume.
 
 :func:`stream_scan` opens the scan (:mod:`~medseg_mem.data.streaming.source`), works out the geometry from its
-header (:mod:`~medseg_mem.data.streaming.geometry`) and runs a survey: one pass over the file's own slices
-(contiguous reads) that refuses NaN or infinite voxels, and, for a run without resampling, gathers the nonzero
-moments of the z-scored channels and the foreground box of ``--crop-foreground`` (orientation only reorders
-voxels, so both come from the file as it is). A resampling run gathers them in a second pass over the resampled
-slices. Then :meth:`ScanStream.read` serves any range of slices of the preprocessed image along its last
-axis, and :meth:`ScanStream.slabs` all of them in order:
+header (:mod:`~medseg_mem.data.streaming.geometry`) and, when the run needs statistics of the scan (the nonzero
+moments of z-scored MRI channels, the foreground box of ``--crop-foreground``), gathers them in a survey pass:
+over the file's own slices (contiguous reads; orientation only reorders voxels) for a run without resampling,
+over the resampled slices otherwise. A CT run without a crop needs none: its statistics are the dataset's.
+Then :meth:`ScanStream.read` serves any range of slices of the preprocessed image along its last axis, and
+:meth:`ScanStream.slabs` all of them in order:
 
 1. the RAS slices of the range are read from the file (``Orientationd`` as index arithmetic: a transpose and
-   flips of the slab, never of the volume);
+   flips of the slab, never of the volume); a NaN or infinite voxel read is refused (by the survey, or, for a
+   run without one, by the slab that reads it: nothing has been written then, as the writer only commits at
+   the end);
 2. with ``--spacing``, they are resampled with MONAI's own sample positions from the input slices they need
    (the halo; :mod:`~medseg_mem.data.streaming.sampler`);
 3. cropped to the foreground box, and normalised per voxel with the gathered statistics.
@@ -92,30 +94,31 @@ class ScanStream:
                               "channels on the 4th axis")  # fmt: skip
 
     def _survey(self) -> None:
-        """Check every voxel is finite; gather the moments and the foreground box the run needs."""
+        """Gather the moments and the foreground box the run needs (nothing to gather: no survey)."""
         zscored = zscore_channels(self.settings["normalization"])
         crop = bool(self.settings["crop_foreground"])
-        native = self.resampling is None
-        box = ForegroundBox()
-        for first, block in self._file_blocks():
-            if native:
-                self._gather(block, first, zscored, box if crop else None)
-        if not native and (zscored or crop):
+        if not zscored and not crop:
+            return
+        box = ForegroundBox() if crop else None
+        if self.resampling is None:  # orientation only reorders voxels: gather from the file as it is
+            for first, stop in _ranges(self.scan.shape[2], self._survey_depth(self.scan.shape)):
+                self._gather(self._checked(self.scan.read(2, first, stop), 2, first, stop), first, zscored, box)
+        else:
             for first, stop in _ranges(self.grid_shape[2], self._survey_depth()):
-                self._gather(self._grid(first, stop), first, zscored, box if crop else None)
+                self._gather(self._grid(first, stop), first, zscored, box)
         if crop:
-            self.box = self._crop_box(box, native)
+            self.box = self._crop_box(box, self.resampling is None)
 
-    def _file_blocks(self) -> Iterator[Tuple[int, torch.Tensor]]:
-        """The file's own slices, a bounded block at a time, checked finite."""
-        for first, stop in _ranges(self.scan.shape[2], self._survey_depth(self.scan.shape)):
-            block = torch.from_numpy(self.scan.read(2, first, stop))
-            if not bool(torch.isfinite(block).all()):
-                raise MedsegError(f"{self.scan.path}: contains NaN or infinite values (in slices {first}-{stop - 1} "
-                                  "of its last axis); fix the scan before predicting")  # fmt: skip
-            yield first, block
+    def _checked(self, block: np.ndarray, axis: int, first: int, stop: int) -> torch.Tensor:
+        """``block`` (file slices ``[first, stop)`` of ``axis``) as a tensor, refused when a voxel is not finite."""
+        tensor = torch.from_numpy(block)
+        if not bool(torch.isfinite(tensor).all()):
+            raise MedsegError(f"{self.scan.path}: contains NaN or infinite values (in slices {first}-{stop - 1} of "
+                              f"its axis {axis}); fix the scan before predicting")  # fmt: skip
+        return tensor
 
     def _gather(self, block: torch.Tensor, first: int, zscored: Sequence[int], box: Optional[ForegroundBox]) -> None:
+        """Fold a block (file order, or the resampled grid) into the moments and the box."""
         for channel in zscored:
             self.moments[channel].add(block[channel])
         if box is not None:
@@ -144,8 +147,8 @@ class ScanStream:
     def _ras(self, start: int, stop: int) -> torch.Tensor:
         """RAS slices ``[start, stop)`` of the oriented grid, float32 ``(C, X, Y, n)``."""
         axis, first, last = self.orientation.file_range(start, stop)
-        block = self.orientation.to_ras(self.scan.read(axis, first, last))
-        return torch.from_numpy(np.ascontiguousarray(block))
+        block = self._checked(self.scan.read(axis, first, last), axis, first, last)
+        return torch.from_numpy(np.ascontiguousarray(self.orientation.to_ras(block.numpy())))
 
     def _grid(self, start: int, stop: int) -> torch.Tensor:
         """Slices ``[start, stop)`` of the oriented (and resampled) grid, before cropping and normalisation."""

@@ -80,6 +80,7 @@ class ScanFile:
             block = np.asanyarray(self.image.dataobj[tuple(index)]).astype(np.float32, copy=False)
         except (OSError, ValueError) as error:
             raise MedsegError(f"{self.path}: cannot be read any more ({error}); was it moved or cut short?") from error
+        block = block if block.flags.writeable else block.copy()  # float32 voxels come as a read-only buffer
         return np.moveaxis(block, -1, 0) if block.ndim == 4 else block[None]
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -71,8 +71,8 @@ class LabelMapWriter:
         self._stack = contextlib.ExitStack()
         self._raw: Optional[Path] = None
         self.received, self.finished = 0, 0  # preprocessed slices received; scan-grid (RAS) slices written
-        self._planes: Dict[int, torch.Tensor] = {}
-        self._channels, self._committed = 1, False
+        self._slabs: List[Tuple[int, torch.Tensor]] = []  # (first slice in the uncropped grid, slab) kept for the halo
+        self._channels, self._dtype, self._committed = 1, torch.uint8, False
         compressed = self.target.name.lower().endswith(".gz")
         try:
             self._final = self._stack.enter_context(replacing(self.target, suffix=".tmp.nii.gz" if compressed
@@ -98,11 +98,12 @@ class LabelMapWriter:
             raise ValueError(f"LabelMapWriter.write: slab {tuple(slab.shape)} does not continue the grid "
                              f"{(width, height, depth)} at slice {self.received}")  # fmt: skip
         (x0, y0, z0), _ = self.stream.box
-        self._channels = slab.shape[0]
-        for index in range(slab.shape[-1]):
-            plane = torch.zeros((slab.shape[0], *self.stream.grid_shape[:2]), dtype=slab.dtype)
-            plane[:, x0 : x0 + width, y0 : y0 + height] = slab[..., index]
-            self._planes[z0 + self.received + index] = plane
+        self._channels, self._dtype = slab.shape[0], slab.dtype
+        if (width, height) != tuple(self.stream.grid_shape[:2]):  # the crop undone: zero padding, once a slab
+            padded = torch.zeros((slab.shape[0], *self.stream.grid_shape[:2], slab.shape[-1]), dtype=slab.dtype)
+            padded[:, x0 : x0 + width, y0 : y0 + height] = slab
+            slab = padded
+        self._slabs.append((z0 + self.received, slab))
         self.received += slab.shape[-1]
         self._emit(final=False)
 
@@ -135,13 +136,27 @@ class LabelMapWriter:
     def _forget(self) -> None:
         shape = self.stream.orientation.shape
         low = self._needs(self.finished, min(shape[2], self.finished + 1))[0] if self.finished < shape[2] else 1 << 62
-        for index in [i for i in self._planes if i < low]:
-            del self._planes[index]
+        self._slabs = [(first, slab) for first, slab in self._slabs if first + slab.shape[-1] > low]
 
     def _grid(self, lo: int, hi: int) -> torch.Tensor:
-        """Preprocessed-grid slices ``[lo, hi)`` padded back to the uncropped grid, ``(K, X, Y, n)`` float32."""
-        zero = torch.zeros((self._channels, *self.stream.grid_shape[:2]))
-        return torch.stack([self._planes.get(i, zero).float() for i in range(lo, hi)], dim=-1)
+        """Preprocessed-grid slices ``[lo, hi)`` padded back to the uncropped grid, ``(K, X, Y, n)`` (a view of
+        the kept slab when one holds them all)."""
+        pieces, at = [], lo
+        for first, slab in self._slabs:
+            start, stop = max(at, first), min(hi, first + slab.shape[-1])
+            if start >= stop:
+                continue
+            if start > at:
+                pieces.append(self._zeros(start - at))
+            pieces.append(slab[..., start - first : stop - first])
+            at = stop
+        if at < hi:
+            pieces.append(self._zeros(hi - at))
+        return pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=-1)
+
+    def _zeros(self, depth: int) -> torch.Tensor:
+        """Slices nobody sent: outside the crop (or not segmented), zero as ``Invertd``'s padding."""
+        return torch.zeros((self._channels, *self.stream.grid_shape[:2], depth), dtype=self._dtype)
 
     def _labels(self, start: int, stop: int) -> np.ndarray:
         """uint8 labels of RAS slices ``[start, stop)`` of the scan's oriented grid, ``(X, Y, n)``."""
@@ -149,7 +164,8 @@ class LabelMapWriter:
             values = self._grid(start, stop)
         else:
             inverse, mode = self._inverse, "bilinear" if self.probabilities else "nearest"
-            values = sample_range(self._grid, inverse.theta(), inverse.in_shape, inverse.out_shape, start, stop, mode)
+            values = sample_range(lambda lo, hi: self._grid(lo, hi).float(), inverse.theta(), inverse.in_shape,
+                                  inverse.out_shape, start, stop, mode)  # fmt: skip
         labels = values.argmax(dim=0) if self.probabilities else values[0]
         return labels.to(torch.uint8).numpy()
 
@@ -236,7 +252,7 @@ def _put_block(out, offset: int, shape, axis: int, first: int, last: int, block:
     plane = shape[0] * shape[1]
     if axis == 2:
         out.seek(offset + first * plane)
-        out.write(np.ascontiguousarray(block.transpose(2, 1, 0)).tobytes())
+        out.write(np.ascontiguousarray(block.transpose(2, 1, 0)))  # F order: the first axis runs fastest
         return
     step = max(1, BLOCK_BYTES // max(1, plane))
     for k0 in range(0, shape[2], step):
