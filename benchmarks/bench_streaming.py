@@ -22,7 +22,7 @@ converters write them, so orientation flips two axes) are written on the fly int
 
 Usage::
 
-    python benchmarks/bench_streaming.py                                  # 512x512x300 and 512x512x2000, .nii and .nii.gz
+    python benchmarks/bench_streaming.py           # 512x512x300 and 512x512x2000, .nii and .nii.gz
     python benchmarks/bench_streaming.py --shapes 512x512x300 --formats nii --spacing 1,1,2.5
     python benchmarks/bench_streaming.py --log benchmarks/results/bench_streaming_cpu.log
 """
@@ -201,7 +201,7 @@ def report(args) -> None:
                     per_voxel = seconds / np.prod(shape) * 1e9
                     lines.append(f"{job:9s} {shape_text:13s} .{fmt:6s} peak {got['peak'] / 2**30:.3f} GiB "
                                  f"(+{(got['peak'] - base['peak']) / 2**20:.0f} MiB over baseline) "
-                                 f"{per_voxel:.1f} ns/voxel (process wall {got['wall']:.1f} s) [{got['own']}]")  # fmt: skip
+                                 f"{per_voxel:.1f} ns/voxel (process {got['wall']:.1f} s) [{got['own']}]")  # fmt: skip
                     print(lines[-1], flush=True)
                 scan.unlink()
     finally:

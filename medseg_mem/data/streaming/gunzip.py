@@ -7,7 +7,7 @@ a corrupt stream and a full disk each end in one :class:`~medseg_mem.errors.Meds
 where it broke) or the folder; the temporary file is removed then.
 
 Example:
-    >>> temporary = decompress_to_temporary(Path("ct.nii.gz"), slice_bytes=512 * 512 * 2, data_offset=352)  # doctest: +SKIP
+    >>> copy = decompress_to_temporary(Path("ct.nii.gz"), slice_bytes=2 * 512**2, data_offset=352)  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ appears only on :meth:`LabelMapWriter.commit` (a temporary file beside it, then 
 :func:`medseg_mem.atomic.replacing`); an exception or :meth:`LabelMapWriter.discard` leaves nothing behind.
 
 Example:
-    >>> with stream_scan(scan, settings) as stream, LabelMapWriter(stream, Path("seg.nii.gz")) as writer:  # doctest: +SKIP
-    ...     for _, slab in stream.slabs(16):
-    ...         writer.write(network(slab))
-    ...     writer.commit()
+    >>> with stream_scan(scan, settings) as stream:  # doctest: +SKIP
+    ...     with LabelMapWriter(stream, Path("seg.nii.gz")) as writer:
+    ...         for _, slab in stream.slabs(16):
+    ...             writer.write(network(slab))
+    ...         writer.commit()
 """
 
 from __future__ import annotations
