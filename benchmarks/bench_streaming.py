@@ -144,7 +144,8 @@ def measure(job: str, scan: Path, target: Path, args) -> dict:
     """Run one job in a fresh process under GNU time; its peak RSS (bytes), wall seconds and own timings."""
     command = ["/usr/bin/time", "-v", sys.executable, __file__, "--child", job, "--scan", str(scan), "--target",
                str(target), "--depth", str(args.depth), "--spacing", args.spacing]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    threads = str(args.threads)
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": threads})
     if result.returncode != 0:
         raise RuntimeError(f"{job} on {scan.name} failed:\n{result.stderr[-3000:]}")
     peak_kib = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", result.stderr).group(1))
@@ -168,6 +169,8 @@ def main() -> None:
     parser.add_argument("--formats", default="nii,nii.gz")
     parser.add_argument("--spacing", default="none", help="the run's spacing in mm, e.g. 1,1,2.5 (default: native)")
     parser.add_argument("--depth", type=int, default=16, help="slices per slab")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each job (OMP_NUM_THREADS); 1 on a "
+                        "machine shared with other jobs, where OpenMP threads wait on each other")  # fmt: skip
     parser.add_argument("--in-memory-shapes", default="512x512x300", help="shapes the in-memory pipeline runs on")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--log", default=None, help="also append the report to this file")
@@ -184,7 +187,8 @@ def report(args) -> None:
     import torch
 
     lines = [f"bench_streaming {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__} cpu, {os.cpu_count()} cores;"
-             f" spacing {args.spacing}, slabs of {args.depth}; peak = GNU time max RSS of the whole process"]
+             f" {args.threads} torch thread(s) per job; spacing {args.spacing}, slabs of {args.depth}; peak = GNU time max RSS"
+             " of the whole process"]
     work = Path(tempfile.mkdtemp(prefix="bench-streaming-", dir=args.workdir))
     in_memory = set(args.in_memory_shapes.split(","))
     try:

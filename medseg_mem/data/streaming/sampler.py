@@ -98,30 +98,27 @@ def sample_range(fetch: Fetch, theta: torch.Tensor, in_shape: Sequence[int], out
     return out.view(window.shape[0], out_shape[0], out_shape[1], stop - start)
 
 
-def _flat_index(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor, height: int, lo: int, hi: int) -> torch.Tensor:
-    """Index into the window (input slices ``[lo, hi)``, flattened) of input voxel ``(x, y, z)``."""
-    return (x * height + y) * (hi - lo) + (z - lo).clamp(0, hi - lo - 1)
-
-
 def _nearest(flat: torch.Tensor, position, shape, lo: int, hi: int) -> torch.Tensor:
     x, y, z = (p.round().long() for p in position)  # round half to even, as nearbyint
-    return flat.index_select(1, _flat_index(x, y, z, shape[1], lo, hi))
+    return flat.index_select(1, (x * shape[1] + y) * (hi - lo) + (z - lo).clamp(0, hi - lo - 1))
 
 
 def _linear(flat: torch.Tensor, position, shape, lo: int, hi: int) -> torch.Tensor:
+    """The kernel's trilinear sum: eight neighbours, weights ``(w_z * w_y) * w_x``, added in its order.
+
+    Border padding clips a position to ``size - 1``, so the upper neighbour outside the volume always has weight
+    0; its index is clamped into the window and it adds ``value * 0``, as the kernel adds nothing.
+    """
     low = [p.floor() for p in position]
+    terms = [((l + 1) - p, p - l) for p, l in zip(position, low)]  # (weight of the lower, of the upper neighbour)
+    first = [l.long() for l in low]
+    strides = (shape[1] * (hi - lo), hi - lo, 1)
+    starts = (0, 0, lo)
+    offsets = [((f - start).clamp(0, stop - 1) * stride, (f + 1 - start).clamp(0, stop - 1) * stride)
+               for f, start, stop, stride in zip(first, starts, (shape[0], shape[1], hi - lo), strides)]  # fmt: skip
+    plane_weight = {(w, h): terms[2][w] * terms[1][h] for w in (0, 1) for h in (0, 1)}  # (w_z * w_y), reused
+    row_offset = {(d, h): offsets[0][d] + offsets[1][h] for d in (0, 1) for h in (0, 1)}
     out = torch.zeros(flat.shape[0], position[0].numel())
-    zero = torch.zeros(())
-    for corner in CORNERS:
-        # the kernel's axes run (W, H, D) = (z, y, x); CORNERS lists (w, h, d) offsets
-        weight, index, inside = None, [], None
-        for axis, offset in zip((2, 1, 0), corner):
-            near = low[axis] + offset
-            term = (position[axis] - low[axis]) if offset else (low[axis] + 1 - position[axis])
-            weight = term if weight is None else weight * term
-            within = near < shape[axis]
-            inside = within if inside is None else inside & within
-            index.append(near.long().clamp(max=shape[axis] - 1))
-        values = flat.index_select(1, _flat_index(index[2], index[1], index[0], shape[1], lo, hi))
-        out += torch.where(inside, values * weight, zero)
+    for w, h, d in CORNERS:  # offsets along (z, y, x), the kernel's (W, H, D)
+        out += flat.index_select(1, row_offset[d, h] + offsets[2][w]) * (plane_weight[w, h] * terms[0][d])
     return out
