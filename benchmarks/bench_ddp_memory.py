@@ -2,7 +2,7 @@
 
 A random-weight U-Net (channels-last, as ``medseg-mem run`` trains it) takes ``--steps`` training steps through the
 training loop's own :func:`medseg_mem.training.step.train_step` (fp32, Dice+CE loss, backward, Adam), the Adam
-states created before the first one (:func:`~medseg_mem.memory.calibration_training.prime_optimizer`). Each
+states created before the first one (:func:`~medseg_mem.training.calibration_step.prime_optimizer`). Each
 setting runs three ways, every process spawned afresh with one torch thread (as ``torchrun`` sets
 ``OMP_NUM_THREADS=1``) and the same per-process batch:
 
@@ -63,7 +63,7 @@ def setup_step(channels, shape, bucket_view):
     import torch
     from monai.losses import DiceCELoss
 
-    from medseg_mem.memory.calibration_training import prime_optimizer
+    from medseg_mem.training.calibration_step import prime_optimizer
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
     from medseg_mem.training import distributed
@@ -89,7 +89,7 @@ def rank_main(rank, world, port, channels, shape, bucket_view, steps, results):
     import monai.losses  # noqa: F401 - everything setup_step imports, imported before the baseline
     import torch
 
-    import medseg_mem.memory.calibration_training  # noqa: F401
+    import medseg_mem.training.calibration_step  # noqa: F401
     import medseg_mem.models.build  # noqa: F401
     import medseg_mem.models.unet  # noqa: F401
     import medseg_mem.training.step  # noqa: F401

@@ -42,10 +42,10 @@ SAFETY = 0.85  # run a configuration only if its planned peak is below this shar
 
 
 def timed_step_setup(shape, classes, channels, device, precision, checkpointing, channels_last, timing_file):
-    """:func:`~medseg_mem.memory.calibration_training.training_setup`, its step timed into ``timing_file`` (seconds)."""
+    """:func:`~medseg_mem.training.calibration_step.training_setup`, its step timed into ``timing_file`` (seconds)."""
     import torch
 
-    from medseg_mem.memory.calibration_training import training_setup
+    from medseg_mem.training.calibration_step import training_setup
 
     step = training_setup(shape, classes, channels, device, precision, checkpointing, channels_last)
 
@@ -82,17 +82,19 @@ def planned_step(args, precision, checkpointing):
 
     The measured step has no data loader, so the loader's host bytes (part of a CPU plan) are left out.
     """
-    from medseg_mem.config import ModelConfig
+    from medseg_mem.core.config import ModelConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
 
-    calibration = cached_calibration(args.calibration, args.channels, args.device, announce=print, mode="training",
+    from medseg_mem.training.calibration_step import training_setup
+
+    calibration = cached_calibration(args.calibration, args.device, announce=print, mode="training",
                                      precision=precision, checkpointing=checkpointing,
-                                     channels_last=args.channels_last)  # fmt: skip
+                                     channels_last=args.channels_last, training_setup=training_setup)  # fmt: skip
     plan = plan_variant(
         "full", args.shape, args.classes, ModelConfig(channels=args.channels), batch=args.batch, mode="training",
         calibration=calibration, precision=precision, checkpointing=checkpointing, workers=0, cache_bytes=0,
-        device=args.device, channels_last=args.channels_last,
+        device=args.device, channels_last=args.channels_last, validation=False,  # one step, as measured
     )  # fmt: skip
     host = 0 if args.device.startswith("cuda") else plan.host_bytes
     return plan.predicted_bytes - host, calibration.key
@@ -119,7 +121,7 @@ def append_row(path: Path, row) -> None:
     Raises:
         SystemExit: if ``path`` exists with other columns.
     """
-    from medseg_mem.atomic import write_text_atomic
+    from medseg_mem.core.files.atomic import write_text_atomic
 
     old = path.read_text(encoding="utf-8") if path.exists() else ""
     if old and old.splitlines()[0] != ",".join(COLUMNS):
@@ -134,7 +136,7 @@ def append_row(path: Path, row) -> None:
 
 def run_config(args, name, budget):
     """Plan, then measure, one configuration; return its row (``None`` when skipped as infeasible)."""
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     precision, checkpointing = parse_config(name)
     planned = planned_step(args, precision, checkpointing)
@@ -156,7 +158,7 @@ def gigabytes(n_bytes) -> str:
 
 def report_goals(rows) -> None:
     """Print the goals (bf16+ckpt <= 8 GB and <= 0.45x fp32; planner within 15 %) and whether they were met."""
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     peaks = {row["config"]: row["peak_bytes"] for row in rows}
     print("goals (set for one 4x240x240x155 step; at other sizes the fixed weights and Adam states weigh more):")
@@ -183,7 +185,7 @@ def parse_args(argv=None):
                         help="channels-last network, as `medseg-mem run` trains [on]")
     parser.add_argument("--configs", default=DEFAULT_CONFIGS, help=f"some of {', '.join(CONFIGS)} [{DEFAULT_CONFIGS}]")
     parser.add_argument("--out", type=Path, help="CSV to append to [benchmarks/results/train_memory_<device>.csv]")
-    parser.add_argument("--calibration", type=Path, default=Path("medseg-work/planner-calibration.json"))
+    parser.add_argument("--calibration", type=Path, help="a calibration file [the user's cache]")
     args = parser.parse_args(argv)
     try:
         args.shape, args.channels = _ints(args.shape, 4), _ints(args.channels, 2)
@@ -211,7 +213,7 @@ def main(argv=None) -> None:
     import torch
 
     from medseg_mem.memory.planner import default_budget
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     args = parse_args(argv)
     budget, source = default_budget(args.device)

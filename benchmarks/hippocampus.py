@@ -21,12 +21,12 @@ import argparse
 import time
 from pathlib import Path
 
-from medseg_mem.config import InferenceConfig, RunRequest
-from medseg_mem.prepare_config import PrepareConfig
+from medseg_mem.core.config import InferenceConfig, RunRequest
+from medseg_mem.core.prepare_config import PrepareConfig
 from medseg_mem.data.prepare import prepare
-from medseg_mem.device import resolve_device
-from medseg_mem.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES, STAGE2_GUIDANCE_NAMES
-from medseg_mem.training.run import run_variants
+from medseg_mem.core.device import resolve_device
+from medseg_mem.core.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES, STAGE2_GUIDANCE_NAMES
+from medseg_mem.runner.run import run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
@@ -128,7 +129,7 @@ def checksums():
 @pytest.fixture(scope="session")
 def prepared_default(tmp_path_factory) -> Path:
     """The embedded default task (12 cases of 32x32x96), written and prepared once per session."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 
@@ -141,7 +142,7 @@ def prepared_default(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     """A prepared tiny 3-class task (6 cases of 8x8x20): training streams from it as from any prepared folder."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.prepared import PreparedDataset
 
@@ -149,3 +150,47 @@ def tiny_prepared(tmp_path_factory):
     task = _make_msd_task(root, n_cases=6, shape=(8, 8, 20))
     prepare(PrepareConfig(task_dir=task, out_dir=root / "prepared"), progress=False)
     return PreparedDataset.open(root / "prepared")
+
+
+#: The stand-in calibration every test plans with unless it measures or writes its own: made-up round figures, so
+#: no test calibrates (10-30 s) and none writes to the user's cache.
+TEST_CALIBRATION = {"multiplier": 1.0, "offset_bytes": 20 * 2**20, "baseline_bytes": 300 * 2**20}
+
+
+def seed_calibrations(folder: Path) -> Path:
+    """Write :data:`TEST_CALIBRATION` for every CPU setting into ``folder``'s calibration cache, for this process's
+    torch thread count and for one thread (torchrun's ranks and the bundle tests run with ``OMP_NUM_THREADS=1``);
+    return the file."""
+    from itertools import product
+
+    import torch
+
+    from medseg_mem.memory.calibration import Calibration, calibration_key, save_calibration
+    from medseg_mem.memory.calibration_file import FILE_NAME
+
+    path, threads = Path(folder) / FILE_NAME, torch.get_num_threads()
+    try:
+        for count in sorted({threads, 1}):
+            torch.set_num_threads(count)
+            for mode, precision, checkpointing, layout in product(("inference", "training"), ("fp32", "bf16", "fp16"),
+                                                                  (False, True), (False, True)):  # fmt: skip
+                key = calibration_key("cpu", mode, precision, checkpointing, layout)
+                save_calibration(path, Calibration(key=key, **TEST_CALIBRATION))
+    finally:
+        torch.set_num_threads(threads)
+    return path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def calibration_cache(tmp_path_factory):
+    """The whole session - its fixtures of every scope and the processes it starts - plans with a seeded cache
+    (``MEDSEG_MEM_CACHE``), never the user's ``~/.cache/medseg-mem``."""
+    folder = tmp_path_factory.mktemp("medseg-mem-cache")
+    seed_calibrations(folder)
+    before = os.environ.get("MEDSEG_MEM_CACHE")
+    os.environ["MEDSEG_MEM_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("MEDSEG_MEM_CACHE", None)
+    else:
+        os.environ["MEDSEG_MEM_CACHE"] = before

@@ -36,9 +36,9 @@ class HalfWriter:
 
 
 def install_full_disk(monkeypatch, matches: Optional[Callable[[Path], bool]] = None, module=None) -> None:
-    """Files that ``module`` (default :mod:`medseg_mem.atomic`) opens for writing (those whose path ``matches``,
-    default all; a file descriptor matches always) get half their text, then the disk is full."""
-    import medseg_mem.atomic as atomic
+    """Files that ``module`` (default :mod:`medseg_mem.core.files.atomic`) opens for writing (those whose path
+    ``matches``, default all; a file descriptor matches always) get half their text, then the disk is full."""
+    import medseg_mem.core.files.atomic as atomic
 
     real_open = open
 

@@ -19,10 +19,10 @@ import nibabel as nib
 import pytest
 import torch
 
-from medseg_mem.bundle import as_bool, as_widths, ensure_prepared, infer, train
+from medseg_mem.bundle.workflow import as_bool, as_widths, ensure_prepared, infer, train
 from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.errors import MedsegError
-from medseg_mem.export import export_bundle
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.export.bundle import export_bundle
 from medseg_mem.memory.measure import MemoryReading
 from medseg_mem.models.label_net import LabelUNet3D
 from medseg_mem.models.unet import UNet3D
@@ -63,7 +63,7 @@ def no_memory_probe(monkeypatch):
     """Stub the spawned memory probe; one torch thread (tiny volumes: a second thread only contends)."""
     import torch
 
-    monkeypatch.setattr("medseg_mem.training.run.measure_variant_memory", lambda *a, **k: MemoryReading(0, "stub", "cpu"))
+    monkeypatch.setattr("medseg_mem.runner.run.measure_variant_memory", lambda *a, **k: MemoryReading(0, "stub", "cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -205,7 +205,7 @@ def test_inference_without_a_trained_model_is_one_line_on_the_command_line(tmp_p
 @pytest.fixture
 def two_channel_task(tmp_path, make_msd_task):
     """A 2-channel MSD task and its prepared folder: ``(task folder, prepared folder)``."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
 
     task = make_msd_task(tmp_path / "two", n_cases=4, shape=(8, 8, 20), channels=2)
@@ -275,7 +275,7 @@ def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path
 
 
 def test_export_refuses_a_bundle_of_another_variant(tmp_path):
-    from medseg_mem.export import check_bundle
+    from medseg_mem.export.bundle import check_bundle
 
     with pytest.raises(MedsegError, match="a bundle of the patch variant, but the run is full; pass bundles/full"):
         check_bundle(BUNDLES / "patch", "full")

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 import medseg_mem
-from medseg_mem.results import append_rows
+from medseg_mem.report.results import append_rows
 
 CLI_DIR = Path(medseg_mem.__file__).parent / "cli"
 #: Loads medseg_mem.cli.compare without running medseg_mem/cli/__init__.py, which imports every other command.

@@ -24,7 +24,7 @@ def test_predicts_into_out_and_prints_one_summary_line(tmp_path, analytic):  # n
     result = invoke("--checkpoint", str(run), str(scan), "--out", str(tmp_path / "out"), "--device", "cpu")
     assert result.exit_code == 0, result.output
     assert result.output.startswith("predicted 1 of 1 scan(s) with patch") and "on cpu (fp32)" in result.output
-    assert "; peak inference memory " in result.output  # measured in the process, as plan predicts it
+    assert "; peak resident memory of the process " in result.output  # measured in the process, as plan predicts it
     out = nib.load(str(tmp_path / "out" / "scan_seg.nii.gz"))
     np.testing.assert_array_equal(np.asarray(out.dataobj), bright_scan() > 50)
 

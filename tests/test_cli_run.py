@@ -135,7 +135,7 @@ def test_bad_inference_options_are_one_line_errors(option, value):
 def test_recipe_options_reach_the_header_run_json_checkpoints_and_csv(tmp_path, prepared_default):
     import json
 
-    from medseg_mem.checkpoint import load_checkpoint
+    from medseg_mem.core.files.checkpoint import load_checkpoint
 
     results, runs = tmp_path / "results.csv", tmp_path / "runs"
     args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(runs)]

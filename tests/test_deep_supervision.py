@@ -14,15 +14,15 @@ from click.testing import CliRunner
 from monai.losses import DiceCELoss
 from torch.nn import functional as F
 
-from medseg_mem.checkpoint import load_checkpoint
+from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.cli import main
-from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import ModelConfig, TrainConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.measure import MemoryReading
 from medseg_mem.models.build import inference_state_dict, load_networks
 from medseg_mem.models.label_net import LabelUNet3D
 from medseg_mem.models.unet import UNet3D
-from medseg_mem.training.deep_supervision import DeepSupervisionLoss
+from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.loop import StageJob, make_loss, train_stage
 from medseg_mem.training.sampling import StageData
 from medseg_mem.variants import get_variant
@@ -136,7 +136,7 @@ def ds_run(prepared_default, tmp_path_factory):
     root = tmp_path_factory.mktemp("ds-run")
     args = ["--data", str(prepared_default), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("medseg_mem.training.run.measure_variant_memory",
+        patch.setattr("medseg_mem.runner.run.measure_variant_memory",
                       lambda *a, **k: MemoryReading(0, "stub", "cpu"))  # fmt: skip
         result = CliRunner().invoke(main, ["run", "--variant", "patch", *args, "--steps", "2", "--val-every", "1",
                                            "--channels", "2,4,8", "--deep-supervision", "--tta", "--quiet"])  # fmt: skip
@@ -154,7 +154,7 @@ def test_a_deep_supervised_run_records_both_options(ds_run):
 
 
 def test_exports_leave_the_heads_behind_and_keep_the_main_output(ds_run, tmp_path):
-    from medseg_mem.export import export_bundle
+    from medseg_mem.export.bundle import export_bundle
 
     run, _, _ = ds_run
     saved = load_checkpoint(run / "patch" / "best.pt")

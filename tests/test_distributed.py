@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
+from medseg_mem.core.files.checkpoint import load_checkpoint
 
 RUN = ["run", "--variant", "full", "--val-every", "3", "--channels", "2,4", "--quiet", "--lr-schedule", "constant",
        "--seed", "7"]  # fmt: skip
@@ -142,7 +142,7 @@ def test_nproc_hands_the_same_command_to_torchrun(monkeypatch, given):
     from medseg_mem.cli import main
 
     started = []
-    monkeypatch.setattr("medseg_mem.training.launch.subprocess.run",
+    monkeypatch.setattr("medseg_mem.runner.launch.subprocess.run",
                         lambda command: started.append(command) or subprocess.CompletedProcess(command, 3))  # fmt: skip
     result = CliRunner().invoke(main, ["run", "--variant", "full", *given, "--steps", "3"])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -160,7 +160,7 @@ def test_bad_nproc_is_a_one_line_error(monkeypatch, nproc, world, message):
     from medseg_mem.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", world)
-    monkeypatch.setattr("medseg_mem.training.launch.subprocess.run", pytest.fail)
+    monkeypatch.setattr("medseg_mem.runner.launch.subprocess.run", pytest.fail)
     result = CliRunner().invoke(main, ["run", "--nproc", nproc])
     assert result.exit_code != 0 and message in result.output
     assert [line for line in result.output.splitlines() if line.startswith("Error")] == [result.output.splitlines()[-1]]

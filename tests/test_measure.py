@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.measure import MeasurementError, MemoryReading, measure_peak
 
 

@@ -47,7 +47,7 @@ def runs(prepared_default, tmp_path_factory):
     root = tmp_path_factory.mktemp("onnx-runs")
     with pytest.MonkeyPatch.context() as patch:
         stub = lambda *a, **k: MemoryReading(0, "stub", "cpu")  # noqa: E731
-        patch.setattr("medseg_mem.training.run.measure_variant_memory", stub)
+        patch.setattr("medseg_mem.runner.run.measure_variant_memory", stub)
         args = ["--data", str(prepared_default), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
         result = invoke("run", "--variant", "all", *args, *TINY)
     assert result.exit_code == 0, result.output
@@ -67,8 +67,8 @@ def scan(prepared_default) -> Path:
 
 def torch_and_onnx_logits(run: Path, onnx_dir: Path, stage: str, x: torch.Tensor):
     """The stage's logits of ``x`` from PyTorch (as predict loads it) and from its ONNX model."""
+    from medseg_mem.export.onnx_format import OnnxNetwork
     from medseg_mem.models.build import load_networks
-    from medseg_mem.onnx_engine import OnnxNetwork
 
     net = load_networks({stage: run / stage / "best.pt"}, torch.device("cpu"), channels_last=True)[stage]
     with torch.inference_mode():
@@ -109,7 +109,7 @@ def test_export_writes_one_model_per_stage_and_the_recipe(runs, tmp_path, varian
 def test_both_engines_segment_a_scan_alike(runs, scan, tmp_path, variant):
     from medseg_mem.predict import predict
     from medseg_mem.predict.segment import Segmenter
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.variants.trained_run import open_trained_run
 
     assert invoke("export", "--format", "onnx", "--checkpoint", str(runs[variant])).exit_code == 0
     labels, seconds = {}, {}
@@ -135,8 +135,8 @@ def test_both_engines_segment_a_scan_alike(runs, scan, tmp_path, variant):
 
 @needs_ort
 def test_predict_exports_to_a_temporary_folder_when_the_run_has_none_or_a_stale_one(runs, scan, tmp_path):
-    from medseg_mem.onnx_engine import export_problem
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.export.onnx_engine import export_problem
+    from medseg_mem.variants.trained_run import open_trained_run
 
     run, onnx_dir = runs["cascade"], runs["cascade"] / "onnx"
     result = invoke("predict", "--quiet", "--checkpoint", str(run), str(scan), "--out", str(tmp_path / "torch"))
@@ -168,7 +168,7 @@ def test_predict_exports_to_a_temporary_folder_when_the_run_has_none_or_a_stale_
 
 @needs_ort
 def test_a_failed_export_keeps_the_previous_model_and_leaves_no_recipe(runs, tmp_path, monkeypatch):
-    from medseg_mem import export_onnx as export_module
+    from medseg_mem.export import onnx as export_module
 
     out = tmp_path / "onnx"
     assert invoke("export", "--format", "onnx", "--checkpoint", str(runs["cascade"]), "--out", str(out)).exit_code == 0

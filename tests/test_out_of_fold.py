@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from medseg_mem.config import RunRequest, TrainConfig
-from medseg_mem.errors import MedsegError, OptionError
-from medseg_mem.training.out_of_fold import folds, guidance_path, predict_cases
-from medseg_mem.training.run import run_variants
+from medseg_mem.core.config import RunRequest, TrainConfig
+from medseg_mem.core.errors import MedsegError, OptionError
+from medseg_mem.runner.out_of_fold import folds, predict_cases
+from medseg_mem.runner.run import run_variants
+from medseg_mem.runner.variant import check_snapshots
+from medseg_mem.training.guidance_files import guidance_path
 from medseg_mem.training.sampling import StageData
-from medseg_mem.training.variant import check_snapshots
 from medseg_mem.variants import get_variant
 from test_wallclock import MODEL, TINY, StepClock
 

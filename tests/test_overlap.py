@@ -8,10 +8,10 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from medseg_mem.config import InferenceConfig, ModelConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.precision import with_precision
 from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
-from medseg_mem.inference.precision import with_precision
 from medseg_mem.inference.slab import SlabInferer
 from medseg_mem.models.unet import UNet3D
 from medseg_mem.variants import get_variant

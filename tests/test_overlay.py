@@ -13,10 +13,10 @@ from PIL import Image
 import medseg_mem.overlay.show as show_module
 import medseg_mem.predict.overlay as predict_overlay
 from medseg_mem.cli import main
-from medseg_mem.config import RunRequest
+from medseg_mem.core.config import RunRequest
 from medseg_mem.overlay import figure as overlay_figure
 from medseg_mem.overlay.planes import focus_point, inner_outline, outer_outline, outlines, plane
-from medseg_mem.training.run import run_variants
+from medseg_mem.runner.run import run_variants
 from test_predict import analytic, bright_scan, make_run, save_tilted  # noqa: F401 - analytic is a fixture
 from test_wallclock import TINY
 

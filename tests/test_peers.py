@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.memory.measure import MemoryReading
-from medseg_mem.results import append_rows, read_results
+from medseg_mem.report.results import append_rows, read_results
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: Runs a script as ``__main__`` with ``nnunetv2`` unimportable, for a Python that has it installed.

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_mem.checkpoint import save_checkpoint
-from medseg_mem.config import ModelConfig
+from medseg_mem.core.files.checkpoint import save_checkpoint
+from medseg_mem.core.config import ModelConfig
 from medseg_mem.data.transforms import make_settings
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.predict import predict
-from medseg_mem.predict.trained_run import open_trained_run
+from medseg_mem.variants.trained_run import open_trained_run
 from medseg_mem.predict.files import collect_inputs, plan_outputs
 from medseg_mem.models.build import build_network
 from medseg_mem.variants import get_variant

@@ -14,13 +14,13 @@ from test_streamed import rounding_net
 
 import medseg_mem.predict.segment as segment_module
 from medseg_mem.data.transforms import make_settings
-from medseg_mem.device import resolve_device
+from medseg_mem.core.device import resolve_device
 from medseg_mem.predict import predict
 from medseg_mem.inference.slab import cut_slab
 from medseg_mem.predict.files import SpilledImage, write_label_map
 from medseg_mem.predict.restore import restore_grid
 from medseg_mem.predict.segment import Segmenter
-from medseg_mem.predict.trained_run import open_trained_run
+from medseg_mem.variants.trained_run import open_trained_run
 from medseg_mem.variants import get_variant
 
 

@@ -5,7 +5,7 @@ import sys
 
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
+from medseg_mem.core.files.checkpoint import load_checkpoint
 
 RUN = ["run", "--variant", "full", "--steps", "3", "--val-every", "3", "--channels", "2,4", "--quiet"]
 

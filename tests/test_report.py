@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory import units
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core import units
 from medseg_mem.report import compare, format_bytes, format_table
 from medseg_mem.report.format import format_size
 from medseg_mem.report.tables import build_groups
-from medseg_mem.results import RESULT_COLUMNS, append_rows, read_results
+from medseg_mem.report.results import RESULT_COLUMNS, append_rows, read_results
 
 CPU = "rss-above-baseline (isolated process)"
 CUDA = "torch.cuda.max_memory_allocated"

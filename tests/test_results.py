@@ -9,9 +9,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from medseg_mem import results as results_module
-from medseg_mem.errors import MedsegError
-from medseg_mem.results import (
+from medseg_mem.report import results as results_module
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.report.results import (
     OPTIONAL_COLUMNS,
     RESULT_COLUMNS,
     append_rows,

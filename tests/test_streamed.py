@@ -7,14 +7,14 @@ import pytest
 import torch
 from full_size_reference import full_size_guidance, full_size_labels, full_size_probabilities
 
-from medseg_mem.config import ModelConfig
-from medseg_mem.errors import OptionError
-from medseg_mem.evaluate import dice_per_class
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference import SlabInferer, argmax_into, cut_slab, label_dtype, labels_of
+from medseg_mem.inference.metrics import dice_per_class
 from medseg_mem.models.unet import UNet3D
-from medseg_mem.resample import one_hot, resample_image
 from medseg_mem.variants import get_variant
 from medseg_mem.variants.guided import GuidedSlabs
+from medseg_mem.variants.resample import one_hot, resample_image
 
 K = 3
 SIZES = [(10, 12, 21), (7, 9, 8), (11, 13, 33), (9, 6, 5)]  # odd sizes; 21, 33 and 5 leave a padded last slab

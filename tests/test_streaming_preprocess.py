@@ -14,7 +14,7 @@ import medseg_mem.data.streaming.preprocess as preprocess_module
 from medseg_mem.data.streaming.geometry import spacing_geometry
 from medseg_mem.data.streaming.preprocess import stream_scan
 from medseg_mem.data.streaming.source import ScanFile
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 CASES = [  # modalities, spacing, crop, compressed
     (["MRI"], None, False, False),

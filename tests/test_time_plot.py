@@ -6,11 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.memory.choose import accuracy_order
 from medseg_mem.report import compare
+from medseg_mem.report.ranking import accuracy_order
+from medseg_mem.report.results import append_rows, read_results
 from medseg_mem.report.tables import build_groups
 from medseg_mem.report.time_plot import curve_points
-from medseg_mem.results import append_rows, read_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATASET = "Hippocampus"

@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.config import InferenceConfig, ModelConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference.mirror import flips, mirrored, unmirrored_note
 from medseg_mem.variants import Stage, get_variant
 

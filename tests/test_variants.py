@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from medseg_mem.config import ModelConfig
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.inference.slab import cut_slab
 from medseg_mem.models.unet import UNet3D
 from medseg_mem.variants import REGISTRY, get_variant, resolve_variants

@@ -10,15 +10,16 @@ import pytest
 import torch
 
 import medseg_mem.training.loop as loop
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
 from test_repeatable import train_in_new_process
-from medseg_mem.training.run import run_variants
+from medseg_mem.runner.run import run_variants
+from medseg_mem.runner.settings import load_run_record, write_run_record
+from medseg_mem.runner.snapshots import variant_snapshots
 from medseg_mem.training.sampling import StageData
-from medseg_mem.training.settings import load_run_record, write_run_record
-from medseg_mem.training.wallclock import StageTimes, stage_times, variant_snapshots
+from medseg_mem.training.wallclock import StageTimes, stage_times
 from medseg_mem.variants import get_variant
 
 K = 3
@@ -152,7 +153,7 @@ def test_each_stage_gets_an_equal_share_of_what_the_stages_before_it_left():
 def test_a_resumed_stage_keeps_the_training_peak_its_first_process_recorded():
     from dataclasses import replace
 
-    from medseg_mem.training.wallclock import with_recorded_peaks
+    from medseg_mem.runner.snapshots import with_recorded_peaks
 
     resumed = {"stage1": replace(outcome(30.0), peak_bytes=10), "stage2": replace(outcome(30.0), peak_bytes=700)}
     earlier = {"trained": {"stage1": {"steps": 3, "peak_bytes": 500}}}  # stage 2 had not finished: no record
@@ -221,6 +222,7 @@ def test_a_time_limited_run_files_the_final_and_snapshot_rows(tmp_path, tiny_pre
     assert load_checkpoint(run_dir / "full" / "snap-30s.pt")["step"] <= 3
     record = json.loads((run_dir / "run.json").read_text())
     assert record["trained"]["full"].pop("peak_bytes") > 0  # what training added to the process's memory
+    assert record["trained"]["full"].pop("process_peak_bytes") > 0  # the whole process at that peak
     assert record["trained"]["full"] == {"steps": 6, "seconds": 60.0, "stopped_by_time": True}
     assert record["train"]["time_limit"] == 1 and record["snapshots_taken"][0]["budget_seconds"] == 30
 

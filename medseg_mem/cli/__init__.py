@@ -9,7 +9,10 @@ from __future__ import annotations
 import click
 
 from medseg_mem import __version__
-from medseg_mem.cli.common import COMMANDS
+from medseg_mem.cli import compare, export, plan, predict, prepare, run, show
+
+#: Every subcommand, in ``--help`` order; each module imports only click and light modules at import time.
+COMMANDS = (prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, export.export, show.show)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,5 +24,5 @@ def main() -> None:
     """
 
 
-for _command in COMMANDS():
+for _command in COMMANDS:
     main.add_command(_command)

@@ -11,7 +11,7 @@ from typing import Optional
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.names import DEFAULT_RESULTS
+from medseg_mem.core.names import DEFAULT_RESULTS
 
 
 @click.command("compare")

@@ -1,5 +1,6 @@
-"""``medseg-mem export``: write a trained run into a MONAI bundle folder (:func:`medseg_mem.export.export_bundle`)
-or into ONNX models and their recipe (:func:`medseg_mem.export_onnx.export_onnx`)."""
+"""``medseg-mem export``: write a trained run into a MONAI bundle folder
+(:func:`medseg_mem.export.bundle.export_bundle`) or into ONNX models and their recipe
+(:func:`medseg_mem.export.onnx.export_onnx`)."""
 
 from __future__ import annotations
 
@@ -41,11 +42,11 @@ def export(export_format, checkpoint, bundle_dir, out_dir) -> None:
     """
     check_targets(export_format, bundle_dir, out_dir)
     if export_format == "onnx":
-        from medseg_mem.export_onnx import export_onnx
+        from medseg_mem.export.onnx import export_onnx
 
         click.echo(export_onnx(checkpoint, out_dir).line())
         return
-    from medseg_mem.export import export_bundle
+    from medseg_mem.export.bundle import export_bundle
 
     click.echo(export_bundle(checkpoint, bundle_dir).line())
 

@@ -8,9 +8,9 @@ import click
 
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.training_options import parse_variants
-from medseg_mem.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
+from medseg_mem.core.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
 
-#: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.onnx_engine.ENGINE_NAMES``).
+#: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.export.onnx_engine.ENGINE_NAMES``).
 ENGINES = ("torch", "onnxruntime")
 
 
@@ -23,7 +23,10 @@ ENGINES = ("torch", "onnxruntime")
               help="With a folder of runs: auto (the most accurate run whose plan fits --budget) or a variant "
                    "name (its newest run).")
 @click.option("--budget", "budget_bytes", callback=parse_budget,
-              help="With --variant auto: memory to fit, e.g. 8GB [free memory less 10 %].")
+              help="Memory the prediction must fit, e.g. 8GB: its planned peak (the whole process) is checked "
+                   "before the networks load; --variant auto picks the run that fits [free memory less 10 %].")
+@click.option("--no-memory-check", "memory_check", flag_value=False, default=True,
+              help="Predict even when the planned peak exceeds --budget.")
 @click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
               help="With --variant auto: the results CSV that ranks the variants by accuracy.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
@@ -45,28 +48,29 @@ ENGINES = ("torch", "onnxruntime")
               help="Also draw OUT/<name>_overlay.png: the scan's three planes through the prediction, outlined.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
-def predict(inputs, checkpoint, variants, budget_bytes, results, out_dir, overwrite, device, precision, overlap,
-            sw_batch_size, tta, tta_axes, channels_last, engine, overlay, quiet) -> None:  # fmt: skip
+def predict(inputs, checkpoint, variants, budget_bytes, memory_check, results, out_dir, overwrite, device, precision,
+            overlap, sw_batch_size, tta, tta_axes, channels_last, engine, overlay, quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
-    overlays in 3D Slicer or ITK-SNAP. Scans that fail are named; the others are still written. The summary
-    gives the measured peak inference memory, the figure `medseg-mem plan` predicts; like the planner's
-    measurements, this process pins glibc's allocator (blocks of 1 MiB and more are mapped and returned when
-    freed), so its memory follows the live tensors.
+    overlays in 3D Slicer or ITK-SNAP. Scans that fail are named; the others are still written. Before the
+    networks load, the planned peak is checked against --budget. The summary gives the process's measured peak
+    resident memory (what top shows) beside the plan; like the planner's measurements, this process pins glibc's
+    allocator (blocks of 1 MiB and more are mapped and returned when freed), so its memory follows the live
+    tensors.
 
     \b
     Example:
       medseg-mem predict --checkpoint medseg-work/runs/<run id> scan.nii.gz --out predictions/
     """
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
     from medseg_mem.predict import predict as run_predict
 
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last, **tta_config(tta, tta_axes))
     checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
                           inference=inference, engine=engine, warn=lambda line: click.echo(line, err=True),
-                          overlay=overlay)  # fmt: skip
+                          overlay=overlay, budget_bytes=budget_bytes, memory_check=memory_check)  # fmt: skip
     for _scan, reason in summary.failed:
         click.echo(f"failed: {reason}", err=True)
     click.echo(summary.line())
@@ -80,12 +84,10 @@ def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, de
     """``--checkpoint`` itself; with ``--variant``, the run of a runs folder it picks (said on stdout)."""
     given = click.get_current_context().get_parameter_source("variants").name != "DEFAULT"
     if not given:
-        if budget_bytes is not None:
-            raise click.UsageError("--budget only applies to --variant auto; drop it or add --variant auto")
         return checkpoint
     if len(variants) != 1 or variants == ("all",):
         raise click.BadParameter("give one variant name or auto", param_hint="--variant")
-    from medseg_mem.device import resolve_device
+    from medseg_mem.core.device import resolve_device
     from medseg_mem.predict.auto import choose_run, newest_runs, scans_of
 
     if variants[0] != "auto":

@@ -13,7 +13,7 @@ from typing import Optional
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
+from medseg_mem.core.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
 
 MIN_CASES = 3  # so that the 60/20/20 split leaves validation and test non-empty
 
@@ -158,7 +158,7 @@ def prepare(
             f"--synthetic {synthetic} generates a task, so it takes no TASK_DIR; got TASK_DIR {str(task_dir)!r}. "
             "Drop TASK_DIR or --synthetic."
         )
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare as run_prepare
 
     config = PrepareConfig(

@@ -1,7 +1,8 @@
-"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.training.run.run_variants`."""
+"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.runner.run.run_variants`."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Tuple
 
@@ -15,6 +16,7 @@ from medseg_mem.cli.common import (
     tta_config,
     tta_options,
 )
+from medseg_mem.core.config import RunRequest
 from medseg_mem.cli.training_options import (
     parse_cache,
     parse_channels,
@@ -23,7 +25,7 @@ from medseg_mem.cli.training_options import (
     parse_time_limit,
     parse_variants,
 )
-from medseg_mem.names import (
+from medseg_mem.core.names import (
     AUGMENT_NAMES,
     CLASS_WEIGHT_NAMES,
     DEFAULT_PREPARED,
@@ -53,8 +55,8 @@ class ArgvCommand(click.Command):
 
 def resume_paths(ctx: click.Context, run_dir: Path, data_dir: Path, results: Path) -> Tuple[Path, Path]:
     """The resumed run's saved dataset (another --data is a usage error) and, without --results, its saved CSV."""
-    from medseg_mem.training.resume import saved_data_dir, saved_results, same_path
-    from medseg_mem.training.settings import load_run_record
+    from medseg_mem.runner.resume import saved_data_dir, saved_results, same_path
+    from medseg_mem.runner.settings import load_run_record
 
     record = load_run_record(run_dir)
     saved = saved_data_dir(record, run_dir)
@@ -80,7 +82,11 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
               help="full, patch, cascade or all (repeat or comma-separate), or auto: the most accurate variant "
                    "whose planned training and inference fit --budget. Default: all.")
 @click.option("--budget", "budget_bytes", callback=parse_budget,
-              help="With --variant auto: memory to fit, e.g. 8GB [free memory less 10 %].")
+              help="Memory the run must fit, e.g. 8GB: its planned peak (training and evaluation, the whole "
+                   "process) is checked before any training; --variant auto picks the variant that fits [free "
+                   "memory less 10 %].")
+@click.option("--no-memory-check", "memory_check", flag_value=False, default=True,
+              help="Train even when the planned peak exceeds --budget (the plan is still said and filed).")
 @click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_PREPARED, show_default=True,
               help="Prepared dataset (output of `medseg-mem prepare`).")
 @click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
@@ -169,37 +175,40 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
                    "--batch-size is per process). Several machines: call torchrun yourself.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
-def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quiet, **options) -> None:
+def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resume, nproc, quiet, **options) -> None:
     """Train each variant, keep the best checkpoint on validation, evaluate on test, append to the CSV.
 
     Works in ./medseg-work/ by default, after `medseg-mem prepare`.
     """
     inference, inference_precision = inference_options(options)
     fold_slab_alias(options)
-    if budget_bytes is not None and tuple(variants) != ("auto",):
-        raise click.UsageError("--budget only applies to --variant auto; drop it or add --variant auto")
     if resume and any(value is not None for value in options.values()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
     if options["snapshots"] is not None:
-        from medseg_mem.config import check_wall_clock
+        from medseg_mem.core.config import check_wall_clock
 
         check_wall_clock(options["time_limit"], options["snapshots"])  # a mark past the limit: one line, at once
     check_network_options(options, tuple(variants))
+    request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
+                         inference=inference, inference_precision=inference_precision, budget_bytes=budget_bytes,
+                         memory_check=memory_check)  # fmt: skip
+    if memory_check and tuple(variants) != ("auto",):
+        from medseg_mem.core.names import VARIANT_NAMES
+        from medseg_mem.runner.guard import check_floor
+
+        check_floor(request, VARIANT_NAMES if "all" in variants else list(variants), nproc)  # before torch loads
     if nproc > 1:
-        from medseg_mem.training.launch import relaunch
+        from medseg_mem.runner.launch import relaunch
 
         ctx = click.get_current_context()
         ctx.exit(relaunch(nproc, ctx.meta[ARGV_KEY]))
-    from medseg_mem.config import RunRequest
-    from medseg_mem.training.run import RunInterrupted, run_variants
+    from medseg_mem.runner.run import RunInterrupted, run_variants
 
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
+        request = dataclasses.replace(request, data_dir=data_dir, results=results)
     for option, notice in lever_notices(options):
         click.echo(f"note: {option} {notice}", err=True)
-    request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
-                         inference=inference, inference_precision=inference_precision,
-                         budget_bytes=budget_bytes)  # fmt: skip
     try:
         run_variants(request, echo=click.echo)
     except RunInterrupted as interrupted:  # Ctrl-C: one line with the run id and its --resume, not "Aborted!"
@@ -209,7 +218,7 @@ def run(variants, budget_bytes, data_dir, results, runs_dir, resume, nproc, quie
 def inference_options(options: dict):
     """Take the evaluation's options out of ``options``: an :class:`InferenceConfig` (fp32 placeholder) and the
     ``--inference-precision`` (``None``: the training precision). They may be given with ``--resume``."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
 
     overlap, sw_batch_size = options.pop("overlap"), options.pop("sw_batch_size")
     mirroring = tta_config(options.pop("tta"), options.pop("tta_axes"))
@@ -222,14 +231,14 @@ def check_network_options(options: dict, variants) -> None:
     with ``--stage2-guidance predicted``, before any data is read.
 
     Raises:
-        OptionError: from :class:`~medseg_mem.config.ModelConfig` / ``TrainConfig``, naming the option.
+        OptionError: from :class:`~medseg_mem.core.config.ModelConfig` / ``TrainConfig``, naming the option.
     """
-    from medseg_mem.config import ModelConfig, TrainConfig
+    from medseg_mem.core.config import ModelConfig, TrainConfig
 
     if options.get("deep_supervision") and options.get("channels") is not None:
         ModelConfig(channels=options["channels"], deep_supervision=True)
     if options.get("stage2_guidance") == "predicted" and options.get("snapshots") and variants != ("auto",):
-        from medseg_mem.training.variant import check_snapshots
+        from medseg_mem.runner.variant import check_snapshots
         from medseg_mem.variants import resolve_variants
 
         marks = options["snapshots"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.names import DEFAULT_RUNS, DEVICE_NAMES
+from medseg_mem.core.names import DEFAULT_RUNS, DEVICE_NAMES
 
 
 @click.command()

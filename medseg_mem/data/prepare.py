@@ -25,13 +25,13 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from medseg_mem import __version__
-from medseg_mem.atomic import WriteError, publish_folder, remove_path, staging_folder
-from medseg_mem.prepare_config import PrepareConfig
+from medseg_mem.core.errors import DatasetError, MedsegError
+from medseg_mem.core.files.atomic import WriteError, publish_folder, remove_path, staging_folder
+from medseg_mem.core.files.output_lock import output_lock
+from medseg_mem.core.prepare_config import PrepareConfig
 from medseg_mem.data import capacity, msd, notices, prepared, splits, staging as leftovers, transforms
 from medseg_mem.data.survey import survey
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
-from medseg_mem.errors import DatasetError, MedsegError
-from medseg_mem.output_lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -302,9 +302,9 @@ def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTa
 def capacity_problem(image, settings: dict, rel: str) -> Optional[str]:
     """Why resampling the loaded ``image`` to the settings' spacing cannot fit in memory (``None`` when it fits):
     its voxel count after resampling is planned from its extent in mm before any voxel is made."""
+    from medseg_mem.core.machine import available_ram
+    from medseg_mem.core.units import format_bytes
     from medseg_mem.data.headers import FLOAT_BYTES
-    from medseg_mem.memory.budget import available_ram
-    from medseg_mem.memory.units import format_bytes
 
     if settings["spacing"] is None:
         return None

@@ -46,7 +46,7 @@ from monai.transforms import (
 )
 
 from medseg_mem.data.normalize import LeanNormalizeIntensity, LeanNormalizeIntensityd
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 SETTINGS_FORMAT = "medseg-mem-preprocessing/1"
 READER_CLASSES = {"nibabel": "NibabelReader", "itk": "ITKReader"}

@@ -25,8 +25,8 @@ import torch
 from monai.inferers import Inferer
 from torch.nn import functional as F
 
-from medseg_mem.inference_config import check_overlap
-from medseg_mem.errors import OptionError
+from medseg_mem.core.inference_config import check_overlap
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
 from medseg_mem.inference.labels import argmax_into, empty_labels
 from medseg_mem.inference.source import SlabSource

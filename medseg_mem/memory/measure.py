@@ -33,7 +33,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Tuple
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory import rss
 
 CUDA_METHOD = "cuda.max_memory_allocated"
@@ -47,11 +47,14 @@ class MemoryReading:
         peak_bytes: peak bytes held during the inference (see the module docstring for what counts).
         method: how it was measured, e.g. ``"cuda.max_memory_allocated"`` or ``"proc.clear_refs+VmHWM"``.
         device: ``"cpu"`` or the CUDA device it ran on.
+        process_bytes: the whole measuring process at that peak (CPU: its resident size, Python, torch and MONAI
+            included; CUDA: what the caching allocator had reserved, the CUDA context not included); 0: not read.
     """
 
     peak_bytes: int
     method: str
     device: str
+    process_bytes: int = 0
 
 
 class MeasurementError(RuntimeError):
@@ -83,7 +86,7 @@ def measure_peak(
         >>> reading = measure_peak(allocate_setup, (50_000_000,), "cpu")  # doctest: +SKIP
         >>> reading.method  # doctest: +SKIP
         'proc.clear_refs+VmHWM+glibc-mmap-1MiB'
-        >>> from medseg_mem.memory.calibration_training import training_setup  # one train_step of a spec U-Net
+        >>> from medseg_mem.training.calibration_step import training_setup  # one train_step of a spec U-Net
         >>> args = ((1, 4, 96, 96, 64), 4, (32, 64, 128, 256, 512), "cpu", "bf16", True)
         >>> measure_peak(training_setup, args, "cpu", grad=True).peak_bytes  # doctest: +SKIP
         800235584
@@ -125,8 +128,9 @@ def _measure_cuda(setup: Callable, args: Tuple, device: str, grad: bool, reserve
     except Exception as error:
         raise MeasurementError(f"setup {_name(setup)} failed on {device}: {type(error).__name__}: {error}") from error
     peak = getattr(torch.cuda, f"max_memory_{counter}")() - baseline
+    process = torch.cuda.max_memory_reserved()
     del result, run
-    return MemoryReading(int(peak), f"cuda.max_memory_{counter}", str(torch.device(device)))
+    return MemoryReading(int(peak), f"cuda.max_memory_{counter}", str(torch.device(device)), int(process))
 
 
 def _measure_cpu(setup: Callable, args: Tuple, grad: bool) -> MemoryReading:
@@ -156,7 +160,8 @@ def _measure_cpu(setup: Callable, args: Tuple, grad: bool) -> MemoryReading:
 def _reading_from_child(setup, status, payload, method, exitcode) -> MemoryReading:
     """Turn the child's message into a reading, or raise :class:`MeasurementError`."""
     if status == "ok":
-        return MemoryReading(int(payload), method, "cpu")
+        peak, process = payload
+        return MemoryReading(int(peak), method, "cpu", int(process))
     if status == "error":
         raise MeasurementError(f"setup {_name(setup)} failed in the measuring process:\n{payload}")
     raise MeasurementError(
@@ -170,7 +175,7 @@ def _child(sender, setup: Callable, args: Tuple, threads: int, grad: bool = Fals
     try:
         import torch
 
-        _die_with_parent()
+        die_with_parent()
         torch.set_num_threads(threads)
         suffix = rss.PINNED_SUFFIX if rss.pin_glibc_allocator() else ""
         run = setup(*args)
@@ -178,7 +183,7 @@ def _child(sender, setup: Callable, args: Tuple, threads: int, grad: bool = Fals
         with InProcessPeak("cpu", resident_tensor_bytes()) as peak, autograd_context(grad):
             result = run()
         del result
-        sender.send(("ok", peak.peak_bytes, peak.method + suffix))
+        sender.send(("ok", (peak.peak_bytes, peak.process_bytes), peak.method + suffix))
     except BaseException as error:  # report everything, including KeyboardInterrupt/SystemExit in user code
         sender.send(("error", "".join(traceback.format_exception(type(error), error, error.__traceback__)), ""))
     finally:
@@ -197,7 +202,7 @@ def resident_tensor_bytes() -> int:
     return sum(storages.values())
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to terminate this process if the measuring parent dies (best effort, no-op elsewhere)."""
     try:
         ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -229,6 +234,7 @@ class InProcessPeak:
     def __init__(self, device: str, resident_bytes: int) -> None:
         self.device, self.resident_bytes = str(device), int(resident_bytes)
         self.peak_bytes, self.method, self._tracker, self._baseline = 0, "", None, 0
+        self.process_bytes = 0
 
     def __enter__(self) -> "InProcessPeak":
         if self.device.startswith("cuda"):
@@ -247,8 +253,10 @@ class InProcessPeak:
             import torch
 
             torch.cuda.synchronize()
-            added, self.method = torch.cuda.max_memory_reserved() - self._baseline, "cuda.max_memory_reserved"
+            self.process_bytes = int(torch.cuda.max_memory_reserved())
+            added, self.method = self.process_bytes - self._baseline, "cuda.max_memory_reserved"
         else:
             self._tracker.__exit__(*exc)
+            self.process_bytes = int(self._tracker.peak_bytes)
             added, self.method = self._tracker.peak_bytes - self._baseline, self._tracker.method
         self.peak_bytes = self.resident_bytes + max(0, int(added))

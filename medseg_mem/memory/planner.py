@@ -6,39 +6,46 @@ training step per stage is executed on the ``meta`` device at the target size un
 networks' internal tensors and everything else. So ``full`` is one U-Net pass at the padded volume, ``patch``
 one padded slab batch plus the stitched output, ``cascade`` the worse of stage 1 at the downsampled volume and
 stage 2 on a guided slab, plus the full-resolution guidance and outputs - and it stays right when the widths,
-depth, slab size or channels change. A device calibration (:mod:`medseg_mem.memory.calibration`) scales the
-network part and adds a constant::
+depth, slab size or channels change. On a CPU the trace also holds what the backend allocates while an op runs
+(:mod:`medseg_mem.memory.backend`: the slow convolutions' column buffers, oneDNN's weight reorders). A machine's
+calibration (:mod:`medseg_mem.memory.calibration`) scales the network part, adds a constant and the process::
 
-    predicted = weights + input [+ optimizer states] + max_t(outside(t) + multiplier * inside(t)) + n * offset [+ host]
+    predicted = weights + input [+ optimizer states] + max_t(outside + transient + multiplier * inside) + offset
+                [+ host]
+    process = baseline + predicted
 
-``n`` is the number of networks an inference runs (the cascade's two; 1 for a training step): the offset is
-mostly what a network's first pass in a process sets up in the backend (oneDNN primitives and their scratch
-memory), and each stage's network sets up its own (in ``predict`` a cascade's first pass was ~14 MiB above a
-one-offset plan, its second pass at it).
+``offset`` is what a first network call sets up (oneDNN primitives and scratch memory, kernels' code pages: 13-40
+MiB measured; a training process holds one per network it trained and per validation pass, :func:`first_calls`);
+``baseline`` is the process before its first tensor (Python, torch, MONAI and the planner's own imports: about
+400 MiB on the development CPU). ``process_bytes`` is the figure ``free``/``top`` show for the whole process at its peak, the one
+``predict`` and ``run`` print and ``fits`` compares with the budget; ``predicted_bytes`` is what the work adds to
+the process (the figure of earlier versions, still in the results' ``peak_memory_bytes``).
 
 Training follows :func:`medseg_mem.training.step.train_step` and its levers: ``precision`` (autocast cannot
 run on ``meta``, so a bf16/fp16 step is traced with the network converted to the half dtype, float32 logits
 for the loss, float32 master gradients, and on CPU the float32 max-pool that CPU autocast uses),
 ``checkpointing`` (the meta U-Net is built with it, so the trace sees the recomputation) and the batch size.
-The loader's host memory (:func:`loader_host_bytes`) is reported as ``host_bytes``; on a CPU device it shares
-the budget and is part of ``predicted_bytes``. A training plan for ``nproc`` processes (``torchrun``, DDP) is
-one rank's: the batch is per process and DDP's gradient buckets are added
-(:func:`~medseg_mem.memory.planner_training.ddp_bytes`); on a CPU device the processes share the RAM, so
+The loader's host memory (:func:`loader_host_bytes`: the case cache of the stages that cache, and the samples
+in flight) is reported as ``host_bytes``; on a CPU device it shares the budget and is part of ``predicted_bytes``.
+Each stage's validation pass is planned beside its step (:mod:`~medseg_mem.memory.planner_validation`). A training
+plan for ``nproc`` processes (``torchrun``, DDP) is one rank's: the batch is per process and DDP's gradient buckets
+are added (:func:`~medseg_mem.memory.planner_training.ddp_bytes`); on a CPU device the processes share the RAM, so
 ``fits`` compares ``nproc`` times the plan with the budget.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
-from medseg_mem.config import TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import TrainConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.budget import default_budget  # noqa: F401 - re-exported: the planner's default budget
-from medseg_mem.memory.calibration import UNCALIBRATED, Calibration
-from medseg_mem.memory.planner_trace import FLOAT_BYTES, check_countable, trace_inference
+from medseg_mem.core.names import OPTIMIZER_NAMES, PRECISION_NAMES
+from medseg_mem.memory.correction import UNCALIBRATED, Calibration
+from medseg_mem.memory.meta import FLOAT_BYTES, check_countable
+from medseg_mem.memory.planner_trace import trace_inference
 from medseg_mem.memory.planner_training import trace_training
-from medseg_mem.names import OPTIMIZER_NAMES, PRECISION_NAMES
 
 MODES = ("inference", "training")
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)
@@ -55,8 +62,8 @@ class Plan:
         mode: ``inference`` or ``training``.
         predicted_bytes: predicted peak, resident weights and input included.
         budget_bytes: the memory available to it.
-        fits: ``predicted_bytes <= budget_bytes``; on a CPU device ``nproc * predicted_bytes`` (the processes
-            share its RAM).
+        fits: ``process_bytes <= budget_bytes``; on a CPU device ``nproc * process_bytes`` (the processes share
+            its RAM).
         resident_bytes: weights and input (plus the float32 optimizer states in training).
         traced_bytes: the uncalibrated structural peak of the activations (and gradients in training).
         calibration: key of the calibration applied (``uncalibrated`` for none).
@@ -71,6 +78,10 @@ class Plan:
         nproc: training: processes training together under DDP; ``predicted_bytes`` is one rank's (1 for
             inference plans).
         tta: inference: the spatial axes every network call is mirrored along (``()``: no test-time mirroring).
+        process_bytes: the whole process at its peak: ``baseline_bytes + predicted_bytes``.
+        baseline_bytes: the process before its first tensor (the calibration's; 0 uncalibrated).
+        stage: training: the stage (or ``<stage> validation``: its validation pass) that needs the most;
+            ``inference`` for inference plans.
     """
 
     variant: str
@@ -89,6 +100,9 @@ class Plan:
     sw_batch_size: int = 1
     nproc: int = 1
     tta: Tuple[int, ...] = ()
+    process_bytes: int = 0
+    baseline_bytes: int = 0
+    stage: str = ""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -125,14 +139,18 @@ def plan_variant(
     input_on_disk: bool = False,
     nproc: int = 1,
     optimizer: str = "adam",
+    cases: Optional[int] = None,
+    traces: Optional[dict] = None,
+    validation: bool = True,
+    earlier_networks: int = 0,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
     Args:
-        variant: a name from :data:`medseg_mem.names.VARIANT_NAMES`.
+        variant: a name from :data:`medseg_mem.core.names.VARIANT_NAMES`.
         shape: image shape ``(C, X, Y, Z)``.
         classes: output classes K, background included.
-        model: a :class:`~medseg_mem.config.ModelConfig` (widths, slab size, downsample, guidance); default spec.
+        model: a :class:`~medseg_mem.core.config.ModelConfig` (widths, slab size, downsample, guidance); default spec.
         batch: images per inference, or slabs / volumes per training step.
         mode: ``inference`` (under ``torch.inference_mode``) or ``training`` (one optimizer step).
         calibration: device correction; :data:`UNCALIBRATED` gives the raw structural count. Use a training
@@ -141,12 +159,20 @@ def plan_variant(
         precision: training only: ``fp32``, or autocast to ``bf16`` / ``fp16``.
         checkpointing: training only: activation checkpointing of every U-Net level.
         workers: training only: DataLoader worker processes (0: loading in the training process).
-        cache_bytes: training only: host memory the loader may fill with cached cases.
+        cache_bytes: training only: host memory the loader may fill with cached cases (only stages that cache
+            something use it: the cascade's; ``full`` and ``patch`` read each sample from disk).
+        cases: training only: cases in the training split (``None``: enough to fill ``cache_bytes``).
+        validation: training only: also plan each stage's validation pass, the training state held
+            (:mod:`~medseg_mem.memory.planner_validation`); ``False``: the training step alone.
+        earlier_networks: training only: networks this process trained before (``run``'s earlier variants),
+            whose first-call setup it still holds (:func:`first_calls`).
+        traces: a dict this call may keep its trace in and take it from (a
+            :class:`~medseg_mem.memory.check.MemoryCheck` plans the same work with a bound, then a calibration).
         device: ``cpu`` (host memory shares the budget) or ``cuda`` (budget is device memory; the autocast
             policy of the device is followed).
         channels_last: training only: the layout of the network, recorded in the plan (pass the calibration
             measured with it: the backend's extra memory is what differs).
-        inference: inference only: an :class:`~medseg_mem.config.InferenceConfig` (slab batch, overlap,
+        inference: inference only: an :class:`~medseg_mem.core.config.InferenceConfig` (slab batch, overlap,
             precision and layout, traced as they run; pass the calibration measured for its precision and layout).
         input_on_disk: inference only: as ``predict`` runs a variant that reads its image slab by slab
             (:meth:`~medseg_mem.variants.base.Variant.reads_slabs_only`: ``patch``), the image waits in a
@@ -166,37 +192,100 @@ def plan_variant(
         ...              workers=2, device="cuda").host_bytes > 0
         True
     """
-    from medseg_mem.config import InferenceConfig, ModelConfig
-    from medseg_mem.variants import get_variant
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
 
     shape, model = check_shape(shape), model or ModelConfig()
     _check_counts(classes, batch, mode)
     _check_training(precision, workers, cache_bytes, nproc, optimizer)
     check_countable(shape, batch, 2 * model.channels[0] + classes)
-    if mode == "inference":
-        inference = inference or InferenceConfig()
-        (resident, trace), host = trace_inference(get_variant(variant), shape, classes, model, batch, inference,
-                                                  device), 0  # fmt: skip
-        if input_on_disk and get_variant(variant).reads_slabs_only():
-            resident -= batch * _voxels(shape) * FLOAT_BYTES
-            resident += spilled_slab_bytes(shape, batch, model.slab_size, inference.sw_batch_size)
-    else:
-        lever = (precision, bool(checkpointing), device, nproc)
-        resident, trace = trace_training(get_variant(variant), shape, classes, model, batch, lever, optimizer)
-        host = loader_host_bytes(shape, batch, workers, cache_bytes)
-    offsets = len(get_variant(variant).stages()) if mode == "inference" else 1
+    on_cpu = not str(device).startswith("cuda")
+    inference = (inference or InferenceConfig()) if mode == "inference" else None
+    training = (precision, bool(checkpointing), int(workers), int(cache_bytes), nproc, optimizer, cases,
+                bool(channels_last), bool(validation)) if mode == "training" else None  # fmt: skip
+    key = (variant, tuple(shape), classes, model, batch, str(device), inference, bool(input_on_disk), training)
+    if traces is None or key not in traces:
+        found = _traced(*key)
+        if traces is None:
+            traces = {}
+        traces[key] = found
+    resident, trace, stage, host = traces[key]
+    offsets = first_calls(variant, stage, earlier_networks) if mode == "training" else 1
     predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
-    predicted += 0 if str(device).startswith("cuda") else host
+    predicted += host if on_cpu else 0
     if mode == "training":
         levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1, nproc, ())
     else:
         slabs = variant != "full"
         levers = (inference.precision, False, inference.channels_last, inference.overlap * slabs,
                   inference.sw_batch_size if slabs else 1, 1, inference.mirror_axes)  # fmt: skip
+    process = predicted + calibration.baseline_bytes
     return Plan(
-        variant, mode, predicted, int(budget_bytes), _fits(predicted, budget_bytes, levers[5], device),
-        int(resident), int(trace.peak()), calibration.key, int(host), *levers,
+        variant, mode, predicted, int(budget_bytes), _fits(process, budget_bytes, levers[5], device),
+        int(resident), int(trace.peak()), calibration.key, int(host), *levers, process, calibration.baseline_bytes,
+        stage,
     )  # fmt: skip
+
+
+def _traced(variant: str, shape, classes: int, model, batch: int, device: str, inference, input_on_disk: bool,
+            training):  # fmt: skip
+    """``(resident bytes, trace, stage, host bytes)`` of one plan. ``training`` is ``(precision, checkpointing,
+    workers, cache_bytes, nproc, optimizer, cases, channels_last, validation)``, ``None`` for an inference."""
+    from medseg_mem.variants import get_variant
+
+    if training is None:
+        resident, trace = trace_inference(get_variant(variant), shape, classes, model, batch, inference, device)
+        if input_on_disk and get_variant(variant).reads_slabs_only():
+            resident -= batch * _voxels(shape) * FLOAT_BYTES
+            resident += spilled_slab_bytes(shape, batch, model.slab_size, inference.sw_batch_size)
+        return resident, trace, "inference", 0
+    precision, checkpointing, workers, cache_bytes, nproc, optimizer, cases, channels_last, validation = training
+
+    def host_of(stage) -> int:
+        return loader_host_bytes(shape, batch, workers, stage_cache_bytes(stage, shape, model, cache_bytes, cases))
+
+    lever = (precision, checkpointing, device, nproc)
+    on_cpu = not device.startswith("cuda")
+    resident, trace, stage = trace_training(get_variant(variant), shape, classes, model, batch, lever, optimizer,
+                                            channels_last, host_of if on_cpu else None, validation)  # fmt: skip
+    return resident, trace, stage, host_of(next(s for s in get_variant(variant).stages() if stage.split()[0] == s.name))
+
+
+def first_calls(variant: str, stage: str, earlier_networks: int = 0) -> int:
+    """How many first-call offsets a training process holds at ``stage`` (``<name>`` or ``<name> validation``):
+    each network it trained before (``earlier_networks``, and this variant's earlier stages) kept what its first
+    calls set up, the stage's step sets up its own, and a validation pass its inference kernels beside them.
+    Measured in ``run --variant all`` on the embedded default (the training peak against the plan): without the
+    earlier networks' share, patch after full was 4 % and the cascade after both 5 % over the plan.
+
+    Example:
+        >>> first_calls("full", "full validation"), first_calls("cascade", "stage2", earlier_networks=2)
+        (2, 4)
+    """
+    from medseg_mem.variants import get_variant
+
+    name = stage.split()[0]
+    index = next(i for i, s in enumerate(get_variant(variant).stages()) if s.name == name)
+    return 1 + int(stage.endswith("validation")) + index + int(earlier_networks)
+
+
+def stage_cache_bytes(stage, shape: Sequence[int], model, cache_bytes: int, cases: Optional[int] = None) -> int:
+    """Host bytes the loader's case cache holds while ``stage`` trains: ``cases`` items of the largest case's
+    size (:meth:`~medseg_mem.variants.base.Stage.cached_bytes`), as many as ``cache_bytes`` holds (all of
+    ``cache_bytes`` when ``cases`` is unknown); 0 for a stage that caches nothing.
+
+    Example:
+        >>> from medseg_mem.core.config import ModelConfig
+        >>> from medseg_mem.variants import get_variant
+        >>> full, (stage1, _) = get_variant("full").stages()[0], get_variant("cascade").stages()
+        >>> stage_cache_bytes(full, (1, 100, 100, 100), ModelConfig(), 2**30), stage_cache_bytes(stage1, (1, 100,
+        ...     100, 100), ModelConfig(downsample=0.5), 2**30, cases=10)
+        (0, 6250000)
+    """
+    per_case = stage.cached_bytes(tuple(shape[1:]), model, int(shape[0]))
+    if per_case == 0:
+        return 0
+    fitting = int(cache_bytes) // per_case
+    return per_case * (fitting if cases is None else min(int(cases), fitting))
 
 
 def spilled_slab_bytes(shape: Sequence[int], batch: int, slab_size: int, sw_batch_size: int) -> int:

@@ -21,6 +21,7 @@ SAMPLING_METHOD = "proc.VmRSS-sampling-1ms"
 MAXRSS_METHOD = "resource.ru_maxrss"
 PINNED_SUFFIX = "+glibc-mmap-1MiB"
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_EARLIER_PEAK = [0]  # the largest VmHWM this process had before a reset_peak() lowered the counter
 
 
 def pin_glibc_allocator(threshold: int = 1 << 20, trim_threshold: Optional[int] = None) -> bool:
@@ -76,12 +77,31 @@ def current_bytes() -> int:
 
 
 def reset_peak() -> bool:
-    """Reset the kernel's peak-RSS counter to the current RSS; ``False`` if not permitted."""
+    """Reset the kernel's peak-RSS counter to the current RSS; ``False`` if not permitted. The peak before the
+    reset is kept for :func:`process_peak`."""
+    try:
+        _EARLIER_PEAK[0] = max(_EARLIER_PEAK[0], status_bytes("VmHWM"))
+    except (OSError, KeyError):
+        pass
     try:
         CLEAR_REFS.write_text("5")
         return True
     except OSError:
         return False
+
+
+def process_peak() -> int:
+    """The most resident memory this process has held since it started (``VmHWM``, over every
+    :func:`reset_peak`; ``ru_maxrss`` where there is no ``/proc``): the figure ``top`` and ``free`` compare with.
+
+    Example:
+        >>> process_peak() >= current_bytes()
+        True
+    """
+    try:
+        return max(_EARLIER_PEAK[0], status_bytes("VmHWM"))
+    except (OSError, KeyError):
+        return _maxrss_bytes()
 
 
 class PeakTracker:

@@ -5,14 +5,16 @@ reference finalizer releases a storage when the last tensor using it dies, exact
 Views and in-place ops share their base's storage and add nothing; tensors that existed before tracing
 (weights, the input) are not counted. Bytes allocated while a *tagged* network runs its forward are kept apart
 ("inside") from the rest ("outside": resampled volumes, stitched outputs, guidance), so the planner can scale
-only the network part by the device's calibration multiplier.
+only the network part by the device's calibration multiplier. What a backend allocates while an op runs and frees
+before it returns (the CPU's slow-convolution column buffer, :mod:`medseg_mem.memory.backend`) is no tensor: a
+``transient`` callback gives it per op, and it is counted at that op only ("transient").
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Iterable, List, Tuple
+from typing import Callable, Iterable, List, Optional, Tuple
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -26,14 +28,21 @@ class Trace:
     Args:
         inside: live bytes allocated by tagged networks' forwards, one entry per op.
         outside: live bytes allocated elsewhere, one entry per op.
+        transient: bytes the backend holds only while the op runs (empty: none traced).
     """
 
     inside: List[int] = field(default_factory=list)
     outside: List[int] = field(default_factory=list)
+    transient: List[int] = field(default_factory=list)
 
     def peak(self, multiplier: float = 1.0) -> float:
-        """Worst ``outside + multiplier * inside`` over the computation (0 for an empty trace)."""
-        return max((o + multiplier * i for o, i in zip(self.outside, self.inside)), default=0.0)
+        """Worst ``outside + multiplier * inside + transient`` over the computation (0 for an empty trace)."""
+        extra = self.transient or [0] * len(self.inside)
+        return max((o + multiplier * i + t for o, i, t in zip(self.outside, self.inside, extra)), default=0.0)
+
+    def transient_peak(self) -> int:
+        """The largest backend temporary of a single op."""
+        return max(self.transient, default=0)
 
     def inside_peak(self) -> int:
         """Worst network-internal live bytes."""
@@ -52,6 +61,7 @@ class LiveSetTracer(TorchDispatchMode):
         existing: tensors alive before tracing (weights, inputs); their storages are never counted.
         networks: modules whose forward allocations count as "inside"; with ``all_inside`` everything does.
         all_inside: count every allocation as "inside" (used for training steps and calibration).
+        transient: ``(func, args, out) -> bytes`` the backend holds while that op runs (default: none).
 
     Example:
         >>> net = torch.nn.Conv3d(1, 4, 3, padding=1, device="meta")
@@ -63,10 +73,12 @@ class LiveSetTracer(TorchDispatchMode):
     """
 
     def __init__(
-        self, existing: Iterable[torch.Tensor] = (), networks: Iterable[torch.nn.Module] = (), all_inside: bool = False
+        self, existing: Iterable[torch.Tensor] = (), networks: Iterable[torch.nn.Module] = (), all_inside: bool = False,
+        transient: Optional[Callable] = None,
     ) -> None:
         super().__init__()
         self.trace = Trace()
+        self._transient = transient
         self._ignored = {storage_key(t) for t in existing}
         self._sizes, self._refs = {}, {}
         self._live = [0, 0]  # outside, inside
@@ -98,6 +110,8 @@ class LiveSetTracer(TorchDispatchMode):
                 self._register(tensor)
         self.trace.outside.append(self._live[0])
         self.trace.inside.append(self._live[1])
+        if self._transient is not None:
+            self.trace.transient.append(int(self._transient(func, args, out)))
         return out
 
     def _register(self, tensor: torch.Tensor) -> None:

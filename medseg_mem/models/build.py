@@ -7,8 +7,8 @@ from typing import Dict
 
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.config import ModelConfig
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.models.unet import UNet3D
 
 AUX_PREFIX = "aux_heads."  # the deep-supervision heads' entries in a state dict
@@ -49,8 +49,8 @@ def load_networks(
 ) -> Dict[str, torch.nn.Module]:
     """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``), in eval mode on ``device``,
     with channels-last weights when ``channels_last`` (:func:`channels_last_layout`) and half convolution
-    weights for a ``bf16``/``fp16`` inference (:func:`~medseg_mem.inference.precision.half_convolutions`)."""
-    from medseg_mem.inference.precision import half_convolutions
+    weights for a ``bf16``/``fp16`` inference (:func:`~medseg_mem.core.precision.half_convolutions`)."""
+    from medseg_mem.core.precision import half_convolutions
 
     nets = {}
     for stage, path in paths.items():

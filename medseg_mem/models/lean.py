@@ -24,6 +24,7 @@ order may differ in the last bit (see ``tests/test_unet.py``).
 
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import Callable, Optional, Tuple
 
@@ -31,11 +32,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medseg_mem.models.blocks import pad_amounts, pooled
+
 ROW_CHUNKS = 32  # chunks per convolution along the first spatial axis: temporaries ~ 4/32 of a level's tensor
 CHUNK_BYTES = 16 * 2**20  # ... but no chunk's output under this: small convolutions cost more than they save
 # PyTorch's CPU heuristic sends a float32 3x3x3 convolution with N * C * D * H <= 20480 to its slow fallback instead
 # of oneDNN: 3x slower, and other numbers than the whole convolution's (which is above it) in the last bit
 ONEDNN_MIN_NCDH = 20480
+
+_FORCED = contextvars.ContextVar("medseg_onednn_forced", default=False)  # see onednn_forced
 
 Rows = Callable[[int, int], torch.Tensor]  # (lo, hi) -> the input's slices lo..hi-1 along the first spatial axis
 
@@ -51,14 +56,12 @@ def lean_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ...     lean_forward(net, torch.zeros(1, 1, 5, 4, 4)).shape
         torch.Size([1, 2, 6, 4, 4])
     """
-    from medseg_mem.models.unet import _pooled, pad_amounts
-
     padding = pad_amounts(x.shape[2:], net.divisor)
     x = F.pad(x, padding) if any(padding) else x
     skips = []
     for index, encoder in enumerate(net.encoders):
         if index:
-            x = mapped_rows(lambda rows: _pooled(net.pool, rows), x, stride=2)
+            x = mapped_rows(lambda rows: pooled(net.pool, rows), x, stride=2)
         x = conv_rows(encoder[0:3], slices_of(x), x)
         x = conv_rows(encoder[3:6], slices_of(x), x, into=x)
         skips.append(x)
@@ -163,6 +166,12 @@ def _convolve(conv: nn.Conv3d, x: torch.Tensor, depth: int, padding: Tuple[int, 
     if autocasting:
         return F.conv3d(x, conv.weight, conv.bias, padding=padding)
     x = x.to(conv.weight.dtype)
+    if x.device.type == "meta" and _onednn_for_whole_only(x, conv, depth, "cpu"):
+        token = _FORCED.set(True)  # the planner's trace of a CPU pass: this chunk runs on oneDNN there
+        try:
+            return F.conv3d(x, conv.weight, conv.bias, padding=padding)
+        finally:
+            _FORCED.reset(token)
     if _onednn_for_whole_only(x, conv, depth):
         x = x.contiguous(memory_format=_layout(conv.weight))
         return torch.mkldnn_convolution(x, conv.weight, conv.bias, padding, (1, 1, 1), (1, 1, 1), 1)
@@ -182,10 +191,17 @@ def _normalise(norm: nn.Module, y: torch.Tensor) -> torch.Tensor:
     return y
 
 
-def _onednn_for_whole_only(x: torch.Tensor, conv: nn.Conv3d, depth: int) -> bool:
+def onednn_forced() -> bool:
+    """True while the planner's ``meta`` trace runs a chunk that a CPU pass runs on oneDNN although PyTorch's
+    heuristic alone would send it to its slow kernels (:mod:`medseg_mem.memory.backend`: no column buffer)."""
+    return _FORCED.get()
+
+
+def _onednn_for_whole_only(x: torch.Tensor, conv: nn.Conv3d, depth: int, device: Optional[str] = None) -> bool:
     """Whether PyTorch's CPU heuristic (``ConvParams::use_mkldnn``, float32, batch under 16) would run the whole
-    convolution with oneDNN but this chunk of it with its slow fallback (:data:`ONEDNN_MIN_NCDH`)."""
-    if x.device.type != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
+    convolution with oneDNN but this chunk of it with its slow fallback (:data:`ONEDNN_MIN_NCDH`); ``device``:
+    the device to decide for (default: ``x``'s)."""
+    if (device or x.device.type) != "cpu" or x.dtype != torch.float32 or not torch.backends.mkldnn.is_available():
         return False
     pointwise_kernel = conv.kernel_size[-1] == 1 and conv.kernel_size[-2] == 1
     if not torch.backends.mkldnn.enabled or (pointwise_kernel and torch.get_num_threads() == 1):

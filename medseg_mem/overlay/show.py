@@ -24,13 +24,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medseg_mem.config import InferenceConfig
+from medseg_mem.core.config import InferenceConfig
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.writable import check_output_folder
+from medseg_mem.core.names import DEFAULT_RUNS
 from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.errors import MedsegError
-from medseg_mem.names import DEFAULT_RUNS
 from medseg_mem.overlay.figure import draw_overlay
-from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
-from medseg_mem.writable import check_output_folder
+from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
 
 SHOW_FOLDER = "show"
 
@@ -114,7 +114,7 @@ def show_run(run_dir: Path, case_ids: Sequence[str] = (), out_dir: Optional[Path
         out_dir: where the PNGs go (default ``<run_dir>/show``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         overwrite: replace PNGs that exist in ``out_dir`` (always so in ``<run_dir>/show``).
-        inference: slab batch, overlap, precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        inference: slab batch, overlap, precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
 
     Raises:
         MedsegError: an unfinished or damaged run, its dataset missing, an unknown case id, an output folder that
@@ -149,7 +149,7 @@ def case_segmenter(trained: TrainedRun, device: str, inference: InferenceConfig)
     """A function: prepared image ``(C, X, Y, Z)`` -> label map ``(X, Y, Z)`` uint8, by the whole variant."""
     import torch
 
-    from medseg_mem.device import resolve_device
+    from medseg_mem.core.device import resolve_device
     from medseg_mem.models.build import load_networks
     from medseg_mem.variants import get_variant
 
@@ -170,7 +170,7 @@ def draw_case(dataset: PreparedDataset, trained: TrainedRun, case_id: str, segme
     """Segment one prepared case and draw it with its ground truth and Dice per class in the title."""
     import torch
 
-    from medseg_mem.evaluate import dice_text, dice_per_class
+    from medseg_mem.inference.metrics import dice_per_class, dice_text
 
     case = dataset.load(case_id, mmap=True)
     prediction, truth = segment(case.image), np.array(case.label[0])

@@ -1,6 +1,6 @@
 """Prediction: a trained run -> label maps in each scan's own geometry.
 
-Modules: :mod:`~medseg_mem.predict.trained_run` (resolve ``--checkpoint``, load and cross-check every stage),
+Modules: :mod:`~medseg_mem.variants.trained_run` (resolve ``--checkpoint``, load and cross-check every stage),
 :mod:`~medseg_mem.predict.files` (inputs, outputs, writing label maps), :mod:`~medseg_mem.predict.segment`
 (the pipeline and :func:`predict`).
 """

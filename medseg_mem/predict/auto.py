@@ -3,8 +3,9 @@
 ``--checkpoint`` names a runs folder (``medseg-work/runs``). Its finished runs (every stage's ``best.pt``
 present) of the newest run's dataset are the candidates, the newest run per variant. Each is planned for the
 largest input scan (its stored grid and channels; preprocessing that resamples or crops changes it) with the
-prediction's settings; :func:`~medseg_mem.memory.choose.choose` takes the most accurate one that fits the
-budget, accuracy ranked by the results CSV for that dataset (else full > cascade > patch).
+prediction's settings, as the whole process's peak; :func:`~medseg_mem.memory.choose.choose` takes the most
+accurate one that fits the budget, accuracy ranked by the results CSV for that dataset (else full > cascade >
+patch).
 
 Example:
     >>> run = choose_run(Path("medseg-work/runs"), [Path("scan.nii.gz")], Path("medseg-work/results.csv"),
@@ -17,13 +18,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from medseg_mem.config import InferenceConfig
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.budget import default_budget
-from medseg_mem.memory.calibration import CALIBRATION_FILE, cached_calibration
-from medseg_mem.memory.choose import accuracy_order, choose
-from medseg_mem.memory.planner import plan_variant
-from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
+from medseg_mem.core.config import InferenceConfig
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.memory.check import MemoryCheck, resolve_budget
+from medseg_mem.memory.choose import choose
+from medseg_mem.predict.guard import largest_scan_shape
+from medseg_mem.report.ranking import accuracy_order
+from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
 
 
 def choose_run(
@@ -32,15 +33,20 @@ def choose_run(
 ) -> Path:  # fmt: skip
     """The run folder ``--variant auto`` predicts with, said in one line with the reason.
 
+    Each candidate's need is its planned whole-process peak (:class:`~medseg_mem.memory.check.MemoryCheck`: a
+    need whose lower bound is over the budget is known without calibrating).
+
     Raises:
         MedsegError: no finished run in ``runs_dir``, or no candidate fits the budget.
     """
     candidates = newest_runs(Path(runs_dir))
-    budget, source = (budget, "--budget") if budget else default_budget(device)
+    check = MemoryCheck(device, resolve_budget(budget, device), echo)
     shape = largest_scan_shape(scans)
-    needs = {name: planned(trained, shape, device, inference, echo) for name, (_, trained) in candidates.items()}
+    plans = {name: planned(check, trained, shape, inference) for name, (_, trained) in candidates.items()}
+    needs = {name: plan.process_bytes for name, plan in plans.items()}
+    bounds = [name for name, plan in plans.items() if plan.calibration.startswith("lower bound")]
     order, why = accuracy_order(results, next(iter(candidates.values()))[1].dataset)
-    choice = choose(needs, order, budget, source, why, lever=_lever(inference))
+    choice = choose(needs, order, check.budget.bytes, check.budget.source, why, _lever(inference), bounds)
     echo(f"--variant auto: {choice.reason}")
     return candidates[choice.variant][0]
 
@@ -65,25 +71,10 @@ def newest_runs(runs_dir: Path) -> Dict[str, Tuple[Path, TrainedRun]]:
     return chosen
 
 
-def largest_scan_shape(scans: Sequence[Path]) -> Tuple[int, ...]:
-    """``(C, X, Y, Z)`` of the scan with the most voxels, from the NIfTI headers (no voxel is read)."""
-    from medseg_mem.data.headers import header_shape
-
-    shapes = []
-    for scan in scans:
-        dims = header_shape(scan)
-        if len(dims) < 3:
-            raise MedsegError(f"{scan}: cannot read a 3D or 4D NIfTI header from it; --variant auto plans from it")
-        shapes.append((dims[3] if len(dims) > 3 else 1, *dims[:3]))
-    return max(shapes, key=lambda shape: shape[0] * shape[1] * shape[2] * shape[3])
-
-
-def planned(trained: TrainedRun, shape, device: str, inference: InferenceConfig, echo) -> int:
-    """Planned inference peak of ``trained`` on an image of ``shape``."""
-    calibration = cached_calibration(CALIBRATION_FILE, trained.model.channels, device, True, echo,
-                                     precision=inference.precision, channels_last=inference.channels_last)  # fmt: skip
-    return plan_variant(trained.variant, shape, trained.num_classes, trained.model, calibration=calibration,
-                        device=device, inference=inference, input_on_disk=True).predicted_bytes  # fmt: skip
+def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig):
+    """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need)."""
+    return check.inference(trained.variant, shape, trained.num_classes, trained.model, inference,
+                           input_on_disk=True)  # fmt: skip
 
 
 def _lever(inference: InferenceConfig) -> Callable[[str], str]:

@@ -22,9 +22,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
 from medseg_mem.data.normalize import slab_views
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.inference.source import SlabSource
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")

@@ -24,27 +24,27 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from medseg_mem.config import InferenceConfig
+from medseg_mem.core.config import InferenceConfig
 from medseg_mem.data.transforms import build_preprocessing, load_steps
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.inference.mirror import unmirrored_note
 from medseg_mem.predict.scan import check_scan, load_scan, metadata_only
-from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
+from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
 from medseg_mem.predict.overlay import check_overlays, draw_scan_overlay, overlay_path
 from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
-from medseg_mem.device import resolve_device
+from medseg_mem.core.device import resolve_device
 from medseg_mem.memory.measure import InProcessPeak
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.units import format_bytes
 from medseg_mem.models.build import load_networks
 from medseg_mem.variants import get_variant
-from medseg_mem.output_lock import output_lock
-from medseg_mem.writable import check_output_folder
+from medseg_mem.core.files.output_lock import output_lock
+from medseg_mem.core.files.writable import check_output_folder
 
 
 @dataclass(frozen=True)
@@ -59,9 +59,12 @@ class PredictSummary:
         device: where the networks ran.
         out_dir: the output folder.
         seconds: wall time of the whole call.
-        peak_bytes: the largest inference peak of a scan (weights and input included; what ``plan`` predicts).
+        peak_bytes: what the largest inference added to the process (weights and input included).
         memory_method: how ``peak_bytes`` was measured (:class:`~medseg_mem.memory.measure.InProcessPeak`).
         inference: the settings the scans were segmented with.
+        process_bytes: the whole process's peak (CPU: the most resident memory it held, reading and writing the
+            scans included: what ``top`` shows; CUDA: the most memory the allocator reserved on the device).
+        planned_bytes: the planner's figure for ``process_bytes`` (0: not planned).
     """
 
     written: Tuple[Path, ...]
@@ -74,6 +77,8 @@ class PredictSummary:
     peak_bytes: int = 0
     memory_method: str = ""
     inference: InferenceConfig = InferenceConfig()
+    process_bytes: int = 0
+    planned_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -83,7 +88,11 @@ class PredictSummary:
     def line(self) -> str:
         """One human-readable summary line."""
         total = len(self.written) + len(self.failed)
-        memory = f"; peak inference memory {format_bytes(self.peak_bytes)}" if self.peak_bytes else ""
+        memory = ""
+        if self.process_bytes:
+            planned = f", planned {format_bytes(self.planned_bytes)}" if self.planned_bytes else ""
+            memory = (f"; peak resident memory of the process {format_bytes(self.process_bytes)}{planned} (the "
+                      f"inference added {format_bytes(self.peak_bytes)})")  # fmt: skip
         return (
             f"predicted {len(self.written)} of {total} scan(s) with {self.variant} ({self.checkpoint}) on "
             f"{self.device} ({self.inference.describe()}) into {self.out_dir}, {self.seconds:.1f} s{memory}"
@@ -94,11 +103,11 @@ class Segmenter:
     """A trained run ready to segment scans: networks on ``device`` and the run's preprocessing pipeline.
 
     Args:
-        trained: the run, from :func:`~medseg_mem.predict.trained_run.open_trained_run`.
+        trained: the run, from :func:`~medseg_mem.variants.trained_run.open_trained_run`.
         device: where the networks run.
-        inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        inference: slab batch, overlap and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
         engine: ``"torch"``, or ``"onnxruntime"``: the run's ONNX models in ONNX Runtime sessions
-            (:func:`~medseg_mem.onnx_engine.onnx_networks`; CPU, fp32), called by the variant like the networks.
+            (:func:`~medseg_mem.export.onnx_engine.onnx_networks`; CPU, fp32), called by the variant like the networks.
 
     Raises:
         MedsegError: ``engine`` is onnxruntime and onnxruntime is not installed, or a model cannot be loaded.
@@ -117,13 +126,14 @@ class Segmenter:
         self.variant = get_variant(trained.variant)
         self.engine = engine
         if engine == "onnxruntime":
-            from medseg_mem.onnx_engine import onnx_networks
+            from medseg_mem.export.onnx_engine import onnx_networks
 
             self.nets = onnx_networks(trained)
         else:
             self.nets = load_networks(trained.paths, device, self.inference.channels_last, self.inference.precision)
         self.pipeline = build_preprocessing(trained.preprocessing, with_label=False)
         self.peak = (0, "")  # the largest inference peak so far, and how it was measured
+        self.device_peak = 0  # CUDA: the most memory reserved at an inference's peak
 
     def __call__(self, scan: Path) -> np.ndarray:
         """Labels of ``scan`` in its own voxel grid (file order), uint8.
@@ -171,6 +181,7 @@ class Segmenter:
         with InProcessPeak(self.device.type, weights + input_bytes) as peak:
             yield
         self.peak = max(self.peak, (peak.peak_bytes, peak.method))
+        self.device_peak = max(self.device_peak, peak.process_bytes)
 
     def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
         """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU (resampled runs)."""
@@ -204,6 +215,8 @@ def predict(
     engine: str = "torch",
     warn: Callable[[str], None] = None,
     overlay: bool = False,
+    budget_bytes: Optional[int] = None,
+    memory_check: bool = True,
 ) -> PredictSummary:
     """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
 
@@ -214,13 +227,17 @@ def predict(
         overwrite: replace existing output files instead of refusing.
         device: ``"auto"`` (cuda when available), ``"cpu"`` or ``"cuda"``.
         progress: show a progress bar over the scans on stderr.
-        inference: slab batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        inference: slab batch, overlap and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
         engine: ``"torch"`` (default) or ``"onnxruntime"``: the run's ONNX export (``<run folder>/onnx``, from
             ``medseg-mem export --format onnx``; made in a temporary folder when it is missing or was made from
-            other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.onnx_engine`).
-        warn: receives a note when ``--tta`` mirrors a network trained without mirroring, or when label maps an
-            earlier predict wrote into an input folder are left out (default: stderr).
+            other weights) in ONNX Runtime on the CPU, fp32 (:mod:`medseg_mem.export.onnx_engine`).
+        warn: receives a note when ``--tta`` mirrors a network trained without mirroring, when label maps an
+            earlier predict wrote into an input folder are left out, and the planner's calibration lines (default:
+            stderr).
         overlay: also draw ``<name>_overlay.png`` beside each label map (:mod:`~medseg_mem.predict.overlay`).
+        budget_bytes: the memory the prediction must fit (``None``: the device's free memory less 10 %); its
+            plan is checked before the networks load (:mod:`~medseg_mem.predict.guard`; torch engine only).
+        memory_check: refuse a plan over the budget (``False``: say so and predict anyway).
 
     Returns:
         a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
@@ -228,13 +245,15 @@ def predict(
 
     Raises:
         MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), an
-            ``out_dir`` that cannot be written or that another predict is writing, an unusable device, or
-            onnxruntime without its packages, on cuda or at a precision other than fp32; nothing is written then.
+            ``out_dir`` that cannot be written or that another predict is writing, an unusable device,
+            onnxruntime without its packages, on cuda or at a precision other than fp32, or a plan over the budget;
+            nothing is written then.
     """
-    from medseg_mem.memory.rss import pin_glibc_allocator
+    from medseg_mem.memory.check import calibrated
+    from medseg_mem.memory.rss import pin_glibc_allocator, process_peak
 
     pin_glibc_allocator()  # freed tensors go back to the system: a scan's peak does not add up
-    from medseg_mem.onnx_engine import check_engine
+    from medseg_mem.export.onnx_engine import check_engine
 
     start = time.perf_counter()
     engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)
@@ -253,12 +272,20 @@ def predict(
     check_output_folder(Path(out_dir), "--out")  # before any scan is segmented
     with output_lock(Path(out_dir), "--out", "predict", inside=True):  # a second predict into --out stops here
         torch_device = resolve_device(engine_device)
+        plan = None
+        if engine == "torch":
+            from medseg_mem.predict.guard import check_memory
+
+            plan = check_memory(trained, [scan for scan, _ in jobs], torch_device.type,
+                                inference or InferenceConfig(), budget_bytes, warn, refuse=memory_check)  # fmt: skip
         segmenter = Segmenter(trained, torch_device, inference, engine)
         written, failed = _segment_all(segmenter, jobs, progress, overlay)
     where = str(torch_device) + (" via onnxruntime" if engine == "onnxruntime" else "")
+    process = segmenter.device_peak if torch_device.type == "cuda" else process_peak()
+    planned = plan.process_bytes if plan is not None and calibrated(plan) else 0
     return PredictSummary(
         tuple(written), tuple(failed), Path(checkpoint), trained.variant, where, Path(out_dir),
-        time.perf_counter() - start, *segmenter.peak, segmenter.inference,
+        time.perf_counter() - start, *segmenter.peak, segmenter.inference, process, planned,
     )  # fmt: skip
 
 

@@ -16,12 +16,12 @@ from typing import List, Optional
 import pandas as pd
 
 from medseg_mem import __version__
-from medseg_mem.atomic import write_text_atomic
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.files.atomic import write_text_atomic
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import format_bytes
 from medseg_mem.report.format import format_table, render_group
 from medseg_mem.report.tables import GROUP_KEYS, Group, build_groups
-from medseg_mem.results import read_results
+from medseg_mem.report.results import read_results
 
 __all__ = ["CompareReport", "compare", "comparison_frame", "format_bytes", "format_table"]
 
@@ -53,7 +53,7 @@ def compare(results_csv: Path, out_dir: Optional[Path] = None) -> CompareReport:
     """Write the comparison tables and plot of a results CSV.
 
     Args:
-        results_csv: a results CSV written by :func:`medseg_mem.results.append_rows`.
+        results_csv: a results CSV written by :func:`medseg_mem.report.results.append_rows`.
         out_dir: where ``comparison.md``, ``comparison.csv`` and ``comparison.png`` (and, with snapshot rows,
             ``comparison-time.png``) go; default: next to ``results_csv``. Created when missing.
 

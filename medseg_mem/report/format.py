@@ -11,8 +11,8 @@ from typing import Sequence
 
 import pandas as pd
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import format_bytes
 from medseg_mem.report.tables import DICE_PREFIX, GROUP_KEYS, Group, build_groups
 
 MISSING = "—"
@@ -24,13 +24,13 @@ def format_table(results: pd.DataFrame) -> str:
     """Return the comparison tables of ``results`` as padded Markdown, one section per dataset/device group.
 
     Args:
-        results: rows as returned by :func:`medseg_mem.results.read_results`, possibly filtered.
+        results: rows as returned by :func:`medseg_mem.report.results.read_results`, possibly filtered.
 
     Raises:
         MedsegError: ``results`` lacks a column the tables need.
 
     Example:
-        >>> from medseg_mem.results import read_results
+        >>> from medseg_mem.report.results import read_results
         >>> df = read_results(Path("medseg-work/results.csv"))  # doctest: +SKIP
         >>> print(format_table(df.query("dataset == 'Task04_Hippocampus'")))  # doctest: +SKIP
     """
@@ -54,9 +54,27 @@ def render_group(group: Group) -> str:
     return "\n\n".join(parts)
 
 
+#: What each measuring method reads, in words (the method string itself stays in the results CSV).
+METHOD_WORDS = (("cuda.max_memory_reserved", "GPU memory reserved by PyTorch's allocator"),
+                ("cuda.max_memory_allocated", "GPU memory held by tensors"),
+                ("proc.", "peak resident memory of the process"), ("resource.", "peak resident memory of the process"))
+
+
+def method_words(method: object) -> str:
+    """``proc.clear_refs+VmHWM+glibc-mmap-1MiB`` -> ``peak resident memory of the process``; an unknown method as
+    written.
+
+    Example:
+        >>> method_words("cuda.max_memory_reserved")
+        "GPU memory reserved by PyTorch's allocator"
+    """
+    text = str(method or "").strip()
+    return next((words for prefix, words in METHOD_WORDS if text.startswith(prefix)), text or "unknown method")
+
+
 def group_heading(group: Group) -> str:
-    """Return e.g. ``## Task04_Hippocampus — cpu, rss-above-baseline`` (benchmarks say so)."""
-    where = f"{group.device or 'unknown device'}, {group.memory_method or 'unknown memory method'}"
+    """Return e.g. ``## Task04_Hippocampus — cpu, peak resident memory of the process`` (benchmarks say so)."""
+    where = f"{group.device or 'unknown device'}, {method_words(group.memory_method)}"
     kind = "" if group.source == "run" else " — benchmark (memory and time only)"
     return f"## {group.dataset or 'unknown dataset'}{kind} — {where}"
 
@@ -74,7 +92,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeri
 
 
 def format_size(value: object) -> str:
-    """Return a byte count as every command prints it (:func:`~medseg_mem.memory.units.format_bytes`, e.g.
+    """Return a byte count as every command prints it (:func:`~medseg_mem.core.units.format_bytes`, e.g.
     ``1.23 GiB``); ``—`` if missing."""
     return MISSING if _missing(value) else format_bytes(value)
 
@@ -111,18 +129,25 @@ def format_text(value: object) -> str:
     return text if number.is_integer() or len(text) <= 6 else format_number(number)
 
 
+#: The run table's memory columns: the whole process at the inference's and the training's peak, each beside its
+#: plan, then what the inference added to the process (the figure older rows have alone).
+MEMORY_CELLS = (("process_peak_bytes", "inference peak"), ("planned_process_bytes", "planned"),
+                ("train_process_peak_bytes", "training peak"), ("train_planned_process_bytes", "planned"),
+                ("peak_memory_bytes", "inference added"))  # fmt: skip
+
+
 def _run_cells(group: Group):
     """Headers, rows and numeric flags of a run table."""
-    headers = ["variant", *(f"Dice % {c}" for c in group.classes), "mean Dice % (fg)", "peak memory",
-               "time / case (s)", "device", "memory method", "train steps", "n runs"]  # fmt: skip
+    headers = ["variant", *(f"Dice % {c}" for c in group.classes), "mean Dice % (fg)",
+               *(label for _, label in MEMORY_CELLS), "time / case (s)", "device", "train steps", "n runs"]  # fmt: skip
     rows = [
         [row["variant"], *(format_dice(row[DICE_PREFIX + c]) for c in group.classes), format_dice(row["mean_dice"]),
-         format_size(row["peak_memory_bytes"]), format_number(row["inference_seconds_per_case"]),
-         format_text(row["device"]), format_text(row["memory_method"]), format_count(row["train_steps"]),
-         format_count(row["n_runs"])]  # fmt: skip
+         *(format_size(row.get(column)) for column, _ in MEMORY_CELLS),
+         format_number(row["inference_seconds_per_case"]), format_text(row["device"]),
+         format_count(row["train_steps"]), format_count(row["n_runs"])]  # fmt: skip
         for _, row in group.table.iterrows()
     ]
-    numeric = [False, *(True for _ in group.classes), True, True, True, False, False, True, True]
+    numeric = [False, *(True for _ in group.classes), True, *(True for _ in MEMORY_CELLS), True, False, True, True]
     return headers, rows, numeric
 
 

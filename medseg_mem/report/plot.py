@@ -15,7 +15,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
+from medseg_mem.report.format import method_words
 from medseg_mem.report.tables import Group, variant_order
 
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
@@ -58,8 +59,8 @@ def plot_comparison(groups: Sequence[Group], path: Path, title: str = "") -> Pat
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as PNG to ``path`` atomically (:func:`medseg_mem.atomic.replacing`): a failed or killed
-    write leaves the previous file, never a half-written one.
+    """Write ``figure`` as PNG to ``path`` atomically (:func:`medseg_mem.core.files.atomic.replacing`): a failed or
+    killed write leaves the previous file, never a half-written one.
 
     Raises:
         WriteError: the disk is full or the folder not writable, naming ``path``.
@@ -91,11 +92,12 @@ def _draw_panel(ax, source: str, members: List[Group], style: _Style) -> None:
     """Plot one panel: mean Dice (run) or time per case (benchmark) against peak memory."""
     y_column = "mean_dice" if source == "run" else "inference_seconds_per_case"
     points = [(g.dataset, row) for g in members for _, row in g.table.iterrows()]
-    points = [(d, r) for d, r in points if _finite(r["peak_memory_bytes"]) and _finite(r[y_column])]
-    memory = [float(r["peak_memory_bytes"]) for _, r in points]
+    x_column = _memory_column(points)
+    points = [(d, r) for d, r in points if _finite(r[x_column]) and _finite(r[y_column])]
+    memory = [float(r[x_column]) for _, r in points]
     scale, unit = _unit(max(memory, default=1.0))
     for dataset, row in points:
-        x = float(row["peak_memory_bytes"]) / scale
+        x = float(row[x_column]) / scale
         y = float(row[y_column]) * (100 if source == "run" else 1)
         ax.scatter([x], [y], s=70, color=style.colour[row["variant"]], marker=style.marker[dataset],
                    edgecolors="black", linewidths=0.5, zorder=3)  # fmt: skip
@@ -106,8 +108,11 @@ def _draw_panel(ax, source: str, members: List[Group], style: _Style) -> None:
     if memory and min(memory) > 0 and max(memory) / min(memory) > LOG_RATIO:
         ax.set_xscale("log")
         ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
-    device, method = members[0].device or "unknown device", members[0].memory_method or "unknown method"
-    ax.set_xlabel(f"peak memory ({unit}) — {device}: {method}")
+    device = members[0].device or "unknown device"
+    what = method_words(members[0].memory_method)
+    if x_column == "peak_memory_bytes" and source == "run":
+        what = f"what the inference added to the process ({what})"
+    ax.set_xlabel(f"{what} ({unit}) — {device}")
     if source == "run":
         ax.set_ylabel("mean foreground Dice (%)")
         ax.set_ylim(-3, 103)
@@ -121,6 +126,13 @@ def _draw_panel(ax, source: str, members: List[Group], style: _Style) -> None:
     ax.grid(True, which="minor", alpha=0.12)
     ax.margins(x=0.15)
     _legend(ax, points, style)
+
+
+def _memory_column(points) -> str:
+    """The x axis: the whole process's inference peak where every run has it, else what the inference added
+    (rows from before the process was measured; benchmark rows)."""
+    process = [row.get("process_peak_bytes") for _, row in points]
+    return "process_peak_bytes" if process and all(_finite(value) for value in process) else "peak_memory_bytes"
 
 
 def _legend(ax, points, style: _Style) -> None:

@@ -16,8 +16,8 @@ from typing import Iterable, List, Tuple
 
 import pandas as pd
 
-from medseg_mem.names import VARIANT_NAMES
-from medseg_mem.results import final_rows
+from medseg_mem.core.names import VARIANT_NAMES
+from medseg_mem.report.results import PROCESS_COLUMNS, final_rows
 
 GROUP_KEYS = ("dataset", "device", "memory_method")
 #: Sources shown in the run tables: medseg-mem's runs and the peers' (Dice, memory, time).
@@ -26,7 +26,7 @@ RUN_SOURCES = ("run", "peer")
 RUN_COLUMNS = (
     "run_id", "timestamp", "dataset", "variant", "source", "device", "memory_method", "peak_memory_bytes",
     "inference_seconds_per_case", "train_steps", "n_test_cases", "channels", "loss", "slab_size", "downsample",
-    "planned_bytes", "planner_error", "inferer",
+    "planned_bytes", "planner_error", "inferer", "train_peak_memory_bytes", *PROCESS_COLUMNS,
 )  # fmt: skip
 #: What makes two benchmark runs the same configuration (only the latest of each is shown).
 BENCHMARK_KEYS = ("variant", "channels", "slab_size", "downsample", "inferer")
@@ -62,7 +62,7 @@ def variant_order(names: Iterable[str]) -> List[str]:
 
 
 def build_groups(results: pd.DataFrame) -> List[Group]:
-    """Split ``results`` (as from :func:`medseg_mem.results.read_results`) into comparison tables.
+    """Split ``results`` (as from :func:`medseg_mem.report.results.read_results`) into comparison tables.
 
     Args:
         results: tidy results rows, possibly filtered (e.g. to one dataset); snapshot rows are left out.
@@ -115,7 +115,8 @@ def run_table(rows: pd.DataFrame) -> Tuple[pd.DataFrame, Tuple[str, ...], List[s
             notes.append(f"{label} differ between the variants shown ({values}).")
     columns = ["variant", "source", *(DICE_PREFIX + c for c in classes), "mean_dice", "peak_memory_bytes",
                "inference_seconds_per_case", "device", "memory_method", "train_steps", "n_runs", "run_id",
-               "timestamp", "n_test_cases", "channels", "slab_size", "downsample"]  # fmt: skip
+               "timestamp", "n_test_cases", "channels", "slab_size", "downsample", "train_peak_memory_bytes",
+               *PROCESS_COLUMNS]  # fmt: skip
     return table[columns], classes, notes
 
 

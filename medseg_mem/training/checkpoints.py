@@ -6,8 +6,8 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.files.checkpoint import load_checkpoint
+from medseg_mem.core.errors import MedsegError
 
 #: The network settings a stage's ``last.pt`` and the run's ``run.json`` must agree on to resume.
 MODEL_KEYS = ("channels", "slab_size", "downsample", "guidance", "deep_supervision")

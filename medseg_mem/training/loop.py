@@ -25,17 +25,17 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from tqdm.auto import tqdm
 
-from medseg_mem.checkpoint import load_checkpoint, save_checkpoint
-from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.evaluate import dice_per_class, mean_dice, overall_dice
+from medseg_mem.core.config import ModelConfig, TrainConfig
+from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
+from medseg_mem.core.precision import grad_scaler
+from medseg_mem.inference.metrics import dice_per_class, mean_dice, overall_dice
 from medseg_mem.models.build import build_network
+from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.curves import StageLog
-from medseg_mem.training.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.divergence import check_loss, check_weights
 from medseg_mem.training.optimizer import build_optimizer
-from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
 from medseg_mem.training.wallclock import Clock, StageTimes, snapshot_path
@@ -70,7 +70,8 @@ class StageJob:
 @dataclass(frozen=True)
 class StageOutcome:
     """How a stage trained; ``snapshots`` maps each mark it passed (seconds) to ``{"seconds", "step"}``;
-    ``peak_bytes``: the memory its training added at its peak, when measured (``training.variant.measured``)."""
+    ``peak_bytes``: the memory its training added at its peak, when measured (``training.variant.measured``);
+    ``process_peak_bytes``: the whole process at that peak (CPU: resident size; CUDA: memory reserved)."""
 
     best_path: Path
     best_score: float
@@ -80,6 +81,7 @@ class StageOutcome:
     history: List[Dict[str, Any]]
     snapshots: Dict[int, Dict[str, float]] = field(default_factory=dict)
     peak_bytes: int = 0
+    process_peak_bytes: int = 0
 
 
 def make_loss(
@@ -87,7 +89,7 @@ def make_loss(
 ) -> torch.nn.Module:
     """Dice (thesis) or Dice + cross-entropy (nnU-Net), on softmax outputs, background per the stage, with
     optional class ``weights`` (one per class, background included); summed over every resolution when ``model``
-    has deep supervision (:class:`~medseg_mem.training.deep_supervision.DeepSupervisionLoss`)."""
+    has deep supervision (:class:`~medseg_mem.models.deep_supervision.DeepSupervisionLoss`)."""
     loss = plain_loss(stage, train, weights)
     if model is None or not model.deep_supervision:
         return loss

@@ -13,14 +13,14 @@ from typing import Any, ClassVar, List, Mapping, Tuple
 import torch
 from torch import nn
 
-from medseg_mem.config import InferenceConfig, ModelConfig
+from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.core.precision import with_precision
 from medseg_mem.inference.labels import labels_of
 from medseg_mem.inference.mirror import mirrored
-from medseg_mem.inference.precision import with_precision
 from medseg_mem.inference.slab import SlabInferer
 from medseg_mem.inference.source import SlabSource
-from medseg_mem.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
 from medseg_mem.variants.guided import LabelGuidedSlabs
+from medseg_mem.variants.resample import guidance_channels, guidance_range, resample_image, resample_label, scaled_size
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,17 @@ class Stage:
     def factor(self, model: ModelConfig) -> float:
         return model.downsample if self.scale is None else self.scale
 
+    def cached_bytes(self, shape, model: ModelConfig, image_channels: int) -> int:
+        """Bytes the training loader caches per case of spatial ``shape``: a downsampled stage its float32 image
+        and uint8 label at its resolution, a guided stage the uint8 label at stage-1 resolution (its guidance is
+        made per slab from it), a full-resolution stage nothing (it reads the memory-mapped case per sample)."""
+        low = 1
+        for side in scaled_size(shape, model.downsample):
+            low *= int(side)
+        if self.factor(model) != 1.0:
+            return low * (4 * image_channels + 1)
+        return low if self.guided else 0
+
     def in_channels(self, image_channels: int, num_classes: int, model: ModelConfig) -> int:
         extra = guidance_channels(model.guidance, num_classes) if self.guided else 0
         return image_channels + extra
@@ -57,7 +68,7 @@ class Stage:
 
         Guided stages get ``low_label`` ``(B, 1, x, y, z)`` at stage-1 resolution (stage 1's prediction) or, when
         it is ``None``, the ground truth downsampled by ``model.downsample`` (the blur of a good stage-1 output),
-        upsampled by :func:`~medseg_mem.resample.guidance_range` as training samples are.
+        upsampled by :func:`~medseg_mem.variants.resample.guidance_range` as training samples are.
         """
         factor = self.factor(model)
         if factor != 1.0:
@@ -150,7 +161,7 @@ class Variant:
     ) -> torch.Tensor:  # fmt: skip
         """Label map ``(1, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of a batched full-resolution image
         ``(1, C, X, Y, Z)``, kept on ``device`` (default: where the networks run); ``inference`` sets the slab
-        batch, overlap and precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        batch, overlap and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
 
         The labels are the argmax of :meth:`probabilities`, made without any full-size float tensor besides the
         input (and, for a whole-volume stage, the logits of its one pass). The default serves single-stage

@@ -5,7 +5,7 @@ by slab, the full-resolution image concatenated with stage 1's segmentation upsa
 guidance is made per slab from stage 1's small output (:class:`~medseg_mem.variants.guided.GuidedSlabs`). The
 thesis trains the stages independently (2.2.3; ``--stage2-guidance truth``): stage 2's training guidance is the
 ground-truth label downsampled and upsampled again, the blur of a good stage-1 output. On real data stage 2
-trains by default on stage 1's own out-of-fold predictions instead (:mod:`~medseg_mem.training.out_of_fold`), as
+trains by default on stage 1's own out-of-fold predictions instead (:mod:`~medseg_mem.runner.out_of_fold`), as
 nnU-Net does.
 """
 
@@ -16,8 +16,8 @@ from typing import Any, List, Mapping
 import torch
 from torch import nn
 
-from medseg_mem.config import InferenceConfig, ModelConfig
-from medseg_mem.resample import resample_image, scaled_size
+from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.variants.resample import resample_image, scaled_size
 from medseg_mem.variants.base import Stage, Variant
 from medseg_mem.variants.guided import GuidedSlabs
 

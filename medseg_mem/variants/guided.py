@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference.slab import cut_slab
 from medseg_mem.inference.source import SlabSource
-from medseg_mem.resample import encode_guidance, guidance_channels, guidance_range, resample_image
+from medseg_mem.variants.resample import encode_guidance, guidance_channels, guidance_range, resample_image
 
 
 def along_last_axis(low: torch.Tensor, depth: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def guidance_slices(columns: torch.Tensor, size: Sequence[int], start: int, stop
         size: the full-resolution spatial size ``(X, Y, Z)``.
         start: first slice (last axis).
         stop: one past the last slice.
-        encoding: ``"label"`` or ``"onehot"`` (:func:`~medseg_mem.resample.encode_guidance`).
+        encoding: ``"label"`` or ``"onehot"`` (:func:`~medseg_mem.variants.resample.encode_guidance`).
         num_classes: K.
     """
     part = columns[..., start:stop].contiguous()
@@ -106,7 +106,7 @@ class LabelGuidedSlabs(GuidedSource):
     """A guided stage's validation input: guidance from a label map at stage-1 resolution (the ground truth
     downsampled, or stage 1's prediction), one slab at a time instead of ``G x`` the whole volume.
 
-    Each slab is exactly the whole volume's (:func:`~medseg_mem.resample.guidance_range` computes every output
+    Each slab is exactly the whole volume's (:func:`~medseg_mem.variants.resample.guidance_range` computes every output
     slice on its own), so labels made from it equal those made from the concatenated volume.
 
     Args:

@@ -119,8 +119,8 @@ def test_export_into_a_bundle_with_a_broken_config_writes_nothing(run_dir, bundl
 
 
 def test_export_writes_a_sha256_beside_the_bundle_weights(run_dir, bundle):
-    from medseg_mem.digest import verify_digest
-    from medseg_mem.errors import MedsegError
+    from medseg_mem.core.errors import MedsegError
+    from medseg_mem.core.files.digest import verify_digest
 
     result = CliRunner().invoke(main, ["export", "--checkpoint", str(run_dir), "--bundle", str(bundle)])
     assert result.exit_code == 0, result.output
@@ -171,8 +171,8 @@ def label(*classes: int) -> torch.Tensor:
 
 
 def test_a_class_absent_from_a_case_is_not_scored_there():
-    from medseg_mem.config import ModelConfig
-    from medseg_mem.evaluate import evaluate_variant
+    from medseg_mem.core.config import ModelConfig
+    from medseg_mem.runner.evaluation import evaluate_variant
 
     truths = [label(1, 2), label(1)]  # class 2 only in the first case
     predictions = [truths[0], truths[0], label(1)]  # (warm-up call first) both cases right
@@ -185,12 +185,12 @@ def test_a_class_absent_from_a_case_is_not_scored_there():
 
 
 def test_a_class_no_test_case_holds_files_an_empty_dice_and_reads_back(tmp_path):
-    from medseg_mem.evaluate import Evaluation
+    from medseg_mem.core.config import ModelConfig, TrainConfig
     from medseg_mem.memory.measure import MemoryReading
     from medseg_mem.report import compare
-    from medseg_mem.results import append_rows, read_results
-    from medseg_mem.training.evaluation import VariantResult, result_rows
-    from medseg_mem.config import ModelConfig, TrainConfig
+    from medseg_mem.report.results import append_rows, read_results
+    from medseg_mem.runner.evaluation import Evaluation
+    from medseg_mem.runner.evaluation import VariantResult, result_rows
 
     class Dataset:
         name, class_names = "Tiny", ("background", "left", "right")
@@ -218,7 +218,7 @@ def test_validation_with_no_class_to_score_still_keeps_a_checkpoint():
 
 
 def test_old_results_without_dice_cases_stay_readable(tmp_path):
-    from medseg_mem.results import OPTIONAL_COLUMNS, RESULT_COLUMNS, read_results
+    from medseg_mem.report.results import OPTIONAL_COLUMNS, RESULT_COLUMNS, read_results
 
     header = [c for c in RESULT_COLUMNS if c not in OPTIONAL_COLUMNS]
     values = {"run_id": "r1", "variant": "full", "class_index": "1", "dice": "1.0", "source": "run"}

@@ -21,7 +21,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # the labels build_preprocessing gives Orientationd
 

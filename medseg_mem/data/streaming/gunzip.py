@@ -3,7 +3,7 @@
 The compressed file is read in blocks of :data:`BLOCK_BYTES` and inflated by ``zlib`` (gzip members one after
 another, each checked against its CRC), and what comes out is written straight into a temporary file in
 ``$TMPDIR`` (``tempfile``'s folder, or the one given). At most a block of each is held. A stream that ends early,
-a corrupt stream and a full disk each end in one :class:`~medseg_mem.errors.MedsegError` line naming the file (and
+a corrupt stream and a full disk each end in one :class:`~medseg_mem.core.errors.MedsegError` line naming the file (and
 where it broke) or the folder; the temporary file is removed then.
 
 Example:
@@ -18,7 +18,7 @@ import zlib
 from pathlib import Path
 from typing import BinaryIO, Optional
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 BLOCK_BYTES = 2**20  # compressed bytes read at a time (the inflated block is at most a few times that)
 GZIP_WINDOW = 16 + zlib.MAX_WBITS  # gzip header and trailer, CRC checked

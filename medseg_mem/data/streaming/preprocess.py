@@ -42,7 +42,7 @@ from medseg_mem.data.streaming.sampler import sample_range
 from medseg_mem.data.streaming.source import ScanFile, open_scan
 from medseg_mem.data.streaming.statistics import ForegroundBox, NonzeroMoments, normalize_slab_, zscore_channels
 from medseg_mem.data.transforms import validate_settings
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 SLAB_BYTES = 2**25  # float32 bytes of the slabs a survey reads at a time (32 MiB)
 

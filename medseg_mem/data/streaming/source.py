@@ -24,7 +24,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from medseg_mem.data.streaming.gunzip import decompress_to_temporary, remove_temporary
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 BLOCK_BYTES = 2**26  # raw bytes read at a time when slicing across the file's last axis
 SPATIAL_DIMS = (3, 4)

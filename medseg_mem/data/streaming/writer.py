@@ -9,7 +9,7 @@ probabilities then argmax, which is what ``predict`` does for resampled runs tod
 uncompressed NIfTI whose header nibabel wrote first, exactly as ``nib.save`` writes a label map; for a
 ``.nii.gz`` target that file lives in ``$TMPDIR`` and is gzip-compressed into the target at the end. The target
 appears only on :meth:`LabelMapWriter.commit` (a temporary file beside it, then a rename:
-:func:`medseg_mem.atomic.replacing`); an exception or :meth:`LabelMapWriter.discard` leaves nothing behind.
+:func:`medseg_mem.core.files.atomic.replacing`); an exception or :meth:`LabelMapWriter.discard` leaves nothing behind.
 
 Example:
     >>> with stream_scan(scan, settings) as stream:  # doctest: +SKIP
@@ -32,10 +32,10 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 import torch
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
 from medseg_mem.data.streaming.gunzip import PREFIX, remove_temporary
 from medseg_mem.data.streaming.sampler import sample_range, support
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 EMIT_VOXELS = 2**22  # voxels of the scan's grid finished at a time (4 MiB of labels)
 BLOCK_BYTES = 2**26  # bytes of the label file rewritten at a time when slabs cross its last axis

@@ -1,0 +1,101 @@
+"""``predict``'s memory guard: before the networks are loaded, the plan of the run's inference on the largest
+input scan (its header's shape and channels), at the prediction's settings, against ``--budget`` (default: the
+free memory less 10 %).
+
+A plan over the budget stops with one line: the run's variant, the planned whole-process peak, the budget and the
+levers with their planned figures (``--precision bf16``, ``--sw-batch-size 1``, ``--overlap 0``, no ``--tta``).
+``--no-memory-check`` predicts anyway. A plan that fits even at the planner's upper bound (twice the traced
+count, a generous first-call offset and process) needs no calibration, so a first ``predict`` on a machine is not
+delayed by one unless the answer depends on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, Optional, Sequence, Tuple
+
+from medseg_mem.core.config import InferenceConfig
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.memory.check import MemoryCheck, MemoryGuardError, lever_calibration, lever_line, resolve_budget
+from medseg_mem.memory.check import is_bound  # noqa: I001 - one line each: the guards share the rest
+from medseg_mem.core.units import format_bytes
+
+
+def check_memory(trained, scans: Sequence, device: str, inference: InferenceConfig, budget_bytes: Optional[int],
+                 echo: Callable[[str], None], refuse: bool = True):  # fmt: skip
+    """The plan of ``trained``'s inference on the largest of ``scans`` (``None`` when no header can be read);
+    refuse it when it does not fit.
+
+    Raises:
+        MemoryGuardError: one line with the figures and the levers (unless ``refuse`` is off: said on ``echo``).
+    """
+    largest = largest_scan(scans)
+    if largest is None:
+        return None
+    scan, shape = largest
+    check = MemoryCheck(device, resolve_budget(budget_bytes, device), echo, upper_bound_first=True)
+    plan = check.inference(trained.variant, shape, trained.num_classes, trained.model, inference, input_on_disk=True)
+    if plan.fits:
+        return plan
+    line = refusal(check, trained, (scan, shape), inference, plan)
+    if refuse:
+        raise MemoryGuardError(line)
+    echo(f"warning: {line.replace('; or add --no-memory-check to predict anyway', '')}; predicting anyway "
+         "(--no-memory-check)")  # fmt: skip
+    return plan
+
+
+def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, plan) -> str:
+    """The one line for a prediction whose plan is over the budget (``largest``: the ``(scan, shape)`` planned),
+    with each lever's planned figure."""
+    scan, shape = largest
+    options = {"--precision bf16": dict(precision="bf16"), "--sw-batch-size 1": dict(sw_batch_size=1),
+               "--overlap 0": dict(overlap=0.0), "without --tta": dict(tta=False)}  # fmt: skip
+    calibration, at_least = lever_calibration(check, plan, "inference")
+    if is_bound(plan) and not at_least:  # a cached calibration: the figure itself, not its bound
+        plan = check.inference(trained.variant, shape, trained.num_classes, trained.model, inference,
+                               input_on_disk=True, calibration=calibration)  # fmt: skip
+    levers = {}
+    for lever, change in options.items():
+        changed = dataclasses.replace(inference, **change)
+        if changed != inference:
+            levers[lever] = check.inference(trained.variant, shape, trained.num_classes, trained.model, changed,
+                                            input_on_disk=True, calibration=calibration).process_bytes
+    size = "x".join(str(s) for s in shape)
+    verb = "needs at least" if at_least else "plans"
+    return (f"{scan}: {trained.variant} ({inference.describe()}) {verb} {format_bytes(plan.process_bytes)} for "
+            f"the whole process on this {size} scan, the largest, over the budget {check.budget.describe()}; "
+            f"{lever_line(levers, check.budget, at_least)}; or add --no-memory-check to predict anyway")  # fmt: skip
+
+
+def largest_scan_shape(scans: Sequence) -> Tuple[int, ...]:
+    """``(C, X, Y, Z)`` of the scan with the most voxels, from the NIfTI headers (no voxel is read).
+
+    Raises:
+        MedsegError: a header cannot be read (``--variant auto`` plans from them).
+    """
+    for scan in scans:
+        if len(_header(scan)) not in (3, 4):
+            raise MedsegError(f"{scan}: cannot read a 3D or 4D NIfTI header from it; --variant auto plans from it")
+    return largest_scan(scans)[1]
+
+
+def largest_scan(scans: Sequence) -> Optional[Tuple[object, Tuple[int, ...]]]:
+    """``(scan, (C, X, Y, Z))`` of the scan with the most voxels by its NIfTI header; scans whose header cannot be
+    read or declares more than the RAM holds are left out (``predict`` reports each by name and goes on with the
+    others); ``None`` when none is left."""
+    from medseg_mem.data.headers import header_problems
+
+    found = []
+    for scan in scans:
+        dims = _header(scan)
+        if len(dims) in (3, 4) and not header_problems(scan, str(scan)):
+            found.append((scan, (dims[3] if len(dims) > 3 else 1, *dims[:3])))
+    return max(found, key=lambda item: item[1][0] * item[1][1] * item[1][2] * item[1][3]) if found else None
+
+
+def _header(scan) -> Tuple[int, ...]:
+    """The shape a scan's header declares (``()`` when it cannot be read)."""
+    from medseg_mem.data.headers import header_shape
+
+    return tuple(header_shape(scan))
