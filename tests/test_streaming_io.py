@@ -20,7 +20,7 @@ from medseg_mem.data.streaming.source import open_scan
 from medseg_mem.data.streaming.writer import LabelMapWriter
 from medseg_mem.data.transforms import build_preprocessing
 from medseg_mem.core.errors import MedsegError
-from medseg_mem.predict.files import _label_header, write_label_map
+from medseg_mem.predict.files import label_header as _label_header, write_label_map
 from medseg_mem.predict.restore import restore_grid, restore_labels
 
 CLASSES = 3

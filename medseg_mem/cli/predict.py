@@ -8,7 +8,7 @@ import click
 
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.training_options import parse_variants
-from medseg_mem.core.names import DEFAULT_RESULTS, DEVICE_NAMES, PRECISION_NAMES
+from medseg_mem.core.names import DEFAULT_RESULTS, DEVICE_NAMES, OUT_OF_CORE_NAMES, PRECISION_NAMES
 
 #: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.export.onnx_engine.ENGINE_NAMES``).
 ENGINES = ("torch", "onnxruntime")
@@ -44,12 +44,17 @@ ENGINES = ("torch", "onnxruntime")
               help="torch, or onnxruntime: the run's ONNX models (<run folder>/onnx from `medseg-mem export "
                    "--format onnx`, else exported to a temporary folder) on ONNX Runtime's CPU provider, fp32; "
                    "needs pip install 'medseg-mem[onnx]'.")
+@click.option("--out-of-core", "out_of_core", type=click.Choice(OUT_OF_CORE_NAMES), default="auto", show_default=True,
+              help="Read, segment and write each scan a chunk of slices at a time, so memory does not grow with the "
+                   "scan (patch and cascade runs, --overlap 0): auto when the in-memory plan is over --budget, "
+                   "always, or never.")
 @click.option("--overlay", is_flag=True,
               help="Also draw OUT/<name>_overlay.png: the scan's three planes through the prediction, outlined.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
 def predict(inputs, checkpoint, variants, budget_bytes, memory_check, results, out_dir, overwrite, device, precision,
-            overlap, sw_batch_size, tta, tta_axes, channels_last, engine, overlay, quiet) -> None:  # fmt: skip
+            overlap, sw_batch_size, tta, tta_axes, channels_last, engine, out_of_core, overlay,
+            quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
     Each INPUT gets OUT/<name>_seg.nii.gz: uint8 labels with exactly the input's shape and affine, so it
@@ -70,7 +75,8 @@ def predict(inputs, checkpoint, variants, budget_bytes, memory_check, results, o
     checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
                           inference=inference, engine=engine, warn=lambda line: click.echo(line, err=True),
-                          overlay=overlay, budget_bytes=budget_bytes, memory_check=memory_check)  # fmt: skip
+                          overlay=overlay, budget_bytes=budget_bytes, memory_check=memory_check,
+                          out_of_core=out_of_core)  # fmt: skip
     for _scan, reason in summary.failed:
         click.echo(f"failed: {reason}", err=True)
     click.echo(summary.line())

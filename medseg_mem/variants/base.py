@@ -8,7 +8,7 @@ and never asks which variant it serves; a new variant is one new module that sub
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, List, Mapping, Tuple
+from typing import Any, ClassVar, Iterator, List, Mapping, Tuple
 
 import torch
 from torch import nn
@@ -155,6 +155,38 @@ class Variant:
             return False
         return stages[0].slab and stages[0].scale == 1.0 and not stages[0].guided
 
+    def streams(self) -> bool:
+        """True when the variant can segment a scan out of core (:meth:`stream`): no stage needs the
+        full-resolution image whole (``patch`` and ``cascade``; never ``full``, one pass over the whole volume)."""
+        return self.reads_slabs_only()
+
+    def stream(
+        self, nets: Mapping[str, nn.Module], stream, model: ModelConfig, num_classes: int,
+        inference: InferenceConfig = None, device: Any = None, probabilities: bool = False,
+    ) -> Iterator[torch.Tensor]:  # fmt: skip
+        """:meth:`segment` (or :meth:`probabilities`) of a scan that is never whole in memory: the outputs of
+        consecutive chunks of :func:`chunk_depth` slices along the last axis, in order.
+
+        Slabs never straddle two chunks, and each chunk's slab groups are the whole volume's, so the outputs are
+        the whole volume's slices (``overlap`` 0 only: blended slabs would cross the chunks).
+
+        Args:
+            nets: the networks by stage name.
+            stream: the preprocessed scan: ``shape`` ``(C, X, Y, Z)``, ``slabs(depth)`` yielding ``(start, (C, X, Y,
+                n))`` in order, ``downsampled(size)`` (a :class:`~medseg_mem.data.streaming.preprocess.ScanStream`).
+            model: the run's model settings.
+            num_classes: K.
+            inference: slab batch and precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
+            device: where the networks run; chunks go there and outputs come back to the CPU (``None``: both
+                stay where they are made: the planner's meta trace).
+            probabilities: yield class probabilities ``(K, X, Y, n)`` instead of labels ``(1, X, Y, n)``.
+        """
+        (stage,) = self.stages()
+        inference = inference or InferenceConfig()
+        for _, chunk in stream.slabs(chunk_depth(model, inference)):
+            x = chunk[None] if device is None else chunk[None].to(device)
+            yield chunk_output(stage, nets[stage.name], x, model, inference, device, probabilities)
+
     def segment(
         self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
         device: Any = None, inference: InferenceConfig = None,
@@ -179,3 +211,19 @@ class Variant:
         """
         (stage,) = self.stages()
         return torch.softmax(stage.forward(nets[stage.name], image, model, inference).float(), dim=1)
+
+
+def chunk_depth(model: ModelConfig, inference: InferenceConfig) -> int:
+    """Slices an out-of-core chunk holds: one network call's slabs (``slab_size * sw_batch_size``)."""
+    return int(model.slab_size) * int(inference.sw_batch_size)
+
+
+def chunk_output(stage: Stage, net, x, model: ModelConfig, inference: InferenceConfig, device: Any,
+                 probabilities: bool) -> torch.Tensor:  # fmt: skip
+    """One chunk's labels ``(1, X, Y, n)`` (or probabilities ``(K, X, Y, n)``) of slab ``stage`` on batch ``x``,
+    on the CPU when ``device`` is given."""
+    if probabilities:
+        out = torch.softmax(stage.forward(net, x, model, inference).float(), dim=1)[0]
+    else:
+        out = stage.labels(net, x, model, None if device is None else "cpu", inference)[0]
+    return out if device is None else out.cpu()

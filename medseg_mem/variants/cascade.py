@@ -11,15 +11,15 @@ nnU-Net does.
 
 from __future__ import annotations
 
-from typing import Any, List, Mapping
+from typing import Any, Iterator, List, Mapping
 
 import torch
 from torch import nn
 
 from medseg_mem.core.config import InferenceConfig, ModelConfig
 from medseg_mem.variants.resample import resample_image, scaled_size
-from medseg_mem.variants.base import Stage, Variant
-from medseg_mem.variants.guided import GuidedSlabs
+from medseg_mem.variants.base import Stage, Variant, chunk_depth, chunk_output
+from medseg_mem.variants.guided import GuidedSlabs, along_last_axis
 
 
 class CascadeVariant(Variant):
@@ -37,13 +37,37 @@ class CascadeVariant(Variant):
         inference: InferenceConfig = None,
     ) -> GuidedSlabs:  # fmt: skip
         """Stage 1 on the downsampled image, then stage 2's input as a :class:`GuidedSlabs` (made per slab)."""
-        low_stage = self.stages()[0]
         low = resample_image(image, scaled_size(image.shape[2:], model.downsample))
+        return GuidedSlabs(image, self.low_probabilities(nets, low, model, inference), model.guidance, num_classes)
+
+    def low_probabilities(self, nets: Mapping[str, nn.Module], low: torch.Tensor, model: ModelConfig,
+                          inference: InferenceConfig = None) -> torch.Tensor:  # fmt: skip
+        """Stage 1's class probabilities ``(1, K, x, y, z)`` of the downsampled image ``low``."""
+        low_stage = self.stages()[0]
         low_logits = low_stage.forward(nets[low_stage.name], low, model, inference)
-        low_probabilities = torch.softmax(low_logits.float(), dim=1)
-        del low_logits
+        return torch.softmax(low_logits.float(), dim=1)
+
+    def streams(self) -> bool:
+        return True
+
+    def stream(
+        self, nets: Mapping[str, nn.Module], stream, model: ModelConfig, num_classes: int,
+        inference: InferenceConfig = None, device: Any = None, probabilities: bool = False,
+    ) -> Iterator[torch.Tensor]:  # fmt: skip
+        """Out of core (:meth:`Variant.stream`): stage 1 on the downsampled image the stream makes in one pass
+        (the whole image is never made), then stage 2 chunk by chunk, each chunk guided by the upsampled stage-1
+        segmentation of its own slices."""
+        inference = inference or InferenceConfig()
+        low = stream.downsampled(scaled_size(stream.shape[1:], model.downsample))[None]
+        low_probabilities = self.low_probabilities(nets, low if device is None else low.to(device), model, inference)
         del low
-        return GuidedSlabs(image, low_probabilities, model.guidance, num_classes)
+        columns = along_last_axis(low_probabilities, stream.shape[-1])
+        del low_probabilities
+        slab_stage = self.stages()[1]
+        for start, chunk in stream.slabs(chunk_depth(model, inference)):
+            x = GuidedSlabs.chunk(chunk[None] if device is None else chunk[None].to(device), columns, start,
+                                  model.guidance, num_classes)  # fmt: skip
+            yield chunk_output(slab_stage, nets[slab_stage.name], x, model, inference, device, probabilities)
 
     def segment(
         self, nets: Mapping[str, nn.Module], image: torch.Tensor, model: ModelConfig, num_classes: int,
