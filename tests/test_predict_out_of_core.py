@@ -134,3 +134,31 @@ def test_full_temporary_folder_is_named(tmp_path, scratch, monkeypatch):
     ((_, reason),) = summary.failed
     assert f"into {scratch} (no space left on device); free space there or set TMPDIR" in reason
     assert list((tmp_path / "out").iterdir()) == [] and leftovers(scratch) == []
+
+
+def test_out_of_core_plan_does_not_grow_with_the_last_axis():
+    from medseg_mem.core.config import ModelConfig
+    from medseg_mem.memory.planner import plan_variant
+
+    model = ModelConfig(channels=(4, 8, 16))
+
+    def predicted(variant, depth, **options):
+        return plan_variant(variant, (1, 64, 64, depth), 3, model, **options).predicted_bytes
+
+    assert predicted("patch", 320, out_of_core=True) == predicted("patch", 2048, out_of_core=True)
+    assert predicted("patch", 2048, input_on_disk=True) > predicted("patch", 320, input_on_disk=True)
+    grown = predicted("cascade", 2048, out_of_core=True) - predicted("cascade", 320, out_of_core=True)
+    in_memory = predicted("cascade", 2048) - predicted("cascade", 320)
+    assert 0 < grown < in_memory  # stage 1 runs on the whole downsampled volume: only it grows with the axis
+
+
+def test_plan_shows_the_out_of_core_figures():
+    from click.testing import CliRunner
+
+    from medseg_mem.cli import main
+
+    result = CliRunner().invoke(main, ["plan", "--shape", "1,64,64,320", "--classes", "3", "--channels", "4,8,16",
+                                       "--budget", "64GB"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    line = next(line for line in result.output.splitlines() if line.startswith("out of core"))
+    assert "patch" in line and "cascade" in line and "full needs the whole volume" in line

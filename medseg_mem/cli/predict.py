@@ -72,7 +72,7 @@ def predict(inputs, checkpoint, variants, budget_bytes, memory_check, results, o
     from medseg_mem.predict import predict as run_predict
 
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last, **tta_config(tta, tta_axes))
-    checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference)
+    checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference, out_of_core)
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
                           inference=inference, engine=engine, warn=lambda line: click.echo(line, err=True),
                           overlay=overlay, budget_bytes=budget_bytes, memory_check=memory_check,
@@ -86,7 +86,8 @@ def predict(inputs, checkpoint, variants, budget_bytes, memory_check, results, o
         raise click.ClickException(f"{len(summary.failed)} of {total} scan(s) failed: {names}")
 
 
-def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, device: str, inference) -> Path:
+def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, device: str, inference,
+             out_of_core: str = "auto") -> Path:
     """``--checkpoint`` itself; with ``--variant``, the run of a runs folder it picks (said on stdout)."""
     given = click.get_current_context().get_parameter_source("variants").name != "DEFAULT"
     if not given:
@@ -103,4 +104,5 @@ def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, de
                                      f"{', '.join(candidates)})", param_hint="--variant")  # fmt: skip
         return candidates[variants[0]][0]
     torch_device = resolve_device(device).type
-    return choose_run(checkpoint, scans_of(inputs), results, budget_bytes, torch_device, inference, click.echo)
+    return choose_run(checkpoint, scans_of(inputs), results, budget_bytes, torch_device, inference, click.echo,
+                      out_of_core)
