@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -34,15 +35,49 @@ DEFAULT_JOBS = ("300:nii:patch:never", "300:nii:patch:always", "2000:nii:patch:a
 WIDTHS = "8,16,32,64,128"
 
 
-def cli(work: Path, *args: str, timed: bool = False) -> str:
-    """``medseg-mem`` in a fresh process in ``work`` (under GNU time when ``timed``); its output."""
-    command = [sys.executable, "-m", "medseg_mem", *args]
-    command = ["/usr/bin/time", "-v", *command] if timed else command
+def cli(work: Path, *args: str) -> str:
+    """``medseg-mem`` in a fresh process in ``work``; its output."""
     env = {**os.environ, "MEDSEG_MEM_CACHE": str(work / "cache")}
-    done = subprocess.run(command, cwd=work, capture_output=True, text=True, env=env)
+    done = subprocess.run([sys.executable, "-m", "medseg_mem", *args], cwd=work, capture_output=True, text=True,
+                          env=env)  # fmt: skip
     if done.returncode != 0:
         raise SystemExit(f"medseg-mem {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}")
     return done.stdout + done.stderr
+
+
+def timed(work: Path, args, limit: float):
+    """``medseg-mem ARGS`` under GNU ``time -v``, interrupted (SIGINT) after ``limit`` seconds; its output, whether it
+    was interrupted, and ``(seconds, VmRSS)`` of the python process sampled every 2 s."""
+    env = {**os.environ, "MEDSEG_MEM_CACHE": str(work / "cache")}
+    command = ["/usr/bin/time", "-v", sys.executable, "-m", "medseg_mem", *args]
+    process = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    start, samples, child, stopped = time.perf_counter(), [], None, False
+    while process.poll() is None:
+        time.sleep(2)
+        child = child or _child(process.pid)
+        elapsed = time.perf_counter() - start
+        if child:
+            samples.append((elapsed, _rss(child)))
+        if child and elapsed > limit and not stopped:
+            os.kill(child, signal.SIGINT)  # predict aborts: nothing is written
+            stopped = True
+    return process.stdout.read(), stopped, samples
+
+
+def _child(pid: int):
+    try:
+        found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(found[0]) if found else None
+
+
+def _rss(pid: int) -> int:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
 
 
 def trained_runs(work: Path) -> dict:
@@ -70,15 +105,51 @@ def size(text: str) -> int:
     return int(float(value) * UNITS[unit])
 
 
-def measure(work: Path, run: Path, path: Path, mode: str) -> dict:
-    out = work / f"out-{mode}"
-    output = cli(work, "predict", "--checkpoint", str(run), str(path), "--out", str(out), "--overwrite", "--quiet",
-                 "--device", "cpu", "--out-of-core", mode, timed=True)  # fmt: skip
+def measure(work: Path, run: Path, path: Path, mode: str, limit: float) -> dict:
+    out = work / f"out-{mode}-{path.name.split('.')[0]}"
+    output, stopped, samples = timed(work, ["predict", "--checkpoint", str(run), str(path), "--out", str(out),
+                                            "--overwrite", "--quiet", "--device", "cpu", "--out-of-core", mode], limit)
+    maxrss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", output).group(1)) * 1024
     summary = re.search(r"on cpu .*?, ([\d.]+) s; peak resident memory of the process ([\d.]+ \w+)(, planned "
                         r"([\d.]+ \w+))?", output)  # fmt: skip
-    maxrss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", output).group(1)) * 1024
-    planned = size(summary.group(4)) if summary.group(4) else 0
-    return dict(seconds=float(summary.group(1)), process=size(summary.group(2)), planned=planned, maxrss=maxrss)
+    if summary is None and not stopped:
+        raise SystemExit(f"predict failed:\n{output[-3000:]}")
+    found = dict(maxrss=maxrss, stopped=stopped, samples=samples, written=sorted(p.name for p in out.glob("*")))
+    if summary:
+        found.update(seconds=float(summary.group(1)), process=size(summary.group(2)),
+                     planned=size(summary.group(4)) if summary.group(4) else 0)  # fmt: skip
+    return found
+
+
+def planned(work: Path, run: Path, depth: int, out_of_core: bool) -> int:
+    """The planner's whole-process figure for ``predict`` on 1x512x512xdepth with the work folder's calibration."""
+    os.environ["MEDSEG_MEM_CACHE"] = str(work / "cache")
+    from medseg_mem.core.config import InferenceConfig
+    from medseg_mem.memory.calibration import cached_calibration
+    from medseg_mem.memory.planner import plan_variant
+    from medseg_mem.variants.trained_run import open_trained_run
+
+    trained = open_trained_run(run)
+    calibration = cached_calibration(None, "cpu", allow_measuring=False, channels_last=True)
+    return plan_variant(trained.variant, (1, 512, 512, depth), trained.num_classes, trained.model,
+                        calibration=calibration, inference=InferenceConfig(), input_on_disk=True,
+                        out_of_core=out_of_core).process_bytes  # fmt: skip
+
+
+def describe(job: str, found: dict, plan: int) -> str:
+    depth, suffix, variant, mode = job.split(":")
+    voxels = 512 * 512 * int(depth)
+    error = (plan - found["maxrss"]) / found["maxrss"]
+    peak_at = max(found["samples"], key=lambda sample: sample[1])[0] if found["samples"] else float("nan")
+    minutes = ", ".join(f"{t:.0f}s {rss / 2**30:.3f}" for t, rss in found["samples"][::30])
+    if found["stopped"]:
+        end = (f"INTERRUPTED after {found['samples'][-1][0]:.0f} s (SIGINT; left in --out: {found['written'] or 'nothing'})"
+               if found["samples"] else "INTERRUPTED")  # fmt: skip
+    else:
+        end = f"{found['seconds']:.1f} s, {found['seconds'] / voxels * 1e9:.0f} ns/voxel (predict's own seconds)"
+    return (f"512x512x{depth} .{suffix:6} {variant:8} --out-of-core {mode:6}: max RSS {found['maxrss'] / 2**30:.3f} GiB "
+            f"(GNU time), planned {plan / 2**30:.3f} GiB ({error:+.1%}), RSS peak reached at {peak_at:.0f} s; {end}; "
+            f"RSS GiB every 60 s: {minutes}")  # fmt: skip
 
 
 def main() -> None:
@@ -86,6 +157,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-ooc"))
     parser.add_argument("--jobs", default=",".join(DEFAULT_JOBS), help="depth:suffix:variant:mode,...")
     parser.add_argument("--log", type=Path)
+    parser.add_argument("--limit", type=float, default=1e9, help="interrupt each predict after this many seconds")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     runs = trained_runs(args.work)
@@ -98,12 +170,8 @@ def main() -> None:
     for job in args.jobs.split(","):
         depth, suffix, variant, mode = job.split(":")
         path = scan(args.work, int(depth), suffix)
-        found = measure(args.work, runs[variant], path, mode)
-        voxels = 512 * 512 * int(depth)
-        error = (found["planned"] - found["maxrss"]) / found["maxrss"] if found["planned"] else float("nan")
-        line = (f"512x512x{depth} .{suffix:6} {variant:8} out-of-core {mode:6}: max RSS {found['maxrss'] / 2**30:.3f} "
-                f"GiB (predict says {found['process'] / 2**30:.3f} GiB), planned {found['planned'] / 2**30:.3f} GiB "
-                f"({error:+.1%}), {found['seconds']:.1f} s, {found['seconds'] / voxels * 1e9:.1f} ns/voxel")  # fmt: skip
+        found = measure(args.work, runs[variant], path, mode, args.limit)
+        line = describe(job, found, planned(args.work, runs[variant], int(depth), mode == "always"))
         print(line, flush=True)
         lines.append(line)
     if args.log:

@@ -162,3 +162,18 @@ def test_plan_shows_the_out_of_core_figures():
     assert result.exit_code == 0, result.output
     line = next(line for line in result.output.splitlines() if line.startswith("out of core"))
     assert "patch" in line and "cascade" in line and "full needs the whole volume" in line
+
+
+def test_plan_json_gives_each_row_its_out_of_core_figure():
+    import json
+
+    from click.testing import CliRunner
+
+    from medseg_mem.cli import main
+
+    result = CliRunner().invoke(main, ["plan", "--shape", "1,64,64,320", "--classes", "3", "--channels", "4,8,16",
+                                       "--budget", "64GB", "--json"])  # fmt: skip
+    rows = {row["variant"]: row for row in json.loads(result.output)}
+    assert rows["full"]["out_of_core_process_bytes"] is None
+    assert rows["patch"]["out_of_core_process_bytes"] > 0 and rows["patch"]["out_of_core_fits"] is True
+    assert rows["cascade"]["out_of_core_fits"] is True

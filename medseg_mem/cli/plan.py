@@ -165,8 +165,9 @@ def plan(shape, classes, data, run_dir, variants, budget, slab_size, slab_alias,
     plans = make_plans(check, _names(variants, target), target, mode, inference, nproc, batch)
     streamed = out_of_core_plans(check, plans, target, inference) if mode == "inference" and batch == 1 else []
     if as_json:
-        click.echo(json.dumps([{**p.to_dict(), "budget_source": check.budget.source, "device": device}
-                               for p in plans + streamed]))  # fmt: skip
+        by_variant = {s.variant: s for s in streamed}
+        click.echo(json.dumps([{**p.to_dict(), "budget_source": check.budget.source, "device": device,
+                                **out_of_core_fields(by_variant.get(p.variant))} for p in plans]))  # fmt: skip
         return
     header = header_line(plans, target.shape, target.classes, check.budget.describe(), target.train.batch_size, batch)
     click.echo(render_table(plans, header, device))
@@ -187,6 +188,13 @@ def out_of_core_plans(check, plans, target, inference):
         if calibration is not None else check.lower_bound_calibration()  # fmt: skip
     return [check.inference(p.variant, target.shape, target.classes, target.model, inference, True, calibration,
                             out_of_core=True) for p in plans if get_variant(p.variant).streams()]  # fmt: skip
+
+
+def out_of_core_fields(streamed) -> dict:
+    """``--json``'s out-of-core figures of one row (``None`` where the variant cannot stream)."""
+    if streamed is None:
+        return {"out_of_core_process_bytes": None, "out_of_core_fits": None}
+    return {"out_of_core_process_bytes": streamed.process_bytes, "out_of_core_fits": streamed.fits}
 
 
 def out_of_core_line(streamed, plans) -> str:
