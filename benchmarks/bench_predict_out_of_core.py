@@ -50,7 +50,8 @@ def timed(work: Path, args, limit: float):
     was interrupted, and ``(seconds, VmRSS)`` of the python process sampled every 2 s."""
     env = {**os.environ, "MEDSEG_MEM_CACHE": str(work / "cache")}
     command = ["/usr/bin/time", "-v", sys.executable, "-m", "medseg_mem", *args]
-    process = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    process = subprocess.Popen(command, cwd=work, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                               preexec_fn=_interruptible)  # fmt: skip
     start, samples, child, stopped = time.perf_counter(), [], None, False
     while process.poll() is None:
         time.sleep(2)
@@ -62,6 +63,11 @@ def timed(work: Path, args, limit: float):
             os.kill(child, signal.SIGINT)  # predict aborts: nothing is written
             stopped = True
     return process.stdout.read(), stopped, samples
+
+
+def _interruptible() -> None:
+    """A job started in the background (``nohup ... &``) inherits SIGINT ignored, and Python keeps it so: restore it."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _child(pid: int):
@@ -77,7 +83,8 @@ def _rss(pid: int) -> int:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
         return 0
-    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+    found = re.search(r"VmRSS:\s+(\d+) kB", status)  # none once the process has exited
+    return int(found.group(1)) * 1024 if found else 0
 
 
 def trained_runs(work: Path) -> dict:
@@ -106,7 +113,7 @@ def size(text: str) -> int:
 
 
 def measure(work: Path, run: Path, path: Path, mode: str, limit: float) -> dict:
-    out = work / f"out-{mode}-{path.name.split('.')[0]}"
+    out = work / f"out-{run.name.split('-')[-2]}-{mode}-{path.name.replace('.', '_')}"  # one per job (a lock each)
     output, stopped, samples = timed(work, ["predict", "--checkpoint", str(run), str(path), "--out", str(out),
                                             "--overwrite", "--quiet", "--device", "cpu", "--out-of-core", mode], limit)
     maxrss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", output).group(1)) * 1024

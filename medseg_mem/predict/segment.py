@@ -9,7 +9,10 @@ resident beside the network's activations), map it back onto the input grid with
 ``Invertd`` (orientation and crop undone, nearest neighbour; :mod:`~medseg_mem.predict.restore`) and write
 ``<name>_seg.nii.gz`` (uint8, the input's shape and header). A run that resampled its scans inverts the class
 probabilities instead (trilinear, then argmax), as before, so its files do not change. A scan that cannot be
-read or does not fit the run is reported by name and skipped; the others are still written.
+read or does not fit the run is reported by name and skipped; the others are still written. Out of core
+(``out_of_core``: ``always``, or ``auto`` when only that plan fits the budget) a ``patch`` or ``cascade`` run reads,
+segments and writes each scan a chunk of slices at a time instead (:mod:`~medseg_mem.predict.streamed`), to the
+same label map.
 
 Example:
     >>> summary = predict(Path("medseg-work/runs/<run id>"), [Path("scans/")], Path("predictions"))  # doctest: +SKIP
