@@ -164,13 +164,47 @@ def plan(shape, classes, data, run_dir, variants, budget, slab_size, slab_alias,
     inference = _inference(target, precision, overlap, sw_batch_size, tta, tta_axes)
     batch = values["batch_size"] or 1
     plans = make_plans(check, _names(variants, target), target, mode, inference, nproc, batch)
+    streamed = out_of_core_plans(check, plans, target, inference) if mode == "inference" and batch == 1 else []
     if as_json:
-        click.echo(json.dumps([{**p.to_dict(), "budget_source": check.budget.source, "device": device}
-                               for p in plans]))  # fmt: skip
+        by_variant = {s.variant: s for s in streamed}
+        click.echo(json.dumps([{**p.to_dict(), "budget_source": check.budget.source, "device": device,
+                                **out_of_core_fields(by_variant.get(p.variant))} for p in plans]))  # fmt: skip
         return
     header = header_line(plans, target.shape, target.classes, check.budget.describe(), target.train.batch_size, batch)
     click.echo(render_table(plans, header, device))
+    if streamed:
+        click.echo(out_of_core_line(streamed, plans))
     click.echo(footer(plans))
+
+
+def out_of_core_plans(check, plans, target, inference):
+    """``predict --out-of-core``'s plans of the variants that can stream (``patch``, ``cascade``; ``--overlap`` 0),
+    with the in-memory rows' calibration."""
+    from medseg_mem.variants import get_variant
+
+    if inference.overlap > 0:
+        return []
+    calibration = next((p for p in plans if not p.calibration.startswith("lower bound")), None)
+    calibration = check.calibration("inference", inference.precision, False, inference.channels_last) \
+        if calibration is not None else check.lower_bound_calibration()  # fmt: skip
+    return [check.inference(p.variant, target.shape, target.classes, target.model, inference, True, calibration,
+                            out_of_core=True) for p in plans if get_variant(p.variant).streams()]  # fmt: skip
+
+
+def out_of_core_fields(streamed) -> dict:
+    """``--json``'s out-of-core figures of one row (``None`` where the variant cannot stream)."""
+    if streamed is None:
+        return {"out_of_core_process_bytes": None, "out_of_core_fits": None}
+    return {"out_of_core_process_bytes": streamed.process_bytes, "out_of_core_fits": streamed.fits}
+
+
+def out_of_core_line(streamed, plans) -> str:
+    """``out of core (predict --out-of-core): patch 812 MiB (fits), ...; full needs the whole volume``."""
+    rows = ", ".join(f"{p.variant} {format_bytes(p.process_bytes)} ({'fits' if p.fits else 'over the budget'})"
+                     for p in streamed)  # fmt: skip
+    whole = [p.variant for p in plans if p.variant not in {s.variant for s in streamed}]
+    rest = f"; {', '.join(whole)} needs the whole volume (in memory only)" if whole else ""
+    return f"out of core (predict --out-of-core, the whole process; it does not grow with the last axis): {rows}{rest}"
 
 
 def make_plans(check, names, target, mode: str, inference, nproc: int, batch: int):

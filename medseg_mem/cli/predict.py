@@ -9,7 +9,7 @@ import click
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.training_options import parse_variants
 from medseg_mem.core.locations import HOME_TEXT, default_results
-from medseg_mem.core.names import DEVICE_NAMES, PRECISION_NAMES
+from medseg_mem.core.names import DEVICE_NAMES, OUT_OF_CORE_NAMES, PRECISION_NAMES
 
 #: ``--engine``: PyTorch, or ONNX Runtime on the run's ONNX export (as ``medseg_mem.export.onnx_engine.ENGINE_NAMES``).
 ENGINES = ("torch", "onnxruntime")
@@ -52,12 +52,16 @@ ENGINES = ("torch", "onnxruntime")
               help="torch, or onnxruntime: the run's ONNX models (<run folder>/onnx from `medseg-mem export "
                    "--format onnx`, else exported to a temporary folder) on ONNX Runtime's CPU provider, fp32; "
                    "needs pip install 'medseg-mem[onnx]'.")
+@click.option("--out-of-core", "out_of_core", type=click.Choice(OUT_OF_CORE_NAMES), default="auto", show_default=True,
+              help="Read, segment and write each scan a chunk of slices at a time, so memory does not grow with the "
+                   "scan (patch and cascade runs, --overlap 0): auto when the in-memory plan is over --budget, "
+                   "always, or never.")
 @click.option("--overlay", is_flag=True,
               help="Also draw OUT/<name>_overlay.png: the scan's three planes through the prediction, outlined.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @library_errors
 def predict(inputs, checkpoint, variants, dataset, budget_bytes, memory_check, results, out_dir, overwrite, device,
-            precision, overlap, sw_batch_size, tta, tta_axes, channels_last, engine, overlay,
+            precision, overlap, sw_batch_size, tta, tta_axes, channels_last, engine, out_of_core, overlay,
             quiet) -> None:  # fmt: skip
     """Segment NIfTI scans (files or folders; 3D, or 4D with channels last) with a trained run.
 
@@ -76,10 +80,12 @@ def predict(inputs, checkpoint, variants, dataset, budget_bytes, memory_check, r
     from medseg_mem.predict import predict as run_predict
 
     inference = InferenceConfig(sw_batch_size, overlap, precision, channels_last, **tta_config(tta, tta_axes))
-    checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference, dataset)
+    checkpoint = pick_run(checkpoint, variants, budget_bytes, results, inputs, device, inference, dataset,
+                          out_of_core)  # fmt: skip
     summary = run_predict(checkpoint, inputs, out_dir, overwrite=overwrite, device=device, progress=not quiet,
                           inference=inference, engine=engine, warn=lambda line: click.echo(line, err=True),
-                          overlay=overlay, budget_bytes=budget_bytes, memory_check=memory_check)  # fmt: skip
+                          overlay=overlay, budget_bytes=budget_bytes, memory_check=memory_check,
+                          out_of_core=out_of_core)  # fmt: skip
     for _scan, reason in summary.failed:
         click.echo(f"failed: {reason}", err=True)
     click.echo(summary.line())
@@ -90,7 +96,7 @@ def predict(inputs, checkpoint, variants, dataset, budget_bytes, memory_check, r
 
 
 def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, device: str, inference,
-             dataset=None) -> Path:  # fmt: skip
+             dataset=None, out_of_core: str = "auto") -> Path:  # fmt: skip
     """``--checkpoint`` itself; with ``--variant``, the run of a runs folder it picks (said on stdout)."""
     from medseg_mem.core.locations import default_runs, run_folder
 
@@ -110,4 +116,4 @@ def pick_run(checkpoint: Path, variants, budget_bytes, results: Path, inputs, de
         return named_run(checkpoint, variants[0], scans_of(inputs), results, click.echo, dataset)
     torch_device = resolve_device(device).type
     return choose_run(checkpoint, scans_of(inputs), results, budget_bytes, torch_device, inference, click.echo,
-                      dataset)  # fmt: skip
+                      dataset, out_of_core)  # fmt: skip

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 
 VARIANT_NAMES = ("full", "patch", "cascade")
+#: ``predict --out-of-core``: by the budget, always (patch, cascade), never.
+OUT_OF_CORE_NAMES = ("auto", "always", "never")
 #: The variants most accurate first (thesis, Tables 4.1-4.4): ``--variant auto``'s order without results.
 THESIS_ORDER = ("full", "cascade", "patch")
 LOSS_NAMES = ("dice", "dice_ce")

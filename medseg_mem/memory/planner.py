@@ -43,7 +43,7 @@ from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.budget import default_budget  # noqa: F401 - re-exported: the planner's default budget
 from medseg_mem.memory.correction import UNCALIBRATED, Calibration
 from medseg_mem.memory.meta import FLOAT_BYTES, check_countable
-from medseg_mem.memory.planner_trace import trace_inference
+from medseg_mem.memory.planner_trace import trace_inference, trace_stream
 from medseg_mem.memory.planner_training import trace_training
 
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)
@@ -80,6 +80,7 @@ class Plan:
         baseline_bytes: the process before its first tensor (the calibration's; 0 uncalibrated).
         stage: training: the stage (or ``<stage> validation``: its validation pass) that needs the most;
             ``inference`` for inference plans.
+        out_of_core: inference: ``predict`` reads, segments and writes the scan a chunk at a time.
     """
 
     variant: str
@@ -101,6 +102,7 @@ class Plan:
     process_bytes: int = 0
     baseline_bytes: int = 0
     stage: str = ""
+    out_of_core: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +137,7 @@ def plan_variant(
     traces: Optional[dict] = None,
     validation: bool = True,
     earlier_networks: int = 0,
+    out_of_core: bool = False,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -170,6 +173,9 @@ def plan_variant(
             (:mod:`~medseg_mem.memory.planner_validation`); ``False``: the training step alone.
         earlier_networks: training only: networks this process trained before (``run``'s earlier variants),
             whose first-call setup it still holds (:func:`first_calls`).
+        out_of_core: inference only: ``predict --out-of-core`` (:meth:`~medseg_mem.variants.base.Variant.stream`
+            traced, plus the engine's buffers, :func:`stream_buffer_bytes`): no term grows with the last axis but
+            the cascade's stage-1 columns.
 
     Raises:
         OptionError: for a bad shape, class count, batch or nproc (``train``'s settings are checked by
@@ -192,7 +198,8 @@ def plan_variant(
     training = None if train is None else (train.precision, train.checkpointing, int(train.workers),
                                            int(train.cache_bytes), nproc, train.optimizer, cases,
                                            train.channels_last, bool(validation))  # fmt: skip
-    key = (variant, tuple(shape), classes, model, batch, str(device), inference, bool(input_on_disk), training)
+    key = (variant, tuple(shape), classes, model, batch, str(device), inference, bool(input_on_disk), training,
+           bool(out_of_core) and train is None)  # fmt: skip
     if traces is None or key not in traces:
         found = _traced(*key)
         if traces is None:
@@ -212,16 +219,19 @@ def plan_variant(
     return Plan(
         variant, mode, predicted, int(budget_bytes), _fits(process, budget_bytes, levers[5], device),
         int(resident), int(trace.peak()), calibration.key, int(host), *levers, process, calibration.baseline_bytes,
-        stage,
+        stage, key[-1],
     )  # fmt: skip
 
 
 def _traced(variant: str, shape, classes: int, model, batch: int, device: str, inference, input_on_disk: bool,
-            training):  # fmt: skip
+            training, out_of_core: bool = False):  # fmt: skip
     """``(resident bytes, trace, stage, host bytes)`` of one plan. ``training`` is ``(precision, checkpointing,
     workers, cache_bytes, nproc, optimizer, cases, channels_last, validation)``, ``None`` for an inference."""
     from medseg_mem.variants import get_variant
 
+    if out_of_core:
+        resident, trace = trace_stream(get_variant(variant), shape, classes, model, inference, device)
+        return resident + stream_buffer_bytes(shape, model, inference), trace, "inference", 0
     if training is None:
         resident, trace = trace_inference(get_variant(variant), shape, classes, model, batch, inference, device)
         if input_on_disk and get_variant(variant).reads_slabs_only():
@@ -288,6 +298,24 @@ def spilled_slab_bytes(shape: Sequence[int], batch: int, slab_size: int, sw_batc
     """
     slab = batch * int(shape[0]) * int(shape[1]) * int(shape[2]) * min(int(slab_size), int(shape[3])) * FLOAT_BYTES
     return int(sw_batch_size) * slab
+
+
+def stream_buffer_bytes(shape: Sequence[int], model, inference) -> int:
+    """What the out-of-core engine holds outside the traced tensors: the survey's block
+    (:data:`~medseg_mem.data.streaming.preprocess.SLAB_BYTES`), a chunk's file read and its RAS copy (float32),
+    the writer's kept chunk and its finished block with two copies on the way into the file (4 MiB voxels each).
+
+    Example:
+        >>> from medseg_mem.core.config import InferenceConfig, ModelConfig
+        >>> stream_buffer_bytes((1, 512, 512, 2000), ModelConfig(), InferenceConfig()) // 2**20
+        108
+    """
+    from medseg_mem.data.streaming.preprocess import SLAB_BYTES
+    from medseg_mem.data.streaming.writer import EMIT_VOXELS
+
+    plane = int(shape[0]) * int(shape[1]) * int(shape[2])
+    chunk = plane * min(int(model.slab_size) * int(inference.sw_batch_size), int(shape[3]))
+    return SLAB_BYTES + 2 * chunk * FLOAT_BYTES + chunk + 3 * EMIT_VOXELS
 
 
 def _fits(predicted: int, budget_bytes: int, nproc: int, device: str) -> bool:

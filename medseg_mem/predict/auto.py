@@ -30,14 +30,15 @@ from medseg_mem.variants.trained_run import TrainedRun
 
 def choose_run(
     runs_dir: Path, scans: Sequence[Path], results: Path, budget: Optional[int], device: str,
-    inference: InferenceConfig, echo: Callable[[str], None], dataset: Optional[str] = None,
+    inference: InferenceConfig, echo: Callable[[str], None], dataset: Optional[str] = None, out_of_core: str = "auto",
 ) -> Path:  # fmt: skip
     """The run folder ``--variant auto`` predicts with, said in one line with the reason.
 
     The candidates are each variant's best run of one dataset that fits the scans
     (:func:`~medseg_mem.predict.candidates.candidates`). Each candidate's need is its planned whole-process peak
     (:class:`~medseg_mem.memory.check.MemoryCheck`: a need whose lower bound is over the budget is known without
-    calibrating).
+    calibrating), out of core where ``out_of_core`` (``predict --out-of-core``) lets a ``patch`` or ``cascade``
+    run stream (:func:`planned`).
 
     Raises:
         MedsegError: no finished run in ``runs_dir`` that fits the scans, or no candidate fits the budget.
@@ -45,7 +46,8 @@ def choose_run(
     shape = largest_scan_shape(scans)
     found = candidates(Path(runs_dir), shape[0], results, dataset)
     check = MemoryCheck(device, resolve_budget(budget, device), echo)
-    plans = {name: planned(check, trained, shape, inference) for name, (_, trained) in found.runs.items()}
+    plans = {name: planned(check, trained, shape, inference, out_of_core)
+             for name, (_, trained) in found.runs.items()}  # fmt: skip
     needs = {name: plan.process_bytes for name, plan in plans.items()}
     bounds = [name for name, plan in plans.items() if plan.calibration.startswith("lower bound")]
     order, why = accuracy_order(results, next(iter(found.runs.values()))[1].dataset)
@@ -74,10 +76,20 @@ def named_run(runs_dir: Path, variant: str, scans: Sequence[Path], results: Path
     return folder
 
 
-def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig):
-    """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need)."""
-    return check.inference(trained.variant, shape, trained.num_classes, trained.model, inference,
-                           input_on_disk=True)  # fmt: skip
+def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig, out_of_core: str = "auto"):
+    """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need): in
+    memory, or out of core where ``predict --out-of-core`` would take that path (``always``; ``auto`` when only
+    it fits; never for ``full``, whose plan stays whole-volume)."""
+    from medseg_mem.predict.guard import planned_path
+    from medseg_mem.predict.streamed import streamable
+    from medseg_mem.variants import get_variant
+
+    can_stream = out_of_core != "never" and streamable(get_variant(trained.variant), inference)
+    plan = planned_path(check, trained, shape, inference, can_stream and out_of_core == "always")
+    if can_stream and not plan.fits and out_of_core == "auto":
+        streamed = planned_path(check, trained, shape, inference, True)
+        return streamed if streamed.fits else plan
+    return plan
 
 
 def _lever(inference: InferenceConfig) -> Callable[[str], str]:

@@ -9,7 +9,10 @@ resident beside the network's activations), map it back onto the input grid with
 ``Invertd`` (orientation and crop undone, nearest neighbour; :mod:`~medseg_mem.predict.restore`) and write
 ``<name>_seg.nii.gz`` (uint8, the input's shape and header). A run that resampled its scans inverts the class
 probabilities instead (trilinear, then argmax), as before, so its files do not change. A scan that cannot be
-read or does not fit the run is reported by name and skipped; the others are still written.
+read or does not fit the run is reported by name and skipped; the others are still written. Out of core
+(``out_of_core``: ``always``, or ``auto`` when only that plan fits the budget) a ``patch`` or ``cascade`` run reads,
+segments and writes each scan a chunk of slices at a time instead (:mod:`~medseg_mem.predict.streamed`), to the
+same label map.
 
 Example:
     >>> summary = predict(Path("medseg-work/runs/<run id>"), [Path("scans/")], Path("predictions"))  # doctest: +SKIP
@@ -39,10 +42,11 @@ from medseg_mem.variants.trained_run import TrainedRun
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
 from medseg_mem.predict.overlay import check_overlays, draw_scan_overlay, overlay_path
 from medseg_mem.predict.restore import resamples, restore_grid, restore_labels
+from medseg_mem.predict.streamed import check_out_of_core, stream_segment, streamable
 from medseg_mem.core.device import resolve_device
 from medseg_mem.memory.measure import InProcessPeak
 from medseg_mem.core.units import format_bytes
-from medseg_mem.variants import TrainedVariant
+from medseg_mem.variants import TrainedVariant, get_variant
 from medseg_mem.core.files.output_lock import output_lock
 from medseg_mem.core.files.writable import check_output_folder
 
@@ -181,6 +185,13 @@ class Segmenter:
         self.peak = max(self.peak, (peak.peak_bytes, peak.method))
         self.device_peak = max(self.device_peak, peak.process_bytes)
 
+    @contextlib.contextmanager
+    def measured_stream(self, scan: Path) -> Iterator[None]:
+        """The block segments ``scan`` out of core (:mod:`~medseg_mem.predict.streamed`): its peak measured as
+        :meth:`labels`' (weights included; the image is never whole), a CUDA out-of-memory error in one line."""
+        with self._out_of_memory(scan), self._measured(0):
+            yield
+
     def probabilities(self, image: torch.Tensor, scan: Path) -> torch.Tensor:
         """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU (resampled runs)."""
         with self._out_of_memory(scan), torch.inference_mode():
@@ -214,6 +225,7 @@ def predict(
     overlay: bool = False,
     budget_bytes: Optional[int] = None,
     memory_check: bool = True,
+    out_of_core: str = "auto",
 ) -> PredictSummary:
     """Segment every scan in ``inputs`` with the trained run at ``checkpoint``; write one label map per scan.
 
@@ -236,6 +248,9 @@ def predict(
         budget_bytes: the memory the prediction must fit (``None``: the device's free memory less 10 %); its
             plan is checked before the networks load (:mod:`~medseg_mem.predict.guard`; torch engine only).
         memory_check: refuse a plan over the budget (``False``: say so and predict anyway).
+        out_of_core: ``auto`` (read, segment and write each scan by chunks when the in-memory plan is over the budget
+            and the out-of-core one fits), ``always`` or ``never`` (:mod:`~medseg_mem.predict.streamed`; ``patch``
+            and ``cascade`` runs with ``overlap`` 0 on the torch engine; ``full`` is always in memory).
 
     Returns:
         a :class:`PredictSummary`; scans that failed are listed in ``failed`` with the reason, the others
@@ -245,7 +260,7 @@ def predict(
         MedsegError: a bad checkpoint, no usable input, outputs that exist (without ``overwrite``), an
             ``out_dir`` that cannot be written or that another predict is writing, an unusable device,
             onnxruntime without its packages, on cuda or at a precision other than fp32, or a plan over the budget;
-            nothing is written then.
+            nothing is written then. OptionError: ``out_of_core`` unknown, or ``always`` where the run cannot stream.
     """
     from medseg_mem.memory.check import calibrated
     from medseg_mem.memory.rss import pin_glibc_allocator, process_peak
@@ -260,6 +275,9 @@ def predict(
         warn(f"note: {checkpoint} is an ONNX export: it runs on ONNX Runtime (--engine onnxruntime)")
         engine = "onnxruntime"
     engine_device = check_engine(engine, device, (inference or InferenceConfig()).precision)
+    settings = inference or InferenceConfig()
+    check_out_of_core(out_of_core, get_variant(trained.variant), settings, engine)
+    out_of_core = out_of_core if streamable(get_variant(trained.variant), settings, engine) else "never"
     note = unmirrored_note(trained.augment, (inference or InferenceConfig()).mirror_axes)
     if note:
         warn(note)
@@ -277,10 +295,11 @@ def predict(
         if engine == "torch":
             from medseg_mem.predict.guard import check_memory
 
-            plan = check_memory(trained, [scan for scan, _ in jobs], torch_device.type,
-                                inference or InferenceConfig(), budget_bytes, warn, refuse=memory_check)  # fmt: skip
+            plan = check_memory(trained, [scan for scan, _ in jobs], torch_device.type, settings, budget_bytes,
+                                warn, refuse=memory_check, out_of_core=out_of_core)  # fmt: skip
+        streaming = out_of_core == "always" or (out_of_core == "auto" and plan is not None and plan.out_of_core)
         segmenter = Segmenter(trained, torch_device, inference, engine)
-        written, failed = _segment_all(segmenter, jobs, progress, overlay)
+        written, failed = _segment_all(segmenter, jobs, progress, overlay, streaming)
     where = str(torch_device) + (" via onnxruntime" if engine == "onnxruntime" else "")
     process = segmenter.device_peak if torch_device.type == "cuda" else process_peak()
     planned = plan.process_bytes if plan is not None and calibrated(plan) else 0
@@ -290,7 +309,7 @@ def predict(
     )  # fmt: skip
 
 
-def _segment_all(segmenter: Segmenter, jobs, progress: bool, overlay: bool = False):
+def _segment_all(segmenter: Segmenter, jobs, progress: bool, overlay: bool = False, streaming: bool = False):
     from tqdm.auto import tqdm
 
     written: List[Path] = []
@@ -298,14 +317,25 @@ def _segment_all(segmenter: Segmenter, jobs, progress: bool, overlay: bool = Fal
     trained = segmenter.trained
     for scan, target in tqdm(jobs, desc="predict", unit="scan", file=sys.stderr, disable=not progress):
         try:
-            labels = segmenter(scan)
-            written.append(write_label_map(labels, scan, target, trained.num_classes))
+            if streaming:
+                written.append(stream_segment(segmenter, scan, target))
+                labels = written_labels(target) if overlay else None
+            else:
+                labels = segmenter(scan)
+                written.append(write_label_map(labels, scan, target, trained.num_classes))
             if overlay:
                 draw_scan_overlay(scan, labels, overlay_path(target.parent, scan), trained.class_names,
                                   f"{target.name} over {scan.name} ({trained.variant})")  # fmt: skip
         except MedsegError as error:
             failed.append((scan, str(error)))
     return written, failed
+
+
+def written_labels(target: Path) -> np.ndarray:
+    """The labels of a label map written out of core, read back whole (for ``--overlay`` only)."""
+    import nibabel as nib
+
+    return np.asanyarray(nib.load(str(target)).dataobj)
 
 
 def tensor_bytes(tensor: torch.Tensor) -> int:

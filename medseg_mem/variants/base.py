@@ -8,7 +8,7 @@ and never asks which variant it serves; a new variant is one new module that sub
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, List, Tuple
+from typing import Any, ClassVar, Iterator, List, Tuple
 
 import torch
 from torch import nn
@@ -175,6 +175,32 @@ class Variant:
             return False
         return stages[0].slab and stages[0].scale == 1.0 and not stages[0].guided
 
+    def streams(self) -> bool:
+        """True when the variant can segment a scan out of core (:meth:`stream`): no stage needs the
+        full-resolution image whole (``patch`` and ``cascade``; never ``full``, one pass over the whole volume)."""
+        return self.reads_slabs_only()
+
+    def stream(self, run, stream, device: Any = None, probabilities: bool = False) -> Iterator[torch.Tensor]:
+        """:meth:`segment` (or :meth:`probabilities`) of a scan that is never whole in memory: the outputs of
+        consecutive chunks of :func:`chunk_depth` slices along the last axis, in order.
+
+        Slabs never straddle two chunks, and each chunk's slab groups are the whole volume's, so the outputs are
+        the whole volume's slices (``overlap`` 0 only: blended slabs would cross the chunks).
+
+        Args:
+            run: the :class:`~medseg_mem.variants.trained.TrainedVariant` (its stages' inference, model settings,
+                number of classes and inference settings).
+            stream: the preprocessed scan: ``shape`` ``(C, X, Y, Z)``, ``slabs(depth)`` yielding ``(start, (C, X, Y,
+                n))`` in order, ``downsampled(size)`` (a :class:`~medseg_mem.data.streaming.preprocess.ScanStream`).
+            device: where the networks run; chunks go there and outputs come back to the CPU (``None``: both
+                stay where they are made: the planner's meta trace).
+            probabilities: yield class probabilities ``(K, X, Y, n)`` instead of labels ``(1, X, Y, n)``.
+        """
+        (stage,) = self.stages()
+        for _, chunk in stream.slabs(chunk_depth(run.model, run.inference)):
+            x = chunk[None] if device is None else chunk[None].to(device)
+            yield chunk_output(run.stages[stage.name], x, device, probabilities)
+
     def segment(self, run, image: torch.Tensor) -> torch.Tensor:
         """Label map ``(1, 1, X, Y, Z)`` (uint8; int16 beyond 255 classes) of a batched full-resolution image
         ``(1, C, X, Y, Z)``, made with ``run`` (a :class:`~medseg_mem.variants.trained.TrainedVariant`: one
@@ -194,3 +220,18 @@ class Variant:
         """
         (stage,) = self.stages()
         return torch.softmax(run.stages[stage.name].logits(image).float(), dim=1)
+
+
+def chunk_depth(model: ModelConfig, inference: InferenceConfig) -> int:
+    """Slices an out-of-core chunk holds: one network call's slabs (``slab_size * sw_batch_size``)."""
+    return int(model.slab_size) * int(inference.sw_batch_size)
+
+
+def chunk_output(stage_run: StageInference, x, device: Any, probabilities: bool) -> torch.Tensor:
+    """One chunk's labels ``(1, X, Y, n)`` (or probabilities ``(K, X, Y, n)``) of a slab stage's inference
+    ``stage_run`` on batch ``x``, on the CPU when ``device`` is given."""
+    if probabilities:
+        out = torch.softmax(stage_run.logits(x).float(), dim=1)[0]
+    else:
+        out = stage_run.labels(x)[0]
+    return out if device is None else out.cpu()

@@ -11,13 +11,13 @@ nnU-Net does.
 
 from __future__ import annotations
 
-from typing import List
+from typing import Any, Iterator, List
 
 import torch
 
 from medseg_mem.variants.resample import resample_image, scaled_size
-from medseg_mem.variants.base import Stage, Variant
-from medseg_mem.variants.guided import GuidedSlabs
+from medseg_mem.variants.base import Stage, Variant, chunk_depth, chunk_output
+from medseg_mem.variants.guided import GuidedSlabs, along_last_axis
 
 
 class CascadeVariant(Variant):
@@ -32,12 +32,31 @@ class CascadeVariant(Variant):
 
     def guided_input(self, run, image: torch.Tensor) -> GuidedSlabs:
         """Stage 1 on the downsampled image, then stage 2's input as a :class:`GuidedSlabs` (made per slab)."""
-        low = resample_image(image, scaled_size(image.shape[2:], run.model.downsample))
-        low_logits = run.stages["stage1"].logits(low)
-        low_probabilities = torch.softmax(low_logits.float(), dim=1)
-        del low_logits
-        del low
+        low_probabilities = self.low_probabilities(run, resample_image(image, scaled_size(image.shape[2:],
+                                                                                          run.model.downsample)))
         return GuidedSlabs(image, low_probabilities, run.model.guidance, run.num_classes)
+
+    def low_probabilities(self, run, low: torch.Tensor) -> torch.Tensor:
+        """Stage 1's class probabilities ``(1, K, x, y, z)`` of the downsampled image ``low``."""
+        return torch.softmax(run.stages["stage1"].logits(low).float(), dim=1)
+
+    def streams(self) -> bool:
+        return True
+
+    def stream(self, run, stream, device: Any = None, probabilities: bool = False) -> Iterator[torch.Tensor]:
+        """Out of core (:meth:`Variant.stream`): stage 1 on the downsampled image the stream makes in one pass
+        (the whole image is never made), then stage 2 chunk by chunk, each chunk guided by the upsampled stage-1
+        segmentation of its own slices."""
+        model = run.model
+        low = stream.downsampled(scaled_size(stream.shape[1:], model.downsample))[None]
+        low_probabilities = self.low_probabilities(run, low if device is None else low.to(device))
+        del low
+        columns = along_last_axis(low_probabilities, stream.shape[-1])
+        del low_probabilities
+        for start, chunk in stream.slabs(chunk_depth(model, run.inference)):
+            x = GuidedSlabs.chunk(chunk[None] if device is None else chunk[None].to(device), columns, start,
+                                  model.guidance, run.num_classes)  # fmt: skip
+            yield chunk_output(run.stages["stage2"], x, device, probabilities)
 
     def segment(self, run, image: torch.Tensor) -> torch.Tensor:
         return run.stages["stage2"].labels(self.guided_input(run, image))

@@ -97,9 +97,21 @@ class GuidedSlabs(GuidedSource):
     def __init__(self, image: torch.Tensor, low_probabilities: torch.Tensor, encoding: str, num_classes: int) -> None:
         super().__init__(image, encoding, num_classes)
         self.columns = along_last_axis(low_probabilities, image.shape[-1])
+        self.offset = 0  # where ``image``'s first slice lies in the volume the columns were made for
+
+    @classmethod
+    def chunk(cls, image: torch.Tensor, columns: torch.Tensor, offset: int, encoding: str,
+              num_classes: int) -> "GuidedSlabs":  # fmt: skip
+        """Stage 2's input for the slices ``[offset, offset + n)`` of a volume that is never whole (out of core):
+        ``image`` ``(B, C, X, Y, n)`` is that chunk, ``columns`` (:func:`along_last_axis`) the whole depth's."""
+        source = cls.__new__(cls)
+        GuidedSource.__init__(source, image, encoding, num_classes)
+        source.columns, source.offset = columns, int(offset)
+        return source
 
     def guide(self, start: int, stop: int) -> torch.Tensor:
-        return guidance_slices(self.columns, self.image.shape[2:], start, stop, self.encoding, self.num_classes)
+        first, last = self.offset + start, self.offset + stop
+        return guidance_slices(self.columns, self.image.shape[2:], first, last, self.encoding, self.num_classes)
 
 
 class LabelGuidedSlabs(GuidedSource):
