@@ -28,8 +28,8 @@ def varied(monkeypatch):
     """The run's random U-Nets plus a rounding term, so that all three classes occur in the label map."""
     load = trained_module.load_networks
 
-    def load_varied(paths, device, channels_last=False, precision="fp32"):
-        nets = load(paths, device, channels_last, precision)
+    def load_varied(paths, device, channels_last=False, precision="fp32", specs=None):
+        nets = load(paths, device, channels_last, precision, specs)
         return {name: (lambda x, net=net: net(x) + 3 * rounding_net(len(CLASSES))(x)) for name, net in nets.items()}
 
     monkeypatch.setattr(trained_module, "load_networks", load_varied)

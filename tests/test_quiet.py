@@ -97,4 +97,3 @@ def steps_table(**steps) -> pd.DataFrame:
 def test_the_steps_note_calls_only_a_real_difference_a_difference(steps, says):
     assert says in _steps_note(steps_table(**steps))
     assert _steps_note(steps_table(full=200, patch=200)) == ""
-

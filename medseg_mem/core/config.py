@@ -175,10 +175,12 @@ class TrainConfig(Record):
         object.__setattr__(self, "snapshots", check_wall_clock(self.time_limit, self.snapshots))  # run.json: a list
         check_choice("--precision", self.precision, PRECISION_NAMES)
         if isinstance(self.workers, bool) or int(self.workers) < 0:
-            raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", self.workers)
+            raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)",
+                              self.workers)
         if isinstance(self.cache_bytes, bool) or int(self.cache_bytes) < 0:
             raise OptionError("--cache", "must be a size >= 0 like 4GB or 512MiB", self.cache_bytes)
-        for option, value in (("--steps", self.steps), ("--batch-size", self.batch_size), ("--val-every", self.val_every)):
+        counts = (("--steps", self.steps), ("--batch-size", self.batch_size), ("--val-every", self.val_every))
+        for option, value in counts:
             if int(value) < 1:
                 raise OptionError(option, "must be a positive whole number", value)
         if int(self.steps) > MAX_STEPS:

@@ -41,7 +41,8 @@ def representative_slabs() -> Iterator[None]:
     """Within this block :class:`SlabInferer` runs only the slab groups whose memory can differ.
 
     Those are the first group (no output yet), the second (output alive; each prediction is freed before the
-    next group runs) and the last (maybe smaller, maybe padded). Every group in between is full and repeats the second's allocations
+    next group runs) and the last (maybe smaller, maybe padded). Every group in between is full and repeats the
+    second's allocations
     exactly, so a memory trace (:mod:`medseg_mem.memory.trace`) of the shortened loop has the same peak at a
     cost that does not grow with the number of slabs. The output is left incomplete: for tracing only.
     """

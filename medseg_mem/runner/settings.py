@@ -42,6 +42,7 @@ EMBEDDED_TRAIN = TrainConfig(steps=200, batch_size=2, val_every=50, lr=3e-3, cla
 REAL_MODEL = ModelConfig()
 REAL_TRAIN = TrainConfig(steps=300, batch_size=2, val_every=50, lr_schedule="poly", stage2_guidance="predicted")
 
+
 class RunJob(NamedTuple):
     """One run to train: its id, its variant and the settings it trains with."""
 

@@ -58,7 +58,9 @@ def round_trip_label(label: torch.Tensor, factor: float, num_classes: int) -> to
     return resample_label(low, size, num_classes)
 
 
-def linear_source(start: int, stop: int, size_in: int, size_out: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def linear_source(
+    start: int, stop: int, size_in: int, size_out: int
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Source indices ``(i0, i1)`` and weights of ``i1`` for output positions ``[start, stop)`` of a linear
     resampling from ``size_in`` to ``size_out`` voxels (``align_corners=False``, as :func:`F.interpolate`)."""
     position = (torch.arange(start, stop, dtype=torch.float64) + 0.5) * (size_in / size_out) - 0.5

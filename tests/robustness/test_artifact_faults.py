@@ -8,7 +8,6 @@ the session's tiny trained ``full`` run (``conftest.trained``), copied per test.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import shutil
