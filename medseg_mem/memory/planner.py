@@ -18,8 +18,8 @@ calibration (:mod:`medseg_mem.memory.calibration`) scales the network part, adds
 MiB measured; a training process holds one per network it trained and per validation pass, :func:`first_calls`);
 ``baseline`` is the process before its first tensor (Python, torch, MONAI and the planner's own imports: about
 400 MiB on the development CPU). ``process_bytes`` is the figure ``free``/``top`` show for the whole process at its
-peak, the one ``predict`` and ``run`` print and ``fits`` compares with the budget; ``predicted_bytes`` is what the work adds to
-the process (the figure of earlier versions, still in the results' ``peak_memory_bytes``).
+peak, the one ``predict`` and ``run`` print and ``fits`` compares with the budget; ``predicted_bytes`` is what the
+work adds to the process (the figure of earlier versions, still in the results' ``peak_memory_bytes``).
 
 Training follows :func:`medseg_mem.training.step.train_step` and its levers: ``precision`` (autocast cannot
 run on ``meta``, so a bf16/fp16 step is traced with the network converted to the half dtype, float32 logits
