@@ -6,7 +6,8 @@
 at a time with the stage checkpoints; :func:`measure_variant_memory` measures the whole variant's inference peak on
 the largest test case (:func:`medseg_mem.memory.measure.measure_peak`, in a fresh process); :func:`result_rows` makes
 one tidy row per foreground class for the results CSV (:mod:`medseg_mem.report.results`), the training's own peak
-memory included. """
+memory included.
+"""
 
 from __future__ import annotations
 
