@@ -50,8 +50,8 @@ def measure(setting: str, precision: str) -> str:
 
     import torch
 
+    from medseg_mem.core.precision import half_convolutions, with_precision
     from medseg_mem.inference import SlabInferer
-    from medseg_mem.inference.precision import half_convolutions, with_precision
     from medseg_mem.memory import rss
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D

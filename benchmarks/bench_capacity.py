@@ -71,15 +71,15 @@ def status_bytes(field: str) -> int:
 
 def child(args: argparse.Namespace) -> None:
     """Runs in the fresh process: ``run_variants`` for the one variant ``args.child``, then a JSON line."""
-    from medseg_mem.config import RunRequest
-    from medseg_mem.training.run import run_variants
+    from medseg_mem.core.changes import RunChanges
+    from medseg_mem.core.config import RunRequest, parse_widths
+    from medseg_mem.runner.run import run_variants
 
-    overrides = (("steps", args.steps), ("val_every", args.steps), ("device", args.device),
-                 ("channels", tuple(int(c) for c in args.channels.split(","))),
-                 ("precision", args.precision), ("checkpointing", args.checkpointing),
-                 ("channels_last", args.channels_last))  # fmt: skip
+    changes = RunChanges.of(steps=args.steps, val_every=args.steps, device=args.device,
+                            channels=parse_widths(args.channels), precision=args.precision,
+                            checkpointing=args.checkpointing, channels_last=args.channels_last)  # fmt: skip
     request = RunRequest((args.child,), args.prepared[0], args.run_work / "results.csv", args.run_work / "runs",
-                         None, overrides, progress=False)  # fmt: skip
+                         None, changes, progress=False)  # fmt: skip
     started = time.perf_counter()
     (outcome,) = run_variants(request, echo=lambda line: print(line, file=sys.stderr))
     print(json.dumps({
@@ -115,7 +115,7 @@ def describe(prepared: Path) -> dict:
 
 def make_tasks(args: argparse.Namespace, work: Path):
     """Write and prepare the capacity task once per case count of ``--make``; return the prepared folders."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.capacity import TASK_FOLDER, write_brats_like_task
     from medseg_mem.data.prepare import prepare
 

@@ -13,7 +13,7 @@ and precision, returning its float logits - MONAI's own output, before any argma
 is read slab by slab (``SpilledImage``), so it is not resident; MONAI's inferer takes a tensor. Each runs in its
 own measured process; their order alternates from one (overlap, precision) pair to the next, so load from other
 jobs hits them alike. At a half precision the convolution weights are stored in it, as ``predict`` loads them.
-Rows are written to a results CSV (schema of :mod:`medseg_mem.results`, Dice left empty) after every
+Rows are written to a results CSV (schema of :mod:`medseg_mem.report.results`, Dice left empty) after every
 measurement.
 
 Usage:
@@ -48,11 +48,11 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
     """Build random-weight networks and a random image; the returned callable segments it ``repeats`` times."""
     import torch
 
-    from medseg_mem.config import InferenceConfig, ModelConfig
-    from medseg_mem.inference.precision import half_convolutions
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
-    from medseg_mem.variants import get_variant
+    from medseg_mem.variants import TrainedVariant, get_variant
 
     torch.manual_seed(0)
     model, variant = ModelConfig(channels=CHANNELS), get_variant(variant_name)
@@ -61,14 +61,14 @@ def variant_setup(shape, classes, variant_name, precision, repeats, timing_file,
             for s in variant.stages()}  # fmt: skip
     image = torch.randn((1, *shape), device=device)
     inference = InferenceConfig(precision=precision)
-    return _timed(lambda: variant.segment(nets, image, model, classes, inference=inference), repeats, timing_file,
-                  device)  # fmt: skip
+    run = TrainedVariant(variant, nets, model, classes, inference)
+    return _timed(lambda: run.segment(image), repeats, timing_file, device)
 
 
 def inferer_setup(shape, classes, inferer_name, overlap, precision, repeats, timing_file, device):
     """One U-Net on slabs of 16 with our streamed :class:`SlabInferer` or MONAI's ``SlidingWindowInferer``;
     for :data:`SPILLED`, ours reads the image from a temporary file (``SpilledImage``), so it is not resident."""
-    from medseg_mem.inference.precision import with_precision
+    from medseg_mem.core.precision import with_precision
     from medseg_mem.predict.files import SpilledImage
 
     net, image = _net_and_image(shape, classes, device, precision)
@@ -85,7 +85,7 @@ def paired_setup(shape, classes, overlap, precision, repeats, timing_file, devic
     ...]}`` to ``timing_file``: each run's seconds, and the part of them spent inside the network's calls."""
     import torch
 
-    from medseg_mem.inference.precision import with_precision
+    from medseg_mem.core.precision import with_precision
     from medseg_mem.predict.files import SpilledImage
 
     net, image = _net_and_image(shape, classes, device, precision)
@@ -142,7 +142,7 @@ def _net_and_image(shape, classes, device, precision="fp32"):
     loads them) and a random image ``(1, *shape)``."""
     import torch
 
-    from medseg_mem.inference.precision import half_convolutions
+    from medseg_mem.core.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
 
@@ -202,7 +202,7 @@ def measure_with_timings(setup, args, device):
 def base_row(case, variant, device, reading, seconds, inferer, precision="fp32", overlap=None):
     """A results row with the run-level columns filled; planner columns are added by the caller."""
     import medseg_mem
-    from medseg_mem.results import new_run_id, utc_timestamp
+    from medseg_mem.report.results import new_run_id, utc_timestamp
 
     shape, _ = CASES[case]
     return dict(
@@ -220,7 +220,7 @@ def write_rows(path: Path, rows) -> None:
     """Append ``rows`` to the CSV at ``path`` with pandas, atomically (temp file in the folder + os.replace)."""
     import pandas as pd
 
-    from medseg_mem.results import RESULT_COLUMNS
+    from medseg_mem.report.results import RESULT_COLUMNS
 
     frame = pd.DataFrame(rows, columns=list(RESULT_COLUMNS))
     if path.exists():
@@ -234,7 +234,7 @@ def write_rows(path: Path, rows) -> None:
 
 def planned(variant, case, args, budget, overlap=0.0, precision="fp32", input_on_disk=False):
     """The planner's prediction for ``variant`` on ``case`` at ``overlap`` and ``precision`` (channels-last)."""
-    from medseg_mem.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
 
@@ -255,7 +255,7 @@ def with_plan(row, plan, reading):
 
 def run_variants(case, args, budget, out):
     """Plan, then measure, every variant of ``case``; infeasible ones are reported and skipped."""
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     shape, classes = CASES[case]
     repeats = args.repeats if case == "small" or args.device != "cpu" else 1
@@ -278,7 +278,7 @@ def compare_inferers(case, args, budget, out):
     Each inferer runs in its own measured process (memory, and the median of ``repeats`` timed runs); the order
     of the two alternates from one (overlap, precision) pair to the next.
     """
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     shape, classes = CASES[case]
     repeats = args.repeats if case == "small" or args.device != "cpu" else 1
@@ -332,9 +332,9 @@ def main(argv=None) -> None:
 def run(args, sizes, compare) -> None:
     import torch
 
+    from medseg_mem.core.units import format_bytes
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import default_budget
-    from medseg_mem.memory.units import format_bytes
 
     out = args.out or Path(f"benchmarks/results/memory_{args.device}.csv")
     budget, source = default_budget(args.device)

@@ -85,7 +85,7 @@ def timed_plans(work: Path) -> dict:
 
 def runs_with_widths(work: Path, widths) -> dict:
     """The newest run per variant whose checkpoints have ``widths``."""
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.variants.trained_run import open_trained_run
 
     found = {}
     for folder in sorted((work / "medseg-work" / "runs").iterdir(), reverse=True):
@@ -119,7 +119,7 @@ def measured(work: Path, run: Path, scan: Path):
 
 def planned(trained, shape):
     """The planner's figures (whole process, and what the inference adds) for ``predict`` on ``shape``."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
 
@@ -169,7 +169,7 @@ def row(mode, widths, shape, variant, process, plan, added, plan_added, rss, sec
                  measured_added_bytes=int(added), planned_added_bytes=int(plan_added),
                  added_error=round(added_error, 4), gnu_time_maxrss_bytes=rss, seconds=round(seconds, 1),
                  verdict=verdict(error))  # fmt: skip
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     print(f"{mode:9} {found['widths']:>17} {found['shape']:>13} {variant:8} measured {format_bytes(process):>9} "
           f"planned {format_bytes(plan):>9} {error:+7.1%} {found['verdict']:4} (added {format_bytes(added)} / "
@@ -179,7 +179,7 @@ def row(mode, widths, shape, variant, process, plan, added, plan_added, rss, sec
 
 def training_rows(work: Path, cases) -> list:
     """``run --variant all`` on each dataset; its rows' measured and planned whole-process peaks."""
-    from medseg_mem.results import read_results
+    from medseg_mem.report.results import read_results
 
     rows = []
     for name, prepare_options, run_options in cases:

@@ -82,7 +82,7 @@ def planned_step(args, precision, checkpointing):
 
     The measured step has no data loader, so the loader's host bytes (part of a CPU plan) are left out.
     """
-    from medseg_mem.config import ModelConfig
+    from medseg_mem.core.config import ModelConfig, TrainConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
 
@@ -91,10 +91,11 @@ def planned_step(args, precision, checkpointing):
     calibration = cached_calibration(args.calibration, args.device, announce=print, mode="training",
                                      precision=precision, checkpointing=checkpointing,
                                      channels_last=args.channels_last, training_setup=training_setup)  # fmt: skip
+    train = TrainConfig(batch_size=args.batch, precision=precision, checkpointing=checkpointing, workers=0,
+                        cache_bytes=0, channels_last=args.channels_last)  # fmt: skip
     plan = plan_variant(
-        "full", args.shape, args.classes, ModelConfig(channels=args.channels), batch=args.batch, mode="training",
-        calibration=calibration, precision=precision, checkpointing=checkpointing, workers=0, cache_bytes=0,
-        device=args.device, channels_last=args.channels_last, validation=False,  # one step, as measured
+        "full", args.shape, args.classes, ModelConfig(channels=args.channels), train, calibration=calibration,
+        device=args.device, validation=False,  # one step, as measured
     )  # fmt: skip
     host = 0 if args.device.startswith("cuda") else plan.host_bytes
     return plan.predicted_bytes - host, calibration.key
@@ -115,19 +116,19 @@ def make_row(args, name, reading, seconds, planned):
     )  # fmt: skip
 
 
-def append_row(path: Path, row) -> None:
-    """Append ``row`` to the CSV at ``path`` (header written for a new file), atomically.
+def append_row(path: Path, row, columns=COLUMNS) -> None:
+    """Append ``row`` to the CSV at ``path`` (header of ``columns`` written for a new file), atomically.
 
     Raises:
         SystemExit: if ``path`` exists with other columns.
     """
-    from medseg_mem.atomic import write_text_atomic
+    from medseg_mem.core.files.atomic import write_text_atomic
 
     old = path.read_text(encoding="utf-8") if path.exists() else ""
-    if old and old.splitlines()[0] != ",".join(COLUMNS):
-        raise SystemExit(f"{path} has other columns than {', '.join(COLUMNS)}; pass --out NEW.csv")
+    if old and old.splitlines()[0] != ",".join(columns):
+        raise SystemExit(f"{path} has other columns than {', '.join(columns)}; pass --out NEW.csv")
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     if not old:
         writer.writeheader()
     writer.writerow(row)
@@ -136,7 +137,7 @@ def append_row(path: Path, row) -> None:
 
 def run_config(args, name, budget):
     """Plan, then measure, one configuration; return its row (``None`` when skipped as infeasible)."""
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     precision, checkpointing = parse_config(name)
     planned = planned_step(args, precision, checkpointing)
@@ -158,7 +159,7 @@ def gigabytes(n_bytes) -> str:
 
 def report_goals(rows) -> None:
     """Print the goals (bf16+ckpt <= 8 GB and <= 0.45x fp32; planner within 15 %) and whether they were met."""
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     peaks = {row["config"]: row["peak_bytes"] for row in rows}
     print("goals (set for one 4x240x240x155 step; at other sizes the fixed weights and Adam states weigh more):")
@@ -213,7 +214,7 @@ def main(argv=None) -> None:
     import torch
 
     from medseg_mem.memory.planner import default_budget
-    from medseg_mem.memory.units import format_bytes
+    from medseg_mem.core.units import format_bytes
 
     args = parse_args(argv)
     budget, source = default_budget(args.device)

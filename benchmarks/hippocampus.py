@@ -21,12 +21,13 @@ import argparse
 import time
 from pathlib import Path
 
-from medseg_mem.config import InferenceConfig, RunRequest
-from medseg_mem.prepare_config import PrepareConfig
+from medseg_mem.core.changes import RunChanges
+from medseg_mem.core.config import InferenceConfig, RunRequest, parse_widths
+from medseg_mem.core.prepare_config import PrepareConfig
 from medseg_mem.data.prepare import prepare
-from medseg_mem.device import resolve_device
-from medseg_mem.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES, STAGE2_GUIDANCE_NAMES
-from medseg_mem.training.run import run_variants
+from medseg_mem.core.device import resolve_device
+from medseg_mem.core.names import AUGMENT_NAMES, LR_SCHEDULE_NAMES, OPTIMIZER_NAMES, STAGE2_GUIDANCE_NAMES
+from medseg_mem.runner.run import run_variants
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT.parent / "shared" / "data" / "Task04_Hippocampus"
@@ -76,17 +77,14 @@ def main() -> None:
     results = args.results or ROOT / "benchmarks" / "results" / f"hippocampus_{device.type}.csv"
     steps = args.steps or (STEPS if args.minutes is None else TIMED_STEPS)
     marks = () if args.snapshots is None else tuple(float(mark) for mark in args.snapshots.split(","))
-    overrides = (
-        ("steps", steps), ("val_every", args.val_every), ("batch_size", args.batch_size),
-        ("time_limit", args.minutes), ("snapshots", marks),
-        ("channels", tuple(int(c) for c in args.channels.split(","))), ("loss", args.loss), ("lr", args.lr), ("device", device.type),
-        ("guidance", args.guidance), ("lr_schedule", args.lr_schedule), ("optimizer", args.optimizer),
-        ("augment", args.augment), ("foreground_oversample", args.foreground_oversample),
-        ("deep_supervision", args.deep_supervision), ("seed", args.seed),
-        ("stage2_guidance", args.stage2_guidance), ("guidance_folds", args.guidance_folds),
+    changes = RunChanges.of(  # None: the profile's
+        steps=steps, val_every=args.val_every, batch_size=args.batch_size, time_limit=args.minutes, snapshots=marks,
+        channels=parse_widths(args.channels), loss=args.loss, lr=args.lr, device=device.type, guidance=args.guidance,
+        lr_schedule=args.lr_schedule, optimizer=args.optimizer, augment=args.augment,
+        foreground_oversample=args.foreground_oversample, deep_supervision=args.deep_supervision, seed=args.seed,
+        stage2_guidance=args.stage2_guidance, guidance_folds=args.guidance_folds,
     )  # fmt: skip
-    overrides = tuple((name, value) for name, value in overrides if value is not None)  # None: the profile's
-    request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, overrides,
+    request = RunRequest(tuple(args.variants.split(",")), prepared, results, args.work / "runs", None, changes,
                          inference=InferenceConfig(tta=args.tta))  # fmt: skip
     started = time.perf_counter()
     run_variants(request)

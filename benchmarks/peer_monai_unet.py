@@ -40,10 +40,10 @@ from monai.losses import DiceLoss
 from monai.networks.layers import Norm
 from monai.networks.nets import UNet
 
-from medseg_mem.evaluate import dice_per_class
-from medseg_mem.memory.measure import measure_peak
-from medseg_mem.results import new_run_id
 from medseg_mem.data.cases import CaseStream, as_tensor, open_case
+from medseg_mem.inference.metrics import dice_per_class
+from medseg_mem.memory.measure import measure_peak
+from medseg_mem.report.results import new_run_id
 from medseg_mem.training.sampling import pad_to
 from medseg_mem.training.seeding import seed_everything
 

@@ -2,7 +2,7 @@
 
 A peer (``peer_nnunet.py``, ``peer_monai_unet.py``) trains another tool's network on the split medseg-mem made
 of a prepared task, within the same wall-clock budget, scores the test cases with medseg-mem's metric
-(:func:`medseg_mem.evaluate.dice_per_class`, MONAI ``DiceMetric(include_background=False, ignore_empty=False)``
+(:func:`medseg_mem.inference.metrics.dice_per_class`, MONAI ``DiceMetric(include_background=False, ignore_empty=False)``
 per class) and files one row per foreground class in the results CSV with ``source = peer``, so
 ``medseg-mem compare`` shows it beside ``full``, ``patch`` and ``cascade``. Everything a reader of the rows may
 need beyond the CSV's columns (plans, batch size, epochs, time per iteration) goes to ``WORK/peer-runs/<run id>.json``.
@@ -63,9 +63,9 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def check_results(path: Path, prog: str) -> None:
     """Refuse an unwritable ``--results`` or a malformed results CSV before any training (one line, exit 2)."""
-    from medseg_mem.errors import MedsegError
-    from medseg_mem.results import read_results
-    from medseg_mem.writable import check_output_file
+    from medseg_mem.core.errors import MedsegError
+    from medseg_mem.core.files.writable import check_output_file
+    from medseg_mem.report.results import read_results
 
     try:
         check_output_file(path, "--results")
@@ -80,7 +80,7 @@ def prepared_dataset(args: argparse.Namespace, prog: str):
 
     A missing task folder is a one-line error (exit 2).
     """
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.prepared import PreparedDataset
 
@@ -155,7 +155,7 @@ def score_cases(segment: Callable, load: Callable, keys: Sequence[str], num_clas
     """Segment and score each test case as medseg-mem's evaluation does; return an ``Evaluation``.
 
     The first case is segmented once untimed (warm-up), then every case is timed and its Dice per foreground
-    class computed with :func:`medseg_mem.evaluate.dice_per_class`.
+    class computed with :func:`medseg_mem.inference.metrics.dice_per_class`.
 
     Args:
         segment: ``segment(inputs)`` returns the label map of one case (array or tensor, the label's grid).
@@ -169,7 +169,8 @@ def score_cases(segment: Callable, load: Callable, keys: Sequence[str], num_clas
     import numpy as np
     import torch
 
-    from medseg_mem.evaluate import Evaluation, dice_per_class, timed
+    from medseg_mem.inference.metrics import dice_per_class
+    from medseg_mem.runner.evaluation import Evaluation, timed
 
     scores, seconds = [], []
     with torch.inference_mode():
@@ -212,17 +213,19 @@ class PeerRun:
     run_id: str = ""
 
     def __post_init__(self) -> None:
-        from medseg_mem.results import new_run_id
+        from medseg_mem.report.results import new_run_id
 
         self.run_id = self.run_id or new_run_id(self.variant)
 
 
 def peer_rows(run: PeerRun, dataset) -> List[dict]:
     """One results row per foreground class (``source = peer``), run-level columns repeated."""
-    from medseg_mem.results import utc_timestamp
+    from medseg_mem.data.fingerprint import fingerprint
+    from medseg_mem.report.results import utc_timestamp
 
     shared = {
         "run_id": run.run_id, "timestamp": utc_timestamp(), "dataset": dataset.name, "variant": run.variant,
+        "dataset_fingerprint": fingerprint(dataset),
         "peak_memory_bytes": run.memory.peak_bytes, "memory_method": run.memory.method, "device": "cpu",
         "inference_seconds_per_case": run.evaluation.seconds_per_case, "train_steps": run.train_steps,
         "train_seconds": round(run.train_seconds, 2), "train_peak_memory_bytes": run.train_peak_bytes,
@@ -243,9 +246,9 @@ def file_run(run: PeerRun, dataset, results: Path, work: Path, minutes: float) -
     Returns:
         (the results CSV, the details file).
     """
-    from medseg_mem.atomic import write_text_atomic
-    from medseg_mem.memory.units import format_bytes
-    from medseg_mem.results import append_rows
+    from medseg_mem.core.files.atomic import write_text_atomic
+    from medseg_mem.core.units import format_bytes
+    from medseg_mem.report.results import append_rows
 
     rows = peer_rows(run, dataset)
     append_rows(results, rows)

@@ -1,8 +1,16 @@
-"""Shared fixtures: tiny MSD tasks written on the fly, the prepared embedded default, folder checksums.
+"""Shared fixtures: tiny MSD tasks written on the fly, the prepared embedded default, tiny trained runs, folder
+checksums, and what keeps the suite fast and independent of the machine's load.
 
 ``make_msd_task(root, n_cases=4, shape=(8, 8, 6), channels=1, ...)`` writes a tiny valid MSD task (3D, or 4D
 channel-last when ``channels > 1``) under ``root`` and returns its folder; ``prepared_default`` writes and
-prepares the embedded default task once per session (12 cases of 32x32x96) and returns the prepared folder.
+prepares the embedded default task once per session (12 cases of 32x32x96) and returns the prepared folder;
+``trained_runs(variant, data="tiny")`` trains a tiny run once per session and hands out its folders (read-only:
+a test that changes a run copies it first).
+
+Speed: the spawned peak-memory probe (a fresh interpreter per variant, ~5 s of CPU; tested in test_measure.py) is
+stubbed in every test not marked ``memory_probe``; end-to-end tests (subprocesses, torchrun, bundle runs) are
+marked ``slow``, so ``pytest -m "not slow"`` is the quick loop and CI runs everything. No test asserts a duration:
+a subprocess's timeout (``hang_guard.HANG_GUARD_S``) only stops a hung child.
 """
 
 from __future__ import annotations
@@ -15,6 +23,9 @@ from typing import Dict, Optional, Sequence
 
 import numpy as np
 import pytest
+
+#: ``run`` options of the shared tiny runs: 2 steps of a 2-level U-Net, validated after each.
+TINY_RUN = ("--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet")
 
 MRI_MODALITIES = {1: {"0": "MRI"}, 4: {"0": "FLAIR", "1": "T1w", "2": "t1gd", "3": "T2w"}}
 TINY_LABELS = {"0": "background", "1": "left", "2": "right"}
@@ -129,7 +140,7 @@ def checksums():
 @pytest.fixture(scope="session")
 def prepared_default(tmp_path_factory) -> Path:
     """The embedded default task (12 cases of 32x32x96), written and prepared once per session."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
 
@@ -142,7 +153,7 @@ def prepared_default(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_prepared(tmp_path_factory):
     """A prepared tiny 3-class task (6 cases of 8x8x20): training streams from it as from any prepared folder."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.prepared import PreparedDataset
 
@@ -194,3 +205,68 @@ def calibration_cache(tmp_path_factory):
         os.environ.pop("MEDSEG_MEM_CACHE", None)
     else:
         os.environ["MEDSEG_MEM_CACHE"] = before
+
+
+def stub_memory_probe(patch: pytest.MonkeyPatch) -> None:
+    """Make ``run`` skip the spawned peak-memory probe (a fresh interpreter per variant, tested in test_measure.py):
+    its rows read 0 bytes measured by ``stub``."""
+    from medseg_mem.memory.measure import MemoryReading
+
+    patch.setattr("medseg_mem.runner.run.measure_variant_memory", lambda *a, **k: MemoryReading(0, "stub", "cpu"))
+
+
+@pytest.fixture(autouse=True)
+def no_memory_probe(request, monkeypatch):
+    """Every test runs with the memory probe stubbed unless it is marked ``memory_probe``."""
+    if request.node.get_closest_marker("memory_probe") is None:
+        stub_memory_probe(monkeypatch)
+
+
+class TrainedRuns:
+    """Tiny trained runs (:data:`TINY_RUN`, probe stubbed), each trained on first use and kept for the session.
+
+    ``trained_runs(variant, data="tiny")`` returns the run folder (``<base>/runs/<run id>``; ``<base>/results.csv``
+    holds its rows) of ``variant`` trained on ``tiny_prepared`` (``data="tiny"``) or ``prepared_default``
+    (``data="default"``). The folders are shared: read them, or copy them (``shutil.copytree``) to change them.
+    """
+
+    def __init__(self, root: Path, request):
+        self.root, self.request, self.folders = Path(root), request, {}
+
+    def __call__(self, variant: str, data: str = "tiny") -> Path:
+        if (variant, data) not in self.folders:
+            self.folders[variant, data] = self.train(variant, data)
+        return self.folders[variant, data]
+
+    def train(self, variant: str, data: str) -> Path:
+        from click.testing import CliRunner
+
+        from medseg_mem.cli import main
+
+        prepared = {"tiny": lambda: self.request.getfixturevalue("tiny_prepared").root,
+                    "default": lambda: self.request.getfixturevalue("prepared_default")}[data]()  # fmt: skip
+        base = self.root / f"{variant}-{data}"
+        args = ["run", "--variant", variant, "--data", str(prepared), "--results", str(base / "results.csv"),
+                "--runs", str(base / "runs"), *TINY_RUN]  # fmt: skip
+        with pytest.MonkeyPatch.context() as patch:
+            stub_memory_probe(patch)
+            result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        (run,) = (base / "runs").iterdir()
+        return run
+
+
+@pytest.fixture(scope="session")
+def trained_runs(tmp_path_factory, request) -> TrainedRuns:
+    """Factory ``trained_runs(variant, data="tiny") -> run folder``: one tiny trained run per variant and data,
+    trained once per session; read-only (copy it to change it)."""
+    return TrainedRuns(tmp_path_factory.mktemp("trained-runs"), request)
+
+
+@pytest.fixture(scope="session")
+def seed_7_weights(tmp_path_factory, tiny_prepared):
+    """The best weights of a 3-step ``full`` run with seed 7 on the tiny task, trained in a fresh interpreter (what
+    the repeatability tests compare against)."""
+    from fresh_process import train_in_new_process
+
+    return train_in_new_process(tiny_prepared.root, tmp_path_factory.mktemp("seed-7"), 7)

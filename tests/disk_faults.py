@@ -26,25 +26,29 @@ class HalfWriter:
     def __exit__(self, *exc):
         self.stream.close()
 
+    def __getattr__(self, name):  # seek, read, ... as the real stream
+        return getattr(self.stream, name)
+
     def write(self, text):
         self.stream.write(text[: len(text) // 2])
         self.stream.flush()
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-def install_full_disk(monkeypatch, matches: Optional[Callable[[Path], bool]] = None) -> None:
-    """Files that :mod:`medseg_mem.atomic` opens for writing (those whose path ``matches``, default all)
-    get half their text, then the disk is full."""
-    import medseg_mem.atomic as atomic
+def install_full_disk(monkeypatch, matches: Optional[Callable[[Path], bool]] = None, module=None) -> None:
+    """Files that ``module`` (default :mod:`medseg_mem.core.files.atomic`) opens for writing (those whose path
+    ``matches``, default all; a file descriptor matches always) get half their text, then the disk is full."""
+    import medseg_mem.core.files.atomic as atomic
 
     real_open = open
 
     def fake_open(path, mode="r", *args, **kwargs):
         stream = real_open(path, mode, *args, **kwargs)
-        hit = "w" in mode and (matches is None or matches(Path(path)))
+        named = isinstance(path, (str, bytes, os.PathLike))
+        hit = ("w" in mode or "+" in mode) and (matches is None or not named or matches(Path(path)))
         return HalfWriter(stream) if hit else stream
 
-    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+    monkeypatch.setattr(module or atomic, "open", fake_open, raising=False)
 
 
 def deny_reads(monkeypatch, path: Path, cleanups: List[Callable[[], None]]) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from medseg_mem.resample import encode_guidance, resample_image, resample_probabilities, scaled_size
+from medseg_mem.variants.resample import encode_guidance, resample_image, resample_probabilities, scaled_size
 from medseg_mem.variants import get_variant
 
 

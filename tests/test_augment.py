@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import ModelConfig, TrainConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.training.augment import SampleAugmentation
 from medseg_mem.training.sampling import RandStageSampled, StageData
 from medseg_mem.variants import get_variant

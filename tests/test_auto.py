@@ -1,12 +1,17 @@
 """``--variant auto``: the most accurate variant whose plan fits the budget, with its reason; one-line errors."""
 
+import shutil
+
+import pandas as pd
 import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.choose import THESIS_ORDER, accuracy_order, choose
-from medseg_mem.results import append_rows
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.names import THESIS_ORDER
+from medseg_mem.memory.choose import choose
+from medseg_mem.report.ranking import accuracy_order
+from medseg_mem.report.results import append_rows
 
 TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
 NEEDS = {"full": 9e9, "cascade": 5e9, "patch": 3e9}
@@ -36,7 +41,7 @@ def test_accuracy_order_ranks_by_the_results_then_the_thesis(tmp_path):
     append_rows(results, [_row("patch", 0.9), _row("full", 0.8), _row("cascade", 0.99, dataset="other"),
                           _row("cascade", 0.99, source="benchmark")])  # fmt: skip
     order, why = accuracy_order(results, "D")
-    assert order == ["patch", "full", "cascade"] and "patch 0.900, full 0.800" in why
+    assert order == ["patch", "full", "cascade"] and "patch 90.00, full 80.00" in why
 
 
 @pytest.fixture
@@ -51,8 +56,8 @@ def run(*args):
     return CliRunner().invoke(main, ["run", *args])
 
 
-def test_run_auto_trains_the_most_accurate_variant_that_fits(calibrated, prepared_default):
-    result = run("--variant", "auto", "--budget", "8GB", "--data", str(prepared_default), *TINY)
+def test_run_auto_trains_the_most_accurate_variant_that_fits(calibrated, tiny_prepared):
+    result = run("--variant", "auto", "--budget", "8GB", "--data", str(tiny_prepared.root), *TINY)
     assert result.exit_code == 0, result.output
     assert "--variant auto: full: planned" in result.output and "the thesis's order" in result.output
     assert "[full] run" in result.output and "[patch] run" not in result.output
@@ -79,8 +84,12 @@ def test_plan_has_no_auto():
     assert result.exit_code == 2 and "unknown variant 'auto'" in result.output
 
 
-def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepared_default):
-    assert run("--variant", "full,patch", "--data", str(prepared_default), *TINY).exit_code == 0
+def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepared_default, trained_runs):
+    shared = [trained_runs(variant, data="default") for variant in ("full", "patch")]  # as `run` would leave them
+    for folder in shared:
+        shutil.copytree(folder, calibrated / "medseg-work" / "runs" / folder.name)
+    rows = pd.concat([pd.read_csv(folder.parent.parent / "results.csv") for folder in shared])
+    rows.to_csv(calibrated / "medseg-work" / "results.csv", index=False)
     scan = next((prepared_default.parent / "Task00_SyntheticRods" / "imagesTr").glob("*.nii.gz"))
 
     def predict(*args):
@@ -91,21 +100,21 @@ def test_predict_auto_picks_a_run_that_fits_from_a_runs_folder(calibrated, prepa
     assert chosen.exit_code == 0, chosen.output
     picked = chosen.output.split("--variant auto: ")[1].split(":")[0]
     assert picked in ("full", "patch") and f"with {picked} (medseg-work/runs/" in chosen.output
-    assert "ranked by mean test Dice in medseg-work/results.csv" in chosen.output
+    assert "ranked by mean test Dice (%) in medseg-work/results.csv" in chosen.output
     tight = predict("--variant", "auto", "--budget", "1KB")
     assert tight.exit_code == 1 and "no variant fits; the smallest" in tight.output and "Traceback" not in tight.output
     named = predict("--variant", "patch")
     assert named.exit_code == 0 and "with patch" in named.output
     missing = predict("--variant", "cascade")
-    assert missing.exit_code == 2 and "holds no finished cascade run" in missing.output
+    assert missing.exit_code == 1 and "holds no finished cascade run of SyntheticRods [" in missing.output
 
 
 def test_auto_without_a_budget_or_a_way_to_find_one_is_one_line(calibrated, prepared_default, monkeypatch):
     import os
 
-    from medseg_mem.memory import budget
+    from medseg_mem.core import machine
 
-    monkeypatch.setattr(budget, "MEMINFO", "/nonexistent/meminfo")
+    monkeypatch.setattr(machine, "MEMINFO", "/nonexistent/meminfo")
     monkeypatch.setattr(os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
     result = run("--variant", "auto", "--data", str(prepared_default), *TINY)
     assert result.exit_code == 1 and "Traceback" not in result.output

@@ -19,13 +19,13 @@ import nibabel as nib
 import pytest
 import torch
 
-from medseg_mem.bundle import as_bool, as_widths, ensure_prepared, infer, train
-from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.errors import MedsegError
-from medseg_mem.export import export_bundle
-from medseg_mem.memory.measure import MemoryReading
+from medseg_mem.bundle.workflow import as_bool, as_widths, ensure_prepared, infer, train
+from medseg_mem.data import PreparedDataset
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.export.bundle import export_bundle
 from medseg_mem.models.label_net import LabelUNet3D
 from medseg_mem.models.unet import UNet3D
+from hang_guard import HANG_GUARD_S
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 VARIANTS = ("full", "patch", "cascade")
@@ -59,11 +59,10 @@ def run_bundle(variant: str, config: str, **overrides) -> None:
 
 
 @pytest.fixture
-def no_memory_probe(monkeypatch):
-    """Stub the spawned memory probe; one torch thread (tiny volumes: a second thread only contends)."""
+def one_thread():
+    """One torch thread (tiny volumes: a second thread only contends); the memory probe is stubbed (conftest)."""
     import torch
 
-    monkeypatch.setattr("medseg_mem.training.run.measure_variant_memory", lambda *a, **k: MemoryReading(0, "stub", "cpu"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -82,7 +81,7 @@ def test_bundle_layout_and_metadata(variant):
     assert_metadata_fits_schema(meta, stages[STAGES[variant][-1]]["in_channels"], meta["medseg_mem"]["num_classes"])
     for config, ids in STANDARD_IDS.items():
         content = json.loads((root / "configs" / f"{config}.json").read_text())
-        assert content["variant"] == variant and content["work_dir"] == "medseg-work"
+        assert content["variant"] == variant and content["work_dir"] == "$medseg_workflow.work_folder()"
         assert [key for key in ids if key not in content] == [], config
 
 
@@ -142,8 +141,9 @@ def test_inference_before_training_says_run_train_first(tmp_path):
     assert any("run train.json first" in message and "bundles/patch/configs/train.json" in message for message in chain)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["full", "cascade"])
-def test_train_then_infer_on_a_prepared_dataset(tmp_path, prepared_default, no_memory_probe, variant):
+def test_train_then_infer_on_a_prepared_dataset(tmp_path, prepared_default, one_thread, variant):
     settings = {"work_dir": str(tmp_path), "data_dir": str(prepared_default)}
     run_bundle(variant, "train", **settings, **TINY)
     model_dir = tmp_path / "models" / variant
@@ -153,7 +153,8 @@ def test_train_then_infer_on_a_prepared_dataset(tmp_path, prepared_default, no_m
     assert_test_split_predicted(prepared_default, tmp_path / "predictions" / variant)
 
 
-def test_patch_bundle_prepares_the_embedded_default_when_missing(tmp_path, no_memory_probe):
+@pytest.mark.slow
+def test_patch_bundle_prepares_the_embedded_default_when_missing(tmp_path, one_thread):
     run_bundle("patch", "train", work_dir=str(tmp_path), **TINY)
     assert (tmp_path / "prepared" / "manifest.json").is_file() and (tmp_path / "results.csv").is_file()
     run_bundle("patch", "inference", work_dir=str(tmp_path), progress=False)
@@ -192,9 +193,10 @@ def monai_bundle(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     pytest.importorskip("fire")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "monai.bundle", *args]
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=HANG_GUARD_S)
 
 
+@pytest.mark.slow
 def test_inference_without_a_trained_model_is_one_line_on_the_command_line(tmp_path):
     done = monai_bundle("run", "--config_file", str(BUNDLES / "patch" / "configs" / "inference.json"), cwd=tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr + done.stdout
@@ -205,7 +207,7 @@ def test_inference_without_a_trained_model_is_one_line_on_the_command_line(tmp_p
 @pytest.fixture
 def two_channel_task(tmp_path, make_msd_task):
     """A 2-channel MSD task and its prepared folder: ``(task folder, prepared folder)``."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
 
     task = make_msd_task(tmp_path / "two", n_cases=4, shape=(8, 8, 20), channels=2)
@@ -213,8 +215,9 @@ def two_channel_task(tmp_path, make_msd_task):
     return task, tmp_path / "two-prepared"
 
 
+@pytest.mark.slow
 def test_a_model_for_other_channels_stops_before_predicting(tmp_path, tiny_prepared, two_channel_task,
-                                                            no_memory_probe, monkeypatch):  # fmt: skip
+                                                            one_thread, monkeypatch):  # fmt: skip
     task, prepared = two_channel_task
     model_dir = train("patch", work_dir=tmp_path, data_dir=tiny_prepared.root, **TINY)  # 1 channel (MRI)
     monkeypatch.setattr("medseg_mem.predict.predict", lambda *a, **k: pytest.fail("predict ran"))
@@ -249,8 +252,9 @@ def test_label_network_is_the_unet_argmax_and_compiles_to_torchscript():
     assert torch.equal(out[:, 0].long(), plain(x).argmax(1)) and torch.equal(torch.jit.script(labels)(x), out)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["patch", "cascade"])
-def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path, tiny_prepared, no_memory_probe,
+def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path, tiny_prepared, one_thread,
                                                                        variant):  # fmt: skip
     model_dir = train(variant, work_dir=tmp_path, data_dir=tiny_prepared.root, **TINY)
     bundle = shutil.copytree(BUNDLES / variant, tmp_path / "bundle", ignore=shutil.ignore_patterns("models"))
@@ -275,7 +279,7 @@ def test_exported_bundle_passes_monai_verify_net_in_out_and_ckpt_export(tmp_path
 
 
 def test_export_refuses_a_bundle_of_another_variant(tmp_path):
-    from medseg_mem.export import check_bundle
+    from medseg_mem.export.bundle import check_bundle
 
     with pytest.raises(MedsegError, match="a bundle of the patch variant, but the run is full; pass bundles/full"):
         check_bundle(BUNDLES / "patch", "full")

@@ -12,11 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.data import capacity
+from medseg_mem.data import PreparedDataset, capacity
 from medseg_mem.data.capacity import make_case, write_brats_like_task
 from medseg_mem.data.prepare import default_task_dir
-from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 TINY = (24, 24, 20)
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_mem.config import TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import TrainConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.training.class_weights import balanced_weights, class_weights, label_counts
 from medseg_mem.training.loop import make_loss
 from medseg_mem.variants import get_variant

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 import medseg_mem
-from medseg_mem.results import append_rows
+from hang_guard import HANG_GUARD_S
+from medseg_mem.report.results import append_rows
 
 CLI_DIR = Path(medseg_mem.__file__).parent / "cli"
 #: Loads medseg_mem.cli.compare without running medseg_mem/cli/__init__.py, which imports every other command.
@@ -61,7 +62,7 @@ def test_compare_prints_tables_and_paths(compare_command, tmp_path):
     results = write_results(tmp_path / "results.csv")
     result = CliRunner().invoke(compare_command, [str(results), "--out", str(tmp_path / "report")])
     assert result.exit_code == 0, result.output
-    assert "## Task04_Hippocampus — cpu, rss-above-baseline" in result.output
+    assert "## Task04_Hippocampus [unknown dataset] — cpu, rss-above-baseline" in result.output
     assert "| full    |" in result.output and "Dice % anterior" in result.output
     for name in ("comparison.md", "comparison.csv", "comparison.png"):
         assert f"wrote {tmp_path / 'report' / name}" in result.output
@@ -95,7 +96,7 @@ def test_malformed_results_file_is_a_one_line_error(compare_command, tmp_path):
 
 def test_import_does_not_load_pandas_or_matplotlib():
     code = ISOLATED_IMPORT + "print(sorted(m for m in ('pandas', 'matplotlib') if m in sys.modules))"
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 

@@ -171,8 +171,8 @@ def test_options_of_the_other_mode_give_a_notice(tmp_path, monkeypatch):
 
 def stage_parameter_bytes(variant, shape=(2, 64, 64, 48), classes=3):
     """The float32 parameter bytes of each stage's network of ``variant`` at the tiny widths."""
-    from medseg_mem.config import ModelConfig
-    from medseg_mem.memory.planner_trace import meta_networks
+    from medseg_mem.core.config import ModelConfig
+    from medseg_mem.memory.meta import meta_networks
     from medseg_mem.variants import get_variant
 
     nets = meta_networks(get_variant(variant), shape[0], classes, ModelConfig(channels=(4, 8, 16)))

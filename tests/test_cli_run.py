@@ -80,14 +80,16 @@ def test_resume_refuses_other_training_options(tmp_path):
     assert result.exit_code == 2 and "--resume" in result.output
 
 
-def test_tiny_run_of_all_variants_appends_rows_and_resumes(tmp_path, prepared_default):
+@pytest.mark.slow
+@pytest.mark.memory_probe
+def test_tiny_run_of_all_variants_appends_rows_and_resumes(tmp_path, tiny_prepared):
     results, runs = tmp_path / "results.csv", tmp_path / "runs"
-    args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(runs)]
+    args = ["--data", str(tiny_prepared.root), "--results", str(results), "--runs", str(runs)]
     result = invoke("--variant", "all", *args, *TINY)
     assert result.exit_code == 0, result.output
     table = pd.read_csv(results)
     assert sorted(table.variant.unique()) == ["cascade", "full", "patch"]
-    assert len(table) == 3 * 2 and set(table.class_name) == {"long_rod", "short_rod"}
+    assert len(table) == 3 * 2 and set(table.class_name) == {"left", "right"}
     assert table.dice.between(0, 1).all() and (table.peak_memory_bytes > 0).all()
     assert table.memory_method.str.len().gt(0).all() and (table.device == "cpu").all()
     assert (table.precision == "fp32").all() and (~table.checkpointing).all()
@@ -99,9 +101,9 @@ def test_tiny_run_of_all_variants_appends_rows_and_resumes(tmp_path, prepared_de
     assert len(pd.read_csv(results)) == 3 * 2
 
 
-def test_memory_levers_reach_the_csv(tmp_path, prepared_default):
+def test_memory_levers_reach_the_csv(tmp_path, tiny_prepared):
     results = tmp_path / "results.csv"
-    args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(tmp_path / "runs")]
+    args = ["--data", str(tiny_prepared.root), "--results", str(results), "--runs", str(tmp_path / "runs")]
     result = invoke("--variant", "patch", *args, *TINY, "--precision", "bf16", "--checkpointing", "--cache", "0")
     assert result.exit_code == 0, result.output
     table = pd.read_csv(results)
@@ -110,9 +112,9 @@ def test_memory_levers_reach_the_csv(tmp_path, prepared_default):
     assert "note: --checkpointing lowers training memory only" in result.output
 
 
-def test_inference_options_reach_the_evaluation_and_the_csv(tmp_path, prepared_default):
+def test_inference_options_reach_the_evaluation_and_the_csv(tmp_path, tiny_prepared):
     results = tmp_path / "results.csv"
-    args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(tmp_path / "runs")]
+    args = ["--data", str(tiny_prepared.root), "--results", str(results), "--runs", str(tmp_path / "runs")]
     options = ["--inference-precision", "bf16", "--overlap", "0.5", "--sw-batch-size", "2"]
     result = invoke("--variant", "patch", *args, *TINY, *options)
     assert result.exit_code == 0, result.output
@@ -135,7 +137,7 @@ def test_bad_inference_options_are_one_line_errors(option, value):
 def test_recipe_options_reach_the_header_run_json_checkpoints_and_csv(tmp_path, prepared_default):
     import json
 
-    from medseg_mem.checkpoint import load_checkpoint
+    from medseg_mem.core.files.checkpoint import load_checkpoint
 
     results, runs = tmp_path / "results.csv", tmp_path / "runs"
     args = ["--data", str(prepared_default), "--results", str(results), "--runs", str(runs)]
@@ -155,11 +157,11 @@ def test_recipe_options_reach_the_header_run_json_checkpoints_and_csv(tmp_path, 
     assert (saved["optimizer"], saved["augment"], saved["foreground_oversample"]) == ("sgd", "nnunet", 0.33)
 
 
-def test_skip_empty_slabs_is_the_older_spelling_of_foreground_oversample_1(tmp_path, prepared_default):
+def test_skip_empty_slabs_is_the_older_spelling_of_foreground_oversample_1(tmp_path, tiny_prepared):
     import json
 
     runs = tmp_path / "runs"
-    args = ["--variant", "patch", "--data", str(prepared_default), "--results", str(tmp_path / "r.csv"), *TINY]
+    args = ["--variant", "patch", "--data", str(tiny_prepared.root), "--results", str(tmp_path / "r.csv"), *TINY]
     assert invoke(*args, "--runs", str(runs), "--skip-empty-slabs").exit_code == 0
     (run_dir,) = runs.iterdir()
     assert json.loads((run_dir / "run.json").read_text())["train"]["foreground_oversample"] == 1.0

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 import medseg_mem.training.curves as curves
-from medseg_mem.checkpoint import load_checkpoint
+from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.training.curves import StageLog, columns
 from medseg_mem.training.loop import train_stage
 from test_train import interrupted_at_step_5, job

@@ -14,15 +14,15 @@ from click.testing import CliRunner
 from monai.losses import DiceCELoss
 from torch.nn import functional as F
 
-from medseg_mem.checkpoint import load_checkpoint
+from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.cli import main
-from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.errors import OptionError
-from medseg_mem.memory.measure import MemoryReading
+from medseg_mem.core.config import ModelConfig, TrainConfig
+from medseg_mem.core.errors import OptionError
+from medseg_mem.memory import MemoryReading
 from medseg_mem.models.build import inference_state_dict, load_networks
 from medseg_mem.models.label_net import LabelUNet3D
 from medseg_mem.models.unet import UNet3D
-from medseg_mem.training.deep_supervision import DeepSupervisionLoss
+from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.loop import StageJob, make_loss, train_stage
 from medseg_mem.training.sampling import StageData
 from medseg_mem.variants import get_variant
@@ -80,6 +80,30 @@ def test_the_loss_is_the_weighted_sum_over_nearest_downsampled_labels():
     assert torch.allclose(DeepSupervisionLoss(plain, outputs=3)(logits, label), by_hand, rtol=0, atol=1e-6)
 
 
+def test_monais_deep_supervision_loss_differs_only_in_how_it_downsamples_the_label():
+    """Why ours is kept beside ``monai.losses.DeepSupervisionLoss`` (MONAI 1.6.1): given our weights it sums the same
+    terms, but it resizes the label with ``F.interpolate(mode="nearest-exact")``, which refuses int64 labels and, on
+    float ones, samples the centre of each ``2**k`` block (voxel ``2**k * i + 2**k // 2``) where ours (and PyTorch's
+    ``nearest``) takes its first voxel: another loss. With our label downsampling swapped in the two are equal."""
+    from monai.losses import DeepSupervisionLoss as MonaiDeepSupervisionLoss
+
+    from medseg_mem.models.deep_supervision import downsampled_label, supervision_weights
+
+    torch.manual_seed(2)
+    logits = [torch.randn(2, K, 8, 8, 4), torch.randn(2, K, 4, 4, 2), torch.randn(2, K, 2, 2, 1)]
+    label = torch.randint(0, K, (2, 1, 8, 8, 4))
+    plain = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    ours = DeepSupervisionLoss(plain, outputs=3)(logits, label)
+    monai = MonaiDeepSupervisionLoss(plain, weights=supervision_weights(3))
+    with pytest.raises(NotImplementedError):
+        monai(logits, label)  # int64 labels: "compute_indices_weights_nearest" not implemented for 'Long'
+    assert not torch.allclose(monai(logits, label.float()), ours, rtol=0, atol=1e-3)
+    centre = F.interpolate(label.float(), size=(4, 4, 2), mode="nearest-exact")
+    assert torch.equal(centre, label[:, :, 1::2, 1::2, 1::2].float())
+    monai.get_loss = lambda output, target: plain(output, downsampled_label(target, target.shape[2] // output.shape[2]))
+    assert torch.equal(monai(logits, label), ours)
+
+
 def test_make_loss_supervises_every_output_only_for_a_deep_supervised_model():
     stage, train = get_variant("full").stages()[0], TrainConfig()
     assert isinstance(make_loss(stage, train, None, DS_MODEL), DeepSupervisionLoss)
@@ -123,20 +147,21 @@ def test_the_planner_counts_the_heads():
     from medseg_mem.memory.planner import plan_variant
 
     plain, supervised = ModelConfig(channels=(4, 8, 16)), ModelConfig(channels=(4, 8, 16), deep_supervision=True)
-    for mode in ("inference", "training"):
-        without = plan_variant("full", (1, 16, 16, 16), K, model=plain, mode=mode)
-        with_heads = plan_variant("full", (1, 16, 16, 16), K, model=supervised, mode=mode)
+    for train in (None, TrainConfig(batch_size=1, channels_last=False)):  # inference, then training
+        without = plan_variant("full", (1, 16, 16, 16), K, model=plain, train=train)
+        with_heads = plan_variant("full", (1, 16, 16, 16), K, model=supervised, train=train)
         assert with_heads.resident_bytes > without.resident_bytes
     assert with_heads.traced_bytes > without.traced_bytes  # training: the heads' outputs and the loss terms
 
 
 @pytest.fixture(scope="module")
-def ds_run(prepared_default, tmp_path_factory):
-    """A tiny deep-supervised patch run, evaluated with test-time mirroring: (run folder, results CSV, output)."""
+def ds_run(tiny_prepared, tmp_path_factory):
+    """A tiny deep-supervised patch run on the tiny task, evaluated with test-time mirroring: (run folder, results
+    CSV, output)."""
     root = tmp_path_factory.mktemp("ds-run")
-    args = ["--data", str(prepared_default), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
+    args = ["--data", str(tiny_prepared.root), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr("medseg_mem.training.run.measure_variant_memory",
+        patch.setattr("medseg_mem.runner.run.measure_variant_memory",
                       lambda *a, **k: MemoryReading(0, "stub", "cpu"))  # fmt: skip
         result = CliRunner().invoke(main, ["run", "--variant", "patch", *args, "--steps", "2", "--val-every", "1",
                                            "--channels", "2,4,8", "--deep-supervision", "--tta", "--quiet"])  # fmt: skip
@@ -154,7 +179,7 @@ def test_a_deep_supervised_run_records_both_options(ds_run):
 
 
 def test_exports_leave_the_heads_behind_and_keep_the_main_output(ds_run, tmp_path):
-    from medseg_mem.export import export_bundle
+    from medseg_mem.export.bundle import export_bundle
 
     run, _, _ = ds_run
     saved = load_checkpoint(run / "patch" / "best.pt")
@@ -171,10 +196,10 @@ def test_exports_leave_the_heads_behind_and_keep_the_main_output(ds_run, tmp_pat
     LabelUNet3D(1, K, channels=(2, 4, 8)).load_state_dict(weights)
 
 
-def test_predict_with_tta_on_both_engines(ds_run, prepared_default, tmp_path):
+def test_predict_with_tta_on_both_engines(ds_run, tiny_prepared, tmp_path):
     pytest.importorskip("onnxruntime")
     run, _, _ = ds_run
-    manifest = json.loads((prepared_default / "manifest.json").read_text())
+    manifest = json.loads((tiny_prepared.root / "manifest.json").read_text())
     scan = Path(manifest["source"]) / manifest["cases"][0]["image"]
     labels = {}
     for engine in ("torch", "onnxruntime"):

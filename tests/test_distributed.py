@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
+from medseg_mem.core.files.checkpoint import load_checkpoint
+from hang_guard import HANG_GUARD_S
 
 RUN = ["run", "--variant", "full", "--val-every", "3", "--channels", "2,4", "--quiet", "--lr-schedule", "constant",
        "--seed", "7"]  # fmt: skip
@@ -55,7 +56,7 @@ def launch(folder, args, nproc=2):
     runner = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", str(nproc), "--master_addr",
               "127.0.0.1", "--master_port", str(free_port())] if nproc > 1 else []  # fmt: skip
     done = subprocess.run([sys.executable, *runner, str(script), str(folder), *args], capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
+                          timeout=HANG_GUARD_S)  # fmt: skip
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return done.stdout
 
@@ -72,6 +73,7 @@ def two_ranks(prepared_default, tmp_path_factory):
     return folder, out
 
 
+@pytest.mark.slow
 def test_two_ranks_write_once_and_end_with_the_same_weights(two_ranks):
     folder, out = two_ranks
     (run,) = (folder / "runs").iterdir()
@@ -85,6 +87,7 @@ def test_two_ranks_write_once_and_end_with_the_same_weights(two_ranks):
         assert torch.equal(ranks[0][name], ranks[1][name]) and torch.equal(ranks[0][name], saved[name]), name
 
 
+@pytest.mark.slow
 def test_two_ranks_train_like_one_process_with_the_global_batch(two_ranks, prepared_default, tmp_path):
     folder, _ = two_ranks
     launch(tmp_path, [*RUN, "--steps", "3", "--batch-size", "2", *paths(prepared_default, tmp_path)], nproc=1)
@@ -100,6 +103,7 @@ def test_two_ranks_train_like_one_process_with_the_global_batch(two_ranks, prepa
     assert not torch.equal(flat[0], flat[1])  # not a single process in disguise
 
 
+@pytest.mark.slow
 def test_a_stopped_two_rank_run_resumes_as_if_never_stopped(two_ranks, prepared_default, tmp_path):
     """A run stopped after step 3 of 6 leaves last.pt at step 3, run.json and no rows: the finished 3-step run,
     told it has 6 steps (constant learning rate, so steps 1-3 are the same), is that state."""
@@ -142,7 +146,7 @@ def test_nproc_hands_the_same_command_to_torchrun(monkeypatch, given):
     from medseg_mem.cli import main
 
     started = []
-    monkeypatch.setattr("medseg_mem.training.launch.subprocess.run",
+    monkeypatch.setattr("medseg_mem.runner.launch.subprocess.run",
                         lambda command: started.append(command) or subprocess.CompletedProcess(command, 3))  # fmt: skip
     result = CliRunner().invoke(main, ["run", "--variant", "full", *given, "--steps", "3"])
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
@@ -160,7 +164,7 @@ def test_bad_nproc_is_a_one_line_error(monkeypatch, nproc, world, message):
     from medseg_mem.cli import main
 
     monkeypatch.setenv("WORLD_SIZE", world)
-    monkeypatch.setattr("medseg_mem.training.launch.subprocess.run", pytest.fail)
+    monkeypatch.setattr("medseg_mem.runner.launch.subprocess.run", pytest.fail)
     result = CliRunner().invoke(main, ["run", "--nproc", nproc])
     assert result.exit_code != 0 and message in result.output
     assert [line for line in result.output.splitlines() if line.startswith("Error")] == [result.output.splitlines()[-1]]

@@ -6,7 +6,7 @@ import copy
 import pytest
 import torch
 
-from medseg_mem.inference.precision import half_convolutions, with_precision
+from medseg_mem.core.precision import half_convolutions, with_precision
 from medseg_mem.memory.trace import LiveSetTracer
 from medseg_mem.models import lean
 from medseg_mem.models.build import channels_last_layout

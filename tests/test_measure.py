@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from medseg_mem.errors import OptionError
-from medseg_mem.memory.measure import MeasurementError, MemoryReading, measure_peak
+from medseg_mem.core.errors import OptionError
+from medseg_mem.memory import MeasurementError, MemoryReading, measure_peak
 
 
 def allocate_setup(n_bytes):

@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.config import ModelConfig
+from medseg_mem.core.config import ModelConfig, TrainConfig
 from test_predict import bright_scan, make_run, save_tilted
 
 TINY_RUN = ["--channels", "2,4", "--steps", "1", "--val-every", "1", "--quiet"]
@@ -63,12 +63,14 @@ def test_run_refuses_a_plan_over_the_budget_in_one_line_with_the_levers(tmp_path
     assert not any((tmp_path / "runs").iterdir()) and not (tmp_path / "r.csv").exists()  # before any training
 
 
+@pytest.mark.slow
+@pytest.mark.memory_probe
 def test_no_memory_check_trains_anyway_and_files_the_plan(tmp_path, prepared_default, small_process):
     result = invoke(*run_args(tmp_path, prepared_default, "--variant", "patch", "--budget", "340MiB",
                               "--no-memory-check"))  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "(over it: --no-memory-check runs it anyway)" in result.output
-    from medseg_mem.results import read_results
+    from medseg_mem.report.results import read_results
 
     row = read_results(tmp_path / "r.csv").iloc[0]
     assert row.planned_process_bytes > row.planned_bytes > 0 and row.train_planned_process_bytes > 0
@@ -98,8 +100,9 @@ def test_the_lower_bound_never_exceeds_the_trace():
         ((4, 8, 16), (8, 16, 32, 64, 128), (32, 64, 128)), ("full", "patch", "cascade"), ("fp32", "bf16"),
         (False, True)
     ):  # fmt: skip
-        plan = plan_variant(variant, (1, 32, 32, 48), 3, ModelConfig(channels=channels, slab_size=8), batch=2,
-                            mode="training", precision=precision, checkpointing=checkpointing, cache_bytes=0,
+        train = TrainConfig(batch_size=2, precision=precision, checkpointing=checkpointing, cache_bytes=0,
+                            channels_last=False)  # fmt: skip
+        plan = plan_variant(variant, (1, 32, 32, 48), 3, ModelConfig(channels=channels, slab_size=8), train,
                             device="cuda", validation=False)  # fmt: skip
         floor = training_floor(variant, (1, 32, 32, 48), 2, 8, channels[0], precision)
         assert floor <= plan.predicted_bytes - plan.host_bytes, (channels, variant, precision, checkpointing)
@@ -107,7 +110,7 @@ def test_the_lower_bound_never_exceeds_the_trace():
 
 def test_slab_variants_are_those_with_a_full_resolution_slab_stage():
     from medseg_mem.memory.bound import SLAB_VARIANTS
-    from medseg_mem.names import VARIANT_NAMES
+    from medseg_mem.core.names import VARIANT_NAMES
     from medseg_mem.variants import get_variant
 
     slab = {n for n in VARIANT_NAMES if any(s.slab and s.scale == 1.0 for s in get_variant(n).stages())}

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_mem.prepare_config import PrepareConfig
+from medseg_mem.core.prepare_config import PrepareConfig
 from medseg_mem.data.msd import case_id_of, read_task
-from medseg_mem.errors import DatasetError
+from medseg_mem.core.errors import DatasetError
 
 
 def run_prepare(task: Path, tmp_path: Path, **options):

@@ -23,11 +23,9 @@ import torch
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.memory.measure import MemoryReading
 
 VARIANTS = ("full", "patch", "cascade")
 STAGES = {"full": ["full"], "patch": ["patch"], "cascade": ["stage1", "stage2"]}
-TINY = ["--steps", "2", "--val-every", "1", "--channels", "2,4", "--quiet"]
 INSTALLED = {name: importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime")}
 HAS_ORT = all(INSTALLED.values())
 needs_ort = pytest.mark.skipif(not HAS_ORT, reason="onnx/onnxruntime not installed: pip install '.[onnx]'")
@@ -42,18 +40,11 @@ def error_lines(result):
 
 
 @pytest.fixture(scope="module")
-def runs(prepared_default, tmp_path_factory):
-    """``{variant: run folder}``: one tiny trained run of each variant."""
-    root = tmp_path_factory.mktemp("onnx-runs")
-    with pytest.MonkeyPatch.context() as patch:
-        stub = lambda *a, **k: MemoryReading(0, "stub", "cpu")  # noqa: E731
-        patch.setattr("medseg_mem.training.run.measure_variant_memory", stub)
-        args = ["--data", str(prepared_default), "--results", str(root / "r.csv"), "--runs", str(root / "runs")]
-        result = invoke("run", "--variant", "all", *args, *TINY)
-    assert result.exit_code == 0, result.output
-    folders = {json.loads((run / "run.json").read_text())["variant"]: run for run in (root / "runs").iterdir()}
-    assert sorted(folders) == sorted(VARIANTS)
-    return folders
+def runs(trained_runs, tmp_path_factory):
+    """``{variant: run folder}``: copies of the session's tiny trained runs on the embedded default (exports write
+    into them)."""
+    root, shared = tmp_path_factory.mktemp("onnx-runs"), {v: trained_runs(v, data="default") for v in VARIANTS}
+    return {v: Path(shutil.copytree(run, root / v / run.name)) for v, run in shared.items()}
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +58,8 @@ def scan(prepared_default) -> Path:
 
 def torch_and_onnx_logits(run: Path, onnx_dir: Path, stage: str, x: torch.Tensor):
     """The stage's logits of ``x`` from PyTorch (as predict loads it) and from its ONNX model."""
+    from medseg_mem.export.onnx_format import OnnxNetwork
     from medseg_mem.models.build import load_networks
-    from medseg_mem.onnx_engine import OnnxNetwork
 
     net = load_networks({stage: run / stage / "best.pt"}, torch.device("cpu"), channels_last=True)[stage]
     with torch.inference_mode():
@@ -109,7 +100,7 @@ def test_export_writes_one_model_per_stage_and_the_recipe(runs, tmp_path, varian
 def test_both_engines_segment_a_scan_alike(runs, scan, tmp_path, variant):
     from medseg_mem.predict import predict
     from medseg_mem.predict.segment import Segmenter
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.variants.trained_run import open_trained_run
 
     assert invoke("export", "--format", "onnx", "--checkpoint", str(runs[variant])).exit_code == 0
     labels, seconds = {}, {}
@@ -123,7 +114,7 @@ def test_both_engines_segment_a_scan_alike(runs, scan, tmp_path, variant):
     segmenter = Segmenter(open_trained_run(runs[variant]), torch.device("cpu"), engine="onnxruntime")
     image = segmenter.preprocess(scan)["image"].as_tensor()[None].float()
     stage = STAGES[variant][-1]
-    guide = torch.rand(1, segmenter.nets[stage].session.get_inputs()[0].shape[1] - 1, *image.shape[2:])
+    guide = torch.rand(1, segmenter.run.nets[stage].session.get_inputs()[0].shape[1] - 1, *image.shape[2:])
     x = torch.cat([image, guide], dim=1) if variant == "cascade" else image
     expected, got = torch_and_onnx_logits(runs[variant], runs[variant] / "onnx", stage, x)
     difference = float((got - expected).abs().max())
@@ -135,8 +126,8 @@ def test_both_engines_segment_a_scan_alike(runs, scan, tmp_path, variant):
 
 @needs_ort
 def test_predict_exports_to_a_temporary_folder_when_the_run_has_none_or_a_stale_one(runs, scan, tmp_path):
-    from medseg_mem.onnx_engine import export_problem
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.export.onnx_engine import export_problem
+    from medseg_mem.variants.trained_run import open_trained_run
 
     run, onnx_dir = runs["cascade"], runs["cascade"] / "onnx"
     result = invoke("predict", "--quiet", "--checkpoint", str(run), str(scan), "--out", str(tmp_path / "torch"))
@@ -168,7 +159,7 @@ def test_predict_exports_to_a_temporary_folder_when_the_run_has_none_or_a_stale_
 
 @needs_ort
 def test_a_failed_export_keeps_the_previous_model_and_leaves_no_recipe(runs, tmp_path, monkeypatch):
-    from medseg_mem import export_onnx as export_module
+    from medseg_mem.export import onnx as export_module
 
     out = tmp_path / "onnx"
     assert invoke("export", "--format", "onnx", "--checkpoint", str(runs["cascade"]), "--out", str(out)).exit_code == 0

@@ -8,22 +8,24 @@ import pandas as pd
 import pytest
 import torch
 
-from medseg_mem.config import RunRequest, TrainConfig
-from medseg_mem.errors import MedsegError, OptionError
-from medseg_mem.training.out_of_fold import folds, guidance_path, predict_cases
-from medseg_mem.training.run import run_variants
+from medseg_mem.core.changes import RunChanges
+from medseg_mem.core.config import RunRequest, TrainConfig
+from medseg_mem.core.errors import MedsegError, OptionError
+from medseg_mem.runner.out_of_fold import folds, predict_cases
+from medseg_mem.runner.run import run_variants
+from medseg_mem.runner.variant import check_snapshots
+from medseg_mem.training.guidance_files import guidance_path
 from medseg_mem.training.sampling import StageData
-from medseg_mem.training.variant import check_snapshots
 from medseg_mem.variants import get_variant
 from test_wallclock import MODEL, TINY, StepClock
 
-PREDICTED = (("stage2_guidance", "predicted"),)
+PREDICTED = {"stage2_guidance": "predicted"}
 
 
 def request(tiny_prepared, tmp_path, steps=3, **train):
-    overrides = TINY + (("steps", steps), ("val_every", 1)) + PREDICTED + tuple(train.items())
+    changes = RunChanges.of(**{**TINY, "steps": steps, "val_every": 1, **PREDICTED, **train})
     return RunRequest(("cascade",), tiny_prepared.root, tmp_path / "results.csv", tmp_path / "runs",
-                      overrides=overrides, progress=False)  # fmt: skip
+                      changes=changes, progress=False)  # fmt: skip
 
 
 @pytest.mark.parametrize("n, k", [(10, 2), (11, 3), (5, 5)])

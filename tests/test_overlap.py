@@ -8,13 +8,13 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from medseg_mem.config import InferenceConfig, ModelConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.precision import with_precision
 from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
-from medseg_mem.inference.precision import with_precision
-from medseg_mem.inference.slab import SlabInferer
+from medseg_mem.inference import SlabInferer
 from medseg_mem.models.unet import UNet3D
-from medseg_mem.variants import get_variant
+from medseg_mem.variants import TrainedVariant, get_variant
 
 
 @pytest.mark.parametrize("overlap", [0.1, 0.25, 0.5])
@@ -121,7 +121,7 @@ def test_every_variant_segments_with_overlap_and_bf16(name):
     nets = {s.name: UNet3D(s.in_channels(1, 3, model), 3, model.channels).eval() for s in variant.stages()}
     image = torch.randn(1, 1, 16, 16, 30)
     with torch.inference_mode():
-        fp32 = variant.segment(nets, image, model, 3)
-        bf16 = variant.segment(nets, image, model, 3, inference=InferenceConfig(2, 0.5, "bf16"))
+        fp32 = TrainedVariant(variant, nets, model, 3).segment(image)
+        bf16 = TrainedVariant(variant, nets, model, 3, InferenceConfig(2, 0.5, "bf16")).segment(image)
     assert bf16.dtype == torch.uint8 and bf16.shape == fp32.shape == (1, 1, 16, 16, 30)
     assert (bf16 == fp32).float().mean() > 0.5  # the same network, rounded differently and blended

@@ -2,6 +2,7 @@
 per case of a run, one-line errors) and ``predict --overlay``."""
 
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -13,12 +14,9 @@ from PIL import Image
 import medseg_mem.overlay.show as show_module
 import medseg_mem.predict.overlay as predict_overlay
 from medseg_mem.cli import main
-from medseg_mem.config import RunRequest
 from medseg_mem.overlay import figure as overlay_figure
 from medseg_mem.overlay.planes import focus_point, inner_outline, outer_outline, outlines, plane
-from medseg_mem.training.run import run_variants
 from test_predict import analytic, bright_scan, make_run, save_tilted  # noqa: F401 - analytic is a fixture
-from test_wallclock import TINY
 
 NAMES = ("background", "left", "right")
 RED, GREEN = (255, 0, 0), (0, 255, 0)
@@ -84,13 +82,12 @@ def test_the_png_shows_the_outlines_where_the_label_maps_have_their_boundaries(t
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_prepared):
-    """A 2-step ``full`` run of the tiny task: its runs folder and run folder."""
-    base = tmp_path_factory.mktemp("show")
-    request = RunRequest(("full",), tiny_prepared.root, base / "results.csv", base / "runs",
-                         overrides=TINY + (("steps", 2), ("val_every", 2)), progress=False)  # fmt: skip
-    (result,) = run_variants(request, lambda *_: None)
-    return base / "runs", base / "runs" / result.run_id
+def tiny_run(tmp_path_factory, trained_runs):
+    """A copy of the session's 2-step ``full`` run of the tiny task (``show`` draws into it): its runs folder and run
+    folder."""
+    shared = trained_runs("full")
+    runs = tmp_path_factory.mktemp("show") / "runs"
+    return runs, Path(shutil.copytree(shared, runs / shared.name))
 
 
 def test_show_draws_a_png_per_test_case_into_the_run_folder(tiny_run, tiny_prepared):
@@ -114,7 +111,8 @@ def test_show_draws_the_variants_prediction_and_the_cases_ground_truth(tiny_run,
     case = tiny_prepared.load(case_id)
     np.testing.assert_array_equal(prediction, np.asarray(case.image[0]) > 0)  # the analytic "network"
     np.testing.assert_array_equal(truth, case.label[0])
-    assert names == NAMES and drawn["kw"]["title"].startswith(f"{case_id}: run {tiny_run[1].name} (full)\nDice left")
+    assert names == NAMES
+    assert drawn["kw"]["title"].startswith(f"{case_id}: run {tiny_run[1].name} (full)\nDice (%) left")
 
 
 @pytest.mark.parametrize("args, says", [

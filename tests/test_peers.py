@@ -13,8 +13,9 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 
-from medseg_mem.memory.measure import MemoryReading
-from medseg_mem.results import append_rows, read_results
+from medseg_mem.memory import MemoryReading
+from medseg_mem.report.results import append_rows, read_results
+from hang_guard import HANG_GUARD_S
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 #: Runs a script as ``__main__`` with ``nnunetv2`` unimportable, for a Python that has it installed.
@@ -37,7 +38,7 @@ def test_nnunet_peer_without_nnunetv2_is_a_one_line_error(tmp_path):
         command = [sys.executable, *args]
     else:  # this Python has it: hide it from the script
         command = [sys.executable, "-c", WITHOUT_NNUNET, *args]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
@@ -86,7 +87,8 @@ def test_nnunet_data_converted_for_another_split_is_refused(tmp_path, capsys):
 def peer_csv(path: Path, method: str) -> Path:
     """A results CSV with one medseg-mem ``full`` run and one nnU-Net peer run, both on the CPU with ``method``."""
     peers = load_script("peers_common")
-    dataset = SimpleNamespace(name="Hippocampus", class_names=["background", "Anterior", "Posterior"])
+    dataset = SimpleNamespace(name="Hippocampus", class_names=["background", "Anterior", "Posterior"],
+                              modalities=["MRI"], manifest={"preprocessing": {}}, split={"train": ["a"]})
     evaluation = SimpleNamespace(dice=[0.88, 0.86], seconds_per_case=0.9, n_cases=52)
     memory = MemoryReading(300 * 2**20, method, "cpu")
     run = peers.PeerRun("nnunet-3d_fullres", evaluation, memory, 2 * 2**30, 75, 900.0, {"seed": 0, "inferer": "x"})
@@ -121,11 +123,12 @@ def test_compare_shows_a_peer_beside_medseg_mems_run(tmp_path):
     assert any(line.startswith("Hippocampus,cpu,proc.clear_refs+VmHWM,peer,nnunet-3d_fullres,") for line in table)
 
 
+@pytest.mark.slow
 def test_monai_unet_peer_trains_tests_and_files_rows(tiny_prepared, tmp_path):
     results = tmp_path / "results.csv"
     command = [sys.executable, str(BENCHMARKS / "peer_monai_unet.py"), "--minutes", "0.05", "--val-every", "2",
                "--prepared", str(tiny_prepared.root), "--work", str(tmp_path / "work"), "--results", str(results)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 0, done.stderr[-3000:]
     frame = read_results(results)
     assert set(frame["source"]) == {"peer"} and set(frame["variant"]) == {"monai-unet"}
@@ -146,7 +149,7 @@ def test_monai_unet_peer_refuses_a_malformed_results_csv_before_training(tiny_pr
     bad.write_text("name,score\nx,1\n")
     command = [sys.executable, str(BENCHMARKS / "peer_monai_unet.py"), "--minutes", "5", "--prepared",
                str(tiny_prepared.root), "--work", str(tmp_path / "work"), "--results", str(bad)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=HANG_GUARD_S)
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("peer_monai_unet.py: error:") and "is not a results CSV" in lines[0]

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_mem.checkpoint import save_checkpoint
-from medseg_mem.config import ModelConfig
+from medseg_mem.core.files.checkpoint import save_checkpoint
+from medseg_mem.core.config import ModelConfig
 from medseg_mem.data.transforms import make_settings
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.predict import predict
-from medseg_mem.predict.trained_run import open_trained_run
+from medseg_mem.variants.trained_run import open_trained_run
 from medseg_mem.predict.files import collect_inputs, plan_outputs
 from medseg_mem.models.build import build_network
 from medseg_mem.variants import get_variant
@@ -69,15 +69,17 @@ def save_tilted(array: np.ndarray, path: Path, affine: np.ndarray = TILTED) -> P
     return path
 
 
-def threshold_probabilities(self, nets, image, model, num_classes, inference=None):
+def threshold_probabilities(self, run, image):
     """Analytic stand-in for a trained variant: class 1 where the first channel is above zero."""
     bright = (image[:, :1] > 0).float()
-    rest = torch.zeros_like(bright).repeat(1, num_classes - 2, 1, 1, 1)
+    rest = torch.zeros_like(bright).repeat(1, run.num_classes - 2, 1, 1, 1)
     return torch.cat([1 - bright, bright, rest], dim=1)
 
 
-def threshold_labels(self, nets, image, model, num_classes, device=None, inference=None):
-    """The label map of :func:`threshold_probabilities`, as ``segment`` returns it (uint8)."""
+def threshold_labels(self, run, image):
+    """The label map of :func:`threshold_probabilities`, as ``segment`` returns it (uint8, where ``run`` keeps
+    label maps)."""
+    device = next(iter(run.stages.values())).device
     return (image[:, :1] > 0).to(torch.uint8).to(device or image.device)
 
 

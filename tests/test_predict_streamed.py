@@ -12,28 +12,27 @@ from full_size_reference import full_size_probabilities
 from test_predict import CLASSES, bright_scan, make_run, save_tilted
 from test_streamed import rounding_net
 
-import medseg_mem.predict.segment as segment_module
+import medseg_mem.variants.trained as trained_module
 from medseg_mem.data.transforms import make_settings
-from medseg_mem.device import resolve_device
-from medseg_mem.predict import predict
-from medseg_mem.inference.slab import cut_slab
+from medseg_mem.core.device import resolve_device
+from medseg_mem.predict import Segmenter, predict
+from medseg_mem.inference import cut_slab
 from medseg_mem.predict.files import SpilledImage, write_label_map
 from medseg_mem.predict.restore import restore_grid
-from medseg_mem.predict.segment import Segmenter
-from medseg_mem.predict.trained_run import open_trained_run
+from medseg_mem.variants.trained_run import open_trained_run
 from medseg_mem.variants import get_variant
 
 
 @pytest.fixture
 def varied(monkeypatch):
     """The run's random U-Nets plus a rounding term, so that all three classes occur in the label map."""
-    load = segment_module.load_networks
+    load = trained_module.load_networks
 
-    def load_varied(paths, device, channels_last=False, precision="fp32"):
-        nets = load(paths, device, channels_last, precision)
+    def load_varied(paths, device, channels_last=False, precision="fp32", specs=None):
+        nets = load(paths, device, channels_last, precision, specs)
         return {name: (lambda x, net=net: net(x) + 3 * rounding_net(len(CLASSES))(x)) for name, net in nets.items()}
 
-    monkeypatch.setattr(segment_module, "load_networks", load_varied)
+    monkeypatch.setattr(trained_module, "load_networks", load_varied)
 
 
 def full_size_prediction(run, scan) -> np.ndarray:
@@ -43,7 +42,7 @@ def full_size_prediction(run, scan) -> np.ndarray:
     data = segmenter.preprocess(scan)
     with torch.inference_mode():
         image = data["image"].as_tensor()[None].float()
-        probabilities = full_size_probabilities(trained.variant, segmenter.nets, image, trained.model,
+        probabilities = full_size_probabilities(trained.variant, segmenter.run.nets, image, trained.model,
                                                 trained.num_classes)[0].float().cpu()  # fmt: skip
     return restore_grid(segmenter.pipeline, data, probabilities.clone(), scan)
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from medseg_mem.prepare_config import PrepareConfig
+from medseg_mem.core.prepare_config import PrepareConfig
 from medseg_mem.data.prepare import prepare
 from medseg_mem.data.prepared import FORMAT, PreparedDataset, make_split
-from medseg_mem.errors import DatasetError, MedsegError
+from medseg_mem.core.errors import DatasetError, MedsegError
 
 
 def run(task, out, **options):

@@ -11,10 +11,11 @@ import pytest
 HIPPOCAMPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 @pytest.mark.skipif(not HIPPOCAMPUS.is_dir(), reason=f"real data not present at {HIPPOCAMPUS}")
 def test_prepare_hippocampus(tmp_path):
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
     from medseg_mem.data.prepared import PreparedDataset
 

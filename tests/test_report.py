@@ -5,12 +5,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory import units
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core import units
 from medseg_mem.report import compare, format_bytes, format_table
 from medseg_mem.report.format import format_size
 from medseg_mem.report.tables import build_groups
-from medseg_mem.results import RESULT_COLUMNS, append_rows, read_results
+from medseg_mem.report.results import RESULT_COLUMNS, append_rows, read_results
 
 CPU = "rss-above-baseline (isolated process)"
 CUDA = "torch.cuda.max_memory_allocated"
@@ -71,7 +71,7 @@ def test_one_table_per_dataset_with_variants_in_order_and_mean_dice(results_csv)
 
 def test_format_table_shows_percent_dice_and_human_memory(results_csv):
     text = format_table(read_results(results_csv).query("dataset == 'Task01_BrainTumour'"))
-    assert text.startswith("## Task01_BrainTumour — cpu, " + CPU)
+    assert text.startswith("## Task01_BrainTumour [unknown dataset] — cpu, " + CPU)
     lines = [line for line in text.splitlines() if line.startswith("| ")]
     assert [line.split("|")[1].strip() for line in lines[2:]] == ["full", "patch", "cascade"]
     assert "Dice % edema" in lines[0] and "Dice % enhancing tumor" in lines[0]
@@ -107,7 +107,7 @@ def test_devices_and_memory_methods_are_never_mixed(results_csv):
     assert all(any(note.startswith("WARNING: Task01_BrainTumour has run results on 2") for note in g.notes)
                for g in brain)  # fmt: skip
     text = format_table(read_results(results_csv))
-    assert "## Task01_BrainTumour — cuda, " + CUDA in text and text.count("> WARNING") == 2
+    assert "## Task01_BrainTumour [unknown dataset] — cuda, " + CUDA in text and text.count("> WARNING") == 2
 
 
 def test_benchmark_rows_form_their_own_table(results_csv):

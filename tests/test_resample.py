@@ -2,7 +2,7 @@
 
 import torch
 
-from medseg_mem.resample import encode_guidance, one_hot, resample_label, round_trip_label, scaled_size
+from medseg_mem.variants.resample import encode_guidance, one_hot, resample_label, round_trip_label, scaled_size
 
 
 def test_scaled_size_rounds_and_keeps_one_voxel():
@@ -34,7 +34,7 @@ def test_guidance_encodings():
 
 
 def test_one_hot_is_the_float_one_hot_of_each_label_map_dtype():
-    """MONAI's one_hot (re-exported by medseg_mem.resample) equals torch's, channel-first and float32."""
+    """MONAI's one_hot (re-exported by medseg_mem.variants.resample) equals torch's, channel-first and float32."""
     label = torch.randint(0, 4, (2, 1, 7, 9, 5))
     expected = torch.nn.functional.one_hot(label[:, 0], 4).movedim(-1, 1).float()
     for dtype in (torch.uint8, torch.int32, torch.int64, torch.float32):

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.prepare_config import PrepareConfig
-from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.errors import OptionError
-from medseg_mem.inference.slab import cut_slab, slab_starts
+from medseg_mem.core.config import ModelConfig, TrainConfig
+from medseg_mem.core.prepare_config import PrepareConfig
+from medseg_mem.data import PreparedDataset
+from medseg_mem.core.errors import OptionError
+from medseg_mem.inference import cut_slab, slab_starts
 from medseg_mem.data.cases import CaseStream
 from medseg_mem.training.sampling import RandStageSampled, StageData, StageInputsd
 from medseg_mem.variants import get_variant

@@ -4,7 +4,7 @@ import pytest
 import torch
 from monai.inferers import SlidingWindowInferer
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference import SlabInferer, cut_slab, slab_starts
 
 

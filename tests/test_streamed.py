@@ -7,14 +7,14 @@ import pytest
 import torch
 from full_size_reference import full_size_guidance, full_size_labels, full_size_probabilities
 
-from medseg_mem.config import ModelConfig
-from medseg_mem.errors import OptionError
-from medseg_mem.evaluate import dice_per_class
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference import SlabInferer, argmax_into, cut_slab, label_dtype, labels_of
+from medseg_mem.inference.metrics import dice_per_class
 from medseg_mem.models.unet import UNet3D
-from medseg_mem.resample import one_hot, resample_image
-from medseg_mem.variants import get_variant
+from medseg_mem.variants import TrainedVariant, get_variant
 from medseg_mem.variants.guided import GuidedSlabs
+from medseg_mem.variants.resample import one_hot, resample_image
 
 K = 3
 SIZES = [(10, 12, 21), (7, 9, 8), (11, 13, 33), (9, 6, 5)]  # odd sizes; 21, 33 and 5 leave a padded last slab
@@ -116,9 +116,9 @@ def test_every_variant_labels_equal_the_full_size_argmax(name, size, guidance):
     model = ModelConfig(channels=(2, 4, 8), slab_size=8, downsample=0.5, guidance=guidance)
     nets, image = networks(name, model), torch.randn(1, 1, *size) * 2
     with torch.inference_mode():
-        labels = get_variant(name).segment(nets, image, model, K, device="cpu")
+        labels = TrainedVariant(get_variant(name), nets, model, K, labels_device="cpu").segment(image)
         reference = full_size_labels(name, nets, image, model, K)
-        probabilities = get_variant(name).probabilities(nets, image, model, K)
+        probabilities = TrainedVariant(get_variant(name), nets, model, K).probabilities(image)
     assert labels.dtype == torch.uint8 and labels.shape == (1, 1, *size)
     assert torch.equal(labels.long(), reference) and len(reference.unique()) > 1
     assert torch.equal(probabilities, full_size_probabilities(name, nets, image, model, K))
@@ -130,7 +130,7 @@ def test_cascade_stitches_analytic_stages_exactly():
     image = torch.rand(1, 1, 9, 11, 13) * 2.2
     nets = {"stage1": rounding_net(), "stage2": lambda x: rounding_net()(x[:, 1:] * (K - 1))}
     with torch.inference_mode():
-        labels = get_variant("cascade").segment(nets, image, model, K)
+        labels = TrainedVariant(get_variant("cascade"), nets, model, K).segment(image)
         reference = full_size_labels("cascade", nets, image, model, K)
     assert torch.equal(labels.long(), reference) and len(labels.unique()) == K
 

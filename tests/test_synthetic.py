@@ -7,10 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from medseg_mem.data import synthetic
-from medseg_mem.data.prepared import PreparedDataset
+from medseg_mem.data import PreparedDataset, synthetic
 from medseg_mem.data.synthetic import make_case, write_default_task
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 
 def load(path):

@@ -6,11 +6,11 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.memory.choose import accuracy_order
 from medseg_mem.report import compare
+from medseg_mem.report.ranking import accuracy_order
+from medseg_mem.report.results import append_rows, read_results
 from medseg_mem.report.tables import build_groups
 from medseg_mem.report.time_plot import curve_points
-from medseg_mem.results import append_rows, read_results
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 DATASET = "Hippocampus"
@@ -77,7 +77,7 @@ def test_tables_and_the_auto_ranking_show_final_models_only(curves_csv):
     assert table.loc["full", "mean_dice"] == pytest.approx(0.88) and table.loc["full", "n_runs"] == 2
     assert table.loc["cascade", "mean_dice"] == pytest.approx(0.86) and table.loc["cascade", "n_runs"] == 1
     order, why = accuracy_order(curves_csv, DATASET)
-    assert order[:2] == ["cascade", "full"] and "cascade 0.860" in why  # full: mean of 0.70 and 0.88
+    assert order[:2] == ["cascade", "full"] and "cascade 86.00" in why  # full: mean of 70 and 88 %
 
 
 def test_the_compare_command_says_it_wrote_the_time_plot(curves_csv, tmp_path):

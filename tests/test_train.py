@@ -7,12 +7,12 @@ import pytest
 import torch
 
 import medseg_mem.training.loop as train_module
-from medseg_mem.checkpoint import load_checkpoint, save_checkpoint
-from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.config import ModelConfig, TrainConfig
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
 from medseg_mem.training.loop import StageJob, train_stage
 from medseg_mem.training.sampling import StageData
-from medseg_mem.variants import get_variant
+from medseg_mem.variants import TrainedVariant, get_variant
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)
@@ -126,13 +126,14 @@ def test_sgd_trains_with_nesterov_momentum_and_is_recorded(tmp_path, tiny_prepar
 def test_sgd_without_lr_trains_at_nnunets_rate_and_adam_at_the_profiles():
     from types import SimpleNamespace
 
-    from medseg_mem.config import RunRequest
-    from medseg_mem.training.settings import resolve_settings
+    from medseg_mem.core.changes import TrainChanges, RunChanges
+    from medseg_mem.core.config import RunRequest
+    from medseg_mem.runner.settings import resolve_settings
 
     dataset = SimpleNamespace(name="Hippocampus")
-    lr = {name: resolve_settings(RunRequest(overrides=tuple(options)), dataset)[1].lr
-          for name, options in (("adam", ()), ("sgd", [("optimizer", "sgd")]),
-                                ("sgd 3e-3", [("optimizer", "sgd"), ("lr", 3e-3)]))}  # fmt: skip
+    lr = {name: resolve_settings(RunRequest(changes=RunChanges(train=changes)), dataset)[1].lr
+          for name, changes in (("adam", TrainChanges()), ("sgd", TrainChanges(optimizer="sgd")),
+                                ("sgd 3e-3", TrainChanges(optimizer="sgd", lr=3e-3)))}  # fmt: skip
     assert lr == {"adam": 3e-4, "sgd": 1e-2, "sgd 3e-3": 3e-3}
 
 
@@ -182,7 +183,7 @@ def test_a_run_recorded_before_channels_last_resumes_contiguous(tmp_path):
     """``run.json`` of an older run has no ``channels_last``: it trained contiguous, so it resumes contiguous."""
     import json
 
-    from medseg_mem.training.settings import load_run_record, write_run_record
+    from medseg_mem.runner.settings import load_run_record, write_run_record
 
     write_run_record(tmp_path, {"run_id": "old"}, MODEL, TrainConfig())
     record = json.loads((tmp_path / "run.json").read_text())
@@ -196,7 +197,7 @@ def test_a_run_recorded_with_skip_empty_slabs_resumes_with_that_oversampling(tmp
     """``run.json`` of an older run has ``skip_empty_slabs``: it resumes drawing the same slabs."""
     import json
 
-    from medseg_mem.training.settings import load_run_record, write_run_record
+    from medseg_mem.runner.settings import load_run_record, write_run_record
 
     write_run_record(tmp_path, {"run_id": "old"}, MODEL, TrainConfig())
     record = json.loads((tmp_path / "run.json").read_text())
@@ -207,7 +208,7 @@ def test_a_run_recorded_with_skip_empty_slabs_resumes_with_that_oversampling(tmp
 
 
 def test_every_checkpoint_gets_a_sha256_that_load_checks(tmp_path):
-    from medseg_mem.digest import sha256_file, sidecar
+    from medseg_mem.core.files.digest import sha256_file, sidecar
 
     path = save_checkpoint(tmp_path / "best.pt", {**PAYLOAD, "state_dict": {"w": torch.arange(64.0)}})
     assert sidecar(path).read_text() == f"{sha256_file(path)}  best.pt\n"
@@ -227,7 +228,7 @@ def killed(*args, **kwargs):
 
 
 def test_a_crash_between_the_renames_leaves_a_checkpoint_that_matches_its_digest(tmp_path, monkeypatch):
-    import medseg_mem.atomic as atomic
+    import medseg_mem.core.files.atomic as atomic
 
     path = save_checkpoint(tmp_path / "last.pt", {**PAYLOAD, "step": 1})
     monkeypatch.setattr(atomic.os, "replace", killed)
@@ -235,7 +236,7 @@ def test_a_crash_between_the_renames_leaves_a_checkpoint_that_matches_its_digest
         save_checkpoint(path, {**PAYLOAD, "step": 2})
     monkeypatch.undo()
     assert load_checkpoint(path)["step"] == 1
-    monkeypatch.setattr("medseg_mem.digest.settle_digest", killed)
+    monkeypatch.setattr("medseg_mem.core.files.digest.settle_digest", killed)
     with pytest.raises(KeyboardInterrupt):  # killed after the rename, before the old digest was dropped
         save_checkpoint(path, {**PAYLOAD, "step": 3})
     monkeypatch.undo()
@@ -257,7 +258,7 @@ def test_a_checkpoint_write_that_fails_midway_keeps_the_previous_one(tmp_path, m
     import errno
     import io
 
-    from medseg_mem.atomic import WriteError
+    from medseg_mem.core.files.atomic import WriteError
 
     path = save_checkpoint(tmp_path / "last.pt", {**PAYLOAD, "step": 1})
     before, digest = path.read_bytes(), (tmp_path / "last.pt.sha256").read_bytes()
@@ -305,7 +306,7 @@ class CountingCases:
 
 @pytest.mark.parametrize("variant", ["full", "patch"])
 def test_validation_and_evaluation_hold_one_case_at_a_time(tmp_path, variant):
-    from medseg_mem.evaluate import evaluate_variant
+    from medseg_mem.runner.evaluation import evaluate_variant
 
     stage = get_variant(variant).stages()[0]
     net = torch.nn.Conv3d(1, K, 1)
@@ -313,5 +314,6 @@ def test_validation_and_evaluation_hold_one_case_at_a_time(tmp_path, variant):
     validation_job = StageJob(variant, stage, 1, K, MODEL, TrainConfig(), cases, tmp_path, torch.device("cpu"))
     assert len(train_module.validate(validation_job, net)) == K - 1 and cases.most == 1
     evaluated = CountingCases()
-    evaluate_variant(get_variant(variant), {stage.name: net}, evaluated, MODEL, K, torch.device("cpu"))
+    run = TrainedVariant(get_variant(variant), {stage.name: net}, MODEL, K)
+    evaluate_variant(run, evaluated, torch.device("cpu"))
     assert evaluated.most == 1

@@ -10,7 +10,7 @@ import pytest
 
 from medseg_mem.data import transforms
 from medseg_mem.data.transforms import build_preprocessing, make_settings
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 CT_STATS = {"scheme": "ct", "lower": -100.0, "upper": 300.0, "mean": 50.0, "std": 80.0}
 

@@ -10,10 +10,10 @@ import torch
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.config import InferenceConfig, ModelConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import InferenceConfig, ModelConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference.mirror import flips, mirrored, unmirrored_note
-from medseg_mem.variants import Stage, get_variant
+from medseg_mem.variants import Stage, TrainedVariant, get_variant
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=4, downsample=0.5)
@@ -46,9 +46,9 @@ def test_a_mirror_equivariant_network_gives_the_same_labels_with_and_without_tta
     nets = {s.name: pointwise(s.in_channels(1, K, MODEL), seed=i) for i, s in enumerate(variant.stages())}
     image = torch.randn(1, 1, 8, 10, 13)
     with torch.inference_mode():
-        plain = variant.segment(nets, image, MODEL, K)
-        mirrored_labels = variant.segment(nets, image, MODEL, K, inference=TTA)
-        probabilities = variant.probabilities(nets, image, MODEL, K, inference=TTA)
+        plain = TrainedVariant(variant, nets, MODEL, K).segment(image)
+        run = TrainedVariant(variant, nets, MODEL, K, TTA)
+        mirrored_labels, probabilities = run.segment(image), run.probabilities(image)
     assert torch.equal(plain, mirrored_labels)
     assert torch.allclose(probabilities.sum(dim=1), torch.ones(1, 8, 10, 13), atol=1e-5)
 
@@ -62,11 +62,11 @@ def test_tta_gives_the_mean_of_the_softmax_of_the_flipped_passes():
     two_axes = sum(torch.softmax(net(x.flip(dims)), dim=1).flip(dims) for dims in [(), (2,), (3,), (2, 3)]) / 4
     full = get_variant("full")
     with torch.inference_mode():
-        assert torch.allclose(full.probabilities({"full": net}, x, MODEL, K, inference=TTA), by_hand, atol=1e-6)
-        plain = full.probabilities({"full": net}, x, MODEL, K)
+        assert torch.allclose(TrainedVariant(full, {"full": net}, MODEL, K, TTA).probabilities(x), by_hand, atol=1e-6)
+        plain = TrainedVariant(full, {"full": net}, MODEL, K).probabilities(x)
         axes = InferenceConfig(tta=True, tta_axes=(0, 1))
-        assert torch.allclose(full.probabilities({"full": net}, x, MODEL, K, inference=axes), two_axes, atol=1e-6)
-        labels = full.segment({"full": net}, x, MODEL, K, inference=TTA)
+        assert torch.allclose(TrainedVariant(full, {"full": net}, MODEL, K, axes).probabilities(x), two_axes, atol=1e-6)
+        labels = TrainedVariant(full, {"full": net}, MODEL, K, TTA).segment(x)
     assert not torch.allclose(plain, by_hand, atol=1e-3)  # the network is not symmetric: mirroring matters
     assert torch.equal(labels.long(), by_hand.argmax(dim=1, keepdim=True))
 

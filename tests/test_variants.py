@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from medseg_mem.config import ModelConfig
-from medseg_mem.errors import MedsegError
-from medseg_mem.inference.slab import cut_slab
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.inference import cut_slab
 from medseg_mem.models.unet import UNet3D
-from medseg_mem.variants import REGISTRY, get_variant, resolve_variants
+from medseg_mem.variants import REGISTRY, TrainedVariant, get_variant, resolve_variants
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4, 8), slab_size=8, downsample=0.5)
@@ -45,8 +45,8 @@ class VariantContract:
         image, _ = sample(size)
         nets = networks(variant)
         with torch.inference_mode():
-            out = variant.segment(nets, image, MODEL, K)
-            probabilities = variant.probabilities(nets, image, MODEL, K)
+            run = TrainedVariant(variant, nets, MODEL, K)
+            out, probabilities = run.segment(image), run.probabilities(image)
         assert out.shape == (1, 1, *size) and out.dtype == torch.uint8
         assert torch.equal(out.long(), probabilities.argmax(dim=1, keepdim=True))
         assert torch.allclose(probabilities.sum(dim=1), torch.ones(1, *size), atol=1e-5)
@@ -78,8 +78,8 @@ class VariantContract:
         variant = self.variant()
         image, _ = sample(channels=4)
         with torch.inference_mode():
-            out = variant.probabilities(networks(variant, image_channels=4), image, MODEL, K)
-            labels = variant.segment(networks(variant, image_channels=4), image, MODEL, K)
+            run = TrainedVariant(variant, networks(variant, image_channels=4), MODEL, K)
+            out, labels = run.probabilities(image), run.segment(image)
         assert out.shape[1] == K and labels.shape == (1, 1, *image.shape[2:])
 
 
@@ -113,7 +113,7 @@ class TestCascade(VariantContract):
         assert x.shape == (1, 1 + extra, *image.shape[2:])
         assert torch.equal(x[:, :1], image)
         with torch.inference_mode():
-            out = self.variant().segment(networks(self.variant(), model), image, model, K)
+            out = TrainedVariant(self.variant(), networks(self.variant(), model), model, K).segment(image)
         assert out.shape == (1, 1, *image.shape[2:])
 
 
@@ -137,3 +137,28 @@ def test_unknown_variant_suggests_the_nearest_name():
 def test_all_expands_in_registry_order():
     assert resolve_variants(["all"]) == ["full", "patch", "cascade"]
     assert resolve_variants(["cascade", "full"]) == ["cascade", "full"]
+
+
+def test_a_trained_variant_builds_its_slab_inferers_once(monkeypatch):
+    import medseg_mem.variants.base as base_module
+
+    built = []
+    slab_inferer = base_module.SlabInferer
+    def counted(**settings):
+        built.append(settings.get("output", "logits"))
+        return slab_inferer(**settings)
+
+    monkeypatch.setattr(base_module, "SlabInferer", counted)
+    variant = get_variant("cascade")
+    run = TrainedVariant(variant, networks(variant), MODEL, K)
+    image, _ = sample()
+    with torch.inference_mode():
+        first, second, probabilities = run.segment(image), run.segment(image), run.probabilities(image)
+    assert built == ["logits", "labels"]  # stage 2's two, made with the object; stage 1 is whole-volume
+    assert torch.equal(first, second) and torch.equal(first.long(), probabilities.argmax(dim=1, keepdim=True))
+
+
+def test_a_trained_variant_without_a_stages_network_names_it():
+    variant = get_variant("cascade")
+    with pytest.raises(MedsegError, match="stage2"):
+        TrainedVariant(variant, {"stage1": networks(variant)["stage1"]}, MODEL, K)

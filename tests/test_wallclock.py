@@ -10,20 +10,22 @@ import pytest
 import torch
 
 import medseg_mem.training.loop as loop
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.config import ModelConfig, RunRequest, TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.changes import RunChanges
+from medseg_mem.core.config import ModelConfig, RunRequest, TrainConfig
+from medseg_mem.core.errors import OptionError
+from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.training.loop import StageJob, StageOutcome, train_stage
-from test_repeatable import train_in_new_process
-from medseg_mem.training.run import run_variants
+from medseg_mem.runner.run import run_variants
+from medseg_mem.runner.settings import load_run_record, write_run_record
+from medseg_mem.runner.snapshots import variant_snapshots
 from medseg_mem.training.sampling import StageData
-from medseg_mem.training.settings import load_run_record, write_run_record
-from medseg_mem.training.wallclock import StageTimes, stage_times, variant_snapshots
+from medseg_mem.training.wallclock import StageTimes, stage_times
+from fresh_process import train_in_new_process
 from medseg_mem.variants import get_variant
 
 K = 3
 MODEL = ModelConfig(channels=(2, 4), slab_size=8, downsample=0.5)
-TINY = (("channels", (2, 4)), ("slab_size", 8), ("downsample", 0.5), ("batch_size", 2), ("device", "cpu"))
+TINY = {"channels": (2, 4), "slab_size": 8, "downsample": 0.5, "batch_size": 2, "device": "cpu"}
 
 
 class StepClock:
@@ -152,7 +154,7 @@ def test_each_stage_gets_an_equal_share_of_what_the_stages_before_it_left():
 def test_a_resumed_stage_keeps_the_training_peak_its_first_process_recorded():
     from dataclasses import replace
 
-    from medseg_mem.training.wallclock import with_recorded_peaks
+    from medseg_mem.runner.snapshots import with_recorded_peaks
 
     resumed = {"stage1": replace(outcome(30.0), peak_bytes=10), "stage2": replace(outcome(30.0), peak_bytes=700)}
     earlier = {"trained": {"stage1": {"steps": 3, "peak_bytes": 500}}}  # stage 2 had not finished: no record
@@ -196,9 +198,9 @@ def test_time_limit_and_snapshots_survive_run_json(tmp_path):
 
 
 def request(tiny_prepared, tmp_path, variant, **train):
-    overrides = TINY + (("steps", 50), ("val_every", 100)) + tuple(train.items())
+    changes = RunChanges.of(**{**TINY, "steps": 50, "val_every": 100, **train})
     return RunRequest((variant,), tiny_prepared.root, tmp_path / "results.csv", tmp_path / "runs",
-                      overrides=overrides, progress=False)  # fmt: skip
+                      changes=changes, progress=False)  # fmt: skip
 
 
 def rows_by_budget(results):
@@ -278,9 +280,9 @@ def test_run_help_states_how_the_cascade_shares_the_time_limit():
     assert "validation included" in text and "poly then decays over the larger of the step and the time" in text
 
 
-def test_a_time_limit_and_snapshots_never_reached_change_no_bit(prepared_default, tmp_path):
+@pytest.mark.slow
+def test_a_time_limit_and_snapshots_never_reached_change_no_bit(seed_7_weights, tiny_prepared, tmp_path):
     """The wall clock only acts when it is reached, so the default run trains exactly as before --time-limit
     existed (and a run's seed still fixes its weights)."""
-    plain = train_in_new_process(prepared_default, tmp_path / "plain", 7)
-    timed = train_in_new_process(prepared_default, tmp_path / "timed", 7, "--time-limit", "600", "--snapshots", "300")
-    assert all(torch.equal(plain[name], timed[name]) for name in plain)
+    timed = train_in_new_process(tiny_prepared.root, tmp_path / "timed", 7, "--time-limit", "600", "--snapshots", "300")
+    assert all(torch.equal(seed_7_weights[name], timed[name]) for name in seed_7_weights)

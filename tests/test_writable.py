@@ -8,10 +8,10 @@ import tempfile
 
 import pytest
 
-from medseg_mem.atomic import WriteError, write_text_atomic
-from medseg_mem.errors import MedsegError
-from medseg_mem.results import RESULT_COLUMNS, append_rows
-from medseg_mem.writable import check_output_file, check_output_folder
+from medseg_mem.core.files.atomic import WriteError, write_text_atomic
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.report.results import RESULT_COLUMNS, append_rows
+from medseg_mem.core.files.writable import check_output_file, check_output_folder
 
 from disk_faults import install_full_disk
 

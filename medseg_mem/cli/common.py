@@ -1,14 +1,15 @@
-"""Shared pieces of the CLI: library errors become one-line click errors; the list of commands."""
+"""Shared pieces of the CLI: library errors become one-line click errors; option callbacks and builders that
+several commands share."""
 
 from __future__ import annotations
 
 import functools
 import math
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import click
 
-from medseg_mem.errors import MedsegError, OptionError
+from medseg_mem.core.errors import MedsegError, OptionError
 
 
 def library_errors(func: Callable) -> Callable:
@@ -35,23 +36,17 @@ class FiniteFloatRange(click.FloatRange):
         return number
 
 
-def COMMANDS() -> List[click.Command]:  # noqa: N802 - reads as a constant list at the call site
-    """All subcommands; each module imports only click and light modules at import time."""
-    from medseg_mem.cli import compare, export, plan, predict, prepare, run, show
-
-    return [prepare.prepare, run.run, compare.compare, plan.plan, predict.predict, export.export, show.show]
-
-
 def parse_overlap(ctx, param, value: Optional[float]) -> Optional[float]:
-    """``--overlap`` must be a fraction of a slab in [0, 0.5] (the rule of :func:`medseg_mem.config.check_overlap`)."""
-    from medseg_mem.inference_config import check_overlap
+    """``--overlap`` must be a fraction of a slab in [0, 0.5] (the rule of
+    :func:`medseg_mem.core.inference_config.check_overlap`)."""
+    from medseg_mem.core.inference_config import check_overlap
 
     return library_parse(check_overlap, "--overlap", value)
 
 
 def parse_budget(ctx, param, value: Optional[str]) -> Optional[int]:
     """``8GB``, ``512MiB`` or ``1.5e9`` -> bytes (``None``: use the device default)."""
-    from medseg_mem.memory.units import parse_bytes
+    from medseg_mem.core.units import parse_bytes
 
     return library_parse(parse_bytes, "--budget", value)
 
@@ -76,8 +71,8 @@ def slab_inference_options(func: Callable) -> Callable:
 
 
 def parse_tta_axes(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]]:
-    """``0,1`` -> the spatial axes ``--tta`` mirrors (the rule of :func:`medseg_mem.config.check_tta_axes`)."""
-    from medseg_mem.inference_config import check_tta_axes
+    """``0,1`` -> the spatial axes ``--tta`` mirrors (the rule of :func:`medseg_mem.core.config.check_tta_axes`)."""
+    from medseg_mem.core.inference_config import check_tta_axes
 
     def parse(text: str) -> Tuple[int, ...]:
         parts = [part.strip() for part in text.split(",")]

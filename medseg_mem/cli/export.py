@@ -1,5 +1,6 @@
-"""``medseg-mem export``: write a trained run into a MONAI bundle folder (:func:`medseg_mem.export.export_bundle`)
-or into ONNX models and their recipe (:func:`medseg_mem.export_onnx.export_onnx`)."""
+"""``medseg-mem export``: write a trained run into a MONAI bundle folder
+(:func:`medseg_mem.export.bundle.export_bundle`) or into ONNX models and their recipe
+(:func:`medseg_mem.export.onnx.export_onnx`)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ EXPORT_FORMATS = ("bundle", "onnx")
               help="bundle: models/*.pt and configs/metadata.json of a MONAI bundle; onnx: <stage>.onnx per "
                    "stage and recipe.json (needs pip install 'medseg-mem[onnx]').")
 @click.option("--checkpoint", required=True, type=click.Path(path_type=Path),
-              help="A run folder (medseg-work/runs/<run id>) or any .pt in it.")
+              help="A run folder, a run id in $MEDSEG_MEM_HOME/runs (else medseg-work/runs), or any .pt in a run.")
 @click.option("--bundle", "bundle_dir", type=click.Path(path_type=Path, file_okay=False),
               help="With --format bundle: the bundle of the run's variant, e.g. bundles/patch.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
@@ -39,13 +40,16 @@ def export(export_format, checkpoint, bundle_dir, out_dir) -> None:
       medseg-mem export --format bundle --checkpoint medseg-work/runs/<run id> --bundle bundles/patch
       medseg-mem export --format onnx --checkpoint medseg-work/runs/<run id>
     """
+    from medseg_mem.core.locations import run_folder
+
     check_targets(export_format, bundle_dir, out_dir)
+    checkpoint = run_folder(checkpoint)
     if export_format == "onnx":
-        from medseg_mem.export_onnx import export_onnx
+        from medseg_mem.export.onnx import export_onnx
 
         click.echo(export_onnx(checkpoint, out_dir).line())
         return
-    from medseg_mem.export import export_bundle
+    from medseg_mem.export.bundle import export_bundle
 
     click.echo(export_bundle(checkpoint, bundle_dir).line())
 

@@ -25,8 +25,8 @@ import click
 from medseg_mem.cli.common import library_errors, parse_budget, slab_inference_options, tta_config, tta_options
 from medseg_mem.cli.plan_target import plan_target, typed
 from medseg_mem.cli.training_options import parse_cache, parse_channels, parse_variants
-from medseg_mem.memory.units import format_bytes
-from medseg_mem.names import DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES
+from medseg_mem.core.units import format_bytes
+from medseg_mem.core.names import DEVICE_NAMES, GUIDANCE_NAMES, PRECISION_NAMES
 
 TRAINING_OPTIONS = ("--checkpointing", "--workers", "--cache", "--nproc")
 INFERENCE_OPTIONS = ("--overlap", "--sw-batch-size", "--tta")
@@ -93,10 +93,11 @@ def footer(plans) -> str:
 @click.option("--shape", callback=parse_shape, help="Image shape C,X,Y,Z, e.g. 4,240,240,155 (or --data / --run).")
 @click.option("--classes", type=click.IntRange(min=2), help="Output classes, background included (or --data).")
 @click.option("--data", type=click.Path(path_type=Path),
-              help="A prepared dataset: plan what `run --data` trains on it (its profile, largest case, classes).")
+              help="A prepared dataset: plan what `run --data` trains on it (its profile, largest case, classes) "
+                   "[without --shape and --run: $MEDSEG_MEM_HOME/prepared, else medseg-work/prepared, if present].")
 @click.option("--run", "run_dir", type=click.Path(path_type=Path),
-              help="A trained run (medseg-work/runs/<run id>): plan its inference (on --shape or its dataset's "
-                   "largest case).")
+              help="A trained run (a run folder, or a run id in the work folder's runs): plan its inference "
+                   "(on --shape or its dataset's largest case).")
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="full, patch, cascade or all (repeat or comma-separate). Default: all (--run: the run's).")
 @click.option("--budget", callback=parse_budget,
@@ -143,7 +144,7 @@ def plan(shape, classes, data, run_dir, variants, budget, slab_size, slab_alias,
     Example: ``medseg-mem plan --shape 1,512,512,500 --classes 3 --budget 24GB``, or
     ``medseg-mem plan --data medseg-work/prepared --mode training --precision bf16 --checkpointing``.
     """
-    from medseg_mem.device import resolve_device
+    from medseg_mem.core.device import resolve_device
     from medseg_mem.memory.check import MemoryCheck, resolve_budget
     from medseg_mem.training.calibration_step import training_setup
 
@@ -152,24 +153,58 @@ def plan(shape, classes, data, run_dir, variants, budget, slab_size, slab_alias,
                   downsample=downsample, guidance=guidance, batch_size=aliased(batch_size, batch_alias,
                   "--batch-size and --batch"), precision=precision, checkpointing=checkpointing,
                   channels_last=channels_last, workers=workers, cache=cache)  # fmt: skip
-    overrides = typed(ctx, values) + _aliases(slab_alias, batch_alias)
+    changes = typed(ctx, values, slab_size=slab_alias, batch_size=batch_alias)
     _notices(mode, checkpointing, workers, cache, nproc, overlap, sw_batch_size, tta)
     if run_dir is not None and mode == "training":
         raise click.UsageError("--run plans a trained run's inference; drop --mode training (or plan --data)")
-    target = plan_target(shape, classes, data, run_dir, overrides)
+    target = plan_target(shape, classes, data, run_dir, changes)
     device = resolve_device(device).type
     check = MemoryCheck(device, resolve_budget(budget, device), lambda line: click.echo(line, err=True),
                         calibration_path, calibrate, training_setup)  # fmt: skip
     inference = _inference(target, precision, overlap, sw_batch_size, tta, tta_axes)
     batch = values["batch_size"] or 1
     plans = make_plans(check, _names(variants, target), target, mode, inference, nproc, batch)
+    streamed = out_of_core_plans(check, plans, target, inference) if mode == "inference" and batch == 1 else []
     if as_json:
-        click.echo(json.dumps([{**p.to_dict(), "budget_source": check.budget.source, "device": device}
-                               for p in plans]))  # fmt: skip
+        by_variant = {s.variant: s for s in streamed}
+        click.echo(json.dumps([{**p.to_dict(), "budget_source": check.budget.source, "device": device,
+                                **out_of_core_fields(by_variant.get(p.variant))} for p in plans]))  # fmt: skip
         return
     header = header_line(plans, target.shape, target.classes, check.budget.describe(), target.train.batch_size, batch)
     click.echo(render_table(plans, header, device))
+    if streamed:
+        click.echo(out_of_core_line(streamed, plans))
     click.echo(footer(plans))
+
+
+def out_of_core_plans(check, plans, target, inference):
+    """``predict --out-of-core``'s plans of the variants that can stream (``patch``, ``cascade``; ``--overlap`` 0),
+    with the in-memory rows' calibration."""
+    from medseg_mem.variants import get_variant
+
+    if inference.overlap > 0:
+        return []
+    calibration = next((p for p in plans if not p.calibration.startswith("lower bound")), None)
+    calibration = check.calibration("inference", inference.precision, False, inference.channels_last) \
+        if calibration is not None else check.lower_bound_calibration()  # fmt: skip
+    return [check.inference(p.variant, target.shape, target.classes, target.model, inference, True, calibration,
+                            out_of_core=True) for p in plans if get_variant(p.variant).streams()]  # fmt: skip
+
+
+def out_of_core_fields(streamed) -> dict:
+    """``--json``'s out-of-core figures of one row (``None`` where the variant cannot stream)."""
+    if streamed is None:
+        return {"out_of_core_process_bytes": None, "out_of_core_fits": None}
+    return {"out_of_core_process_bytes": streamed.process_bytes, "out_of_core_fits": streamed.fits}
+
+
+def out_of_core_line(streamed, plans) -> str:
+    """``out of core (predict --out-of-core): patch 812 MiB (fits), ...; full needs the whole volume``."""
+    rows = ", ".join(f"{p.variant} {format_bytes(p.process_bytes)} ({'fits' if p.fits else 'over the budget'})"
+                     for p in streamed)  # fmt: skip
+    whole = [p.variant for p in plans if p.variant not in {s.variant for s in streamed}]
+    rest = f"; {', '.join(whole)} needs the whole volume (in memory only)" if whole else ""
+    return f"out of core (predict --out-of-core, the whole process; it does not grow with the last axis): {rows}{rest}"
 
 
 def make_plans(check, names, target, mode: str, inference, nproc: int, batch: int):
@@ -205,16 +240,10 @@ def _names(variants, target):
 
 def _inference(target, precision, overlap, sw_batch_size, tta, tta_axes):
     """The prediction's settings: the options given, the run's (or profile's) layout."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
 
     return InferenceConfig(sw_batch_size, overlap, precision or "fp32", target.train.channels_last,
                            **tta_config(tta, tta_axes))  # fmt: skip
-
-
-def _aliases(slab_alias, batch_alias) -> Tuple[Tuple[str, object], ...]:
-    """The settings given under the older option names."""
-    return tuple((name, value) for name, value in (("slab_size", slab_alias), ("batch_size", batch_alias))
-                 if value is not None)  # fmt: skip
 
 
 def _notices(mode, checkpointing, workers, cache, nproc, overlap, sw_batch_size, tta) -> None:
@@ -231,7 +260,7 @@ def _notices(mode, checkpointing, workers, cache, nproc, overlap, sw_batch_size,
 
 def inference_levers(plans) -> str:
     """The levers of inference plans, e.g. ``bf16, overlap 0.5`` (``full`` has no slabs: the largest counts)."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
 
     overlap, batch = max(p.overlap for p in plans), max(p.sw_batch_size for p in plans)
     mirroring = {"tta": True, "tta_axes": plans[0].tta} if plans[0].tta else {}

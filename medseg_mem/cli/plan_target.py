@@ -2,7 +2,7 @@
 
 * ``--data PREPARED``: the dataset's largest case, its classes, the size of its training split, and the settings
   ``run --data PREPARED`` trains with: the dataset's profile (the embedded default: widths 8-128; real data: the
-  spec's 32-512, batch 2, :mod:`medseg_mem.training.settings`) with the options given to ``plan`` on top;
+  spec's 32-512, batch 2, :mod:`medseg_mem.runner.settings`) with the options given to ``plan`` on top;
 * ``--run RUN``: a trained run's inference: its variant, widths, slab size and classes, on ``--shape`` or its
   dataset's largest case;
 * ``--shape C,X,Y,Z --classes K``: real data's profile with the options given on top.
@@ -19,7 +19,8 @@ from typing import Optional, Tuple
 
 import click
 
-from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.core.changes import RunChanges
+from medseg_mem.core.config import ModelConfig, TrainConfig
 
 #: ``plan`` options that are ``run`` settings (``TrainConfig``/``ModelConfig`` fields), by parameter name.
 SETTINGS = {"channels": "channels", "slab_size": "slab_size", "downsample": "downsample", "guidance": "guidance",
@@ -39,25 +40,31 @@ class Target:
     variant: Optional[str] = None
 
 
-def typed(ctx: click.Context, values: dict) -> Tuple[Tuple[str, object], ...]:
-    """``(setting, value)`` of each :data:`SETTINGS` option the user typed on the command line."""
-    pairs = []
+def typed(ctx: click.Context, values: dict, **aliased) -> RunChanges:
+    """The settings of the :data:`SETTINGS` options the user typed on the command line, and those given under
+    an older name (``aliased``: setting -> value or ``None``)."""
+    settings = {setting: value for setting, value in aliased.items() if value is not None}
     for name, setting in SETTINGS.items():
         source = ctx.get_parameter_source(name)
         if source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP") and values.get(name) is not None:
-            pairs.append((setting, values[name]))
-    return tuple(pairs)
+            settings[setting] = values[name]
+    return RunChanges.of(**settings)
 
 
-def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], overrides) -> Target:
+def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], changes: RunChanges) -> Target:
     """The :class:`Target` of ``--data``, ``--run`` or ``--shape``/``--classes`` (see the module docstring).
 
     Raises:
         click.UsageError: none or several of the ways, or ``--shape`` without ``--classes`` (and the reverse).
         MedsegError: a dataset or run that cannot be opened.
     """
-    from medseg_mem.training.settings import profile, with_overrides
+    from medseg_mem.core.locations import default_prepared, run_folder
+    from medseg_mem.runner.settings import profile, with_changes
 
+    run = None if run is None else run_folder(run)
+
+    if data is None and run is None and shape is None and classes is None and default_prepared().is_dir():
+        data = default_prepared()  # what `run` trains by default
     _one_way(shape, classes, data, run)
     if run is not None:
         return _run_target(run, shape)
@@ -65,9 +72,9 @@ def plan_target(shape, classes, data: Optional[Path], run: Optional[Path], overr
         from medseg_mem.data.prepared import PreparedDataset
 
         dataset = PreparedDataset.open(data)
-        model, train = with_overrides(*profile(dataset.name), overrides)
+        model, train = with_changes(*profile(dataset.name), changes)
         return Target(dataset.largest_image_shape(), dataset.num_classes, model, train, len(dataset.ids("train")))
-    model, train = with_overrides(*profile(""), overrides)
+    model, train = with_changes(*profile(""), changes)
     return Target(tuple(shape), int(classes), model, train)
 
 
@@ -88,8 +95,8 @@ def _one_way(shape, classes, data, run) -> None:
 
 def _run_target(run: Path, shape) -> Target:
     """A trained run's inference: its settings, on ``shape`` or its dataset's largest case."""
-    from medseg_mem.errors import MedsegError
-    from medseg_mem.predict.trained_run import open_trained_run
+    from medseg_mem.core.errors import MedsegError
+    from medseg_mem.variants.trained_run import open_trained_run
 
     trained = open_trained_run(run)
     if shape is None:
@@ -104,7 +111,7 @@ def _run_target(run: Path, shape) -> Target:
 
 def _run_dataset_shape(run: Path, trained) -> Optional[Tuple[int, ...]]:
     """The largest case of the dataset named in the run's ``run.json`` (``None`` when it cannot be opened)."""
-    from medseg_mem.errors import MedsegError
+    from medseg_mem.core.errors import MedsegError
 
     folder = run if run.is_dir() else run.parent.parent
     try:

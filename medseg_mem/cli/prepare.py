@@ -13,7 +13,8 @@ from typing import Optional
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.names import DEFAULT_PREPARED, READER_NAMES, SYNTHETIC_NAMES
+from medseg_mem.core.locations import HOME_TEXT, default_prepared
+from medseg_mem.core.names import READER_NAMES, SYNTHETIC_NAMES
 
 MIN_CASES = 3  # so that the 60/20/20 split leaves validation and test non-empty
 
@@ -63,8 +64,8 @@ class ShapeParam(click.ParamType):
     "--out",
     "out_dir",
     type=click.Path(path_type=Path),
-    default=DEFAULT_PREPARED,
-    show_default=True,
+    default=default_prepared,
+    show_default=f"{HOME_TEXT}/prepared",
     help="Folder the prepared dataset appears in (atomically).",
 )
 @click.option(
@@ -120,6 +121,12 @@ class ShapeParam(click.ParamType):
     help="Without TASK_DIR: volume shape of the generated task in voxels. Default: 32,32,96 (rods), "
     "240,240,155 (brats-like).",
 )
+@click.option("--add", is_flag=True,
+              help="Add the new and corrected cases of TASK_DIR to the prepared dataset at --out, with its recorded "
+                   "preprocessing and statistics; existing cases keep their split, the rest is not prepared again. "
+                   "Without TASK_DIR: the task folder the dataset was prepared from.")
+@click.option("--add-split", type=click.Choice(("train", "val", "test")), default="train", show_default=True,
+              help="With --add: the split new cases go to.")
 @library_errors
 def prepare(
     task_dir: Optional[Path],
@@ -133,6 +140,8 @@ def prepare(
     synthetic: str,
     cases: Optional[int],
     shape,
+    add: bool,
+    add_split: str,
 ) -> None:
     """Check and preprocess an MSD task or nnU-Net v2 dataset folder into a prepared dataset.
 
@@ -152,13 +161,16 @@ def prepare(
       medseg-mem prepare nnUNet_raw/Dataset004_Hippocampus --out medseg-work/hippo --splits my_splits.json
       medseg-mem prepare --synthetic brats-like --cases 40 --out medseg-work/brats40
       medseg-mem prepare --synthetic brats-like --cases 6 --shape 96,96,64 --out medseg-work/brats-small
+      medseg-mem prepare ../data/Task04_Hippocampus --out medseg-work/hippocampus --add   # new/corrected cases
     """
+    if add:
+        return add_cases(task_dir, out_dir, add_split)
     if task_dir is not None and synthetic != "rods":
         raise click.UsageError(
             f"--synthetic {synthetic} generates a task, so it takes no TASK_DIR; got TASK_DIR {str(task_dir)!r}. "
             "Drop TASK_DIR or --synthetic."
         )
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare as run_prepare
 
     config = PrepareConfig(
@@ -175,4 +187,26 @@ def prepare(
         shape=shape,
     )
     summary = run_prepare(config, warn=lambda line: click.echo(line, err=True))
+    click.echo(summary.line())
+
+
+ADD_REFUSES = ("overwrite", "splits", "synthetic", "cases", "shape", "seed")
+ADD_POLICY = ("reader", "spacing", "crop_foreground")
+
+
+def add_cases(task_dir: Optional[Path], out_dir: Path, split: str) -> None:
+    """``prepare --add``: refuse the options that only make a new dataset, pass the preprocessing ones the user typed
+    (each must match the dataset's record), and call :func:`medseg_mem.data.add.add_cases`."""
+    from medseg_mem.cli.run import given
+    from medseg_mem.data.add import add_cases as run_add
+
+    ctx = click.get_current_context()
+    typed = [name for name in ctx.params if given(ctx, name)]
+    refused = [name for name in ADD_REFUSES if name in typed]
+    if refused:
+        option = "--" + refused[0].replace("_", "-")
+        raise click.UsageError(f"{option} makes a new prepared dataset; --add extends the one at --out with its own "
+                               f"settings and split: drop {option} (or drop --add to prepare anew)")
+    policy = {name: ctx.params[name] for name in ADD_POLICY if name in typed}
+    summary = run_add(task_dir, out_dir, split, policy, warn=lambda line: click.echo(line, err=True))
     click.echo(summary.line())

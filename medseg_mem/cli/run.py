@@ -1,10 +1,11 @@
-"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.training.run.run_variants`."""
+"""``medseg-mem run``: parse and validate options, then call :func:`medseg_mem.runner.run.run_variants`."""
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Tuple
+from dataclasses import fields
+from typing import Optional, Tuple
 
 import click
 
@@ -16,7 +17,8 @@ from medseg_mem.cli.common import (
     tta_config,
     tta_options,
 )
-from medseg_mem.config import RunRequest
+from medseg_mem.core.changes import ModelChanges, RunChanges, TrainChanges
+from medseg_mem.core.config import RunRequest
 from medseg_mem.cli.training_options import (
     parse_cache,
     parse_channels,
@@ -25,12 +27,10 @@ from medseg_mem.cli.training_options import (
     parse_time_limit,
     parse_variants,
 )
-from medseg_mem.names import (
+from medseg_mem.core.locations import HOME_TEXT, default_prepared, default_results, default_runs
+from medseg_mem.core.names import (
     AUGMENT_NAMES,
     CLASS_WEIGHT_NAMES,
-    DEFAULT_PREPARED,
-    DEFAULT_RESULTS,
-    DEFAULT_RUNS,
     DEVICE_NAMES,
     GUIDANCE_NAMES,
     LOSS_NAMES,
@@ -43,6 +43,10 @@ from medseg_mem.names import (
 
 
 ARGV_KEY = "medseg_mem.run.argv"
+#: ``run``'s options that are settings, by field name (``--cache`` is ``cache_bytes``; ``--foreground-oversample``
+#: has an older spelling, folded in by :func:`slab_alias`).
+MODEL_CHANGES = tuple(field.name for field in fields(ModelChanges))
+TRAIN_CHANGES = tuple(field.name for field in fields(TrainChanges) if field.name != "foreground_oversample")
 
 
 class ArgvCommand(click.Command):
@@ -55,8 +59,8 @@ class ArgvCommand(click.Command):
 
 def resume_paths(ctx: click.Context, run_dir: Path, data_dir: Path, results: Path) -> Tuple[Path, Path]:
     """The resumed run's saved dataset (another --data is a usage error) and, without --results, its saved CSV."""
-    from medseg_mem.training.resume import saved_data_dir, saved_results, same_path
-    from medseg_mem.training.settings import load_run_record
+    from medseg_mem.runner.resume import saved_data_dir, saved_results, same_path
+    from medseg_mem.runner.settings import load_run_record
 
     record = load_run_record(run_dir)
     saved = saved_data_dir(record, run_dir)
@@ -72,11 +76,6 @@ def given(ctx: click.Context, name: str) -> bool:
     return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
 
 
-def overrides(**options) -> Tuple[Tuple[str, object], ...]:
-    """The options the user set (``None`` = use the dataset's profile default)."""
-    return tuple((name, value) for name, value in options.items() if value is not None)
-
-
 @click.command(cls=ArgvCommand)
 @click.option("--variant", "variants", multiple=True, callback=parse_variants,
               help="full, patch, cascade or all (repeat or comma-separate), or auto: the most accurate variant "
@@ -87,11 +86,14 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
                    "memory less 10 %].")
 @click.option("--no-memory-check", "memory_check", flag_value=False, default=True,
               help="Train even when the planned peak exceeds --budget (the plan is still said and filed).")
-@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=DEFAULT_PREPARED, show_default=True,
+@click.option("--data", "data_dir", type=click.Path(path_type=Path), default=default_prepared,
+              show_default=f"{HOME_TEXT}/prepared",
               help="Prepared dataset (output of `medseg-mem prepare`).")
-@click.option("--results", type=click.Path(path_type=Path), default=DEFAULT_RESULTS, show_default=True,
+@click.option("--results", type=click.Path(path_type=Path), default=default_results,
+              show_default=f"{HOME_TEXT}/results.csv",
               help="Results CSV to append to.")
-@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=DEFAULT_RUNS, show_default=True,
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path), default=default_runs,
+              show_default=f"{HOME_TEXT}/runs",
               help="Folder for run checkpoints (<runs>/<run id>/<stage>/best.pt).")
 @click.option("--steps", type=click.IntRange(min=1, max=MAX_STEPS),
               help="Training steps per stage [300; embedded default 200].")
@@ -170,44 +172,48 @@ def overrides(**options) -> Tuple[Tuple[str, object], ...]:
 @click.option("--resume", metavar="RUN_ID", callback=parse_run_id,
               help="Continue an interrupted run from its last checkpoints, on its saved dataset; a finished run "
                    "is only reported.")
+@click.option("--init-from", metavar="RUN", help="Fine-tune: each stage starts from this trained run's best weights "
+              "(a run id under --runs, or a run folder), on --data, with its own --steps/--time-limit; the run's "
+              "variant and network are kept [random weights].")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
               help="Train with N processes on this machine (starts torchrun --standalone --nproc_per_node N; "
                    "--batch-size is per process). Several machines: call torchrun yourself.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @library_errors
-def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resume, nproc, quiet, **options) -> None:
+def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resume, nproc, quiet, init_from,
+        **options) -> None:
     """Train each variant, keep the best checkpoint on validation, evaluate on test, append to the CSV.
 
-    Works in ./medseg-work/ by default, after `medseg-mem prepare`.
+    Works in ./medseg-work/ by default (or $MEDSEG_MEM_HOME), after `medseg-mem prepare`.
     """
     inference, inference_precision = inference_options(options)
-    fold_slab_alias(options)
-    if resume and any(value is not None for value in options.values()):
+    changes = run_changes(options)
+    if resume and (init_from or changes.given()):
         raise click.UsageError("--resume continues a run with its saved settings; drop the other training options")
-    if options["snapshots"] is not None:
-        from medseg_mem.config import check_wall_clock
+    if changes.train.snapshots is not None:
+        from medseg_mem.core.config import check_wall_clock
 
-        check_wall_clock(options["time_limit"], options["snapshots"])  # a mark past the limit: one line, at once
-    check_network_options(options, tuple(variants))
-    request = RunRequest(variants, data_dir, results, runs_dir, resume, overrides(**options), progress=not quiet,
+        check_wall_clock(changes.train.time_limit, changes.train.snapshots)  # a mark past the limit: at once
+    check_network_options(changes, tuple(variants))
+    request = RunRequest(variants, data_dir, results, runs_dir, resume, changes, progress=not quiet,
                          inference=inference, inference_precision=inference_precision, budget_bytes=budget_bytes,
-                         memory_check=memory_check)  # fmt: skip
-    if memory_check and tuple(variants) != ("auto",):
-        from medseg_mem.names import VARIANT_NAMES
-        from medseg_mem.training.guard import check_floor
+                         memory_check=memory_check, init_from=init_from)  # fmt: skip
+    if memory_check and tuple(variants) != ("auto",) and not init_from:  # fine-tuning: its run's network, planned later
+        from medseg_mem.core.names import VARIANT_NAMES
+        from medseg_mem.runner.guard import check_floor
 
         check_floor(request, VARIANT_NAMES if "all" in variants else list(variants), nproc)  # before torch loads
     if nproc > 1:
-        from medseg_mem.training.launch import relaunch
+        from medseg_mem.runner.launch import relaunch
 
         ctx = click.get_current_context()
         ctx.exit(relaunch(nproc, ctx.meta[ARGV_KEY]))
-    from medseg_mem.training.run import RunInterrupted, run_variants
+    from medseg_mem.runner.run import RunInterrupted, run_variants
 
     if resume:
         data_dir, results = resume_paths(click.get_current_context(), runs_dir / resume, data_dir, results)
         request = dataclasses.replace(request, data_dir=data_dir, results=results)
-    for option, notice in lever_notices(options):
+    for option, notice in lever_notices(changes):
         click.echo(f"note: {option} {notice}", err=True)
     try:
         run_variants(request, echo=click.echo)
@@ -215,10 +221,20 @@ def run(variants, budget_bytes, memory_check, data_dir, results, runs_dir, resum
         raise click.ClickException(str(interrupted)) from None
 
 
+def run_changes(options: dict) -> RunChanges:
+    """The model and training settings the user gave (``None``: the dataset's profile), typed: click's values of
+    the options named after :class:`~medseg_mem.core.changes.ModelChanges` / ``TrainChanges`` fields, with
+    ``--skip-empty-slabs`` / ``--any-slab`` folded into ``--foreground-oversample``."""
+    oversample = slab_alias(options.pop("skip_empty_slabs"), options.pop("foreground_oversample"))
+    model = ModelChanges(**{name: options.pop(name) for name in MODEL_CHANGES})
+    train = TrainChanges(foreground_oversample=oversample, **{name: options.pop(name) for name in TRAIN_CHANGES})
+    return RunChanges(model, train)
+
+
 def inference_options(options: dict):
     """Take the evaluation's options out of ``options``: an :class:`InferenceConfig` (fp32 placeholder) and the
     ``--inference-precision`` (``None``: the training precision). They may be given with ``--resume``."""
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
 
     overlap, sw_batch_size = options.pop("overlap"), options.pop("sw_batch_size")
     mirroring = tta_config(options.pop("tta"), options.pop("tta_axes"))
@@ -226,45 +242,44 @@ def inference_options(options: dict):
     return inference, options.pop("inference_precision")
 
 
-def check_network_options(options: dict, variants) -> None:
+def check_network_options(changes: RunChanges, variants) -> None:
     """Refuse ``--deep-supervision`` with a ``--channels`` list too shallow for it, and ``--snapshots`` of a cascade
     with ``--stage2-guidance predicted``, before any data is read.
 
     Raises:
-        OptionError: from :class:`~medseg_mem.config.ModelConfig` / ``TrainConfig``, naming the option.
+        OptionError: from :class:`~medseg_mem.core.config.ModelConfig` / ``TrainConfig``, naming the option.
     """
-    from medseg_mem.config import ModelConfig, TrainConfig
+    from medseg_mem.core.config import ModelConfig, TrainConfig
 
-    if options.get("deep_supervision") and options.get("channels") is not None:
-        ModelConfig(channels=options["channels"], deep_supervision=True)
-    if options.get("stage2_guidance") == "predicted" and options.get("snapshots") and variants != ("auto",):
-        from medseg_mem.training.variant import check_snapshots
+    model, train = changes.model, changes.train
+    if model.deep_supervision and model.channels is not None:
+        ModelConfig(channels=model.channels, deep_supervision=True)
+    if train.stage2_guidance == "predicted" and train.snapshots and variants != ("auto",):
+        from medseg_mem.runner.variant import check_snapshots
         from medseg_mem.variants import resolve_variants
 
-        marks = options["snapshots"]
-        check_snapshots(resolve_variants(list(variants)),
-                        TrainConfig(stage2_guidance="predicted", time_limit=options["time_limit"], snapshots=marks))
+        predicted = TrainConfig(stage2_guidance="predicted", time_limit=train.time_limit, snapshots=train.snapshots)
+        check_snapshots(resolve_variants(list(variants)), predicted)
 
 
-def fold_slab_alias(options: dict) -> None:
-    """``--skip-empty-slabs`` / ``--any-slab`` become ``--foreground-oversample 1`` / ``0`` in ``options``.
+def slab_alias(skip: Optional[bool], oversample: Optional[float]) -> Optional[float]:
+    """``--foreground-oversample``, or ``--skip-empty-slabs`` / ``--any-slab`` as its older spelling (1 / 0).
 
     Raises:
         click.UsageError: both spellings are given.
     """
-    skip = options.pop("skip_empty_slabs")
     if skip is None:
-        return
-    if options["foreground_oversample"] is not None:
+        return oversample
+    if oversample is not None:
         raise click.UsageError("--skip-empty-slabs/--any-slab is the older spelling of --foreground-oversample 1 / 0; "
                                "give one of them")
-    options["foreground_oversample"] = 1.0 if skip else 0.0
+    return 1.0 if skip else 0.0
 
 
-def lever_notices(options: dict):
+def lever_notices(changes: RunChanges):
     """What a training-memory lever does not do, said once, so nobody expects it in the inference figures."""
     notices = []
-    if options.get("checkpointing"):
+    if changes.train.checkpointing:
         notices.append(("--checkpointing", "lowers training memory only; evaluation, the results' peak memory and "
                                            "predict run without it"))  # fmt: skip
     return notices

@@ -8,14 +8,15 @@ from pathlib import Path
 import click
 
 from medseg_mem.cli.common import library_errors
-from medseg_mem.names import DEFAULT_RUNS, DEVICE_NAMES
+from medseg_mem.core.locations import HOME_TEXT, default_runs
+from medseg_mem.core.names import DEVICE_NAMES
 
 
 @click.command()
 @click.argument("run")
 @click.argument("cases", nargs=-1, metavar="[CASE]...")
-@click.option("--runs", "runs_dir", type=click.Path(path_type=Path, file_okay=False), default=DEFAULT_RUNS,
-              show_default=True, help="Where a RUN given as a run id is looked for.")
+@click.option("--runs", "runs_dir", type=click.Path(path_type=Path, file_okay=False), default=default_runs,
+              show_default=f"{HOME_TEXT}/runs", help="Where a RUN given as a run id is looked for.")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path, file_okay=False),
               help="Folder for the PNGs [<run folder>/show].")
 @click.option("--overwrite", is_flag=True, help="Replace PNGs that exist in --out (those in <run folder>/show "

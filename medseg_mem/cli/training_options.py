@@ -8,8 +8,8 @@ from typing import Optional, Tuple
 import click
 
 from medseg_mem.cli.common import library_parse
-from medseg_mem.errors import did_you_mean
-from medseg_mem.names import VARIANT_NAMES
+from medseg_mem.core.errors import did_you_mean
+from medseg_mem.core.names import VARIANT_NAMES
 
 AUTO_COMMANDS = ("run", "predict")  # commands whose --variant auto picks a variant by --budget
 
@@ -28,24 +28,19 @@ def parse_variants(ctx, param, values: Tuple[str, ...]) -> Tuple[str, ...]:
 
 
 def parse_channels(ctx, param, value: Optional[str]) -> Optional[Tuple[int, ...]]:
-    """``32,64,128,256,512`` -> a tuple of at least two positive widths."""
-    if value is None:
-        return None
-    try:
-        widths = tuple(int(part) for part in value.split(","))
-    except ValueError:
-        widths = ()
-    if len(widths) < 2 or min(widths) < 1:
-        raise click.BadParameter(f"must list at least two positive widths like 32,64,128,256,512; got {value!r}")
-    return widths
+    """``32,64,128,256,512`` -> a tuple of at least two positive widths
+    (:func:`~medseg_mem.core.config.parse_widths`)."""
+    from medseg_mem.core.config import parse_widths
+
+    return library_parse(parse_widths, "--channels", value)
 
 
 def parse_cache(ctx, param, value: Optional[str]) -> Optional[int]:
     """``4GB``, ``512MiB`` or ``0`` -> bytes of host memory for cached training inputs."""
     if value is None:
         return None
-    from medseg_mem.errors import OptionError
-    from medseg_mem.memory.units import parse_bytes
+    from medseg_mem.core.errors import OptionError
+    from medseg_mem.core.units import parse_bytes
 
     if str(value).strip() == "0":
         return 0
@@ -57,14 +52,14 @@ def parse_cache(ctx, param, value: Optional[str]) -> Optional[int]:
 
 def parse_time_limit(ctx, param, value: Optional[float]) -> Optional[float]:
     """``--time-limit`` in minutes: positive and finite, at least a second."""
-    from medseg_mem.config import check_minutes
+    from medseg_mem.core.config import check_minutes
 
     return library_parse(lambda minutes: check_minutes("--time-limit", minutes), "--time-limit", value)
 
 
 def parse_snapshots(ctx, param, value: Optional[str]) -> Optional[Tuple[float, ...]]:
     """``5,10`` -> training-time marks in minutes, sorted; each positive and at least a second from the others."""
-    from medseg_mem.config import check_wall_clock
+    from medseg_mem.core.config import check_wall_clock
 
     if value is None:
         return None

@@ -34,7 +34,7 @@ from typing import Sequence, Tuple
 import numpy as np
 
 from medseg_mem.data.generated import write_task
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 TASK_NAME = "BratsLike"
 TASK_FOLDER = "Task90_BratsLike"

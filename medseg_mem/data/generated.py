@@ -1,7 +1,7 @@
 """Writing a generated task in MSD layout: what the embedded default and the capacity task share.
 
 A generated task is written case by case into a hidden staging folder and renamed into place when complete
-(:func:`~medseg_mem.atomic.publish_folder`), so an interrupted write never leaves half a task; only an
+(:func:`~medseg_mem.core.files.atomic.publish_folder`), so an interrupted write never leaves half a task; only an
 earlier copy of the same generated task (or an empty folder) may be replaced.
 """
 
@@ -13,7 +13,7 @@ from typing import Callable, Sequence, Tuple
 
 import numpy as np
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 CaseMaker = Callable[[int], Tuple[np.ndarray, np.ndarray]]
 
@@ -51,7 +51,7 @@ def write_task(dest: Path, task_name: str, case_ids: Sequence[str], make_case: C
     Raises:
         MedsegError: when ``dest`` holds something else (see :func:`check_replaceable`).
     """
-    from medseg_mem.atomic import publish_folder, remove_path, staging_folder
+    from medseg_mem.core.files.atomic import publish_folder, remove_path, staging_folder
 
     dest = Path(dest)
     check_replaceable(dest, task_name)

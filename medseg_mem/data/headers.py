@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core import machine
+from medseg_mem.core.units import format_bytes
 
 FLOAT_BYTES = 4  # images are loaded as float32
 SPATIAL_DIMS = (3, 4)  # a 3D volume, or 4D channel-last
@@ -90,6 +91,4 @@ def _size(shape: Tuple[int, ...]) -> str:
 
 def _available_ram() -> int:
     """Bytes of RAM available now (``MemAvailable``)."""
-    from medseg_mem.memory.budget import available_ram
-
-    return available_ram()
+    return machine.available_ram()

@@ -24,76 +24,17 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from medseg_mem.errors import DatasetError
-from medseg_mem.readable import open_failure
+from medseg_mem.core.errors import DatasetError
+from medseg_mem.core.files.readable import open_failure
+from medseg_mem.data.nnunet import read_nnunet_dataset
+from medseg_mem.data.task import MAX_LABEL, NIFTI_SUFFIXES, CaseEntry, MSDTask, case_id_of, numbered_names
 
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
 REQUIRED_KEYS = ("training", "labels", "modality")
-MAX_LABEL = 255  # prepared labels are uint8
-
-
-@dataclass(frozen=True)
-class CaseEntry:
-    """One training pair listed in ``dataset.json``.
-
-    Args:
-        case_id: the image file name without ``.nii.gz`` / ``.nii``.
-        image: absolute path of the image file (inside the task folder).
-        label: absolute path of the label file.
-        image_rel: the image path relative to the task folder (used in messages and the manifest).
-        label_rel: the label path relative to the task folder.
-        channel_files: nnU-Net v2 only: ``(absolute path, relative path)`` of each channel's file, in channel
-            order (MONAI stacks them into the channel axis); empty when ``image`` holds every channel.
-    """
-
-    case_id: str
-    image: Path
-    label: Path
-    image_rel: str
-    label_rel: str
-    channel_files: Tuple[Tuple[Path, str], ...] = ()
-
-    def image_files(self) -> Tuple[Tuple[Path, str], ...]:
-        """``(path, relative path)`` of every file the image is read from."""
-        return self.channel_files or ((self.image, self.image_rel),)
-
-    def image_source(self):
-        """What ``LoadImaged`` reads: the image file, or the list of channel files to stack."""
-        return [str(path) for path, _ in self.channel_files] if self.channel_files else str(self.image)
-
-
-@dataclass(frozen=True)
-class MSDTask:
-    """A checked MSD task: its folder, name, classes, channels and training cases (and ``numTraining``, the count
-    ``dataset.json`` declares, when it gives one); ``layout`` is ``"msd"`` or ``"nnunet-v2"`` (the folder it was
-    read from)."""
-
-    root: Path
-    name: str
-    class_names: List[str]
-    modalities: List[str]
-    cases: List[CaseEntry]
-    num_training: Optional[int] = None
-    layout: str = "msd"
-
-    @property
-    def channel_key(self) -> str:
-        """The ``dataset.json`` key that names the channels in this layout."""
-        return "channel_names" if self.layout == "nnunet-v2" else "modality"
-
-
-def case_id_of(file_name: str) -> str:
-    """Return the case id of an image file name: the name without ``.nii.gz`` or ``.nii``."""
-    for suffix in NIFTI_SUFFIXES:
-        if file_name.endswith(suffix):
-            return file_name[: -len(suffix)]
-    return file_name
 
 
 def read_task(task_dir: Path) -> MSDTask:
@@ -120,8 +61,6 @@ def read_task(task_dir: Path) -> MSDTask:
         raise DatasetError([f"no such folder; {hint}"], where=where)
     meta = read_json(task_dir / "dataset.json", where)
     if "channel_names" in meta:
-        from medseg_mem.data.nnunet import read_nnunet_dataset
-
         return read_nnunet_dataset(task_dir, meta)
     _check_msd_keys(meta, where)
     problems: List[str] = []
@@ -161,22 +100,6 @@ def _check_msd_keys(meta: dict, where: str) -> None:
         keys = ", ".join(repr(k) for k in missing)
         raise DatasetError([f"dataset.json: missing key(s) {keys}; an MSD dataset.json needs {REQUIRED_KEYS} (an "
                             "nnU-Net v2 one 'channel_names', 'labels', 'numTraining', 'file_ending')"], where)
-
-
-def numbered_names(value: object, key: str, problems: List[str], example: str) -> List[str]:
-    """Parse ``{"0": name, "1": name, ...}`` into a list indexed by the number; report gaps and bad keys."""
-    if not isinstance(value, dict) or not value:
-        problems.append(f"dataset.json: {key!r} must be a non-empty object like {example}; got {value!r}")
-        return []
-    numbered: Dict[int, str] = {}
-    for raw_key, name in value.items():
-        try:
-            numbered[int(raw_key)] = str(name)
-        except (TypeError, ValueError):
-            problems.append(f"dataset.json: {key!r} key {raw_key!r} is not an integer; use keys like {example}")
-    if numbered and sorted(numbered) != list(range(len(numbered))):
-        problems.append(f"dataset.json: {key!r} keys must be 0, 1, ..., {len(numbered) - 1}; got {sorted(numbered)}")
-    return [numbered[i] for i in sorted(numbered)]
 
 
 def _cases(task_dir: Path, training: object, problems: List[str]) -> List[CaseEntry]:

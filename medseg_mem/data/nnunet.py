@@ -9,8 +9,8 @@ The layout (nnU-Net v2's ``dataset_format.md``)::
 
 Cases are the identifiers of ``imagesTr/`` (hidden files such as ``.DS_Store`` skipped), as nnU-Net finds them;
 every case needs a label and a file for each channel of ``channel_names``. The result is the same
-:class:`~medseg_mem.data.msd.MSDTask` an MSD folder gives, with each case's channel files in
-:attr:`~medseg_mem.data.msd.CaseEntry.channel_files`: MONAI's ``LoadImaged`` stacks them into the channel axis, so
+:class:`~medseg_mem.data.task.MSDTask` an MSD folder gives, with each case's channel files in
+:attr:`~medseg_mem.data.task.CaseEntry.channel_files`: MONAI's ``LoadImaged`` stacks them into the channel axis, so
 from there on the MSD path (checks, transforms, the prepared format) does everything, and a dataset prepares to
 the same arrays as its MSD twin with the channels in one 4D file.
 
@@ -33,8 +33,8 @@ import re
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from medseg_mem.data.msd import MAX_LABEL, NIFTI_SUFFIXES, CaseEntry, MSDTask, numbered_names
-from medseg_mem.errors import DatasetError
+from medseg_mem.core.errors import DatasetError
+from medseg_mem.data.task import MAX_LABEL, NIFTI_SUFFIXES, CaseEntry, MSDTask, numbered_names
 
 LAYOUT = "nnunet-v2"
 #: The channel number of a file name: ``<case>_0000<ending>``.

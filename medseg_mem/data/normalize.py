@@ -54,9 +54,14 @@ def normalize_nonzero_(image: torch.Tensor) -> torch.Tensor:
     if count == 0:
         return image
     for view in slab_views(image):
-        zero = view == 0
-        view.sub_(mean).div_(std).masked_fill_(zero, 0.0)
+        zscore_nonzero_(view, mean, std)
     return image
+
+
+def zscore_nonzero_(view: torch.Tensor, mean: float, std: float) -> torch.Tensor:
+    """``(view - mean) / std`` in place where ``view`` is nonzero (zeros stay 0); return ``view``."""
+    zero = view == 0
+    return view.sub_(mean).div_(std).masked_fill_(zero, 0.0)
 
 
 class LeanNormalizeIntensity(NormalizeIntensity):

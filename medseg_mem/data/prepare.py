@@ -25,13 +25,13 @@ from typing import Callable, List, Optional, Tuple
 import numpy as np
 
 from medseg_mem import __version__
-from medseg_mem.atomic import WriteError, publish_folder, remove_path, staging_folder
-from medseg_mem.prepare_config import PrepareConfig
+from medseg_mem.core.errors import DatasetError, MedsegError
+from medseg_mem.core.files.atomic import WriteError, publish_folder, remove_path, staging_folder
+from medseg_mem.core.files.output_lock import output_lock
+from medseg_mem.core.prepare_config import PrepareConfig
 from medseg_mem.data import capacity, msd, notices, prepared, splits, staging as leftovers, transforms
 from medseg_mem.data.survey import survey
 from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
-from medseg_mem.errors import DatasetError, MedsegError
-from medseg_mem.output_lock import output_lock
 
 
 @dataclass(frozen=True)
@@ -224,7 +224,7 @@ def _write(task: msd.MSDTask, settings: dict, out_dir: Path, split, progress: bo
     try:
         records, problems, notes, present = [], [], [], {}
         for case in _bar(task.cases, "prepare", progress):
-            record, found = _prepare_case(pipeline, settings, case, task, staging, (notes, present))
+            record, found = prepare_case(pipeline, settings, case, task, staging, (notes, present))
             problems += found
             if record is not None:
                 records.append(record)
@@ -256,7 +256,7 @@ def _write_failure(out_dir: Path, error: OSError) -> MedsegError:
                       f"was published and what --out held is unchanged: free space or choose another --out")
 
 
-def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTask, staging: Path, seen):
+def prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTask, staging: Path, seen):
     """Transform and save one case; ``seen`` is ``(notes, present)``: warning lines, and the classes each case
     holds after preprocessing (case id -> set of label values)."""
     data, problems = msd.load_case(pipeline, settings, case, task)
@@ -295,16 +295,28 @@ def _prepare_case(pipeline, settings: dict, case: msd.CaseEntry, task: msd.MSDTa
         "prepared_shape": [int(s) for s in image.shape[1:]],
         "spacing": [round(float(s), 6) for s in np.linalg.norm(original_affine[:3, :3], axis=0)],
         "prepared_spacing": [round(float(s), 6) for s in np.linalg.norm(affine[:3, :3], axis=0)],
+        "source_digest": source_digest(case),
     }
     return record, []
+
+
+def source_digest(case: msd.CaseEntry) -> str:
+    """SHA-256 over a case's source files (image channels, then label): ``prepare --add`` re-prepares a case whose
+    files changed (a corrected label) and keeps the others as they are."""
+    import hashlib
+
+    from medseg_mem.core.files.digest import sha256_file
+
+    paths = [path for path, _ in case.image_files()] + [case.label]
+    return hashlib.sha256("".join(sha256_file(path) for path in paths).encode()).hexdigest()
 
 
 def capacity_problem(image, settings: dict, rel: str) -> Optional[str]:
     """Why resampling the loaded ``image`` to the settings' spacing cannot fit in memory (``None`` when it fits):
     its voxel count after resampling is planned from its extent in mm before any voxel is made."""
+    from medseg_mem.core.machine import available_ram
+    from medseg_mem.core.units import format_bytes
     from medseg_mem.data.headers import FLOAT_BYTES
-    from medseg_mem.memory.budget import available_ram
-    from medseg_mem.memory.units import format_bytes
 
     if settings["spacing"] is None:
         return None

@@ -17,7 +17,7 @@ Format 1 (``cases/<id>.npz``, which cannot be memory-mapped) is refused with a o
 ``prepare`` again.
 
 The folder appears atomically: it is written into a hidden sibling staging folder, then renamed into place
-(:func:`medseg_mem.atomic.publish_folder`).
+(:func:`medseg_mem.core.files.atomic.publish_folder`).
 
 Example:
     >>> data = PreparedDataset.open(Path("medseg-work/prepared"))  # doctest: +SKIP
@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medseg_mem.errors import DatasetError, MedsegError, look_up_option
+from medseg_mem.core.errors import DatasetError, MedsegError, look_up_option
 
 FORMAT = "medseg-mem-prepared/2"
 OLD_FORMATS = ("medseg-mem-prepared/1",)

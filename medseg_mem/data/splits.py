@@ -25,7 +25,7 @@ import json
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 SPLITS_NAME = "splits.json"
 #: What prepared folders written before ``splits.json`` hold (``{"seed", "train", "val", "test"}``).

@@ -1,7 +1,7 @@
 """Staging folders of ``prepare``: locked while being written, removed by the next ``prepare`` when stale.
 
 ``prepare`` writes into a hidden sibling ``.<out>.partial-XXXXXXXX`` of its output folder
-(:func:`medseg_mem.atomic.staging_folder`) and renames it into place at the end. A ``prepare`` killed hard
+(:func:`medseg_mem.core.files.atomic.staging_folder`) and renames it into place at the end. A ``prepare`` killed hard
 (SIGKILL, power loss) leaves that folder behind. Each ``prepare`` holds an exclusive ``flock`` on its staging
 folder while it writes - the kernel drops it when the process dies, however it dies - so the next ``prepare``
 of the same output removes every partial folder of that output whose lock it can take, and leaves alone the
@@ -15,7 +15,7 @@ import re
 from pathlib import Path
 from typing import List, Optional
 
-from medseg_mem.atomic import TEMP_PART, remove_path
+from medseg_mem.core.files.atomic import TEMP_PART, remove_path
 
 try:
     import fcntl

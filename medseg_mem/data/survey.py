@@ -12,7 +12,7 @@ from typing import Dict, Iterable, List
 import numpy as np
 
 from medseg_mem.data import msd, transforms
-from medseg_mem.errors import DatasetError
+from medseg_mem.core.errors import DatasetError
 
 
 def _loader_settings(settings: dict) -> dict:

@@ -37,7 +37,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from medseg_mem.data.generated import write_task
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 TASK_NAME = "SyntheticRods"
 TASK_FOLDER = "Task00_SyntheticRods"

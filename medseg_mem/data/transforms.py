@@ -46,7 +46,7 @@ from monai.transforms import (
 )
 
 from medseg_mem.data.normalize import LeanNormalizeIntensity, LeanNormalizeIntensityd
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 SETTINGS_FORMAT = "medseg-mem-preprocessing/1"
 READER_CLASSES = {"nibabel": "NibabelReader", "itk": "ITKReader"}
@@ -189,7 +189,7 @@ def build_preprocessing(settings: dict, with_label: bool = True):
         >>> pipeline = build_preprocessing(make_settings(["MRI"]), with_label=False)
         >>> data = pipeline({"image": "imagesTr/case_001.nii.gz"})  # doctest: +SKIP
     """
-    _validate(settings)
+    validate_settings(settings)
     keys = _keys(with_label)
     reader = READER_CLASSES[settings["reader"]]
     steps = [LoadImaged(key, reader=reader, image_only=True) for key in keys]
@@ -205,7 +205,8 @@ def build_preprocessing(settings: dict, with_label: bool = True):
     return Compose(steps)
 
 
-def _validate(settings: dict) -> None:
+def validate_settings(settings: dict) -> None:
+    """Refuse settings that lack a key or a statistic (:class:`MedsegError` naming what is missing)."""
     required = ("reader", "axcodes", "spacing_rule", "spacing", "crop_foreground", "modalities", "normalization")
     missing = [k for k in required if k not in settings]
     if missing:
@@ -225,11 +226,11 @@ def intensity_transform(normalization: List[dict]):
     if schemes == {"zscore_nonzero"}:
         return LeanNormalizeIntensityd("image", nonzero=True, channel_wise=True)
     if len(normalization) == 1:
-        return ScaleIntensityRanged("image", clip=True, **_ct_range(normalization[0]))
+        return ScaleIntensityRanged("image", clip=True, **ct_range(normalization[0]))
     return PerChannelIntensityd("image", [_channel_transform(n) for n in normalization])
 
 
-def _ct_range(norm: dict) -> Dict[str, float]:
+def ct_range(norm: dict) -> Dict[str, float]:
     """Arguments of ``ScaleIntensityRange`` equivalent to clip to [lower, upper] then (x - mean) / std."""
     lower, upper, mean, std = (float(norm[k]) for k in ("lower", "upper", "mean", "std"))
     return {"a_min": lower, "a_max": upper, "b_min": (lower - mean) / std, "b_max": (upper - mean) / std}
@@ -237,7 +238,7 @@ def _ct_range(norm: dict) -> Dict[str, float]:
 
 def _channel_transform(norm: dict):
     if norm["scheme"] == "ct":
-        return ScaleIntensityRange(clip=True, **_ct_range(norm))
+        return ScaleIntensityRange(clip=True, **ct_range(norm))
     return LeanNormalizeIntensity(nonzero=True)
 
 

@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 
 UINT8_CLASSES = 255  # more classes than this get an int16 label map
 ARGMAX_CHUNK = 16  # slices per argmax along the last axis

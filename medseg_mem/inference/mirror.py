@@ -54,7 +54,7 @@ def mirrored(network: Callable[..., torch.Tensor], axes: Sequence[int]) -> Calla
     Args:
         network: maps ``(N, C, X, Y, Z)`` to logits ``(N, K, X, Y, Z)`` (a network, an autocast wrapper, an ONNX
             Runtime session).
-        axes: the spatial axes to mirror (:attr:`~medseg_mem.config.InferenceConfig.tta_axes`).
+        axes: the spatial axes to mirror (:attr:`~medseg_mem.core.config.InferenceConfig.tta_axes`).
 
     Returns:
         a callable of the same signature returning ``log`` of the mean softmax probabilities (in the network's

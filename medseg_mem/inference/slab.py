@@ -25,8 +25,8 @@ import torch
 from monai.inferers import Inferer
 from torch.nn import functional as F
 
-from medseg_mem.inference_config import check_overlap
-from medseg_mem.errors import OptionError
+from medseg_mem.core.inference_config import check_overlap
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference.blend import RollingBlend, overlapping_starts, slab_step
 from medseg_mem.inference.labels import argmax_into, empty_labels
 from medseg_mem.inference.source import SlabSource
@@ -41,7 +41,8 @@ def representative_slabs() -> Iterator[None]:
     """Within this block :class:`SlabInferer` runs only the slab groups whose memory can differ.
 
     Those are the first group (no output yet), the second (output alive; each prediction is freed before the
-    next group runs) and the last (maybe smaller, maybe padded). Every group in between is full and repeats the second's allocations
+    next group runs) and the last (maybe smaller, maybe padded). Every group in between is full and repeats the
+    second's allocations
     exactly, so a memory trace (:mod:`medseg_mem.memory.trace`) of the shortened loop has the same peak at a
     cost that does not grow with the number of slabs. The output is left incomplete: for tracing only.
     """

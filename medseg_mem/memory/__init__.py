@@ -12,7 +12,7 @@ allocated, and check it against a budget.
   (:mod:`~medseg_mem.memory.calibration_file`).
 * :mod:`~medseg_mem.memory.check` - budget -> lower bound -> calibration -> plan, for ``plan``, the guards of ``run``
   and ``predict`` and ``--variant auto``; :mod:`~medseg_mem.memory.bound` - torch-free lower bounds.
-* :mod:`~medseg_mem.memory.units` - ``8GB`` / ``512MiB`` parsing and printing.
+* :mod:`~medseg_mem.core.units` - ``8GB`` / ``512MiB`` parsing and printing.
 
 Importing this package does not import torch.
 """
@@ -20,7 +20,7 @@ Importing this package does not import torch.
 from medseg_mem.memory.calibration import Calibration, calibrate, cached_calibration
 from medseg_mem.memory.measure import MeasurementError, MemoryReading, measure_peak
 from medseg_mem.memory.planner import Plan, default_budget, plan_variant, plan_variants
-from medseg_mem.memory.units import format_bytes, parse_bytes
+from medseg_mem.core.units import format_bytes, parse_bytes
 
 __all__ = [
     "Calibration", "MeasurementError", "MemoryReading", "Plan", "cached_calibration", "calibrate", "default_budget",

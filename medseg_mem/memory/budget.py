@@ -8,12 +8,10 @@ that fits to the last byte runs out of memory all the same.
 
 from __future__ import annotations
 
-import os
 from typing import Tuple
 
-from medseg_mem.errors import MedsegError, OptionError
-
-MEMINFO = "/proc/meminfo"
+from medseg_mem.core import machine
+from medseg_mem.core.errors import OptionError
 
 MARGIN = 0.10  # share of the free memory a default budget leaves unplanned
 
@@ -42,24 +40,4 @@ def _free_bytes(device: str) -> Tuple[int, str]:
             raise OptionError("--device", "needs a CUDA device, and none is available", device)
         free, _total = torch.cuda.mem_get_info(torch.device(device))
         return int(free), f"free memory of {torch.cuda.get_device_name(torch.device(device))}"
-    return available_ram(), "available RAM"
-
-
-def available_ram() -> int:
-    """``MemAvailable`` in bytes, or free physical pages where ``/proc/meminfo`` is missing.
-
-    Raises:
-        MedsegError: neither can be read (then only an explicit ``--budget`` can say how much memory there is).
-    """
-    try:
-        with open(MEMINFO) as stream:
-            for line in stream:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError) as error:
-        raise MedsegError(f"--budget: not given, and the free memory cannot be read here (no {MEMINFO}, no "
-                          "sysconf SC_AVPHYS_PAGES); give one, e.g. --budget 8GB") from error
+    return machine.available_ram(), "available RAM"

@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import platform
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from medseg_mem.atomic import write_json_atomic
-from medseg_mem.errors import MedsegError, OptionError
+from medseg_mem.core.errors import MedsegError, OptionError
+from medseg_mem.core.files.atomic import write_json_atomic
+from medseg_mem.memory.correction import UNCALIBRATED, Calibration
 
 CALIBRATION_WIDTHS = (8, 16, 32, 64, 128)  # narrow: a calibration cube costs little compute per traced byte
 KEY_VERSION = "v4"  # v4: whole-process baseline, backend temporaries traced, not keyed by widths
@@ -50,37 +50,6 @@ Shape = Tuple[int, ...]
 
 class CalibrationBudgetError(MedsegError):
     """The budget leaves no room to calibrate beside this process (callers then plan uncalibrated)."""
-
-
-@dataclass(frozen=True)
-class Calibration:
-    """The planner's correction for one machine and setting (see the module docstring).
-
-    Args:
-        multiplier: scale applied to the network-internal live bytes.
-        offset_bytes: constant bytes above the tensors: what a first call sets up, allocator slack.
-        key: the setting it was fitted for (see :func:`calibration_key`).
-        points: the ``(traced network bytes, measured bytes above the rest)`` pairs it was fitted on.
-        baseline_bytes: resident bytes of a ``predict``/``run`` process before its first tensor (0: unknown).
-    """
-
-    multiplier: float = 1.0
-    offset_bytes: int = 0
-    key: str = "uncalibrated"
-    points: Tuple[Tuple[int, int], ...] = field(default_factory=tuple)
-    baseline_bytes: int = 0
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "points": [list(p) for p in self.points]}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Calibration":
-        points = tuple((int(t), int(m)) for t, m in data.get("points", ()))
-        return cls(float(data["multiplier"]), int(data["offset_bytes"]), str(data["key"]), points,
-                   int(data.get("baseline_bytes", 0)))  # fmt: skip
-
-
-UNCALIBRATED = Calibration()
 
 
 def device_label(device: str) -> str:
@@ -136,18 +105,19 @@ def network_setup(shape: Shape, classes: int, channels: Tuple[int, ...], device:
     weights), on a random input of ``shape``."""
     import torch
 
-    from medseg_mem.config import InferenceConfig, ModelConfig
-    from medseg_mem.inference.precision import half_convolutions
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.precision import half_convolutions
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
-    from medseg_mem.variants import get_variant
+    from medseg_mem.variants import TrainedVariant, get_variant
 
     torch.manual_seed(0)
     net = half_convolutions(UNet3D(shape[1], classes, channels).eval().to(device), precision)
     nets = {"full": channels_last_layout(net) if channels_last else net}
     image, model = torch.randn(shape, device=device), ModelConfig(channels=tuple(channels))
     inference = InferenceConfig(precision=precision, channels_last=channels_last)
-    return lambda: get_variant("full").segment(nets, image, model, classes, inference=inference)
+    run = TrainedVariant(get_variant("full"), nets, model, classes, inference)
+    return lambda: run.segment(image)
 
 
 def fit(points: Sequence[Tuple[float, float]]) -> Tuple[float, float]:
@@ -236,7 +206,7 @@ def calibration_shapes(channels: Sequence[int], mode: str, levers: Tuple) -> Lis
 def point_trace(shape: Shape, channels: Sequence[int], levers: Tuple):
     """``(resident bytes, trace)`` the planner counts for the calibration network at ``shape`` ``(B, C, X, Y, Z)``;
     ``levers`` is ``(mode, precision, checkpointing, channels_last, device)``."""
-    from medseg_mem.config import InferenceConfig, ModelConfig
+    from medseg_mem.core.config import InferenceConfig, ModelConfig
     from medseg_mem.memory.planner_trace import trace_inference
     from medseg_mem.memory.planner_training import trace_training
     from medseg_mem.variants import get_variant
@@ -260,8 +230,8 @@ def within_limit(shapes: List[Shape], traces: List, limit_bytes: Optional[int]):
     """
     if not limit_bytes:
         return shapes, traces
+    from medseg_mem.core.units import format_bytes
     from medseg_mem.memory import rss
-    from medseg_mem.memory.units import format_bytes
 
     room = int(limit_bytes) - rss.current_bytes()
     kept = [(s, t) for s, t in zip(shapes, traces) if HEADROOM * (t[0] + t[1].peak()) <= room]

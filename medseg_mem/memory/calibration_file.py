@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Optional
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 
 ENV = "MEDSEG_MEM_CACHE"
 FILE_NAME = "calibration.json"
@@ -65,8 +65,8 @@ def check_writable(path: Path, option: Optional[str]) -> None:
     Raises:
         CalibrationFileError: one line naming the cache, the problem and the fix.
     """
-    from medseg_mem.errors import MedsegError
-    from medseg_mem.writable import check_output_folder
+    from medseg_mem.core.errors import MedsegError
+    from medseg_mem.core.files.writable import check_output_folder
 
     path = Path(path)
     if path.is_dir():

@@ -34,7 +34,7 @@ from medseg_mem.memory import rss
 from medseg_mem.memory.measure import MeasurementError, autograd_context, die_with_parent
 
 #: What a ``medseg-mem predict`` or ``run`` process has imported before its first network runs (measured: the
-#: same resident size, 317-318 MiB, as importing ``medseg_mem.predict.segment`` or ``medseg_mem.training.run``).
+#: same resident size, 317-318 MiB, as importing ``medseg_mem.predict.segment`` or ``medseg_mem.runner.run``).
 PROCESS_MODULES = ("torch", "monai", "monai.transforms", "monai.data", "monai.losses", "nibabel",
                    "medseg_mem.models.build", "medseg_mem.variants")  # fmt: skip
 OVER_LIMIT = 75  # the child's exit code when its watchdog stopped it
@@ -90,7 +90,7 @@ def measure_series(setup: Callable, args_list: Sequence[Tuple], device: str = "c
 def _death(exitcode: int, limit_bytes: Optional[int]) -> str:
     """Why the measuring process ended without a reading."""
     if exitcode == OVER_LIMIT:
-        from medseg_mem.memory.units import format_bytes
+        from medseg_mem.core.units import format_bytes
 
         return (f"the calibration's measuring process stopped at its memory limit of {format_bytes(limit_bytes)} "
                 "(the budget less what this process holds)")  # fmt: skip
@@ -151,11 +151,12 @@ def warm_up() -> None:
     torch's decompositions and, through them, ``torch._dynamo`` and sympy: about 75 MiB of the process), read a
     small NIfTI with MONAI's ``LoadImaged`` (nibabel), orient and normalise it and invert it (``Invertd``), save and
     load a checkpoint."""
-    from medseg_mem.config import ModelConfig
+    from medseg_mem.core.config import ModelConfig, TrainConfig
     from medseg_mem.memory.planner import plan_variant
 
-    plan_variant("cascade", (1, 8, 8, 8), 2, ModelConfig(channels=(2, 4)), mode="training", batch=2)
-    plan_variant("cascade", (1, 8, 8, 8), 2, ModelConfig(channels=(2, 4)))
+    tiny = ModelConfig(channels=(2, 4))
+    plan_variant("cascade", (1, 8, 8, 8), 2, tiny, TrainConfig(batch_size=2, channels_last=False))
+    plan_variant("cascade", (1, 8, 8, 8), 2, tiny)
     import nibabel as nib
     import numpy as np
     import torch

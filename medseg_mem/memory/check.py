@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import format_bytes
 
 LOWEST_MULTIPLIER = 0.8  # the smallest multiplier a calibration may fit (calibration.MULTIPLIER_RANGE)
 HIGHEST_MULTIPLIER = 2.0  # the largest (calibration.MULTIPLIER_RANGE)
@@ -117,7 +117,7 @@ class MemoryCheck:
                  cases: Optional[int] = None, calibration=None, earlier_networks: int = 0):  # fmt: skip
         """The plan of one training step of ``variant`` (its largest stage) with ``train``'s levers.
 
-        ``train`` is a :class:`~medseg_mem.config.TrainConfig` (batch, precision, checkpointing, layout, loader,
+        ``train`` is a :class:`~medseg_mem.core.config.TrainConfig` (batch, precision, checkpointing, layout, loader,
         optimizer); ``cases``: the training split's size (the cascade's case cache fills to it at most);
         ``calibration``: plan with this one (e.g. :meth:`lower_bound_calibration`) instead of the setting's;
         ``earlier_networks``: networks the process trained before (see
@@ -125,22 +125,19 @@ class MemoryCheck:
         """
         from medseg_mem.memory.planner import plan_variant
 
-        options = dict(model=model, batch=train.batch_size, mode="training", precision=train.precision,
-                       checkpointing=train.checkpointing, workers=train.workers, cache_bytes=int(train.cache_bytes),
-                       channels_last=train.channels_last, nproc=nproc, optimizer=train.optimizer, cases=cases,
-                       device=self.device, budget_bytes=self.budget.bytes,
-                       earlier_networks=earlier_networks)  # fmt: skip
+        options = dict(model=model, train=train, nproc=nproc, cases=cases, device=self.device,
+                       budget_bytes=self.budget.bytes, earlier_networks=earlier_networks)  # fmt: skip
         setting = ("training", train.precision, train.checkpointing, train.channels_last)
         return self._plan(plan_variant, (variant, shape, classes), options, setting, calibration)
 
     def inference(self, variant: str, shape, classes: int, model, inference, input_on_disk: bool = False,
-                  calibration=None, batch: int = 1):  # fmt: skip
+                  calibration=None, batch: int = 1, out_of_core: bool = False):  # fmt: skip
         """The plan of ``variant``'s inference of ``batch`` images (``predict`` with ``input_on_disk``, ``run``'s
-        evaluation without); ``calibration`` as in :meth:`training`."""
+        evaluation without; ``predict --out-of-core`` with ``out_of_core``); ``calibration`` as in :meth:`training`."""
         from medseg_mem.memory.planner import plan_variant
 
         options = dict(model=model, inference=inference, input_on_disk=input_on_disk, device=self.device,
-                       budget_bytes=self.budget.bytes, batch=batch)  # fmt: skip
+                       budget_bytes=self.budget.bytes, batch=batch, out_of_core=out_of_core)  # fmt: skip
         setting = ("inference", inference.precision, False, inference.channels_last)
         return self._plan(plan_variant, (variant, shape, classes), options, setting, calibration)
 

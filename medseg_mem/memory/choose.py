@@ -1,11 +1,9 @@
 """``--variant auto``: the most accurate variant whose planned peak fits the memory budget, and why.
 
-Accuracy comes from the results CSV: the variants that have ``run`` rows for the dataset, by their mean test
-Dice over classes and runs, best first. Variants without rows follow in the thesis's order (``full`` >
-``cascade`` > ``patch``), which is also the whole order when the CSV has no rows for the dataset. The memory
-each variant needs comes from the planner (:mod:`medseg_mem.memory.planner`), so the choice is made before
-anything large is allocated. When nothing fits, the error names the smallest requirement and the lever that
-would bring it under the budget.
+The accuracy order is the caller's (:func:`medseg_mem.report.ranking.accuracy_order`: the results CSV's mean
+test Dice, then the thesis's order ``full`` > ``cascade`` > ``patch``). The memory each variant needs comes from
+the planner (:mod:`medseg_mem.memory.planner`), so the choice is made before anything large is allocated. When
+nothing fits, the error names the smallest requirement and the lever that would bring it under the budget.
 
 Example:
     >>> choose({"full": 9e9, "cascade": 5e9, "patch": 3e9}, ["full", "cascade", "patch"], 8e9, "--budget").variant
@@ -15,13 +13,10 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Mapping, Optional, Sequence
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
-
-THESIS_ORDER = ("full", "cascade", "patch")  # most accurate first (thesis, Tables 4.1-4.4)
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import format_bytes
 
 
 @dataclass(frozen=True)
@@ -32,36 +27,6 @@ class Choice:
     reason: str
 
 
-def accuracy_order(results: Path, dataset: str) -> Tuple[List[str], str]:
-    """Variants best first, and where the order comes from (``results``' mean Dice, or the thesis).
-
-    A missing or unreadable CSV gives the thesis's order (it is read only to rank, never changed).
-    """
-    means = _mean_dice(Path(results), dataset)
-    ranked = sorted(means, key=lambda name: -means[name])
-    order = ranked + [name for name in THESIS_ORDER if name not in means]
-    if not means:
-        return order, "no results for this dataset yet: the thesis's order full > cascade > patch"
-    scores = ", ".join(f"{name} {means[name]:.3f}" for name in ranked)
-    return order, f"mean test Dice in {results}: {scores}"
-
-
-def _mean_dice(results: Path, dataset: str) -> dict:
-    """``{variant: mean Dice}`` of the ``run`` rows of ``dataset`` in ``results`` over the scored classes (empty
-    when there are none)."""
-    if not results.is_file():
-        return {}
-    from medseg_mem.results import final_rows, read_results
-
-    try:
-        table = final_rows(read_results(results))
-    except MedsegError:
-        return {}
-    rows = table[(table.dataset == dataset) & (table.source == "run") & table.variant.isin(THESIS_ORDER)]
-    rows = rows[rows.dice.notna()]  # an unscored class (absent from every test case) does not rank a variant
-    return {str(name): float(group.dice.mean()) for name, group in rows.groupby("variant")}
-
-
 def choose(
     needs: Mapping[str, float], order: Sequence[str], budget: float, budget_source: str, why: str = "",
     lever: Optional[Callable[[str], str]] = None, at_least: Sequence[str] = (),
@@ -70,7 +35,7 @@ def choose(
 
     Args:
         needs: planned peak bytes per candidate variant.
-        order: variant names, most accurate first (:func:`accuracy_order`).
+        order: variant names, most accurate first (:func:`~medseg_mem.report.ranking.accuracy_order`).
         budget: bytes available.
         budget_source: where the budget came from, e.g. ``"--budget"``.
         why: where ``order`` comes from, for the reason line.

@@ -33,7 +33,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, ContextManager, Tuple
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory import rss
 
 CUDA_METHOD = "cuda.max_memory_allocated"

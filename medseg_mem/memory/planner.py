@@ -17,9 +17,9 @@ calibration (:mod:`medseg_mem.memory.calibration`) scales the network part, adds
 ``offset`` is what a first network call sets up (oneDNN primitives and scratch memory, kernels' code pages: 13-40
 MiB measured; a training process holds one per network it trained and per validation pass, :func:`first_calls`);
 ``baseline`` is the process before its first tensor (Python, torch, MONAI and the planner's own imports: about
-400 MiB on the development CPU). ``process_bytes`` is the figure ``free``/``top`` show for the whole process at its peak, the one
-``predict`` and ``run`` print and ``fits`` compares with the budget; ``predicted_bytes`` is what the work adds to
-the process (the figure of earlier versions, still in the results' ``peak_memory_bytes``).
+400 MiB on the development CPU). ``process_bytes`` is the figure ``free``/``top`` show for the whole process at its
+peak, the one ``predict`` and ``run`` print and ``fits`` compares with the budget; ``predicted_bytes`` is what the
+work adds to the process (the figure of earlier versions, still in the results' ``peak_memory_bytes``).
 
 Training follows :func:`medseg_mem.training.step.train_step` and its levers: ``precision`` (autocast cannot
 run on ``meta``, so a bf16/fp16 step is traced with the network converted to the half dtype, float32 logits
@@ -38,15 +38,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from medseg_mem.config import TrainConfig
-from medseg_mem.errors import OptionError
+from medseg_mem.core.config import InferenceConfig, ModelConfig, TrainConfig
+from medseg_mem.core.errors import OptionError
 from medseg_mem.memory.budget import default_budget  # noqa: F401 - re-exported: the planner's default budget
-from medseg_mem.memory.calibration import UNCALIBRATED, Calibration
-from medseg_mem.memory.planner_trace import FLOAT_BYTES, check_countable, trace_inference
+from medseg_mem.memory.correction import UNCALIBRATED, Calibration
+from medseg_mem.memory.meta import FLOAT_BYTES, check_countable
+from medseg_mem.memory.planner_trace import trace_inference, trace_stream
 from medseg_mem.memory.planner_training import trace_training
-from medseg_mem.names import OPTIMIZER_NAMES, PRECISION_NAMES
 
-MODES = ("inference", "training")
 LABEL_BYTES = 1  # the loader's uint8 label; train_step makes its int64 copy (traced)
 PREFETCH_FACTOR = 2  # batches a DataLoader worker prepares ahead (torch's default)
 DEFAULT_CACHE_BYTES = TrainConfig.cache_bytes
@@ -81,6 +80,7 @@ class Plan:
         baseline_bytes: the process before its first tensor (the calibration's; 0 uncalibrated).
         stage: training: the stage (or ``<stage> validation``: its validation pass) that needs the most;
             ``inference`` for inference plans.
+        out_of_core: inference: ``predict`` reads, segments and writes the scan a chunk at a time.
     """
 
     variant: str
@@ -102,6 +102,7 @@ class Plan:
     process_bytes: int = 0
     baseline_bytes: int = 0
     stage: str = ""
+    out_of_core: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -123,85 +124,82 @@ def plan_variant(
     variant: str,
     shape: Sequence[int],
     classes: int,
-    model=None,
-    batch: int = 1,
-    mode: str = "inference",
+    model: Optional[ModelConfig] = None,
+    train: Optional[TrainConfig] = None,
+    inference: Optional[InferenceConfig] = None,
     calibration: Calibration = UNCALIBRATED,
     budget_bytes: int = 0,
-    precision: str = "fp32",
-    checkpointing: bool = False,
-    workers: int = 0,
-    cache_bytes: int = DEFAULT_CACHE_BYTES,
     device: str = "cpu",
-    channels_last: bool = False,
-    inference=None,
+    batch: int = 1,
     input_on_disk: bool = False,
     nproc: int = 1,
-    optimizer: str = "adam",
     cases: Optional[int] = None,
     traces: Optional[dict] = None,
     validation: bool = True,
     earlier_networks: int = 0,
+    out_of_core: bool = False,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
+    With ``train``, one training step (and its validation) with ``run``'s settings; else an inference.
+
     Args:
-        variant: a name from :data:`medseg_mem.names.VARIANT_NAMES`.
+        variant: a name from :data:`medseg_mem.core.names.VARIANT_NAMES`.
         shape: image shape ``(C, X, Y, Z)``.
         classes: output classes K, background included.
-        model: a :class:`~medseg_mem.config.ModelConfig` (widths, slab size, downsample, guidance); default spec.
-        batch: images per inference, or slabs / volumes per training step.
-        mode: ``inference`` (under ``torch.inference_mode``) or ``training`` (one optimizer step).
+        model: a :class:`~medseg_mem.core.config.ModelConfig` (widths, slab size, downsample, guidance); default spec.
+        train: plan training with these settings (:class:`~medseg_mem.core.config.TrainConfig`): its
+            ``batch_size`` (slabs / volumes per step), ``precision``, ``checkpointing``, ``channels_last``,
+            ``optimizer`` (Adam: two float32 states per weight, SGD: one), the loader's ``workers`` and
+            ``cache_bytes`` (only stages that cache something use it: the cascade's; ``full`` and ``patch`` read
+            each sample from disk). ``None``: plan an inference (under ``torch.inference_mode``).
+        inference: inference only: an :class:`~medseg_mem.core.config.InferenceConfig` (slab batch, overlap,
+            precision and layout, traced as they run; pass the calibration measured for its precision and layout).
         calibration: device correction; :data:`UNCALIBRATED` gives the raw structural count. Use a training
             calibration for training plans (:func:`~medseg_mem.memory.calibration.cached_calibration`).
         budget_bytes: memory available.
-        precision: training only: ``fp32``, or autocast to ``bf16`` / ``fp16``.
-        checkpointing: training only: activation checkpointing of every U-Net level.
-        workers: training only: DataLoader worker processes (0: loading in the training process).
-        cache_bytes: training only: host memory the loader may fill with cached cases (only stages that cache
-            something use it: the cascade's; ``full`` and ``patch`` read each sample from disk).
-        cases: training only: cases in the training split (``None``: enough to fill ``cache_bytes``).
-        validation: training only: also plan each stage's validation pass, the training state held
-            (:mod:`~medseg_mem.memory.planner_validation`); ``False``: the training step alone.
-        earlier_networks: training only: networks this process trained before (``run``'s earlier variants),
-            whose first-call setup it still holds (:func:`first_calls`).
-        traces: a dict this call may keep its trace in and take it from (a
-            :class:`~medseg_mem.memory.check.MemoryCheck` plans the same work with a bound, then a calibration).
         device: ``cpu`` (host memory shares the budget) or ``cuda`` (budget is device memory; the autocast
             policy of the device is followed).
-        channels_last: training only: the layout of the network, recorded in the plan (pass the calibration
-            measured with it: the backend's extra memory is what differs).
-        inference: inference only: an :class:`~medseg_mem.config.InferenceConfig` (slab batch, overlap,
-            precision and layout, traced as they run; pass the calibration measured for its precision and layout).
+        batch: inference only: images per call.
         input_on_disk: inference only: as ``predict`` runs a variant that reads its image slab by slab
             (:meth:`~medseg_mem.variants.base.Variant.reads_slabs_only`: ``patch``), the image waits in a
             temporary file and is not resident; ``run``'s evaluation holds it (the default).
         nproc: training only: processes training together (DDP under ``torchrun``, one machine); the plan is
-            one rank's (``batch`` per process, plus :func:`~medseg_mem.memory.planner_training.ddp_bytes`).
-        optimizer: training only: ``adam`` (two float32 states per weight) or ``sgd`` (one momentum buffer).
+            one rank's (``batch_size`` per process, plus :func:`~medseg_mem.memory.planner_training.ddp_bytes`).
+        cases: training only: cases in the training split (``None``: enough to fill ``cache_bytes``).
+        traces: a dict this call may keep its trace in and take it from (a
+            :class:`~medseg_mem.memory.check.MemoryCheck` plans the same work with a bound, then a calibration).
+        validation: training only: also plan each stage's validation pass, the training state held
+            (:mod:`~medseg_mem.memory.planner_validation`); ``False``: the training step alone.
+        earlier_networks: training only: networks this process trained before (``run``'s earlier variants),
+            whose first-call setup it still holds (:func:`first_calls`).
+        out_of_core: inference only: ``predict --out-of-core`` (:meth:`~medseg_mem.variants.base.Variant.stream`
+            traced, plus the engine's buffers, :func:`stream_buffer_bytes`): no term grows with the last axis but
+            the cascade's stage-1 columns.
 
     Raises:
-        OptionError: for a bad shape, class count, batch, mode, precision, worker count, cache size or nproc;
-            MedsegError for an unknown variant.
+        OptionError: for a bad shape, class count, batch or nproc (``train``'s settings are checked by
+            ``TrainConfig``); MedsegError for an unknown variant.
 
     Example:
         >>> plan_variant("full", (1, 512, 512, 500), 3, budget_bytes=16 * 10**9).fits
         False
-        >>> plan_variant("full", (4, 96, 96, 64), 4, mode="training", precision="bf16", checkpointing=True,
-        ...              workers=2, device="cuda").host_bytes > 0
+        >>> train = TrainConfig(batch_size=1, precision="bf16", checkpointing=True, workers=2)
+        >>> plan_variant("full", (4, 96, 96, 64), 4, train=train, device="cuda").host_bytes > 0
         True
     """
-    from medseg_mem.config import InferenceConfig, ModelConfig
-
     shape, model = check_shape(shape), model or ModelConfig()
-    _check_counts(classes, batch, mode)
-    _check_training(precision, workers, cache_bytes, nproc, optimizer)
+    mode = "inference" if train is None else "training"
+    batch = batch if train is None else train.batch_size
+    _check_counts(classes, batch, nproc)
     check_countable(shape, batch, 2 * model.channels[0] + classes)
     on_cpu = not str(device).startswith("cuda")
-    inference = (inference or InferenceConfig()) if mode == "inference" else None
-    training = (precision, bool(checkpointing), int(workers), int(cache_bytes), nproc, optimizer, cases,
-                bool(channels_last), bool(validation)) if mode == "training" else None  # fmt: skip
-    key = (variant, tuple(shape), classes, model, batch, str(device), inference, bool(input_on_disk), training)
+    inference = (inference or InferenceConfig()) if train is None else None
+    training = None if train is None else (train.precision, train.checkpointing, int(train.workers),
+                                           int(train.cache_bytes), nproc, train.optimizer, cases,
+                                           train.channels_last, bool(validation))  # fmt: skip
+    key = (variant, tuple(shape), classes, model, batch, str(device), inference, bool(input_on_disk), training,
+           bool(out_of_core) and train is None)  # fmt: skip
     if traces is None or key not in traces:
         found = _traced(*key)
         if traces is None:
@@ -211,8 +209,8 @@ def plan_variant(
     offsets = first_calls(variant, stage, earlier_networks) if mode == "training" else 1
     predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
     predicted += host if on_cpu else 0
-    if mode == "training":
-        levers = (precision, bool(checkpointing), bool(channels_last), 0.0, 1, nproc, ())
+    if train is not None:
+        levers = (train.precision, train.checkpointing, train.channels_last, 0.0, 1, nproc, ())
     else:
         slabs = variant != "full"
         levers = (inference.precision, False, inference.channels_last, inference.overlap * slabs,
@@ -221,16 +219,19 @@ def plan_variant(
     return Plan(
         variant, mode, predicted, int(budget_bytes), _fits(process, budget_bytes, levers[5], device),
         int(resident), int(trace.peak()), calibration.key, int(host), *levers, process, calibration.baseline_bytes,
-        stage,
+        stage, key[-1],
     )  # fmt: skip
 
 
 def _traced(variant: str, shape, classes: int, model, batch: int, device: str, inference, input_on_disk: bool,
-            training):  # fmt: skip
+            training, out_of_core: bool = False):  # fmt: skip
     """``(resident bytes, trace, stage, host bytes)`` of one plan. ``training`` is ``(precision, checkpointing,
     workers, cache_bytes, nproc, optimizer, cases, channels_last, validation)``, ``None`` for an inference."""
     from medseg_mem.variants import get_variant
 
+    if out_of_core:
+        resident, trace = trace_stream(get_variant(variant), shape, classes, model, inference, device)
+        return resident + stream_buffer_bytes(shape, model, inference), trace, "inference", 0
     if training is None:
         resident, trace = trace_inference(get_variant(variant), shape, classes, model, batch, inference, device)
         if input_on_disk and get_variant(variant).reads_slabs_only():
@@ -273,7 +274,7 @@ def stage_cache_bytes(stage, shape: Sequence[int], model, cache_bytes: int, case
     ``cache_bytes`` when ``cases`` is unknown); 0 for a stage that caches nothing.
 
     Example:
-        >>> from medseg_mem.config import ModelConfig
+        >>> from medseg_mem.core.config import ModelConfig
         >>> from medseg_mem.variants import get_variant
         >>> full, (stage1, _) = get_variant("full").stages()[0], get_variant("cascade").stages()
         >>> stage_cache_bytes(full, (1, 100, 100, 100), ModelConfig(), 2**30), stage_cache_bytes(stage1, (1, 100,
@@ -297,6 +298,24 @@ def spilled_slab_bytes(shape: Sequence[int], batch: int, slab_size: int, sw_batc
     """
     slab = batch * int(shape[0]) * int(shape[1]) * int(shape[2]) * min(int(slab_size), int(shape[3])) * FLOAT_BYTES
     return int(sw_batch_size) * slab
+
+
+def stream_buffer_bytes(shape: Sequence[int], model, inference) -> int:
+    """What the out-of-core engine holds outside the traced tensors: the survey's block
+    (:data:`~medseg_mem.data.streaming.preprocess.SLAB_BYTES`), a chunk's file read and its RAS copy (float32),
+    the writer's kept chunk and its finished block with two copies on the way into the file (4 MiB voxels each).
+
+    Example:
+        >>> from medseg_mem.core.config import InferenceConfig, ModelConfig
+        >>> stream_buffer_bytes((1, 512, 512, 2000), ModelConfig(), InferenceConfig()) // 2**20
+        108
+    """
+    from medseg_mem.data.streaming.preprocess import SLAB_BYTES
+    from medseg_mem.data.streaming.writer import EMIT_VOXELS
+
+    plane = int(shape[0]) * int(shape[1]) * int(shape[2])
+    chunk = plane * min(int(model.slab_size) * int(inference.sw_batch_size), int(shape[3]))
+    return SLAB_BYTES + 2 * chunk * FLOAT_BYTES + chunk + 3 * EMIT_VOXELS
 
 
 def _fits(predicted: int, budget_bytes: int, nproc: int, device: str) -> bool:
@@ -333,26 +352,11 @@ def plan_variants(variants: Sequence[str], shape: Sequence[int], classes: int, *
     return [plan_variant(name, shape, classes, **options) for name in variants]
 
 
-def _check_counts(classes: int, batch: int, mode: str) -> None:
-    """Validate ``classes`` (>= 2), ``batch`` (>= 1) and ``mode``."""
+def _check_counts(classes: int, batch: int, nproc: int) -> None:
+    """Validate ``classes`` (>= 2), ``batch`` (>= 1) and ``nproc`` (>= 1)."""
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 2:
         raise OptionError("--classes", "must be an integer >= 2 (background included)", classes)
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise OptionError("--batch", "must be an integer >= 1", batch)
-    if mode not in MODES:
-        raise OptionError("--mode", f"must be one of {', '.join(MODES)}", mode)
-
-
-def _check_training(precision: str, workers: int, cache_bytes: int, nproc: int = 1, optimizer: str = "adam") -> None:
-    """Validate the training levers: ``precision``, ``workers`` (>= 0), ``cache_bytes`` (>= 0), ``nproc`` (>= 1),
-    ``optimizer``."""
-    if precision not in PRECISION_NAMES:
-        raise OptionError("--precision", f"must be one of {', '.join(PRECISION_NAMES)}", precision)
-    if optimizer not in OPTIMIZER_NAMES:
-        raise OptionError("--optimizer", f"must be one of {', '.join(OPTIMIZER_NAMES)}", optimizer)
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise OptionError("--workers", "must be a whole number >= 0 (0 loads in the training process)", workers)
-    if isinstance(cache_bytes, bool) or not isinstance(cache_bytes, int) or cache_bytes < 0:
-        raise OptionError("--cache", "must be a size >= 0 like 4GB or 512MiB", cache_bytes)
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise OptionError("--nproc", "must be an integer >= 1 (processes training together)", nproc)

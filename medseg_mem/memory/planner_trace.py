@@ -1,5 +1,5 @@
-"""The planner's meta-device tracing: meta U-Nets per stage, a variant's ``segment`` under a live-set tracer, and
-the guard that turns sizes beyond what torch can count into a one-line answer.
+"""The planner's inference trace: a variant's segmentation on ``meta`` U-Nets (:mod:`~medseg_mem.memory.meta`) under a
+live-set tracer.
 
 The slab loop is traced with :func:`~medseg_mem.inference.slab.representative_slabs`: only the slab groups
 whose memory can differ run, so planning takes the same time for 4 slabs or 40,000 and predicts the same peak.
@@ -7,104 +7,103 @@ whose memory can differ run, so planning takes the same time for 4 slabs or 40,0
 
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Sequence
-
-from medseg_mem.errors import OptionError
-from medseg_mem.memory.units import format_bytes
-
-FLOAT_BYTES = 4
-LARGEST_BYTES = 2**63 - 1  # torch counts a storage's bytes in a signed 64-bit integer
-
-
-def meta_networks(variant, image_channels: int, classes: int, model, checkpointing: bool = False):
-    """One random-free ``meta`` U-Net per stage (with ``model``'s deep-supervision heads), keyed by stage name."""
-    import torch
-
-    from medseg_mem.models.unet import UNet3D
-
-    with torch.device("meta"):
-        return {
-            stage.name: UNet3D(stage.in_channels(image_channels, classes, model), classes, model.channels,
-                               checkpointing=checkpointing, deep_supervision=model.deep_supervision)
-            for stage in variant.stages()
-        }  # fmt: skip
-
-
-def weight_bytes(nets) -> int:
-    """Bytes of the parameters and buffers of every network in the mapping ``nets``."""
-    return sum(t.numel() * t.element_size() for net in nets.values() for t in (*net.parameters(), *net.buffers()))
+from medseg_mem.memory.meta import (
+    FLOAT_BYTES,
+    autocast_on_meta,
+    backend_transient,
+    countable,
+    meta_networks,
+    weight_bytes,
+)
 
 
 def trace_inference(variant, shape, classes, model, batch, inference=None, device: str = "cpu"):
-    """Trace ``variant.segment`` on ``meta`` under inference mode; returns ``(resident bytes, trace)``.
+    """Trace ``variant``'s segmentation on ``meta`` under inference mode; returns ``(resident bytes, trace)``. It
+    segments through a :class:`~medseg_mem.variants.trained.TrainedVariant` of ``meta`` networks, the object
+    evaluation and ``predict`` segment with.
 
-    ``inference`` (:class:`~medseg_mem.config.InferenceConfig`) sets the slab batch and overlap, traced as they
+    ``inference`` (:class:`~medseg_mem.core.config.InferenceConfig`) sets the slab batch and overlap, traced as they
     run, and the precision: autocast cannot run on ``meta``, so the networks compute in the half dtype as under
-    autocast (:func:`~medseg_mem.memory.planner_training.autocast_on_meta`). Resident: the weights (half at a
+    autocast (:func:`~medseg_mem.memory.meta.autocast_on_meta`). Resident: the weights (half at a
     half precision, as :func:`~medseg_mem.models.build.load_networks` loads them) and the float32 input.
     """
     import dataclasses
 
     import torch
 
-    from medseg_mem.config import InferenceConfig
+    from medseg_mem.core.config import InferenceConfig
     from medseg_mem.inference.slab import representative_slabs
-    from medseg_mem.memory.planner_training import autocast_on_meta
     from medseg_mem.memory.trace import LiveSetTracer
+    from medseg_mem.variants import TrainedVariant
 
     inference = inference or InferenceConfig()
     nets = {name: net.eval() for name, net in meta_networks(variant, shape[0], classes, model).items()}
     for net in nets.values() if inference.precision != "fp32" else ():
-        autocast_on_meta(net, inference.precision, device, pool_fp32=False)  # models.unet._pooled
-    resident = weight_bytes(nets)  # half weights at a half precision (inference.precision.half_convolutions)
+        autocast_on_meta(net, inference.precision, device, pool_fp32=False)  # models.blocks.pooled
+    resident = weight_bytes(nets)  # half weights at a half precision (core.precision.half_convolutions)
     on_meta = dataclasses.replace(inference, precision="fp32")  # the half networks stand for autocast
     with countable(shape, batch):
         image = torch.zeros((batch, *shape), device="meta")
         existing = [image, *(t for net in nets.values() for t in (*net.parameters(), *net.buffers()))]
+        run = TrainedVariant(variant, nets, model, classes, on_meta)
         transient = backend_transient(device, inference.channels_last)
         with torch.inference_mode(), representative_slabs(), \
                 LiveSetTracer(existing, nets.values(), transient=transient) as tracer:  # fmt: skip
-            variant.segment(nets, image, model, classes, inference=on_meta)
+            run.segment(image)
     return resident + image.numel() * FLOAT_BYTES, tracer.trace
 
 
-def backend_transient(device: str, channels_last: bool):
-    """The tracer's ``transient`` for ``device``: the CPU backend's temporaries (:mod:`medseg_mem.memory.backend`),
-    none on CUDA."""
-    if str(device).startswith("cuda"):
-        return None
-    from medseg_mem.memory.backend import cpu_transient
+class MetaStream:
+    """A scan streamed out of core, on ``meta``: what :meth:`~medseg_mem.variants.base.Variant.stream` reads of a
+    :class:`~medseg_mem.data.streaming.preprocess.ScanStream` (its shape, chunks made as they are read, the
+    downsampled volume), only the chunks whose memory can differ (the first two and the last, as
+    :func:`~medseg_mem.inference.slab.representative_slabs`).
 
-    return cpu_transient(channels_last)
-
-
-def check_countable(shape: Sequence[int], batch: int, widest: int) -> None:
-    """Refuse, in one line, a plan whose ``widest``-channel float tensors would exceed what torch can count.
-
-    Raises:
-        OptionError: naming ``--shape``/``--batch``, the memory the input alone needs and the fix.
+    Example:
+        >>> [start for start, _ in MetaStream((1, 4, 4, 100)).slabs(16)]
+        [0, 16, 96]
     """
-    voxels = int(shape[1]) * int(shape[2]) * int(shape[3])
-    if int(batch) * voxels * max(int(widest), int(shape[0])) * 8 > LARGEST_BYTES:
-        _too_large(shape, batch)
+
+    def __init__(self, shape) -> None:
+        self.shape = tuple(int(s) for s in shape)
+
+    def slabs(self, depth: int):
+        import torch
+
+        from medseg_mem.inference.slab import slab_groups
+
+        starts = list(range(0, self.shape[3], depth))
+        for (start,) in slab_groups(starts, 1, representative=True):
+            yield start, torch.zeros((*self.shape[:3], min(depth, self.shape[3] - start)), device="meta")
+
+    def downsampled(self, size, depth: int = 16):
+        import torch
+
+        return torch.zeros((self.shape[0], *size), device="meta")
 
 
-@contextlib.contextmanager
-def countable(shape: Sequence[int], batch: int) -> Iterator[None]:
-    """Turn torch's size-overflow errors inside the block into :func:`check_countable`'s one-line answer."""
-    try:
-        yield
-    except RuntimeError as error:
-        if "overflow" not in str(error).lower():
-            raise
-        _too_large(shape, batch)
+def trace_stream(variant, shape, classes, model, inference=None, device: str = "cpu", probabilities: bool = False):
+    """Trace ``variant.stream`` (``predict`` out of core) on ``meta``; returns ``(resident bytes, trace)``: the
+    weights resident, every chunk, downsampled volume and output made inside the trace (none grows with the last
+    axis but the cascade's stage-1 columns, ``K x x x y x Z`` floats, as in memory)."""
+    import dataclasses
 
+    import torch
 
-def _too_large(shape: Sequence[int], batch: int) -> None:
-    """Raise the one-line "fits no device" answer for ``shape`` and ``batch``."""
-    size = ",".join(str(s) for s in shape)
-    need = format_bytes(int(batch) * int(shape[0]) * int(shape[1]) * int(shape[2]) * int(shape[3]) * FLOAT_BYTES)
-    rule = (f"with --batch {batch} needs tensors near or over 9.2 EB, more than torch can count (the input alone "
-            f"is {need}); it fits no device: give a smaller --shape or --batch")  # fmt: skip
-    raise OptionError("--shape", rule, size)
+    from medseg_mem.core.config import InferenceConfig
+    from medseg_mem.memory.trace import LiveSetTracer
+    from medseg_mem.variants import TrainedVariant
+
+    inference = inference or InferenceConfig()
+    nets = {name: net.eval() for name, net in meta_networks(variant, shape[0], classes, model).items()}
+    for net in nets.values() if inference.precision != "fp32" else ():
+        autocast_on_meta(net, inference.precision, device, pool_fp32=False)
+    on_meta = dataclasses.replace(inference, precision="fp32")
+    with countable(shape, 1):
+        existing = [t for net in nets.values() for t in (*net.parameters(), *net.buffers())]
+        run = TrainedVariant(variant, nets, model, classes, on_meta)
+        transient = backend_transient(device, inference.channels_last)
+        with torch.no_grad(), LiveSetTracer(existing, nets.values(), transient=transient) as tracer:
+            for out in variant.stream(run, MetaStream(shape), None, probabilities):
+                del out
+    return weight_bytes(nets), tracer.trace

@@ -8,14 +8,13 @@ through the whole step (weights, the optimizer's states, image, label, DDP's buc
 
 from __future__ import annotations
 
-import functools
-from typing import List, Tuple
+from typing import Tuple
 
-from medseg_mem.memory.planner_trace import countable, meta_networks, weight_bytes
-from medseg_mem.training.optimizer import optimizer_states
+from medseg_mem.core.names import OPTIMIZER_STATES
+from medseg_mem.memory.meta import autocast_on_meta, backend_transient, countable, meta_networks, weight_bytes
+from medseg_mem.memory.planner_validation import trace_validation
 
-ADAM_STATES = optimizer_states("adam")  # exp_avg and exp_avg_sq, one copy of the weights each
-HALF_DTYPES = {"bf16": "bfloat16", "fp16": "float16"}
+ADAM_STATES = OPTIMIZER_STATES["adam"]  # exp_avg and exp_avg_sq, one copy of the weights each
 DDP_PARAMETER_COPIES = 1  # DDP's gradient buckets: one float32 copy of the parameters (fitted 0.98-1.00, ddp_bytes)
 DDP_FIXED_BYTES = 5_200_000  # besides the buckets: gloo's and the reducer's working memory (fitted 4.3-5.2 MB)
 
@@ -61,7 +60,7 @@ def trace_training(variant, shape, classes, model, batch, lever, optimizer: str 
     for stage in variant.stages():
         with countable(shape, batch):
             size = _stage_size(stage, shape, model)
-            resident, trace = _trace_step(nets[stage.name], batch, size, *lever, optimizer_states(optimizer),
+            resident, trace = _trace_step(nets[stage.name], batch, size, *lever, OPTIMIZER_STATES[optimizer],
                                           channels_last=channels_last)  # fmt: skip
             phases = [(resident, trace, stage.name)]
             if validation:
@@ -76,8 +75,6 @@ def trace_training(variant, shape, classes, model, batch, lever, optimizer: str 
 def _validation(variant, stage, shape, classes, model, lever, channels_last, resident: int):
     """``(resident, trace, "<stage> validation")`` of ``stage``'s validation pass: a fresh float32 meta network
     (validation runs without autocast), the training state's ``resident`` bytes held meanwhile."""
-    from medseg_mem.memory.planner_validation import trace_validation
-
     net = meta_networks(variant, shape[0], classes, model, lever[1])[stage.name]
     held, trace = trace_validation(stage, net, shape, classes, model, lever[2], channels_last)
     return resident + held, trace, f"{stage.name} validation"
@@ -85,7 +82,7 @@ def _validation(variant, stage, shape, classes, model, lever, channels_last, res
 
 def _stage_size(stage, shape, model) -> Tuple[int, ...]:
     """Spatial size a training step of ``stage`` sees: its resolution, cut to a slab for slab stages."""
-    from medseg_mem.resample import scaled_size
+    from medseg_mem.variants.resample import scaled_size
 
     size = list(scaled_size(shape[1:], stage.factor(model)))
     if stage.slab:
@@ -103,7 +100,6 @@ def _trace_step(net, batch: int, size: Tuple[int, ...], precision: str, checkpoi
     """
     import torch
 
-    from medseg_mem.memory.planner_trace import backend_transient
     from medseg_mem.memory.trace import LiveSetTracer
 
     net.train()
@@ -155,45 +151,13 @@ def _nbytes(tensor) -> int:
     return tensor.numel() * tensor.element_size()
 
 
-def autocast_on_meta(net, precision: str, device: str, master_grads: List = None, pool_fp32: bool = True) -> None:
-    """Make ``net`` compute as under ``torch.autocast(device, precision)``, which cannot run on ``meta``.
-
-    The weights are converted to the half dtype (autocast's weight copies; their bytes are counted by
-    :func:`_training_resident`, not traced), each convolution casts its input
-    to it (so the float32 input is padded, and stored by a checkpointed first level, in float32 as under
-    autocast), gradients are replaced by float32 master gradients as they arrive, and on CPU the max-pool runs
-    in float32 (CPU autocast's policy: its input is upcast and kept for backward, its output cast back) unless
-    ``pool_fp32`` is off (the lean inference pass pools in the half dtype: :func:`medseg_mem.models.unet._pooled`).
-    ``master_grads=None`` (inference) registers no gradient hooks.
-    """
-    import torch
-
-    dtype = getattr(torch, HALF_DTYPES[precision])
-    for parameter in net.parameters() if master_grads is not None else ():
-        parameter.register_post_accumulate_grad_hook(functools.partial(_master_grad, master_grads))
-    net.to(dtype)
-    for conv in (m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))):
-        conv.register_forward_pre_hook(lambda module, args: (args[0].to(dtype),))
-    if pool_fp32 and not str(device).startswith("cuda"):
-        net.pool.register_forward_pre_hook(lambda module, args: (args[0].float(),))
-        net.pool.register_forward_hook(lambda module, args, output: output.to(dtype))
-
-
-def _master_grad(kept: List, parameter) -> None:
-    """Replace a half gradient by the float32 one autocast accumulates into the float32 weights."""
-    import torch
-
-    kept.append(torch.empty(parameter.shape, dtype=torch.float32, device=parameter.device))
-    parameter.grad = None
-
-
 def _step_on_meta(net, image, label) -> None:
     """:func:`~medseg_mem.training.step.train_step` without the optimizer: forward, Dice+CE loss on float32
     logits and the int64 label (on every output of a deep-supervised network), backward."""
     import torch
     from monai.losses import DiceCELoss
 
-    from medseg_mem.training.deep_supervision import DeepSupervisionLoss
+    from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 
     logits, loss_fn = net(image), DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     if isinstance(logits, list):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Tuple
 
-from medseg_mem.memory.planner_trace import FLOAT_BYTES, backend_transient
+from medseg_mem.memory.meta import FLOAT_BYTES, backend_transient
 
 LABEL_BYTES = 1
 

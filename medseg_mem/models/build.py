@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.config import ModelConfig
+from medseg_mem.core.config import ModelConfig
+from medseg_mem.core.files.checkpoint import load_checkpoint
 from medseg_mem.models.unet import UNet3D
 
 AUX_PREFIX = "aux_heads."  # the deep-supervision heads' entries in a state dict
@@ -45,28 +45,29 @@ def channels_last_layout(net: torch.nn.Module) -> torch.nn.Module:
 
 
 def load_networks(
-    paths: Dict[str, Path], device: torch.device, channels_last: bool = False, precision: str = "fp32"
+    paths: Dict[str, Path], device: torch.device, channels_last: bool = False, precision: str = "fp32",
+    specs: Optional[Dict[str, Dict]] = None,
 ) -> Dict[str, torch.nn.Module]:
     """Rebuild each stage's U-Net from its checkpoint (validated, ``weights_only``), in eval mode on ``device``,
     with channels-last weights when ``channels_last`` (:func:`channels_last_layout`) and half convolution
-    weights for a ``bf16``/``fp16`` inference (:func:`~medseg_mem.inference.precision.half_convolutions`)."""
-    from medseg_mem.inference.precision import half_convolutions
+    weights for a ``bf16``/``fp16`` inference (:func:`~medseg_mem.core.precision.half_convolutions`).
+
+    ``specs`` (an exported bundle's ``in_channels``, ``out_channels`` and ``channels`` per stage) says that
+    ``paths`` hold plain ``state_dict`` files without deep-supervision heads (checked by their caller)."""
+    from medseg_mem.core.precision import half_convolutions
 
     nets = {}
     for stage, path in paths.items():
-        saved = load_checkpoint(path, map_location=device)
-        spec = saved["model"]
-        model = ModelConfig(channels=tuple(spec["channels"]), deep_supervision=saved_deep_supervision(spec))
+        if specs is not None:
+            spec, state = dict(specs[stage], num_classes=specs[stage]["out_channels"]), None
+        else:
+            saved = load_checkpoint(path, map_location=device)
+            spec, state = saved["model"], saved["state_dict"]
+        model = ModelConfig.from_dict(spec)
         net = build_network(spec["in_channels"], spec["num_classes"], model, channels_last=channels_last)
-        net.load_state_dict(saved["state_dict"])
+        net.load_state_dict(state if state is not None else torch.load(path, map_location=device, weights_only=True))
         nets[stage] = half_convolutions(net.to(device).eval(), precision)
     return nets
-
-
-def saved_deep_supervision(spec: Dict) -> bool:
-    """Whether a checkpoint's ``model`` settings had deep-supervision heads (checkpoints from before the option:
-    no)."""
-    return bool(spec.get("deep_supervision", False))
 
 
 def inference_state_dict(state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:

@@ -32,6 +32,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from medseg_mem.models.blocks import pad_amounts, pooled
+
 ROW_CHUNKS = 32  # chunks per convolution along the first spatial axis: temporaries ~ 4/32 of a level's tensor
 CHUNK_BYTES = 16 * 2**20  # ... but no chunk's output under this: small convolutions cost more than they save
 # PyTorch's CPU heuristic sends a float32 3x3x3 convolution with N * C * D * H <= 20480 to its slow fallback instead
@@ -54,14 +56,12 @@ def lean_forward(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         ...     lean_forward(net, torch.zeros(1, 1, 5, 4, 4)).shape
         torch.Size([1, 2, 6, 4, 4])
     """
-    from medseg_mem.models.unet import _pooled, pad_amounts
-
     padding = pad_amounts(x.shape[2:], net.divisor)
     x = F.pad(x, padding) if any(padding) else x
     skips = []
     for index, encoder in enumerate(net.encoders):
         if index:
-            x = mapped_rows(lambda rows: _pooled(net.pool, rows), x, stride=2)
+            x = mapped_rows(lambda rows: pooled(net.pool, rows), x, stride=2)
         x = conv_rows(encoder[0:3], slices_of(x), x)
         x = conv_rows(encoder[3:6], slices_of(x), x, into=x)
         skips.append(x)

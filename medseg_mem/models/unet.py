@@ -26,8 +26,9 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from medseg_mem.core.names import DEEP_SUPERVISION_LEVELS
+from medseg_mem.models.blocks import pad_amounts
 from medseg_mem.models.lean import lean_forward
-from medseg_mem.names import DEEP_SUPERVISION_LEVELS
 
 SPEC_CHANNELS: Tuple[int, ...] = (32, 64, 128, 256, 512)
 
@@ -200,24 +201,3 @@ def auxiliary_heads(channels: Sequence[int], out_channels: int) -> List[nn.Modul
         raise ValueError(f"deep supervision needs at least {DEEP_SUPERVISION_LEVELS} levels (a decoder level below "
                          f"the top to supervise); got channels {tuple(channels)}")  # fmt: skip
     return [nn.Conv3d(width, out_channels, kernel_size=1) for width in channels[-2:0:-1]]
-
-
-def _pooled(pool: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """``pool(x)`` in ``x``'s own dtype even under autocast.
-
-    CPU autocast runs max-pooling in float32: a bf16 input is copied to float32 (twice its bytes, the largest
-    tensor of a bf16 pass) and the output stays float32. The maximum of bf16 values is the same bf16 value
-    either way, and the next convolution casts its input to bf16 anyway, so the numbers are unchanged.
-    """
-    if x.device.type not in ("cpu", "cuda"):  # the planner's meta tensors: no autocast to turn off
-        return pool(x)
-    with torch.autocast(device_type=x.device.type, enabled=False):
-        return pool(x)
-
-
-def pad_amounts(size: Sequence[int], divisor: int) -> Tuple[int, ...]:
-    """``F.pad`` amounts (last axis first) that pad each spatial axis at its end up to a multiple of ``divisor``."""
-    amounts = []
-    for s in reversed(tuple(size)):
-        amounts += [0, (-int(s)) % divisor]
-    return tuple(amounts)

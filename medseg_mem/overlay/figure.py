@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
 from medseg_mem.overlay.planes import AXES, Point, focus_point, outlines, plane
 
 PREDICTION_COLOUR = (1.0, 0.0, 0.0)  # red

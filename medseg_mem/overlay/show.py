@@ -24,13 +24,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from medseg_mem.config import InferenceConfig
+from medseg_mem.core.config import InferenceConfig
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.files.writable import check_output_folder
+from medseg_mem.core.locations import default_runs
 from medseg_mem.data.prepared import PreparedDataset
-from medseg_mem.errors import MedsegError
-from medseg_mem.names import DEFAULT_RUNS
 from medseg_mem.overlay.figure import draw_overlay
-from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
-from medseg_mem.writable import check_output_folder
+from medseg_mem.variants.trained_run import TrainedRun, open_trained_run
 
 SHOW_FOLDER = "show"
 
@@ -51,13 +51,15 @@ class ShowSummary:
                 f"{self.seconds:.1f} s")  # fmt: skip
 
 
-def find_run(run: str, runs_dir: Path = DEFAULT_RUNS) -> Path:
-    """The run folder ``run`` names: a folder holding ``run.json``, or a run id in ``runs_dir``.
+def find_run(run: str, runs_dir: Optional[Path] = None) -> Path:
+    """The run folder ``run`` names: a folder holding ``run.json``, or a run id in ``runs_dir`` (default: the work
+    folder's, :func:`~medseg_mem.core.locations.default_runs`).
 
     Raises:
         MedsegError: neither, naming ``RUN`` and where it was looked for.
     """
-    for folder in (Path(run), Path(runs_dir) / str(run)):
+    runs_dir = default_runs() if runs_dir is None else Path(runs_dir)
+    for folder in (Path(run), runs_dir / str(run)):
         if (folder / "run.json").is_file():
             return folder
     if Path(run).is_dir():
@@ -114,7 +116,7 @@ def show_run(run_dir: Path, case_ids: Sequence[str] = (), out_dir: Optional[Path
         out_dir: where the PNGs go (default ``<run_dir>/show``).
         device: ``"auto"``, ``"cpu"`` or ``"cuda"``.
         overwrite: replace PNGs that exist in ``out_dir`` (always so in ``<run_dir>/show``).
-        inference: slab batch, overlap, precision (default :class:`~medseg_mem.config.InferenceConfig`).
+        inference: slab batch, overlap, precision (default :class:`~medseg_mem.core.config.InferenceConfig`).
 
     Raises:
         MedsegError: an unfinished or damaged run, its dataset missing, an unknown case id, an output folder that
@@ -149,18 +151,16 @@ def case_segmenter(trained: TrainedRun, device: str, inference: InferenceConfig)
     """A function: prepared image ``(C, X, Y, Z)`` -> label map ``(X, Y, Z)`` uint8, by the whole variant."""
     import torch
 
-    from medseg_mem.device import resolve_device
-    from medseg_mem.models.build import load_networks
-    from medseg_mem.variants import get_variant
+    from medseg_mem.core.device import resolve_device
+    from medseg_mem.variants import TrainedVariant
 
     torch_device = resolve_device(device)
-    nets = load_networks(trained.paths, torch_device, inference.channels_last, inference.precision)
-    variant = get_variant(trained.variant)
+    run = TrainedVariant.load(trained, torch_device, inference, labels_device="cpu")
 
     def segment(image: np.ndarray) -> np.ndarray:
         batch = torch.from_numpy(np.array(image, dtype=np.float32))[None].to(torch_device)
         with torch.inference_mode():
-            labels = variant.segment(nets, batch, trained.model, trained.num_classes, device="cpu", inference=inference)
+            labels = run.segment(batch)
         return labels[0, 0].numpy()
 
     return segment
@@ -170,7 +170,7 @@ def draw_case(dataset: PreparedDataset, trained: TrainedRun, case_id: str, segme
     """Segment one prepared case and draw it with its ground truth and Dice per class in the title."""
     import torch
 
-    from medseg_mem.evaluate import dice_text, dice_per_class
+    from medseg_mem.inference.metrics import dice_per_class, dice_text
 
     case = dataset.load(case_id, mmap=True)
     prediction, truth = segment(case.image), np.array(case.label[0])

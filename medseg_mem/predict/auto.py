@@ -1,7 +1,7 @@
 """``medseg-mem predict --variant auto``: pick the trained run to predict with from a folder of runs.
 
-``--checkpoint`` names a runs folder (``medseg-work/runs``). Its finished runs (every stage's ``best.pt``
-present) of the newest run's dataset are the candidates, the newest run per variant. Each is planned for the
+``--checkpoint`` names a runs folder (``medseg-work/runs``). Its finished runs of one dataset that fits the scans
+are the candidates (:mod:`~medseg_mem.predict.candidates`), the best run per variant. Each is planned for the
 largest input scan (its stored grid and channels; preprocessing that resamples or crops changes it) with the
 prediction's settings, as the whole process's peak; :func:`~medseg_mem.memory.choose.choose` takes the most
 accurate one that fits the budget, accuracy ranked by the results CSV for that dataset (else full > cascade >
@@ -16,64 +16,80 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence
 
-from medseg_mem.config import InferenceConfig
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.config import InferenceConfig
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.check import MemoryCheck, resolve_budget
-from medseg_mem.memory.choose import accuracy_order, choose
+from medseg_mem.memory.choose import choose
 from medseg_mem.predict.guard import largest_scan_shape
-from medseg_mem.predict.trained_run import TrainedRun, open_trained_run
+from medseg_mem.report.ranking import accuracy_order
+from medseg_mem.predict.candidates import candidates
+from medseg_mem.variants.trained_run import TrainedRun
 
 
 def choose_run(
     runs_dir: Path, scans: Sequence[Path], results: Path, budget: Optional[int], device: str,
-    inference: InferenceConfig, echo: Callable[[str], None],
+    inference: InferenceConfig, echo: Callable[[str], None], dataset: Optional[str] = None, out_of_core: str = "auto",
 ) -> Path:  # fmt: skip
     """The run folder ``--variant auto`` predicts with, said in one line with the reason.
 
-    Each candidate's need is its planned whole-process peak (:class:`~medseg_mem.memory.check.MemoryCheck`: a
-    need whose lower bound is over the budget is known without calibrating).
+    The candidates are each variant's best run of one dataset that fits the scans
+    (:func:`~medseg_mem.predict.candidates.candidates`). Each candidate's need is its planned whole-process peak
+    (:class:`~medseg_mem.memory.check.MemoryCheck`: a need whose lower bound is over the budget is known without
+    calibrating), out of core where ``out_of_core`` (``predict --out-of-core``) lets a ``patch`` or ``cascade``
+    run stream (:func:`planned`).
 
     Raises:
-        MedsegError: no finished run in ``runs_dir``, or no candidate fits the budget.
+        MedsegError: no finished run in ``runs_dir`` that fits the scans, or no candidate fits the budget.
     """
-    candidates = newest_runs(Path(runs_dir))
-    check = MemoryCheck(device, resolve_budget(budget, device), echo)
     shape = largest_scan_shape(scans)
-    plans = {name: planned(check, trained, shape, inference) for name, (_, trained) in candidates.items()}
+    found = candidates(Path(runs_dir), shape[0], results, dataset)
+    check = MemoryCheck(device, resolve_budget(budget, device), echo)
+    plans = {name: planned(check, trained, shape, inference, out_of_core)
+             for name, (_, trained) in found.runs.items()}  # fmt: skip
     needs = {name: plan.process_bytes for name, plan in plans.items()}
     bounds = [name for name, plan in plans.items() if plan.calibration.startswith("lower bound")]
-    order, why = accuracy_order(results, next(iter(candidates.values()))[1].dataset)
+    order, why = accuracy_order(results, next(iter(found.runs.values()))[1].dataset)
     choice = choose(needs, order, check.budget.bytes, check.budget.source, why, _lever(inference), bounds)
-    echo(f"--variant auto: {choice.reason}")
-    return candidates[choice.variant][0]
+    folder = found.runs[choice.variant][0]
+    echo(f"--variant auto: {choice.reason}; run {folder.name}, {found.note}")
+    return folder
 
 
-def newest_runs(runs_dir: Path) -> Dict[str, Tuple[Path, TrainedRun]]:
-    """``{variant: (run folder, trained run)}``: the newest finished run per variant of the newest run's dataset."""
-    finished = []
-    for folder in sorted((p for p in runs_dir.iterdir() if (p / "run.json").is_file()), reverse=True) \
-            if runs_dir.is_dir() else ():  # fmt: skip
-        try:
-            finished.append((folder, open_trained_run(folder)))
-        except MedsegError:
-            continue  # unfinished or damaged: not a candidate
-    if not finished:
-        raise MedsegError(f"--checkpoint {runs_dir}: --variant auto needs a folder of runs (medseg-work/runs) with at "
-                          "least one finished run; train one with `medseg-mem run`")  # fmt: skip
-    dataset = finished[0][1].dataset
-    chosen: Dict[str, Tuple[Path, TrainedRun]] = {}
-    for folder, trained in finished:
-        if trained.dataset == dataset and trained.variant not in chosen:
-            chosen[trained.variant] = (folder, trained)
-    return chosen
+def named_run(runs_dir: Path, variant: str, scans: Sequence[Path], results: Path, echo: Callable[[str], None],
+              dataset: Optional[str] = None) -> Path:  # fmt: skip
+    """The run folder ``--variant NAME`` predicts with: that variant's best run of the dataset
+    :func:`~medseg_mem.predict.candidates.candidates` picks, said in one line.
+
+    Raises:
+        MedsegError: no run fits the scans, or none of the variant among them.
+    """
+    found = candidates(Path(runs_dir), largest_scan_shape(scans)[0], results, dataset)
+    if variant not in found.runs:
+        raise MedsegError(f"--variant {variant}: {runs_dir} holds no finished {variant} run of {found.dataset} (it "
+                          f"has {', '.join(found.runs)}; {found.note})")  # fmt: skip
+    folder = found.runs[variant][0]
+    score = found.val_dice.get(folder.name)
+    how = f"best by validation Dice {100 * score:.1f} %" if score is not None else "newest (no validation Dice)"
+    echo(f"--variant {variant}: run {folder.name} ({how}), {found.note}")
+    return folder
 
 
-def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig):
-    """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need)."""
-    return check.inference(trained.variant, shape, trained.num_classes, trained.model, inference,
-                           input_on_disk=True)  # fmt: skip
+def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig, out_of_core: str = "auto"):
+    """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need): in
+    memory, or out of core where ``predict --out-of-core`` would take that path (``always``; ``auto`` when only
+    it fits; never for ``full``, whose plan stays whole-volume)."""
+    from medseg_mem.predict.guard import planned_path
+    from medseg_mem.predict.streamed import streamable
+    from medseg_mem.variants import get_variant
+
+    can_stream = out_of_core != "never" and streamable(get_variant(trained.variant), inference)
+    plan = planned_path(check, trained, shape, inference, can_stream and out_of_core == "always")
+    if can_stream and not plan.fits and out_of_core == "auto":
+        streamed = planned_path(check, trained, shape, inference, True)
+        return streamed if streamed.fits else plan
+    return plan
 
 
 def _lever(inference: InferenceConfig) -> Callable[[str], str]:

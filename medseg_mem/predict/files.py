@@ -22,9 +22,9 @@ from typing import Any, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
 from medseg_mem.data.normalize import slab_views
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.inference.source import SlabSource
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -176,11 +176,11 @@ def write_label_map(labels: np.ndarray, source: Path, target: Path, num_classes:
         raise MedsegError(f"{source}: prediction shape {labels.shape} differs from the scan's {header.get_data_shape()}"
                           "; this is a bug, please report it")
     image = nib.Nifti1Image(np.ascontiguousarray(labels, dtype=np.uint8), None, header=header)
-    _label_header(image.header, num_classes)
+    label_header(image.header, num_classes)
     return _save_atomic(image, Path(target))
 
 
-def _label_header(header, num_classes: int) -> None:
+def label_header(header, num_classes: int) -> None:
     """Mark the header as a label map: uint8, no intensity scaling, display range 0..K-1."""
     header.set_data_dtype(np.uint8)
     header.set_slope_inter(None, None)

@@ -14,17 +14,21 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional, Sequence, Tuple
 
-from medseg_mem.config import InferenceConfig
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.config import InferenceConfig
+from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.check import MemoryCheck, MemoryGuardError, lever_calibration, lever_line, resolve_budget
 from medseg_mem.memory.check import is_bound  # noqa: I001 - one line each: the guards share the rest
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.units import format_bytes
 
 
 def check_memory(trained, scans: Sequence, device: str, inference: InferenceConfig, budget_bytes: Optional[int],
-                 echo: Callable[[str], None], refuse: bool = True):  # fmt: skip
+                 echo: Callable[[str], None], refuse: bool = True, out_of_core: str = "never"):  # fmt: skip
     """The plan of ``trained``'s inference on the largest of ``scans`` (``None`` when no header can be read);
     refuse it when it does not fit.
+
+    ``out_of_core`` (``predict --out-of-core``): ``never`` plans the in-memory path, ``always`` the out-of-core one
+    (:mod:`~medseg_mem.predict.streamed`), ``auto`` the in-memory one and, when it does not fit, the out-of-core one
+    (``auto`` and ``always`` only where the run can stream). The plan's ``out_of_core`` says which path to take.
 
     Raises:
         MemoryGuardError: one line with the figures and the levers (unless ``refuse`` is off: said on ``echo``).
@@ -34,7 +38,14 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
         return None
     scan, shape = largest
     check = MemoryCheck(device, resolve_budget(budget_bytes, device), echo, upper_bound_first=True)
-    plan = check.inference(trained.variant, shape, trained.num_classes, trained.model, inference, input_on_disk=True)
+    plan = planned_path(check, trained, shape, inference, out_of_core == "always")
+    if not plan.fits and out_of_core == "auto":
+        streamed = planned_path(check, trained, shape, inference, True)
+        if streamed.fits:
+            echo(f"out of core: the in-memory plan ({format_bytes(plan.process_bytes)}) is over the budget "
+                 f"{check.budget.describe()}; reading, segmenting and writing {scan} by chunks plans "
+                 f"{format_bytes(streamed.process_bytes)}")  # fmt: skip
+            return streamed
     if plan.fits:
         return plan
     line = refusal(check, trained, (scan, shape), inference, plan)
@@ -45,6 +56,12 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
     return plan
 
 
+def planned_path(check: MemoryCheck, trained, shape, inference: InferenceConfig, out_of_core: bool, **options):
+    """The plan of ``trained``'s inference on ``shape`` in memory (the image spilled to disk) or out of core."""
+    return check.inference(trained.variant, shape, trained.num_classes, trained.model, inference, input_on_disk=True,
+                           out_of_core=out_of_core, **options)  # fmt: skip
+
+
 def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, plan) -> str:
     """The one line for a prediction whose plan is over the budget (``largest``: the ``(scan, shape)`` planned),
     with each lever's planned figure."""
@@ -53,14 +70,13 @@ def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, pl
                "--overlap 0": dict(overlap=0.0), "without --tta": dict(tta=False)}  # fmt: skip
     calibration, at_least = lever_calibration(check, plan, "inference")
     if is_bound(plan) and not at_least:  # a cached calibration: the figure itself, not its bound
-        plan = check.inference(trained.variant, shape, trained.num_classes, trained.model, inference,
-                               input_on_disk=True, calibration=calibration)  # fmt: skip
+        plan = planned_path(check, trained, shape, inference, plan.out_of_core, calibration=calibration)
     levers = {}
     for lever, change in options.items():
         changed = dataclasses.replace(inference, **change)
         if changed != inference:
-            levers[lever] = check.inference(trained.variant, shape, trained.num_classes, trained.model, changed,
-                                            input_on_disk=True, calibration=calibration).process_bytes
+            levers[lever] = planned_path(check, trained, shape, changed, plan.out_of_core,
+                                         calibration=calibration).process_bytes
     size = "x".join(str(s) for s in shape)
     verb = "needs at least" if at_least else "plans"
     return (f"{scan}: {trained.variant} ({inference.describe()}) {verb} {format_bytes(plan.process_bytes)} for "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 AFFINE_TOLERANCE = 1e-3  # mm; the restored grid must match the input's to this precision
 

@@ -10,7 +10,7 @@ import torch
 
 from medseg_mem.data.normalize import slab_views
 from medseg_mem.data.transforms import load_steps, make_reader
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 
 def metadata_only(image):
@@ -28,7 +28,7 @@ def load_scan(pipeline, reader: str, scan: Path) -> dict:
             (dimensions, more voxels than memory) or it cannot be read as NIfTI.
     """
     from medseg_mem.data.headers import header_problems
-    from medseg_mem.readable import open_failure
+    from medseg_mem.core.files.readable import open_failure
 
     problems = [p for p in [open_failure(scan)] if p] or header_problems(scan, str(scan))
     if problems:

@@ -11,8 +11,9 @@ from typing import Sequence
 
 import pandas as pd
 
-from medseg_mem.errors import MedsegError
-from medseg_mem.memory.units import format_bytes
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.core.units import dice_percent, format_bytes
+from medseg_mem.data.fingerprint import dataset_label
 from medseg_mem.report.tables import DICE_PREFIX, GROUP_KEYS, Group, build_groups
 
 MISSING = "—"
@@ -24,13 +25,13 @@ def format_table(results: pd.DataFrame) -> str:
     """Return the comparison tables of ``results`` as padded Markdown, one section per dataset/device group.
 
     Args:
-        results: rows as returned by :func:`medseg_mem.results.read_results`, possibly filtered.
+        results: rows as returned by :func:`medseg_mem.report.results.read_results`, possibly filtered.
 
     Raises:
         MedsegError: ``results`` lacks a column the tables need.
 
     Example:
-        >>> from medseg_mem.results import read_results
+        >>> from medseg_mem.report.results import read_results
         >>> df = read_results(Path("medseg-work/results.csv"))  # doctest: +SKIP
         >>> print(format_table(df.query("dataset == 'Task04_Hippocampus'")))  # doctest: +SKIP
     """
@@ -73,10 +74,13 @@ def method_words(method: object) -> str:
 
 
 def group_heading(group: Group) -> str:
-    """Return e.g. ``## Task04_Hippocampus — cpu, peak resident memory of the process`` (benchmarks say so)."""
+    """Return e.g. ``## Task04_Hippocampus [3f9a1c0b7d2e] — cpu, peak resident memory of the process``
+    (benchmarks say so, without a fingerprint)."""
     where = f"{group.device or 'unknown device'}, {method_words(group.memory_method)}"
     kind = "" if group.source == "run" else " — benchmark (memory and time only)"
-    return f"## {group.dataset or 'unknown dataset'}{kind} — {where}"
+    if group.source != "run":
+        return f"## {group.dataset or 'unknown dataset'}{kind} — {where}"
+    return f"## {dataset_label(group.dataset or 'unnamed', group.fingerprint)}{kind} — {where}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequence[bool]) -> str:
@@ -92,7 +96,7 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]], numeri
 
 
 def format_size(value: object) -> str:
-    """Return a byte count as every command prints it (:func:`~medseg_mem.memory.units.format_bytes`, e.g.
+    """Return a byte count as every command prints it (:func:`~medseg_mem.core.units.format_bytes`, e.g.
     ``1.23 GiB``); ``—`` if missing."""
     return MISSING if _missing(value) else format_bytes(value)
 
@@ -109,7 +113,7 @@ def format_number(value: object) -> str:
 
 def format_dice(value: object) -> str:
     """Return a Dice fraction as a percentage with two decimals (``0.8013`` → ``80.13``)."""
-    return MISSING if _missing(value) else f"{100 * float(value):.2f}"
+    return MISSING if _missing(value) else dice_percent(value)
 
 
 def format_count(value: object) -> str:

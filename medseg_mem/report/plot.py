@@ -15,7 +15,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter
 
-from medseg_mem.atomic import replacing
+from medseg_mem.core.files.atomic import replacing
 from medseg_mem.report.format import method_words
 from medseg_mem.report.tables import Group, variant_order
 
@@ -59,8 +59,8 @@ def plot_comparison(groups: Sequence[Group], path: Path, title: str = "") -> Pat
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Write ``figure`` as PNG to ``path`` atomically (:func:`medseg_mem.atomic.replacing`): a failed or killed
-    write leaves the previous file, never a half-written one.
+    """Write ``figure`` as PNG to ``path`` atomically (:func:`medseg_mem.core.files.atomic.replacing`): a failed or
+    killed write leaves the previous file, never a half-written one.
 
     Raises:
         WriteError: the disk is full or the folder not writable, naming ``path``.

@@ -29,7 +29,7 @@ def curve_points(results: pd.DataFrame) -> Curves:
     order, for the datasets with snapshot rows (empty when there are none).
 
     Args:
-        results: rows as from :func:`medseg_mem.results.read_results`.
+        results: rows as from :func:`medseg_mem.report.results.read_results`.
     """
     foreground = results["class_index"].gt(0).fillna(False).astype(bool)
     rows = results[foreground & results["dice"].notna() & results["train_seconds"].notna()]
@@ -52,7 +52,7 @@ def plot_dice_over_time(results: pd.DataFrame, path: Path, title: str = "") -> O
     """Draw the time figure of ``results`` into the PNG ``path``; ``None`` (nothing written) without snapshot rows.
 
     Args:
-        results: rows as from :func:`medseg_mem.results.read_results`.
+        results: rows as from :func:`medseg_mem.report.results.read_results`.
         path: the PNG file to write.
         title: a figure title (e.g. the results file name).
     """

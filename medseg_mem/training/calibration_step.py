@@ -26,7 +26,7 @@ def training_setup(
 
     from medseg_mem.models.build import channels_last_layout
     from medseg_mem.models.unet import UNet3D
-    from medseg_mem.training.precision import grad_scaler
+    from medseg_mem.core.precision import grad_scaler
     from medseg_mem.training.step import train_step
 
     torch.manual_seed(0)

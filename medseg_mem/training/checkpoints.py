@@ -6,11 +6,13 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-from medseg_mem.checkpoint import load_checkpoint
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.files.checkpoint import load_checkpoint
+from medseg_mem.core.errors import MedsegError
 
-#: The network settings a stage's ``last.pt`` and the run's ``run.json`` must agree on to resume.
-MODEL_KEYS = ("channels", "slab_size", "downsample", "guidance", "deep_supervision")
+
+#: The training settings a checkpoint describes itself with (``class_weights``: the weights, not their rule).
+TRAINING_KEYS = ("seed", "precision", "checkpointing", "channels_last", "batch_size", "lr", "lr_schedule", "optimizer",
+                 "augment", "foreground_oversample", "loss", "guidance_noise", "time_limit", "snapshots")
 
 KEPT = ("best_score", "best_step", "history", "train_seconds", "snapshots")
 
@@ -32,43 +34,23 @@ def payload(job, net, optimizer, scaler, step: int, state: Dict[str, Any]) -> Di
         "state_dict": net.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict() if scaler is not None else {},
-        "model": {
-            "channels": list(job.model.channels),
-            "slab_size": job.model.slab_size,
-            "downsample": job.model.downsample,
-            "guidance": job.model.guidance,
-            "deep_supervision": job.model.deep_supervision,
-            "in_channels": job.in_channels,
-            "num_classes": job.num_classes,
-        },
-        "training": {
-            "seed": job.train.seed,
-            "precision": job.train.precision,
-            "checkpointing": job.train.checkpointing,
-            "channels_last": job.train.channels_last,
-            "batch_size": job.train.batch_size,
-            "lr": job.train.lr,
-            "lr_schedule": job.train.lr_schedule,
-            "optimizer": job.train.optimizer,
-            "augment": job.train.augment,
-            "foreground_oversample": job.train.foreground_oversample,
-            "loss": job.train.loss,
-            "guidance_noise": job.train.guidance_noise,
-            "class_weights": None if job.class_weights is None else list(job.class_weights),
-            "time_limit": job.train.time_limit,
-            "snapshots": list(job.train.snapshots),
-            "stage_time_limit_seconds": job.times.limit,
-        },
+        "model": {**job.model.to_dict(), "in_channels": job.in_channels, "num_classes": job.num_classes},
+        "training": {**{key: value for key, value in job.train.to_dict().items() if key in TRAINING_KEYS},
+                     "class_weights": None if job.class_weights is None else list(job.class_weights),
+                     "stage_time_limit_seconds": job.times.limit},  # fmt: skip
         "meta": job.meta,
         **state,
     }
 
 
 def resume_state(job, net, optimizer, scaler) -> Tuple[int, Dict[str, Any]]:
-    """Start fresh (step 0), or continue from ``last.pt`` in the stage folder: weights, optimizer, scaler,
-    step and history. Sampling needs no saved state: sample ``i`` depends only on the seed and ``i``."""
+    """Start fresh (step 0; from ``job.init_weights``' weights when given), or continue from ``last.pt`` in the stage
+    folder: weights, optimizer, scaler, step and history. Sampling needs no saved state: sample ``i`` depends only
+    on the seed and ``i``."""
     last = job.folder / "last.pt"
     if not last.exists():
+        if job.init_weights is not None:
+            net.load_state_dict(load_checkpoint(job.init_weights)["state_dict"])
         return 0, fresh_state()
     saved = load_checkpoint(last)
     check_recorded_model(job, saved, last)
@@ -81,15 +63,13 @@ def resume_state(job, net, optimizer, scaler) -> Tuple[int, Dict[str, Any]]:
 
 
 def check_recorded_model(job, saved: Dict[str, Any], last) -> None:
-    """``run.json``'s model settings (``job.model``) are those ``last.pt`` was trained with.
+    """``run.json``'s model settings (``job.model``, every field) are those ``last.pt`` was trained with.
 
     Raises:
         MedsegError: naming ``run.json``, the setting, both values and the fix.
     """
     spec = saved.get("model", {})
-    for key in MODEL_KEYS:
-        recorded = getattr(job.model, key)
-        recorded = list(recorded) if isinstance(recorded, tuple) else recorded
+    for key, recorded in job.model.to_dict().items():
         if key in spec and spec[key] != recorded:
             raise MedsegError(f"{job.folder.parent / 'run.json'}: model.{key} is {recorded} but {last} was trained "
                               f"with {spec[key]} (was run.json edited?); restore model.{key} to {spec[key]} or start "

@@ -40,7 +40,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import torch
 
-from medseg_mem.atomic import write_text_atomic, write_error
+from medseg_mem.core.files.atomic import write_text_atomic, write_error
 
 LOG_NAME = "log.csv"
 PLOT_NAME = "progress.png"
@@ -140,9 +140,10 @@ class StageLog:
 
     def plot(self) -> None:
         """Draw ``progress.png`` from ``log.csv``."""
-        from medseg_mem.training.progress_plot import plot_progress
+        from medseg_mem.training.progress_plot import plot_progress  # matplotlib only when a plot is drawn
 
-        plot_progress(self.path, self.folder / PLOT_NAME)
+        title = f"{self.folder.parent.name}/{self.folder.name}"
+        plot_progress(read_log(self.path) or {}, title, self.folder / PLOT_NAME)
         self._plotted = time.monotonic()
 
     def close(self) -> None:

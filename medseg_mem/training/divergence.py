@@ -13,7 +13,7 @@ from typing import Any, Dict
 
 import torch
 
-from medseg_mem.errors import MedsegError
+from medseg_mem.core.errors import MedsegError
 
 
 class Diverged(MedsegError):

@@ -25,21 +25,22 @@ import torch
 from monai.losses import DiceCELoss, DiceLoss
 from tqdm.auto import tqdm
 
-from medseg_mem.checkpoint import load_checkpoint, save_checkpoint
-from medseg_mem.config import ModelConfig, TrainConfig
-from medseg_mem.evaluate import dice_per_class, mean_dice, overall_dice
+from medseg_mem.core.config import ModelConfig, TrainConfig
+from medseg_mem.core.files.checkpoint import load_checkpoint, save_checkpoint
+from medseg_mem.core.precision import grad_scaler
+from medseg_mem.core.units import dice_percent
+from medseg_mem.inference.metrics import dice_per_class, mean_dice, overall_dice
 from medseg_mem.models.build import build_network
+from medseg_mem.models.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training import distributed
 from medseg_mem.training.checkpoints import payload, resume_state
 from medseg_mem.training.curves import StageLog
-from medseg_mem.training.deep_supervision import DeepSupervisionLoss
 from medseg_mem.training.divergence import check_loss, check_weights
 from medseg_mem.training.optimizer import build_optimizer
-from medseg_mem.training.precision import grad_scaler
 from medseg_mem.training.seeding import seed_everything
 from medseg_mem.training.step import learning_rate, set_learning_rate, train_step
 from medseg_mem.training.wallclock import Clock, StageTimes, snapshot_path
-from medseg_mem.variants.base import Stage
+from medseg_mem.variants.base import Stage, StageInference
 
 
 @dataclass
@@ -49,7 +50,8 @@ class StageJob:
     ``data`` provides ``batches(first_step)`` (training batches from that step on), ``validation_ids()`` and
     ``validation_pair(case_id, device)`` (a val case's whole-volume input and label), e.g. a
     :class:`~medseg_mem.training.sampling.StageData`. ``times`` is the stage's share of the variant's time limit
-    and snapshot marks (default: neither).
+    and snapshot marks (default: neither). ``init_weights``: a checkpoint whose weights a stage that has not
+    trained yet starts from (``run --init-from``), instead of random ones.
     """
 
     variant: str
@@ -65,12 +67,13 @@ class StageJob:
     seed_offset: int = 0
     class_weights: Optional[Tuple[float, ...]] = None
     times: StageTimes = field(default_factory=StageTimes)
+    init_weights: Optional[Path] = None
 
 
 @dataclass(frozen=True)
 class StageOutcome:
     """How a stage trained; ``snapshots`` maps each mark it passed (seconds) to ``{"seconds", "step"}``;
-    ``peak_bytes``: the memory its training added at its peak, when measured (``training.variant.measured``);
+    ``peak_bytes``: the memory its training added at its peak, when measured (``runner.variant.measured``);
     ``process_peak_bytes``: the whole process at that peak (CPU: resident size; CUDA: memory reserved)."""
 
     best_path: Path
@@ -89,7 +92,7 @@ def make_loss(
 ) -> torch.nn.Module:
     """Dice (thesis) or Dice + cross-entropy (nnU-Net), on softmax outputs, background per the stage, with
     optional class ``weights`` (one per class, background included); summed over every resolution when ``model``
-    has deep supervision (:class:`~medseg_mem.training.deep_supervision.DeepSupervisionLoss`)."""
+    has deep supervision (:class:`~medseg_mem.models.deep_supervision.DeepSupervisionLoss`)."""
     loss = plain_loss(stage, train, weights)
     if model is None or not model.deep_supervision:
         return loss
@@ -118,20 +121,21 @@ def validate(job: StageJob, net: torch.nn.Module) -> List[float]:
     """Mean Dice per foreground class of this stage's own output on the validation cases (one at a time); a class
     absent from a case's label and prediction is left out of its mean (NaN when no case scores it)."""
     net.eval()
+    run = StageInference(job.stage, net, job.model, device="cpu")
     with torch.inference_mode():
-        scores = [case_dice(job, net, case_id) for case_id in job.data.validation_ids()]
+        scores = [case_dice(job, run, case_id) for case_id in job.data.validation_ids()]
     net.train()
     return mean_dice(torch.cat(scores))[0]
 
 
-def case_dice(job: StageJob, net: torch.nn.Module, case_id: str) -> torch.Tensor:
+def case_dice(job: StageJob, run: StageInference, case_id: str) -> torch.Tensor:
     """Dice per foreground class ``(1, K-1)`` of one val case, segmented into a uint8 label map on the CPU.
 
     Everything of the case is made and freed inside this call, so no case's input, output or logits is alive
     while the next one is read (they were, and the run's peak grew with the val split).
     """
     x, y = job.data.validation_pair(case_id, job.device)
-    labels = job.stage.labels(net, x, job.model, device="cpu")
+    labels = run.labels(x)
     return dice_per_class(labels, y, job.num_classes)
 
 
@@ -190,7 +194,7 @@ def validate_on_ranks(job: StageJob, trained, step: int, state: Dict[str, Any], 
     distributed.average_buffers(trained[0])
     if distributed.is_main():
         record_validation(job, trained, step, state, loss.item(), marks, log)
-        bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{state['history'][-1]['mean_dice']:.3f}")
+        bar.set_postfix(loss=f"{loss.item():.3f}", val_dice=f"{dice_percent(state['history'][-1]['mean_dice'])} %")
     distributed.barrier()
 
 

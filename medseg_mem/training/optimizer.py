@@ -9,8 +9,6 @@ Both optimizers' states (Adam's two moment estimates, SGD's momentum buffer) are
 Example:
     >>> default_lr("sgd", 3e-4), default_lr("adam", 3e-4)
     (0.01, 0.0003)
-    >>> optimizer_states("adam"), optimizer_states("sgd")
-    (2, 1)
 """
 
 from __future__ import annotations
@@ -20,18 +18,11 @@ from typing import Iterable
 SGD_LR = 1e-2
 SGD_MOMENTUM = 0.99
 SGD_WEIGHT_DECAY = 3e-5
-#: Tensors of the weights' size each optimizer keeps per parameter (what the memory planner counts).
-STATES = {"adam": 2, "sgd": 1}  # Adam: exp_avg, exp_avg_sq; SGD: the momentum buffer
 
 
 def default_lr(optimizer: str, profile_lr: float) -> float:
     """The learning rate of a run that gives no ``--lr``: nnU-Net's 1e-2 for SGD, the profile's for Adam."""
     return SGD_LR if optimizer == "sgd" else profile_lr
-
-
-def optimizer_states(optimizer: str) -> int:
-    """How many weight-sized tensors ``optimizer`` keeps (2 for Adam, 1 for SGD with momentum)."""
-    return STATES[optimizer]
 
 
 def build_optimizer(name: str, parameters: Iterable, lr: float):

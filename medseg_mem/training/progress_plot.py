@@ -15,20 +15,19 @@ from typing import Dict, List
 import numpy as np
 from matplotlib.figure import Figure
 
-from medseg_mem.atomic import replacing
-from medseg_mem.training.curves import read_log
+from medseg_mem.core.files.atomic import replacing
 
 SMOOTHING = 0.02  # fraction of the steps the moving average spans
 DPI = 80
 
 
-def plot_progress(log_path: Path, png_path: Path) -> Path:
-    """Draw the curves of ``log_path`` (a stage's ``log.csv``) into ``png_path``.
+def plot_progress(log: Dict[str, List[float]], title: str, png_path: Path) -> Path:
+    """Draw the curves of ``log`` (a stage's ``log.csv`` as :func:`~medseg_mem.training.curves.read_log` reads it)
+    under ``title`` (``<run>/<stage>``) into ``png_path``.
 
     Raises:
         WriteError: ``png_path`` cannot be written, naming it.
     """
-    log = read_log(log_path) or {}
     figure = Figure(figsize=(11, 7))
     figure.subplots_adjust(left=0.07, right=0.93, top=0.92, bottom=0.08, hspace=0.35, wspace=0.3)
     axes = figure.subplots(2, 2)
@@ -36,8 +35,7 @@ def plot_progress(log_path: Path, png_path: Path) -> Path:
     for row, (x, label) in enumerate(((log.get("step", []), "step"), (seconds, f"training time ({unit})"))):
         _loss_panel(axes[row][0], np.asarray(x), log, label, with_lr=row == 0)
         _dice_panel(axes[row][1], np.asarray(x), log, label)
-    stage = Path(log_path).parent
-    figure.suptitle(f"{stage.parent.name}/{stage.name}: {len(log.get('step', []))} steps")
+    figure.suptitle(f"{title}: {len(log.get('step', []))} steps")
     with replacing(Path(png_path), suffix=".png") as temp:
         figure.savefig(temp, dpi=DPI, format="png")
     return Path(png_path)

@@ -6,8 +6,9 @@ reads one slab's worth of data and nothing stays resident afterwards. What costs
 MONAI :class:`~monai.data.CacheDataset`, up to ``TrainConfig.cache_bytes`` (whatever does not fit is recomputed per
 sample): the cascade's stage 1 caches its downsampled volume, stage 2 the low-resolution label its guidance is made
 from (the ground truth downsampled, or stage 1's prediction read from the run's ``guidance`` folder with
-``--stage2-guidance predicted``, :mod:`~medseg_mem.training.out_of_fold`). Stage 2's guidance is then made per
-sample, for the sample's slab only (:func:`~medseg_mem.resample.guidance_range`). Labels stay uint8 until the loss.
+``--stage2-guidance predicted``, :mod:`~medseg_mem.runner.out_of_fold`). Stage 2's guidance is then made per
+sample, for the sample's slab only (:func:`~medseg_mem.variants.resample.guidance_range`). Labels stay uint8 until the
+loss.
 
 Sample ``i`` of a stage draws its case, its slab, whether that slab must hold foreground
 (``--foreground-oversample``) and its augmentation (``--augment``) from ``numpy.random.default_rng([seed, stage,
@@ -33,17 +34,17 @@ from monai.data import CacheDataset, DataLoader
 from monai.transforms import MapTransform, Randomizable, Transform
 from torch.nn import functional as F
 
-from medseg_mem.config import ModelConfig, TrainConfig
+from medseg_mem.core.config import ModelConfig, TrainConfig
 from medseg_mem.data.cases import as_tensor, open_case
 from medseg_mem.data.prepared import PreparedDataset
 from medseg_mem.inference.slab import cut_slab, slab_starts
 from medseg_mem.inference.source import SlabSource
 from medseg_mem.training import distributed
 from medseg_mem.training.augment import SampleAugmentation
+from medseg_mem.training.guidance_files import load_guidance
 from medseg_mem.training.guidance_noise import perturb_label
-from medseg_mem.training.out_of_fold import load_guidance
-from medseg_mem.resample import guidance_range
 from medseg_mem.variants.base import Stage
+from medseg_mem.variants.resample import guidance_range
 
 Pair = Tuple[torch.Tensor, torch.Tensor]
 
@@ -81,7 +82,7 @@ class StageInputsd(Transform):
 def low_label_of(dataset: PreparedDataset, case_id: str, stage: Stage, model: ModelConfig,
                  guidance: Optional[Path] = None) -> torch.Tensor:  # fmt: skip
     """A guided stage's label map at stage-1 resolution ``(1, 1, x, y, z)`` uint8: stage 1's prediction from the
-    ``guidance`` folder (:mod:`~medseg_mem.training.out_of_fold`), or the ground truth downsampled when ``None``."""
+    ``guidance`` folder (:mod:`~medseg_mem.runner.out_of_fold`), or the ground truth downsampled when ``None``."""
     if guidance is not None:
         return load_guidance(guidance, case_id)[None]
     label = as_tensor(open_case(dataset, case_id)[1])[None]
@@ -225,15 +226,14 @@ class StageData:
         model: the variant settings.
         train: batch size, workers, cache budget, seed, foreground oversampling and augmentation.
         stage_index: the stage's position in its variant (so two stages draw different samples).
-        progress: show a progress bar while the cache fills.
         guidance: a guided stage's stage-1 predictions (``<case>.npy`` label maps at stage-1 resolution, for the
-            train and val cases; :mod:`~medseg_mem.training.out_of_fold`); ``None``: guidance from the ground truth.
+            train and val cases; :mod:`~medseg_mem.runner.out_of_fold`); ``None``: guidance from the ground truth.
     """
 
     def __init__(self, dataset, stage: Stage, model: ModelConfig, train: TrainConfig, stage_index: int = 0,
-                 progress: bool = False, guidance: Optional[Path] = None) -> None:  # fmt: skip
+                 guidance: Optional[Path] = None) -> None:
         self.dataset, self.stage, self.model, self.train = dataset, stage, model, train
-        self.stage_index, self.progress, self.guidance = stage_index, progress, guidance
+        self.stage_index, self.guidance = stage_index, guidance
         self._cases = None
 
     def cache_count(self, ids: Sequence[str]) -> int:
@@ -250,7 +250,8 @@ class StageData:
             ids = self.dataset.ids("train")
             items = [{"case": case_id} for case_id in ids]
             self._cases = CacheDataset(
-                items, self.inputs(), cache_num=self.cache_count(ids), num_workers=0, progress=self.progress,
+                items, self.inputs(), cache_num=self.cache_count(ids), num_workers=0,
+                progress=False,  # MONAI's "Loading dataset" bar would nest inside the run's own training bar
                 copy_cache=False,
             )  # fmt: skip
         return self._cases

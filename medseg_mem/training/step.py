@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from medseg_mem.training.precision import autocast
+from medseg_mem.core.precision import autocast
 
 POLY_EXPONENT = 0.9
 
@@ -50,11 +50,11 @@ def train_step(
         optimizer: over ``net``'s parameters.
         loss_fn: maps ``(logits float32, label (B, 1, ...) int64)`` to a scalar; for a deep-supervised network,
             whose training output is a list of logits, ``(that list, label)`` (it casts each output itself:
-            :class:`~medseg_mem.training.deep_supervision.DeepSupervisionLoss`).
+            :class:`~medseg_mem.models.deep_supervision.DeepSupervisionLoss`).
         x: input batch ``(B, C, X, Y, Z)`` float32.
         y: label batch ``(B, 1, X, Y, Z)``, any integer dtype (uint8 from the loader); made int64 here only.
         precision: ``fp32``, ``bf16`` or ``fp16``.
-        scaler: the gradient scaler for ``fp16`` (see :func:`~medseg_mem.training.precision.grad_scaler`).
+        scaler: the gradient scaler for ``fp16`` (see :func:`~medseg_mem.core.precision.grad_scaler`).
 
     Returns:
         the loss, detached.

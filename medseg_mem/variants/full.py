@@ -13,4 +13,3 @@ class FullVariant(Variant):
 
     def stages(self) -> List[Stage]:
         return [Stage("full", slab=False, include_background=False)]
-

@@ -18,10 +18,10 @@ from typing import Sequence
 import torch
 from torch.nn import functional as F
 
-from medseg_mem.errors import OptionError
+from medseg_mem.core.errors import OptionError
 from medseg_mem.inference.slab import cut_slab
 from medseg_mem.inference.source import SlabSource
-from medseg_mem.resample import encode_guidance, guidance_channels, guidance_range, resample_image
+from medseg_mem.variants.resample import encode_guidance, guidance_channels, guidance_range, resample_image
 
 
 def along_last_axis(low: torch.Tensor, depth: int) -> torch.Tensor:
@@ -38,7 +38,7 @@ def guidance_slices(columns: torch.Tensor, size: Sequence[int], start: int, stop
         size: the full-resolution spatial size ``(X, Y, Z)``.
         start: first slice (last axis).
         stop: one past the last slice.
-        encoding: ``"label"`` or ``"onehot"`` (:func:`~medseg_mem.resample.encode_guidance`).
+        encoding: ``"label"`` or ``"onehot"`` (:func:`~medseg_mem.variants.resample.encode_guidance`).
         num_classes: K.
     """
     part = columns[..., start:stop].contiguous()
@@ -97,16 +97,28 @@ class GuidedSlabs(GuidedSource):
     def __init__(self, image: torch.Tensor, low_probabilities: torch.Tensor, encoding: str, num_classes: int) -> None:
         super().__init__(image, encoding, num_classes)
         self.columns = along_last_axis(low_probabilities, image.shape[-1])
+        self.offset = 0  # where ``image``'s first slice lies in the volume the columns were made for
+
+    @classmethod
+    def chunk(cls, image: torch.Tensor, columns: torch.Tensor, offset: int, encoding: str,
+              num_classes: int) -> "GuidedSlabs":  # fmt: skip
+        """Stage 2's input for the slices ``[offset, offset + n)`` of a volume that is never whole (out of core):
+        ``image`` ``(B, C, X, Y, n)`` is that chunk, ``columns`` (:func:`along_last_axis`) the whole depth's."""
+        source = cls.__new__(cls)
+        GuidedSource.__init__(source, image, encoding, num_classes)
+        source.columns, source.offset = columns, int(offset)
+        return source
 
     def guide(self, start: int, stop: int) -> torch.Tensor:
-        return guidance_slices(self.columns, self.image.shape[2:], start, stop, self.encoding, self.num_classes)
+        first, last = self.offset + start, self.offset + stop
+        return guidance_slices(self.columns, self.image.shape[2:], first, last, self.encoding, self.num_classes)
 
 
 class LabelGuidedSlabs(GuidedSource):
     """A guided stage's validation input: guidance from a label map at stage-1 resolution (the ground truth
     downsampled, or stage 1's prediction), one slab at a time instead of ``G x`` the whole volume.
 
-    Each slab is exactly the whole volume's (:func:`~medseg_mem.resample.guidance_range` computes every output
+    Each slab is exactly the whole volume's (:func:`~medseg_mem.variants.resample.guidance_range` computes every output
     slice on its own), so labels made from it equal those made from the concatenated volume.
 
     Args:

@@ -17,4 +17,3 @@ class PatchVariant(Variant):
 
     def stages(self) -> List[Stage]:
         return [Stage("patch", slab=True, include_background=True)]
-

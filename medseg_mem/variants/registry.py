@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Dict, List, Type
 
-from medseg_mem.errors import look_up_option
-from medseg_mem.names import VARIANT_NAMES
+from medseg_mem.core.errors import look_up_option
+from medseg_mem.core.names import VARIANT_NAMES
 from medseg_mem.variants.base import Variant
 from medseg_mem.variants.cascade import CascadeVariant
 from medseg_mem.variants.full import FullVariant

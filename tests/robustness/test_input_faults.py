@@ -24,8 +24,8 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.errors import MedsegError
-from medseg_mem.results import RESULT_COLUMNS
+from medseg_mem.core.errors import MedsegError
+from medseg_mem.report.results import RESULT_COLUMNS
 
 from disk_faults import deny_reads
 
@@ -145,7 +145,7 @@ def out_inside_task(e: Env) -> List[str]:
 
 
 def stale_partial(e: Env) -> List[str]:
-    from medseg_mem.atomic import staging_folder
+    from medseg_mem.core.files.atomic import staging_folder
 
     task = e.task()
     (staging_folder(e.root / "out") / "half-written.npy").write_bytes(b"x" * 10)
@@ -198,9 +198,9 @@ def compare(content: Optional[bytes]) -> Callable[[Env], List[str]]:
 
 def thick_slabs(e: Env) -> List[str]:
     """A prepared task of 32-slice cases and ``--slab-size 64``; the run is stopped right after its start."""
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
     from medseg_mem.data.prepare import prepare
-    import medseg_mem.training.run as training_run
+    import medseg_mem.runner.run as training_run
 
     task = e.task(shape=(8, 8, 32))
     prepare(PrepareConfig(task_dir=task, out_dir=e.root / "prepared"), progress=False, warn=lambda line: None)
@@ -309,7 +309,7 @@ def nothing_generated(e: Env) -> None:
 
 
 def prepare_while_another_writes(e: Env) -> List[str]:
-    from medseg_mem.output_lock import output_lock
+    from medseg_mem.core.files.output_lock import output_lock
 
     task = e.task()
     stack = contextlib.ExitStack()
@@ -421,7 +421,7 @@ def test_run_warns_once_about_slabs_thicker_than_the_cases(tmp_path, make_msd_ta
 
 
 def test_a_partial_folder_another_prepare_is_writing_is_kept(tmp_path):
-    from medseg_mem.atomic import staging_folder
+    from medseg_mem.core.files.atomic import staging_folder
     from medseg_mem.data import staging
 
     busy, dead = staging_folder(tmp_path / "out"), staging_folder(tmp_path / "out")

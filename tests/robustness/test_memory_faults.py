@@ -50,7 +50,7 @@ def predict_with_folder_cache(tmp_path: Path, monkeypatch) -> List[str]:
 def run_with_folder_cache(tmp_path: Path, monkeypatch) -> List[str]:
     from medseg_mem.data.synthetic import TASK_FOLDER, write_default_task
     from medseg_mem.data.prepare import prepare
-    from medseg_mem.prepare_config import PrepareConfig
+    from medseg_mem.core.prepare_config import PrepareConfig
 
     task = write_default_task(tmp_path / "task" / TASK_FOLDER, seed=0, n_cases=6)
     prepare(PrepareConfig(task_dir=task, out_dir=tmp_path / "prepared", seed=0), progress=False)

@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from medseg_mem.cli import main
-from medseg_mem.results import RESULT_COLUMNS
+from medseg_mem.report.results import RESULT_COLUMNS
 
 from disk_faults import deny_reads, install_full_disk
 
@@ -411,7 +411,7 @@ def predict_code_with_its_digest(e: Env):
 
 
 def predict_while_another_writes(e: Env):
-    from medseg_mem.output_lock import output_lock
+    from medseg_mem.core.files.output_lock import output_lock
 
     out = e.tmp / "pred"
     out.mkdir()
@@ -423,7 +423,7 @@ def predict_while_another_writes(e: Env):
 
 
 def interrupted_run(e: Env):
-    import medseg_mem.training.run as training_run
+    import medseg_mem.runner.run as training_run
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
