@@ -43,14 +43,12 @@ def grid_rows(theta: torch.Tensor, out_shape: Sequence[int], rows: slice, start:
     theta.T`` for the base coordinates ``(x, y, z, 1)`` (the last axis first, as ``affine_grid`` orders them)."""
     size_x, size_y, size_z = out_shape
     first_axis, second_axis = base_axis(size_x)[rows], base_axis(size_y)
-    base = torch.empty(len(first_axis), size_y, stop - start, 3)
+    base = torch.ones(len(first_axis), size_y, stop - start, 4)
     base[..., 0] = base_axis(size_z)[start:stop]
     base[..., 1] = second_axis[:, None]
     base[..., 2] = first_axis[:, None, None]
-    base = base.view(-1, 3, 1)
-    rows_t = theta[0, :3].T  # (4, 3): column k of theta^T scales base coordinate k
-    # ATen sums the four products in order, each rounded (no fused multiply-add): the same here
-    return ((base[:, 0] * rows_t[0] + base[:, 1] * rows_t[1]) + base[:, 2] * rows_t[2]) + rows_t[3]
+    # affine_grid's own product (a batched GEMM): its rounding (fused multiply-adds or not) is the BLAS's, per CPU
+    return base.view(1, -1, 4).bmm(theta[:, :3].transpose(1, 2))[0]
 
 
 def source_position(normalised: torch.Tensor, size: int) -> torch.Tensor:
