@@ -29,7 +29,7 @@ def test_the_changes_mirror_the_configs_field_for_field():
 def test_every_setting_option_of_run_is_a_config_field():
     settings = {"skip_empty_slabs", "foreground_oversample"} | set(MODEL_CHANGES) | set(TRAIN_CHANGES)
     others = {"variants", "budget_bytes", "memory_check", "data_dir", "results", "runs_dir", "resume", "nproc", "quiet",
-              "overlap", "sw_batch_size", "tta", "tta_axes", "inference_precision"}  # fmt: skip
+              "overlap", "sw_batch_size", "tta", "tta_axes", "inference_precision", "init_from"}  # fmt: skip
     assert {param.name for param in run.params} == settings | others
 
 
