@@ -171,7 +171,7 @@ def main() -> None:
     import torch
 
     lines = [f"bench_predict_out_of_core {time.strftime('%Y-%m-%d %H:%M')} torch {torch.__version__} cpu, "
-             f"{os.cpu_count()} cores (shared with other jobs: timings under load); widths {WIDTHS}; "
+             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start; widths {WIDTHS}; "
              "peak = GNU time max RSS of the whole predict process"]  # fmt: skip
     print(lines[0], flush=True)
     for job in args.jobs.split(","):
@@ -179,6 +179,7 @@ def main() -> None:
         path = scan(args.work, int(depth), suffix)
         found = measure(args.work, runs[variant], path, mode, args.limit)
         line = describe(job, found, planned(args.work, runs[variant], int(depth), mode == "always"))
+        line += f"; load average {os.getloadavg()[0]:.2f} at its end"
         print(line, flush=True)
         lines.append(line)
     if args.log:

@@ -1,5 +1,6 @@
 """``--variant auto``: the most accurate variant whose plan fits the budget, with its reason; one-line errors."""
 
+import re
 import shutil
 
 import pandas as pd
@@ -67,7 +68,10 @@ def test_run_auto_with_a_budget_nothing_fits_is_one_line(calibrated, prepared_de
     result = run("--variant", "auto", "--budget", "1MB", "--data", str(prepared_default), *TINY)
     assert result.exit_code == 1 and "Traceback" not in result.output
     (line,) = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert "no variant fits; the smallest, patch, needs" in line and "--precision bf16 --checkpointing" in line
+    # lower bounds (the process as it is now plus the least a step holds): patch's and the cascade's slab stages
+    # differ by less than the process's own growth over the session, so either may be the smallest
+    assert re.search(r"no variant fits; the smallest, (patch|cascade), needs at least \d", line)
+    assert "--precision bf16 --checkpointing" in line
 
 
 @pytest.mark.parametrize(
