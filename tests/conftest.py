@@ -137,6 +137,16 @@ def checksums():
     return tree_checksums
 
 
+@pytest.fixture
+def scratch(tmp_path, monkeypatch):
+    """``$TMPDIR`` pointed at an empty folder of the test's own (``tempfile`` reads it afresh)."""
+    folder = tmp_path / "scratch"
+    folder.mkdir()
+    monkeypatch.setenv("TMPDIR", str(folder))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def prepared_default(tmp_path_factory) -> Path:
     """The embedded default task (12 cases of 32x32x96), written and prepared once per session."""

@@ -21,16 +21,6 @@ from medseg_mem.predict import predict
 SETTINGS = {"native": {}, "crop": {"crop_foreground": True}, "resampled": {"spacing": (1.0, 1.25, 1.0)}}
 
 
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """``$TMPDIR`` pointed at an empty folder of the test's own."""
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(folder))
-    monkeypatch.setattr("tempfile.tempdir", None)
-    return folder
-
-
 def leftovers(folder):
     """Files of ours left in ``folder`` (torch may keep caches of its own in ``$TMPDIR``)."""
     return [path for path in folder.iterdir() if path.name.startswith("medseg")]

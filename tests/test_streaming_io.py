@@ -26,16 +26,6 @@ from medseg_mem.predict.restore import restore_grid, restore_labels
 CLASSES = 3
 
 
-@pytest.fixture
-def scratch(tmp_path, monkeypatch):
-    """``$TMPDIR`` pointed at an empty folder of the test's own (``tempfile`` reads it afresh)."""
-    folder = tmp_path / "scratch"
-    folder.mkdir()
-    monkeypatch.setenv("TMPDIR", str(folder))
-    monkeypatch.setattr("tempfile.tempdir", None)
-    return folder
-
-
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("compressed", [False, True])
 def test_read_equals_the_whole_array_along_every_axis(tmp_path, scratch, channels, compressed):

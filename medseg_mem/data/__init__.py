@@ -18,7 +18,7 @@ Example:
 
 from __future__ import annotations
 
-import importlib
+from medseg_mem.core.lazy import lazy_attributes
 
 _EXPORTS = {
     "Case": "prepared",
@@ -32,7 +32,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str):
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'medseg_mem.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"medseg_mem.data.{_EXPORTS[name]}"), name)
+__getattr__ = lazy_attributes(__name__, _EXPORTS)
