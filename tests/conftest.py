@@ -280,3 +280,12 @@ def seed_7_weights(tmp_path_factory, tiny_prepared):
     from fresh_process import train_in_new_process
 
     return train_in_new_process(tiny_prepared.root, tmp_path_factory.mktemp("seed-7"), 7)
+
+
+def pytest_configure(config):
+    """Under ``pytest -n N`` (pytest-xdist) each worker computes with one torch thread: N workers on N cores
+    would otherwise run 2N threads that wait on each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
