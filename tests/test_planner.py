@@ -130,6 +130,7 @@ def test_liver_like_full_is_infeasible_under_16gb():
     assert plans["patch"].fits and plans["cascade"].fits
 
 
+@pytest.mark.slow  # calibrates and measures in spawned processes: the planner end to end
 def test_agrees_with_a_measured_small_run():
     channels = (8, 16, 32)
     shapes = [(1, 1, 32, 32, 32), (1, 1, 64, 64, 64), (1, 1, 96, 96, 96)]
@@ -287,6 +288,7 @@ def test_half_precision_trace_follows_cpu_autocast(checkpointing):
     assert planned == pytest.approx(real_autocast_peak(shape, checkpointing), rel=0.01)
 
 
+@pytest.mark.slow  # calibrates and measures in spawned processes: the planner end to end
 def test_training_agrees_with_a_measured_step():
     """A training calibration fitted on three cubes predicts another size's measured bf16+checkpointing step."""
     channels = (8, 16, 32)
