@@ -68,9 +68,11 @@ def test_prepare_and_run_work_in_the_home(home):
 
 def test_plan_compare_and_show_find_the_homes_data_runs_and_results(home):
     root, cwd, run_dir = home
-    planned = invoke(home, "plan", "--variant", "full")
+    # a fixed budget: the default (available RAM) moves between the two calls when another job runs beside
+    planned = invoke(home, "plan", "--variant", "full", "--budget", "8GB")
     assert planned.exit_code == 0, planned.output
-    assert planned.output == invoke(home, "plan", "--variant", "full", "--data", str(root / "prepared")).output
+    assert planned.output == invoke(home, "plan", "--variant", "full", "--budget", "8GB", "--data",
+                                    str(root / "prepared")).output  # fmt: skip
     compared = invoke(home, "compare")
     assert compared.exit_code == 0, compared.output
     assert f"wrote {root / 'comparison.md'}" in compared.output
