@@ -4,8 +4,11 @@ For each prepared folder (given, or made with ``--make``: the BraTS-sized capaci
 ``medseg_mem.data.capacity``) and each variant, runs ``run_variants`` (the library behind ``medseg-mem run``) for
 that one variant in a fresh Python process, so every variant's figures are its own, and reports:
 
-* ``peak RSS`` - the run process's own peak resident memory (``VmHWM`` of ``/proc/self/status``; the spawned
-  process that measures peak inference memory is not in it);
+* ``peak RSS`` - the run process's own peak resident memory over the whole run
+  (:func:`medseg_mem.memory.rss.process_peak`: ``VmHWM`` and every high-water mark the run's own measurements
+  reset, since ``run`` resets the kernel's counter to measure its evaluation; ``VmHWM`` alone at the end is only the
+  peak since the last reset, and is printed beside it; the spawned process that measures peak inference memory is
+  not in either);
 * ``train peak`` - the training peak the run files (``train_peak_memory_bytes``: what training added at its peak,
   the largest over the stages and the cascade's fold models);
 * the split (train/val/test): the default 60/20/20 split grows the validation and test splits with the task, so
@@ -72,6 +75,7 @@ def status_bytes(field: str) -> int:
 def child(args: argparse.Namespace) -> None:
     """Runs in the fresh process: ``run_variants`` for the one variant ``args.child``, then a JSON line."""
     from medseg_mem.core.changes import RunChanges
+    from medseg_mem.memory.rss import process_peak
     from medseg_mem.core.config import RunRequest, parse_widths
     from medseg_mem.runner.run import run_variants
 
@@ -83,7 +87,7 @@ def child(args: argparse.Namespace) -> None:
     started = time.perf_counter()
     (outcome,) = run_variants(request, echo=lambda line: print(line, file=sys.stderr))
     print(json.dumps({
-        "wall_seconds": time.perf_counter() - started, "peak_rss": status_bytes("VmHWM"),
+        "wall_seconds": time.perf_counter() - started, "peak_rss": process_peak(), "hwm_at_end": status_bytes("VmHWM"),
         "train_peak": outcome.train_peak_bytes, "seconds_per_step": outcome.train_seconds / outcome.train_steps,
     }))  # fmt: skip
 
@@ -155,13 +159,16 @@ def report(rows, args) -> None:
     """One table per variant, and its peak-RSS ratio of the largest to the smallest dataset."""
     print(f"widths {args.channels}, {args.steps} steps, {args.precision}, checkpointing "
           f"{'on' if args.checkpointing else 'off'}, {'channels-last' if args.channels_last else 'contiguous'}, "
-          f"{args.device}; peak RSS: VmHWM of the run process; train peak: what run files")  # fmt: skip
+          f"{args.device}; peak RSS: the run process's whole-run peak (process_peak); VmHWM at end: since the last "
+          f"reset; train peak: what run files")  # fmt: skip
     for variant in args.variants.split(","):
         mine = [row for row in rows if row["variant"] == variant]
-        print(f"\n{variant}\n{'cases':>6} {'split':>10} {'peak RSS':>10} {'train peak':>11} {'s/step':>7} {'wall':>6}")
+        print(f"\n{variant}\n{'cases':>6} {'split':>10} {'peak RSS':>10} {'VmHWM at end':>13} {'train peak':>11} "
+              f"{'s/step':>7} {'wall':>6}")  # fmt: skip
         for row in mine:
             print(f"{row['cases']:>6} {row['split']:>10} {row['peak_rss'] / GIB:>8.3f} G "
-                  f"{row['train_peak'] / MIB:>8.0f} MiB {row['seconds_per_step']:>7.2f} {row['wall_seconds']:>5.0f}s")
+                  f"{row.get('hwm_at_end', 0) / GIB:>11.3f} G {row['train_peak'] / MIB:>8.0f} MiB "
+                  f"{row['seconds_per_step']:>7.2f} {row['wall_seconds']:>5.0f}s")  # fmt: skip
         ratio = mine[-1]["peak_rss"] / mine[0]["peak_rss"]
         print(f"peak RSS {mine[-1]['cases']} / {mine[0]['cases']} cases = {ratio:.3f} (goal <= 1.10)")
 
