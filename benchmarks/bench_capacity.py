@@ -65,17 +65,10 @@ def arguments(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def status_bytes(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise KeyError(field)
-
-
 def child(args: argparse.Namespace) -> None:
     """Runs in the fresh process: ``run_variants`` for the one variant ``args.child``, then a JSON line."""
     from medseg_mem.core.changes import RunChanges
-    from medseg_mem.memory.rss import process_peak
+    from medseg_mem.memory.rss import process_peak, status_bytes
     from medseg_mem.core.config import RunRequest, parse_widths
     from medseg_mem.runner.run import run_variants
 
