@@ -141,3 +141,21 @@ def test_image_only_pipeline_and_inversion_back_to_original_grid(tmp_path, write
     restored = Invertd("pred", transform=pipeline, orig_keys="image", nearest_interp=True)(data)
     assert tuple(restored["pred"].shape) == (1, 8, 8, 6)
     np.testing.assert_allclose(np.asarray(restored["pred"].affine), np.diag([-1.0, 1.0, 1.5, 1.0]), atol=1e-5)
+
+
+@pytest.mark.parametrize("modalities", [["CT"], ["CT", "PET"]])
+def test_ct_normalised_in_place_equals_monai_whole_image_transform_bit_for_bit(tmp_path, write_nifti, monkeypatch,
+                                                                               modalities):  # fmt: skip
+    import torch
+    from monai.transforms import ScaleIntensityRange
+
+    from medseg_mem.data import normalize
+
+    settings = make_settings(modalities)
+    settings["normalization"][0] = dict(CT_STATS)
+    image = np.random.default_rng(2).uniform(-1000, 2000, (40, 30, 70, len(modalities))).astype(np.float32)
+    monkeypatch.setattr(normalize, "CHUNK_VOXELS", 40 * 30 * 8)  # nine slabs of 8 slices, the last of 6
+    files = case_files(tmp_path, write_nifti, image[..., 0] if len(modalities) == 1 else image)
+    out = build_preprocessing(settings)(files)["image"].as_tensor()
+    whole = ScaleIntensityRange(clip=True, **transforms.ct_range(CT_STATS))(torch.as_tensor(image[..., 0]))
+    assert torch.equal(out[0], torch.as_tensor(whole))

@@ -10,17 +10,17 @@ preprocessed identically at training and at prediction time. The pipeline is::
     Spacingd                                optional: fixed mm or the dataset median (nnU-Net); image
                                             bilinear, label nearest. Off by default, as in the thesis.
     CropForegroundd                         optional: bounding box of the nonzero image voxels
-    intensity normalisation per modality    nnU-Net rules, see below
+    intensity normalisation per modality    nnU-Net rules, in place, see below
     CastToTyped                             image float32, label uint8
 
 Normalisation (nnU-Net, Isensee et al. 2018): a channel whose modality is CT is clipped to the 0.5 / 99.5
 percentiles of the foreground (label > 0) intensities of the training set and z-scored with their mean and
-standard deviation (``ScaleIntensityRanged`` with ``clip=True`` maps ``[lower, upper]`` linearly onto
+standard deviation (MONAI's ``ScaleIntensityRange`` with ``clip=True`` maps ``[lower, upper]`` linearly onto
 ``[(lower - mean) / std, (upper - mean) / std]``, which is exactly clip-then-z-score). Every other modality is
-z-scored per channel over its nonzero voxels (``NormalizeIntensityd(nonzero=True, channel_wise=True)``, in place
-and in bounded memory: :mod:`medseg_mem.data.normalize`).
-Only a multi-channel task with a CT channel needs :class:`PerChannelIntensityd`, the one hand-written
-transform (MONAI has no per-channel dispatch of intensity transforms).
+z-scored per channel over its nonzero voxels (``NormalizeIntensityd(nonzero=True, channel_wise=True)``). Both run
+in place and in bounded memory, a slab of slices at a time (:mod:`medseg_mem.data.normalize`); a task with a CT
+channel goes through :class:`PerChannelIntensityd`, the one hand-written transform (MONAI has no per-channel
+dispatch of intensity transforms, and its range transform copies the whole image several times).
 
 All spatial transforms work on MetaTensors and are invertible, so ``Invertd`` can map a prediction back
 onto the original grid.
@@ -32,6 +32,7 @@ from typing import Dict, List, Optional, Sequence
 
 import nibabel as nib
 import numpy as np
+import torch
 from monai.transforms import (
     CastToTyped,
     Compose,
@@ -41,11 +42,12 @@ from monai.transforms import (
     MapTransform,
     Orientationd,
     ScaleIntensityRange,
-    ScaleIntensityRanged,
     Spacingd,
 )
 
-from medseg_mem.data.normalize import LeanNormalizeIntensity, LeanNormalizeIntensityd
+import torch
+
+from medseg_mem.data.normalize import LeanNormalizeIntensityd, normalize_nonzero_, slab_views
 from medseg_mem.core.errors import MedsegError
 
 SETTINGS_FORMAT = "medseg-mem-preprocessing/1"
@@ -221,13 +223,12 @@ def validate_settings(settings: dict) -> None:
 
 
 def intensity_transform(normalization: List[dict]):
-    """The MONAI transform applying the per-channel normalisation rules to ``"image"``."""
+    """The MONAI transform applying the per-channel normalisation rules to ``"image"``, in place and a slab of
+    slices at a time (:mod:`medseg_mem.data.normalize`)."""
     schemes = {n["scheme"] for n in normalization}
     if schemes == {"zscore_nonzero"}:
         return LeanNormalizeIntensityd("image", nonzero=True, channel_wise=True)
-    if len(normalization) == 1:
-        return ScaleIntensityRanged("image", clip=True, **ct_range(normalization[0]))
-    return PerChannelIntensityd("image", [_channel_transform(n) for n in normalization])
+    return PerChannelIntensityd("image", normalization)
 
 
 def ct_range(norm: dict) -> Dict[str, float]:
@@ -236,29 +237,45 @@ def ct_range(norm: dict) -> Dict[str, float]:
     return {"a_min": lower, "a_max": upper, "b_min": (lower - mean) / std, "b_max": (upper - mean) / std}
 
 
-def _channel_transform(norm: dict):
-    if norm["scheme"] == "ct":
-        return ScaleIntensityRange(clip=True, **ct_range(norm))
-    return LeanNormalizeIntensity(nonzero=True)
+def normalize_channel_(channel, norm: dict):
+    """Normalise one float32 channel ``(X, Y, Z)`` in place by its rule (:func:`scale_ct_`, or z-scored over its
+    nonzero voxels: :func:`~medseg_mem.data.normalize.normalize_nonzero_`); return it."""
+    return scale_ct_(channel, norm) if norm["scheme"] == "ct" else normalize_nonzero_(channel)
+
+
+def scale_ct_(channel, norm: dict):
+    """Clip and z-score a float32 CT channel in place with the dataset's statistics; return it.
+
+    MONAI's ``ScaleIntensityRange(clip=True)`` (:func:`ct_range`) applied to one slab view at a time and written
+    back: it is elementwise, so the values are the whole-image transform's bit for bit, without its full-size
+    copies (13 bytes per voxel of a whole scan).
+    """
+    scale = ScaleIntensityRange(clip=True, **ct_range(norm))
+    for view in slab_views(channel):
+        view.copy_(scale(view))
+    return channel
 
 
 class PerChannelIntensityd(MapTransform):
-    """Apply one MONAI array intensity transform per channel (only needed when CT is mixed with others).
+    """Normalise each channel of a channel-first float32 image by its own rule (:func:`normalize_channel_`), in
+    place: MONAI has no per-channel dispatch of intensity transforms, and its CT range transform copies the whole
+    image several times over.
 
     Args:
         keys: the key(s) holding a channel-first image.
-        channel_transforms: one callable per channel, e.g. ``ScaleIntensityRange`` or ``NormalizeIntensity``.
+        normalization: the settings' ``"normalization"`` list, one rule per channel.
     """
 
-    def __init__(self, keys, channel_transforms) -> None:
+    def __init__(self, keys, normalization: Sequence[dict]) -> None:
         super().__init__(keys)
-        self.channel_transforms = list(channel_transforms)
+        self.normalization = [dict(n) for n in normalization]
 
     def __call__(self, data):
         out = dict(data)
         for key in self.key_iterator(out):
-            image = out[key].clone()
-            for channel, transform in enumerate(self.channel_transforms):
-                image[channel] = transform(image[channel])
+            image = out[key] if out[key].dtype == torch.float32 else out[key].float()
+            plain = image.as_tensor() if hasattr(image, "as_tensor") else image  # same storage, no metadata
+            for channel, norm in enumerate(self.normalization):
+                normalize_channel_(plain[channel], norm)
             out[key] = image
         return out

@@ -24,7 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 
 from medseg_mem.data.normalize import zscore_nonzero_
-from medseg_mem.data.transforms import ct_range
+from medseg_mem.data.transforms import scale_ct_
 
 SURVEY_VOXELS = 2**21  # voxels per step of the moments: a few float64 copies of it are the survey's peak
 
@@ -105,11 +105,9 @@ def normalize_slab_(slab: torch.Tensor, normalization: Sequence[dict], moments: 
         normalization: the settings' ``"normalization"`` list, one rule per channel.
         moments: per channel, the scan's nonzero moments (used for the z-scored channels only).
     """
-    from monai.transforms import ScaleIntensityRange
-
     for channel, norm in enumerate(normalization):
         if norm["scheme"] == "ct":
-            slab[channel] = ScaleIntensityRange(clip=True, **ct_range(norm))(slab[channel])
+            scale_ct_(slab[channel], norm)
         elif moments[channel].count:
             zscore_nonzero_(slab[channel], moments[channel].mean, moments[channel].std)
     return slab
