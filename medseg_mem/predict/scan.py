@@ -44,6 +44,26 @@ def load_scan(pipeline, reader: str, scan: Path) -> dict:
     return data
 
 
+def preprocess_scan(pipeline, reader: str, scan: Path, modalities: Sequence[str]) -> dict:
+    """Load and check ``scan`` (:func:`load_scan`, :func:`check_scan`), then apply the rest of the run's
+    ``pipeline`` a step at a time: each step's input is freed once its output exists (``Compose`` would keep the
+    loaded image to the end, one more float32 copy of the scan at the peak). What this holds at its peak is
+    planned by :mod:`medseg_mem.memory.preprocessing`.
+
+    Raises:
+        MedsegError: naming the scan, when it cannot be read, does not match the run or is empty after cropping.
+    """
+    from monai.transforms import apply_transform
+
+    data = load_scan(pipeline, reader, scan)
+    check_scan(data["image"], scan, modalities)
+    for step in pipeline.transforms[load_steps(with_label=False) :]:
+        data = apply_transform(step, data, pipeline.map_items, pipeline.unpack_items)
+    if min(data["image"].shape[1:]) == 0:
+        raise MedsegError(f"{scan}: no nonzero voxels left after --crop-foreground; is the scan empty?")
+    return data
+
+
 def check_scan(image, scan: Path, modalities: Sequence[str]) -> None:
     """The loaded ``(C, X, Y, Z)`` image is 3D, finite and has one channel per modality of the run.
 

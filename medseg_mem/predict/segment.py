@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from medseg_mem.core.config import InferenceConfig
-from medseg_mem.data.transforms import build_preprocessing, load_steps
+from medseg_mem.data.transforms import build_preprocessing
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.inference.mirror import unmirrored_note
-from medseg_mem.predict.scan import check_scan, load_scan, metadata_only
+from medseg_mem.predict.scan import metadata_only, preprocess_scan
 from medseg_mem.variants.exported_run import open_any_run
 from medseg_mem.variants.trained_run import TrainedRun
 from medseg_mem.predict.files import SpilledImage, collect_inputs, plan_outputs, write_label_map
@@ -153,13 +153,8 @@ class Segmenter:
         return restore_labels(self.pipeline, data, self.labels(data["image"], scan), scan)
 
     def preprocess(self, scan: Path) -> dict:
-        """Load and check ``scan``, then apply the rest of the run's pipeline."""
-        data = load_scan(self.pipeline, self.trained.preprocessing["reader"], scan)
-        check_scan(data["image"], scan, self.trained.modalities)
-        data = self.pipeline(data, start=load_steps(with_label=False))
-        if min(data["image"].shape[1:]) == 0:
-            raise MedsegError(f"{scan}: no nonzero voxels left after --crop-foreground; is the scan empty?")
-        return data
+        """Load, check and preprocess ``scan`` whole (:func:`~medseg_mem.predict.scan.preprocess_scan`)."""
+        return preprocess_scan(self.pipeline, self.trained.preprocessing["reader"], scan, self.trained.modalities)
 
     def spilled_labels(self, data: dict, scan: Path) -> torch.Tensor:
         """:meth:`labels` of ``data["image"]`` read back slab by slab from a temporary file; ``data["image"]``
