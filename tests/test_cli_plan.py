@@ -232,8 +232,10 @@ def test_inference_levers_reach_the_plan(calibration_file):
 
     base, bf16, overlap, batch = row(), row("--precision", "bf16"), row("--overlap", "0.5"), row("--sw-batch-size", "3")
     assert bf16["precision"] == "bf16" and bf16["predicted_bytes"] < base["predicted_bytes"]
-    assert overlap["overlap"] == 0.5 and overlap["predicted_bytes"] > base["predicted_bytes"]
-    assert batch["sw_batch_size"] == 3 and batch["predicted_bytes"] > base["predicted_bytes"]
+    # the inference's own count: at these tiny widths loading the scan whole is the plan's peak (the same for all)
+    assert overlap["overlap"] == 0.5 and overlap["traced_bytes"] > base["traced_bytes"]
+    assert batch["sw_batch_size"] == 3 and batch["traced_bytes"] > base["traced_bytes"]
+    assert overlap["preprocessing_bytes"] == batch["preprocessing_bytes"] == base["preprocessing_bytes"] > 0
     assert base["calibration"].endswith("inference-v4-fp32-channels-last")
     assert row("--no-channels-last")["calibration"].endswith("inference-v4-fp32")
 

@@ -86,6 +86,10 @@ def footer(plans) -> str:
         lines.append(f"calibration: {calibrated[0].calibration}{process}")
     if len(calibrated) < len(plans):
         lines.append(">=: a lower bound (the trace and this process, uncalibrated): over the budget already")
+    if any(plan.stage == "preprocessing" for plan in plans):
+        lines.append("peak in preprocessing: predict loads and preprocesses the scan whole before segmenting it "
+                     "(planned for a float32 or integer scan not stored in RAS order; predict plans each scan's own "
+                     "header; --out-of-core always reads it by chunks)")
     return "\n".join(lines)
 
 
@@ -215,8 +219,10 @@ def make_plans(check, names, target, mode: str, inference, nproc: int, batch: in
         if mode == "training":
             return check.training(name, target.shape, target.classes, target.model, target.train, nproc,
                                   target.cases, calibration)  # fmt: skip
-        return check.inference(name, target.shape, target.classes, target.model, inference, True, calibration, batch)
+        return check.inference(name, target.shape, target.classes, target.model, inference, True, calibration, batch,
+                               preprocessing=whole)  # fmt: skip
 
+    whole = assumed_preprocessing(target) if mode == "inference" else 0
     plans = [one(name) for name in names]
     done = [plan for plan in plans if not plan.calibration.startswith("lower bound")]
     if not done:
@@ -224,6 +230,16 @@ def make_plans(check, names, target, mode: str, inference, nproc: int, batch: in
     setting = (mode, done[0].precision, done[0].checkpointing, done[0].channels_last)
     calibration = check.calibration(*setting)
     return [one(plan.variant, calibration) if plan not in done else plan for plan in plans]
+
+
+def assumed_preprocessing(target) -> int:
+    """What ``predict`` holds loading and preprocessing a scan of the target's shape whole, the scan known by its
+    shape only (:func:`~medseg_mem.memory.preprocessing.assumed_layout`: stored as float32 or integers, not in RAS
+    order), on the grid it has (the trained run's reader and cropping, else nibabel and none)."""
+    from medseg_mem.memory.preprocessing import assumed_layout, preprocessing_bytes
+
+    settings = {**(target.preprocessing or {}), "spacing": None}
+    return preprocessing_bytes(assumed_layout(target.shape), settings)
 
 
 def _names(variants, target):

@@ -38,6 +38,7 @@ class Target:
     train: TrainConfig
     cases: Optional[int] = None
     variant: Optional[str] = None
+    preprocessing: Optional[dict] = None  # the trained run's preprocessing settings
 
 
 def typed(ctx: click.Context, values: dict, **aliased) -> RunChanges:
@@ -106,7 +107,8 @@ def _run_target(run: Path, shape) -> Target:
                                  f"({', '.join(trained.modalities)}); got {shape[0]}", param_hint="--shape")
     if shape is None:
         raise MedsegError(f"--run {run}: its dataset cannot be opened to find the largest case; give --shape C,X,Y,Z")
-    return Target(tuple(shape), trained.num_classes, trained.model, TrainConfig(), variant=trained.variant)
+    return Target(tuple(shape), trained.num_classes, trained.model, TrainConfig(), variant=trained.variant,
+                  preprocessing=trained.preprocessing)  # fmt: skip
 
 
 def _run_dataset_shape(run: Path, trained) -> Optional[Tuple[int, ...]]:

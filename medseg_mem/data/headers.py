@@ -6,6 +6,7 @@ end in a ``MemoryError`` that names neither the dimensions nor the memory. The h
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -92,3 +93,60 @@ def _size(shape: Tuple[int, ...]) -> str:
 def _available_ram() -> int:
     """Bytes of RAM available now (``MemAvailable``)."""
     return machine.available_ram()
+
+
+@dataclass(frozen=True)
+class ScanLayout:
+    """How a NIfTI scan is stored, from its header alone: what the whole-scan preprocessing's memory depends on
+    (:func:`medseg_mem.memory.preprocessing.preprocessing_bytes`).
+
+    Args:
+        shape: ``(C, X, Y, Z)`` as stored (channels last in the file, first here).
+        stored_itemsize: bytes per stored value (``int16``: 2).
+        value_itemsize: bytes per value as nibabel returns it: the stored type's, or 8 when the header scales the
+            values (``scl_slope``/``scl_inter``: nibabel returns floats).
+        integer: the values nibabel returns are integers (converting them to float32 makes one more copy).
+        compressed: ``.nii.gz`` (nibabel decompresses the whole array into memory; ``.nii`` is memory-mapped).
+        reoriented: the stored axes are not RAS, so ``Orientationd`` flips or permutes a copy.
+        spacing: voxel size in mm, in the RAS axis order.
+        spatial: ``(X, Y, Z)`` in the RAS axis order.
+    """
+
+    shape: Tuple[int, int, int, int]
+    stored_itemsize: int
+    value_itemsize: int
+    integer: bool
+    compressed: bool
+    reoriented: bool
+    spacing: Tuple[float, float, float]
+    spatial: Tuple[int, int, int]
+
+
+def scan_layout(path: Path) -> Optional[ScanLayout]:
+    """The :class:`ScanLayout` of a 3D or 4D (channel-last) NIfTI from its header (no voxel is read); ``None`` when
+    the header cannot be read."""
+    import nibabel as nib
+    import numpy as np
+
+    try:
+        image = nib.load(str(path))
+    except Exception:  # noqa: BLE001 - unreadable files are reported by the reader, with its reason
+        return None
+    dims = tuple(int(s) for s in image.header.get_data_shape())
+    if len(dims) not in SPATIAL_DIMS:
+        return None
+    stored = np.dtype(image.header.get_data_dtype())
+    # nibabel moves the header's scl_slope/scl_inter onto the data proxy: a scaled file reads as float64
+    scaled = (float(getattr(image.dataobj, "slope", 1.0)), float(getattr(image.dataobj, "inter", 0.0))) != (1.0, 0.0)
+    ornt = nib.orientations.io_orientation(np.asarray(image.affine, dtype=np.float64))
+    ras = [0, 0, 0]
+    spacing = [0.0, 0.0, 0.0]
+    zooms = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
+    for axis, (target, _flip) in enumerate(ornt):
+        ras[int(target)], spacing[int(target)] = dims[axis], float(zooms[axis])
+    return ScanLayout(
+        shape=(dims[3] if len(dims) > 3 else 1, *dims[:3]), stored_itemsize=stored.itemsize,
+        value_itemsize=8 if scaled else stored.itemsize, integer=stored.kind in "iub" and not scaled,
+        compressed=str(path).endswith(".gz"), reoriented=bool((ornt != [[0, 1], [1, 1], [2, 1]]).any()),
+        spacing=tuple(spacing), spatial=tuple(ras),
+    )  # fmt: skip

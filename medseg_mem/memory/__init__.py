@@ -6,7 +6,8 @@ allocated, and check it against a budget.
 * :mod:`~medseg_mem.memory.trace` - live-set tracing of a computation on the ``meta`` device;
   :mod:`~medseg_mem.memory.backend` - what the CPU backend allocates beside the tensors, per op.
 * :mod:`~medseg_mem.memory.planner` - :func:`plan_variant`: the predicted peak per variant (inference, or a
-  training step and its validation pass, :mod:`~medseg_mem.memory.planner_validation`).
+  training step and its validation pass, :mod:`~medseg_mem.memory.planner_validation`); what ``predict``'s
+  whole-scan preprocessing holds, from the scan's header (:mod:`~medseg_mem.memory.preprocessing`).
 * :mod:`~medseg_mem.memory.calibration` - the machine's correction and process baseline, measured once
   (:mod:`~medseg_mem.memory.calibration_run`) and cached in the user's cache
   (:mod:`~medseg_mem.memory.calibration_file`).

@@ -79,8 +79,12 @@ class Plan:
         process_bytes: the whole process at its peak: ``baseline_bytes + predicted_bytes``.
         baseline_bytes: the process before its first tensor (the calibration's; 0 uncalibrated).
         stage: training: the stage (or ``<stage> validation``: its validation pass) that needs the most;
-            ``inference`` for inference plans.
+            ``inference`` for inference plans, ``preprocessing`` where loading and preprocessing the scan whole needs
+            more.
         out_of_core: inference: ``predict`` reads, segments and writes the scan a chunk at a time.
+        preprocessing_bytes: inference in memory: the planned peak while ``predict`` loads and preprocesses the
+            whole scan (the weights, a first-call offset and :mod:`~medseg_mem.memory.preprocessing`'s figure;
+            ``predicted_bytes`` is the larger of it and the inference); 0 when not planned.
     """
 
     variant: str
@@ -103,6 +107,7 @@ class Plan:
     baseline_bytes: int = 0
     stage: str = ""
     out_of_core: bool = False
+    preprocessing_bytes: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -138,6 +143,7 @@ def plan_variant(
     validation: bool = True,
     earlier_networks: int = 0,
     out_of_core: bool = False,
+    preprocessing: int = 0,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -176,6 +182,10 @@ def plan_variant(
         out_of_core: inference only: ``predict --out-of-core`` (:meth:`~medseg_mem.variants.base.Variant.stream`
             traced, plus the engine's buffers, :func:`stream_buffer_bytes`): no term grows with the last axis but
             the cascade's stage-1 columns.
+        preprocessing: inference in memory: the bytes ``predict``'s whole-scan preprocessing holds at its peak
+            (:func:`~medseg_mem.memory.preprocessing.preprocessing_bytes`); the plan is the larger of that phase
+            (with the weights and a first-call offset) and the inference. 0: the inference alone (``run``'s
+            evaluation reads prepared cases).
 
     Raises:
         OptionError: for a bad shape, class count, batch or nproc (``train``'s settings are checked by
@@ -205,10 +215,15 @@ def plan_variant(
         if traces is None:
             traces = {}
         traces[key] = found
-    resident, trace, stage, host = traces[key]
+    resident, trace, stage, host, weights = traces[key]
     offsets = first_calls(variant, stage, earlier_networks) if mode == "training" else 1
     predicted = int(resident + trace.peak(calibration.multiplier) + offsets * calibration.offset_bytes)
     predicted += host if on_cpu else 0
+    whole_scan = 0
+    if preprocessing and train is None and not out_of_core:  # the networks are loaded before the first scan
+        whole_scan = int(weights + calibration.offset_bytes + preprocessing)
+        stage = "preprocessing" if whole_scan > predicted else stage
+        predicted = max(predicted, whole_scan)
     if train is not None:
         levers = (train.precision, train.checkpointing, train.channels_last, 0.0, 1, nproc, ())
     else:
@@ -219,25 +234,26 @@ def plan_variant(
     return Plan(
         variant, mode, predicted, int(budget_bytes), _fits(process, budget_bytes, levers[5], device),
         int(resident), int(trace.peak()), calibration.key, int(host), *levers, process, calibration.baseline_bytes,
-        stage, key[-1],
+        stage, key[-1], whole_scan,
     )  # fmt: skip
 
 
 def _traced(variant: str, shape, classes: int, model, batch: int, device: str, inference, input_on_disk: bool,
             training, out_of_core: bool = False):  # fmt: skip
-    """``(resident bytes, trace, stage, host bytes)`` of one plan. ``training`` is ``(precision, checkpointing,
+    """``(resident bytes, trace, stage, host bytes, weight bytes)`` of one plan (the weights: inference in memory;
+    0 otherwise). ``training`` is ``(precision, checkpointing,
     workers, cache_bytes, nproc, optimizer, cases, channels_last, validation)``, ``None`` for an inference."""
     from medseg_mem.variants import get_variant
 
     if out_of_core:
         resident, trace = trace_stream(get_variant(variant), shape, classes, model, inference, device)
-        return resident + stream_buffer_bytes(shape, model, inference), trace, "inference", 0
+        return resident + stream_buffer_bytes(shape, model, inference), trace, "inference", 0, 0
     if training is None:
         resident, trace = trace_inference(get_variant(variant), shape, classes, model, batch, inference, device)
+        weights = resident - batch * _voxels(shape) * FLOAT_BYTES
         if input_on_disk and get_variant(variant).reads_slabs_only():
-            resident -= batch * _voxels(shape) * FLOAT_BYTES
-            resident += spilled_slab_bytes(shape, batch, model.slab_size, inference.sw_batch_size)
-        return resident, trace, "inference", 0
+            resident = weights + spilled_slab_bytes(shape, batch, model.slab_size, inference.sw_batch_size)
+        return resident, trace, "inference", 0, weights
     precision, checkpointing, workers, cache_bytes, nproc, optimizer, cases, channels_last, validation = training
 
     def host_of(stage) -> int:
@@ -247,7 +263,8 @@ def _traced(variant: str, shape, classes: int, model, batch: int, device: str, i
     on_cpu = not device.startswith("cuda")
     resident, trace, stage = trace_training(get_variant(variant), shape, classes, model, batch, lever, optimizer,
                                             channels_last, host_of if on_cpu else None, validation)  # fmt: skip
-    return resident, trace, stage, host_of(next(s for s in get_variant(variant).stages() if stage.split()[0] == s.name))
+    host = host_of(next(s for s in get_variant(variant).stages() if stage.split()[0] == s.name))
+    return resident, trace, stage, host, 0
 
 
 def first_calls(variant: str, stage: str, earlier_networks: int = 0) -> int:

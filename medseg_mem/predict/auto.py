@@ -22,7 +22,7 @@ from medseg_mem.core.config import InferenceConfig
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.check import MemoryCheck, resolve_budget
 from medseg_mem.memory.choose import choose
-from medseg_mem.predict.guard import largest_scan_shape
+from medseg_mem.predict.guard import largest_scan_shape, whole_scan_bytes
 from medseg_mem.report.ranking import accuracy_order
 from medseg_mem.predict.candidates import candidates
 from medseg_mem.variants.trained_run import TrainedRun
@@ -46,7 +46,7 @@ def choose_run(
     shape = largest_scan_shape(scans)
     found = candidates(Path(runs_dir), shape[0], results, dataset)
     check = MemoryCheck(device, resolve_budget(budget, device), echo)
-    plans = {name: planned(check, trained, shape, inference, out_of_core)
+    plans = {name: planned(check, trained, shape, inference, out_of_core, whole_scan_bytes(trained, scans))
              for name, (_, trained) in found.runs.items()}  # fmt: skip
     needs = {name: plan.process_bytes for name, plan in plans.items()}
     bounds = [name for name, plan in plans.items() if plan.calibration.startswith("lower bound")]
@@ -76,16 +76,18 @@ def named_run(runs_dir: Path, variant: str, scans: Sequence[Path], results: Path
     return folder
 
 
-def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig, out_of_core: str = "auto"):
+def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig, out_of_core: str = "auto",
+            preprocessing: int = 0):  # fmt: skip
     """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need): in
-    memory, or out of core where ``predict --out-of-core`` would take that path (``always``; ``auto`` when only
-    it fits; never for ``full``, whose plan stays whole-volume)."""
+    memory (loading and preprocessing the scan whole holds ``preprocessing`` bytes), or out of core where
+    ``predict --out-of-core`` would take that path (``always``; ``auto`` when only it fits; never for ``full``,
+    whose plan stays whole-volume)."""
     from medseg_mem.predict.guard import planned_path
     from medseg_mem.predict.streamed import streamable
     from medseg_mem.variants import get_variant
 
     can_stream = out_of_core != "never" and streamable(get_variant(trained.variant), inference)
-    plan = planned_path(check, trained, shape, inference, can_stream and out_of_core == "always")
+    plan = planned_path(check, trained, shape, inference, can_stream and out_of_core == "always", preprocessing)
     if can_stream and not plan.fits and out_of_core == "auto":
         streamed = planned_path(check, trained, shape, inference, True)
         return streamed if streamed.fits else plan

@@ -1,9 +1,11 @@
 """``predict``'s memory guard: before the networks are loaded, the plan of the run's inference on the largest
 input scan (its header's shape and channels), at the prediction's settings, against ``--budget`` (default: the
-free memory less 10 %).
+free memory less 10 %). In memory the plan is the larger of the inference and loading and preprocessing the most
+demanding scan whole (:mod:`~medseg_mem.memory.preprocessing`, from each header's types, file and axes).
 
 A plan over the budget stops with one line: the run's variant, the planned whole-process peak, the budget and the
-levers with their planned figures (``--precision bf16``, ``--sw-batch-size 1``, ``--overlap 0``, no ``--tta``).
+levers with their planned figures (``--precision bf16``, ``--sw-batch-size 1``, ``--overlap 0``, no ``--tta``,
+``--out-of-core always`` for an in-memory plan of a run that can stream).
 ``--no-memory-check`` predicts anyway. A plan that fits even at the planner's upper bound (twice the traced
 count, a generous first-call offset and process) needs no calibration, so a first ``predict`` on a machine is not
 delayed by one unless the answer depends on it.
@@ -38,7 +40,8 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
         return None
     scan, shape = largest
     check = MemoryCheck(device, resolve_budget(budget_bytes, device), echo, upper_bound_first=True)
-    plan = planned_path(check, trained, shape, inference, out_of_core == "always")
+    whole = whole_scan_bytes(trained, scans)
+    plan = planned_path(check, trained, shape, inference, out_of_core == "always", preprocessing=whole)
     if not plan.fits and out_of_core == "auto":
         streamed = planned_path(check, trained, shape, inference, True)
         if streamed.fits:
@@ -48,7 +51,7 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
             return streamed
     if plan.fits:
         return plan
-    line = refusal(check, trained, (scan, shape), inference, plan)
+    line = refusal(check, trained, (scan, shape), inference, plan, whole)
     if refuse:
         raise MemoryGuardError(line)
     echo(f"warning: {line.replace('; or add --no-memory-check to predict anyway', '')}; predicting anyway "
@@ -56,32 +59,56 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
     return plan
 
 
-def planned_path(check: MemoryCheck, trained, shape, inference: InferenceConfig, out_of_core: bool, **options):
-    """The plan of ``trained``'s inference on ``shape`` in memory (the image spilled to disk) or out of core."""
+def planned_path(check: MemoryCheck, trained, shape, inference: InferenceConfig, out_of_core: bool,
+                 preprocessing: int = 0, **options):  # fmt: skip
+    """The plan of ``trained``'s inference on ``shape`` in memory (the image spilled to disk; loading and
+    preprocessing the scan whole holds ``preprocessing`` bytes, :func:`whole_scan_bytes`) or out of core."""
     return check.inference(trained.variant, shape, trained.num_classes, trained.model, inference, input_on_disk=True,
-                           out_of_core=out_of_core, **options)  # fmt: skip
+                           out_of_core=out_of_core, preprocessing=preprocessing, **options)  # fmt: skip
 
 
-def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, plan) -> str:
-    """The one line for a prediction whose plan is over the budget (``largest``: the ``(scan, shape)`` planned),
-    with each lever's planned figure."""
+def whole_scan_bytes(trained, scans: Sequence) -> int:
+    """What loading and preprocessing the most demanding of ``scans`` whole holds in memory, from their headers
+    and the run's preprocessing (:mod:`~medseg_mem.memory.preprocessing`)."""
+    from medseg_mem.data.headers import header_problems
+    from medseg_mem.memory.preprocessing import layouts_of, scans_preprocessing_bytes
+
+    readable = [scan for scan in scans if not header_problems(scan, str(scan))]  # the others are skipped by name
+    return scans_preprocessing_bytes(layouts_of(readable), trained.preprocessing)
+
+
+def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, plan, preprocessing: int = 0) -> str:
+    """The one line for a prediction whose plan is over the budget (``largest``: the ``(scan, shape)`` planned;
+    ``preprocessing``: :func:`whole_scan_bytes`), with each lever's planned figure."""
+    from medseg_mem.predict.streamed import streamable
+    from medseg_mem.variants import get_variant
+
     scan, shape = largest
     options = {"--precision bf16": dict(precision="bf16"), "--sw-batch-size 1": dict(sw_batch_size=1),
                "--overlap 0": dict(overlap=0.0), "without --tta": dict(tta=False)}  # fmt: skip
     calibration, at_least = lever_calibration(check, plan, "inference")
     if is_bound(plan) and not at_least:  # a cached calibration: the figure itself, not its bound
-        plan = planned_path(check, trained, shape, inference, plan.out_of_core, calibration=calibration)
+        plan = planned_path(check, trained, shape, inference, plan.out_of_core, preprocessing, calibration=calibration)
     levers = {}
     for lever, change in options.items():
         changed = dataclasses.replace(inference, **change)
         if changed != inference:
-            levers[lever] = planned_path(check, trained, shape, changed, plan.out_of_core,
-                                         calibration=calibration).process_bytes
+            levers[lever] = planned_path(check, trained, shape, changed, plan.out_of_core, preprocessing,
+                                         calibration=calibration).process_bytes  # fmt: skip
+    if not plan.out_of_core and streamable(get_variant(trained.variant), inference):
+        levers["--out-of-core always"] = planned_path(check, trained, shape, inference, True,
+                                                      calibration=calibration).process_bytes  # fmt: skip
     size = "x".join(str(s) for s in shape)
     verb = "needs at least" if at_least else "plans"
     return (f"{scan}: {trained.variant} ({inference.describe()}) {verb} {format_bytes(plan.process_bytes)} for "
-            f"the whole process on this {size} scan, the largest, over the budget {check.budget.describe()}; "
-            f"{lever_line(levers, check.budget, at_least)}; or add --no-memory-check to predict anyway")  # fmt: skip
+            f"the whole process on this {size} scan, the largest{_whole_scan_note(plan)}, over the budget "
+            f"{check.budget.describe()}; {lever_line(levers, check.budget, at_least)}; or add --no-memory-check to "
+            "predict anyway")  # fmt: skip
+
+
+def _whole_scan_note(plan) -> str:
+    """`` (loading and preprocessing it whole)`` when that phase, not the inference, is the plan's peak."""
+    return " (loading and preprocessing it whole)" if plan.preprocessing_bytes >= plan.predicted_bytes > 0 else ""
 
 
 def largest_scan_shape(scans: Sequence) -> Tuple[int, ...]:
