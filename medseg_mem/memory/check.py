@@ -131,16 +131,18 @@ class MemoryCheck:
         return self._plan(plan_variant, (variant, shape, classes), options, setting, calibration)
 
     def inference(self, variant: str, shape, classes: int, model, inference, input_on_disk: bool = False,
-                  calibration=None, batch: int = 1, out_of_core: bool = False, preprocessing: int = 0):  # fmt: skip
+                  calibration=None, batch: int = 1, out_of_core: bool = False, preprocessing: int = 0,
+                  probabilities: bool = False):  # fmt: skip
         """The plan of ``variant``'s inference of ``batch`` images (``predict`` with ``input_on_disk``, ``run``'s
         evaluation without; ``predict --out-of-core`` with ``out_of_core``); ``calibration`` as in :meth:`training`;
         ``preprocessing``: what ``predict``'s whole-scan preprocessing holds (:mod:`~medseg_mem.memory.preprocessing`),
-        planned beside the inference when in memory."""
+        planned beside the inference when in memory; ``probabilities``: a resampled run's ``predict``
+        (:func:`~medseg_mem.memory.planner.plan_variant`)."""
         from medseg_mem.memory.planner import plan_variant
 
         options = dict(model=model, inference=inference, input_on_disk=input_on_disk, device=self.device,
                        budget_bytes=self.budget.bytes, batch=batch, out_of_core=out_of_core,
-                       preprocessing=preprocessing)  # fmt: skip
+                       preprocessing=preprocessing, probabilities=probabilities)  # fmt: skip
         setting = ("inference", inference.precision, False, inference.channels_last)
         return self._plan(plan_variant, (variant, shape, classes), options, setting, calibration)
 

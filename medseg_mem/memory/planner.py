@@ -144,6 +144,7 @@ def plan_variant(
     earlier_networks: int = 0,
     out_of_core: bool = False,
     preprocessing: int = 0,
+    probabilities: bool = False,
 ) -> Plan:
     """Predict the peak memory of ``variant`` for images of ``shape`` and check it against ``budget_bytes``.
 
@@ -186,6 +187,9 @@ def plan_variant(
             (:func:`~medseg_mem.memory.preprocessing.preprocessing_bytes`); the plan is the larger of that phase
             (with the weights and a first-call offset) and the inference. 0: the inference alone (``run``'s
             evaluation reads prepared cases).
+        probabilities: inference: ``predict`` for a run that resampled its scans, which makes the class
+            probabilities (``K`` float32 maps, to interpolate back) and keeps its image resident instead of
+            spilling it.
 
     Raises:
         OptionError: for a bad shape, class count, batch or nproc (``train``'s settings are checked by
@@ -209,7 +213,7 @@ def plan_variant(
                                            int(train.cache_bytes), nproc, train.optimizer, cases,
                                            train.channels_last, bool(validation))  # fmt: skip
     key = (variant, tuple(shape), classes, model, batch, str(device), inference, bool(input_on_disk), training,
-           bool(out_of_core) and train is None)  # fmt: skip
+           bool(probabilities) and train is None, bool(out_of_core) and train is None)  # fmt: skip
     if traces is None or key not in traces:
         found = _traced(*key)
         if traces is None:
@@ -239,19 +243,20 @@ def plan_variant(
 
 
 def _traced(variant: str, shape, classes: int, model, batch: int, device: str, inference, input_on_disk: bool,
-            training, out_of_core: bool = False):  # fmt: skip
+            training, probabilities: bool = False, out_of_core: bool = False):  # fmt: skip
     """``(resident bytes, trace, stage, host bytes, weight bytes)`` of one plan (the weights: inference in memory;
     0 otherwise). ``training`` is ``(precision, checkpointing,
     workers, cache_bytes, nproc, optimizer, cases, channels_last, validation)``, ``None`` for an inference."""
     from medseg_mem.variants import get_variant
 
     if out_of_core:
-        resident, trace = trace_stream(get_variant(variant), shape, classes, model, inference, device)
+        resident, trace = trace_stream(get_variant(variant), shape, classes, model, inference, device, probabilities)
         return resident + stream_buffer_bytes(shape, model, inference), trace, "inference", 0, 0
     if training is None:
-        resident, trace = trace_inference(get_variant(variant), shape, classes, model, batch, inference, device)
+        resident, trace = trace_inference(get_variant(variant), shape, classes, model, batch, inference, device,
+                                          probabilities)  # fmt: skip
         weights = resident - batch * _voxels(shape) * FLOAT_BYTES
-        if input_on_disk and get_variant(variant).reads_slabs_only():
+        if input_on_disk and get_variant(variant).reads_slabs_only() and not probabilities:
             resident = weights + spilled_slab_bytes(shape, batch, model.slab_size, inference.sw_batch_size)
         return resident, trace, "inference", 0, weights
     precision, checkpointing, workers, cache_bytes, nproc, optimizer, cases, channels_last, validation = training

@@ -17,10 +17,12 @@ from medseg_mem.memory.meta import (
 )
 
 
-def trace_inference(variant, shape, classes, model, batch, inference=None, device: str = "cpu"):
+def trace_inference(variant, shape, classes, model, batch, inference=None, device: str = "cpu",
+                    probabilities: bool = False):  # fmt: skip
     """Trace ``variant``'s segmentation on ``meta`` under inference mode; returns ``(resident bytes, trace)``. It
     segments through a :class:`~medseg_mem.variants.trained.TrainedVariant` of ``meta`` networks, the object
-    evaluation and ``predict`` segment with.
+    evaluation and ``predict`` segment with (``probabilities``: the class probabilities, as ``predict`` makes them
+    for a run that resampled its scans, instead of the label map).
 
     ``inference`` (:class:`~medseg_mem.core.config.InferenceConfig`) sets the slab batch and overlap, traced as they
     run, and the precision: autocast cannot run on ``meta``, so the networks compute in the half dtype as under
@@ -49,7 +51,8 @@ def trace_inference(variant, shape, classes, model, batch, inference=None, devic
         transient = backend_transient(device, inference.channels_last)
         with torch.inference_mode(), representative_slabs(), \
                 LiveSetTracer(existing, nets.values(), transient=transient) as tracer:  # fmt: skip
-            run.segment(image)
+            out = run.probabilities(image) if probabilities else run.segment(image)
+            del out
     return resident + image.numel() * FLOAT_BYTES, tracer.trace
 
 

@@ -57,13 +57,29 @@ def preprocessing_bytes(layout, settings: dict) -> int:
     image = FLOAT_BYTES * channels * math.prod(grid)
     steps = [load_bytes(layout), image * (2 if layout.reoriented else 1)]
     if settings.get("spacing") is not None:
-        grid = resampled_shape(grid, layout.spacing, settings["spacing"])
+        grid = preprocessed_shape(layout, settings)[1:]
         steps.append(image + max(RESAMPLE_BYTES, GRID_BYTES + FLOAT_BYTES * channels) * math.prod(grid))
         image = FLOAT_BYTES * channels * math.prod(grid)
     if settings.get("crop_foreground"):
         steps.append(image + CROP_MASK_BYTES * channels * math.prod(grid))
     steps.append(image + SLAB_TEMPORARY_BYTES * slab_voxels(grid))
     return int(max(steps)) + (ITK_LIBRARY_BYTES if settings.get("reader") == "itk" else 0)
+
+
+def preprocessed_shape(layout, settings: dict) -> tuple:
+    """``(C, X, Y, Z)`` of the image the networks segment: the scan's grid in RAS order, resampled as the run does
+    (a crop is not known before the voxels are read: the whole grid is planned).
+
+    Example:
+        >>> from medseg_mem.data.headers import ScanLayout
+        >>> scan = ScanLayout((1, 100, 80, 40), 2, 2, True, True, True, (1.0, 1.0, 3.0), (100, 80, 40))
+        >>> preprocessed_shape(scan, {"spacing": None}), preprocessed_shape(scan, {"spacing": [2.0, 2.0, 1.5]})
+        ((1, 100, 80, 40), (1, 50, 40, 80))
+    """
+    grid = tuple(layout.spatial)
+    if settings.get("spacing") is not None:
+        grid = resampled_shape(grid, layout.spacing, settings["spacing"])
+    return (int(layout.shape[0]), *grid)
 
 
 def load_bytes(layout) -> int:
@@ -96,19 +112,6 @@ def slab_voxels(grid: Sequence[int]) -> int:
 
     plane = int(grid[0]) * int(grid[1])
     return plane * min(int(grid[2]), max(1, CHUNK_VOXELS // plane))
-
-
-def scans_preprocessing_bytes(layouts: Sequence, settings: dict) -> int:
-    """The largest :func:`preprocessing_bytes` over the scans ``layouts`` (``None`` where a header could not be
-    read: left out); 0 for none."""
-    return max((preprocessing_bytes(layout, settings) for layout in layouts if layout is not None), default=0)
-
-
-def layouts_of(scans: Sequence) -> list:
-    """:func:`~medseg_mem.data.headers.scan_layout` of each scan (``None`` where unreadable)."""
-    from medseg_mem.data.headers import scan_layout
-
-    return [scan_layout(scan) for scan in scans]
 
 
 def assumed_layout(shape: Sequence[int], compressed: bool = True) -> Optional[object]:

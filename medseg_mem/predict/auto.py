@@ -22,7 +22,7 @@ from medseg_mem.core.config import InferenceConfig
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.check import MemoryCheck, resolve_budget
 from medseg_mem.memory.choose import choose
-from medseg_mem.predict.guard import largest_scan_shape, whole_scan_bytes
+from medseg_mem.predict.guard import largest_scan_shape, scans_to_plan
 from medseg_mem.report.ranking import accuracy_order
 from medseg_mem.predict.candidates import candidates
 from medseg_mem.variants.trained_run import TrainedRun
@@ -46,7 +46,7 @@ def choose_run(
     shape = largest_scan_shape(scans)
     found = candidates(Path(runs_dir), shape[0], results, dataset)
     check = MemoryCheck(device, resolve_budget(budget, device), echo)
-    plans = {name: planned(check, trained, shape, inference, out_of_core, whole_scan_bytes(trained, scans))
+    plans = {name: planned(check, trained, *scans_to_plan(trained, scans)[1:], inference, out_of_core)
              for name, (_, trained) in found.runs.items()}  # fmt: skip
     needs = {name: plan.process_bytes for name, plan in plans.items()}
     bounds = [name for name, plan in plans.items() if plan.calibration.startswith("lower bound")]
@@ -76,10 +76,11 @@ def named_run(runs_dir: Path, variant: str, scans: Sequence[Path], results: Path
     return folder
 
 
-def planned(check: MemoryCheck, trained: TrainedRun, shape, inference: InferenceConfig, out_of_core: str = "auto",
-            preprocessing: int = 0):  # fmt: skip
+def planned(check: MemoryCheck, trained: TrainedRun, shape, preprocessing: int, inference: InferenceConfig,
+            out_of_core: str = "auto"):  # fmt: skip
     """The plan of predicting with ``trained`` on an image of ``shape`` (its ``process_bytes``: the need): in
-    memory (loading and preprocessing the scan whole holds ``preprocessing`` bytes), or out of core where
+    memory (loading and preprocessing the scan whole holds ``preprocessing`` bytes; both from
+    :func:`~medseg_mem.predict.guard.scans_to_plan`), or out of core where
     ``predict --out-of-core`` would take that path (``always``; ``auto`` when only it fits; never for ``full``,
     whose plan stays whole-volume)."""
     from medseg_mem.predict.guard import planned_path

@@ -14,6 +14,7 @@ delayed by one unless the answer depends on it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Optional, Sequence, Tuple
 
 from medseg_mem.core.config import InferenceConfig
@@ -35,12 +36,11 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
     Raises:
         MemoryGuardError: one line with the figures and the levers (unless ``refuse`` is off: said on ``echo``).
     """
-    largest = largest_scan(scans)
-    if largest is None:
+    found = scans_to_plan(trained, scans)
+    if found is None:
         return None
-    scan, shape = largest
+    scan, shape, whole = found
     check = MemoryCheck(device, resolve_budget(budget_bytes, device), echo, upper_bound_first=True)
-    whole = whole_scan_bytes(trained, scans)
     plan = planned_path(check, trained, shape, inference, out_of_core == "always", preprocessing=whole)
     if not plan.fits and out_of_core == "auto":
         streamed = planned_path(check, trained, shape, inference, True)
@@ -61,20 +61,41 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
 
 def planned_path(check: MemoryCheck, trained, shape, inference: InferenceConfig, out_of_core: bool,
                  preprocessing: int = 0, **options):  # fmt: skip
-    """The plan of ``trained``'s inference on ``shape`` in memory (the image spilled to disk; loading and
-    preprocessing the scan whole holds ``preprocessing`` bytes, :func:`whole_scan_bytes`) or out of core."""
+    """The plan of ``trained``'s inference on ``shape`` (:func:`scans_to_plan`) in memory (the image spilled to
+    disk; loading and preprocessing the scan whole holds ``preprocessing`` bytes) or out of core; a run that
+    resampled its scans makes class probabilities to interpolate back."""
+    from medseg_mem.predict.restore import resamples
+
     return check.inference(trained.variant, shape, trained.num_classes, trained.model, inference, input_on_disk=True,
-                           out_of_core=out_of_core, preprocessing=preprocessing, **options)  # fmt: skip
+                           out_of_core=out_of_core, preprocessing=preprocessing,
+                           probabilities=resamples(trained.preprocessing), **options)  # fmt: skip
+
+
+def scans_to_plan(trained, scans: Sequence) -> Optional[Tuple[object, Tuple[int, ...], int]]:
+    """``(scan, shape, preprocessing)`` for planning ``trained``'s prediction of ``scans``, from their headers: the
+    scan whose image has the most voxels once preprocessed, that image's ``(C, X, Y, Z)`` (RAS order, resampled as
+    the run does: :func:`~medseg_mem.memory.preprocessing.preprocessed_shape`), and the most any scan's whole-scan
+    preprocessing holds (:func:`~medseg_mem.memory.preprocessing.preprocessing_bytes`). Scans whose header cannot
+    be read or declares more than the RAM holds are left out (``predict`` reports each by name); ``None`` when none
+    is left."""
+    from medseg_mem.data.headers import header_problems, scan_layout
+    from medseg_mem.memory.preprocessing import preprocessed_shape, preprocessing_bytes
+
+    settings = trained.preprocessing
+    layouts = [(scan, scan_layout(scan)) for scan in scans if not header_problems(scan, str(scan))]
+    layouts = [(scan, layout) for scan, layout in layouts if layout is not None]
+    if not layouts:
+        return None
+    shapes = [(scan, preprocessed_shape(layout, settings)) for scan, layout in layouts]
+    scan, shape = max(shapes, key=lambda item: math.prod(item[1]))
+    return scan, shape, max(preprocessing_bytes(layout, settings) for _, layout in layouts)
 
 
 def whole_scan_bytes(trained, scans: Sequence) -> int:
-    """What loading and preprocessing the most demanding of ``scans`` whole holds in memory, from their headers
-    and the run's preprocessing (:mod:`~medseg_mem.memory.preprocessing`)."""
-    from medseg_mem.data.headers import header_problems
-    from medseg_mem.memory.preprocessing import layouts_of, scans_preprocessing_bytes
-
-    readable = [scan for scan in scans if not header_problems(scan, str(scan))]  # the others are skipped by name
-    return scans_preprocessing_bytes(layouts_of(readable), trained.preprocessing)
+    """What loading and preprocessing the most demanding of ``scans`` whole holds in memory (:func:`scans_to_plan`;
+    0 when no header can be read)."""
+    found = scans_to_plan(trained, scans)
+    return found[2] if found else 0
 
 
 def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, plan, preprocessing: int = 0) -> str:
@@ -117,10 +138,15 @@ def largest_scan_shape(scans: Sequence) -> Tuple[int, ...]:
     Raises:
         MedsegError: a header cannot be read (``--variant auto`` plans from them).
     """
+    from medseg_mem.data.headers import header_problems
+
     for scan in scans:
         if len(_header(scan)) not in (3, 4):
             raise MedsegError(f"{scan}: cannot read a 3D or 4D NIfTI header from it; --variant auto plans from it")
-    return largest_scan(scans)[1]
+    found = largest_scan(scans)
+    if found is None:  # every header declares more than the RAM holds
+        raise MedsegError(f"{header_problems(scans[0], str(scans[0]))[0]}; --variant auto plans from it")
+    return found[1]
 
 
 def largest_scan(scans: Sequence) -> Optional[Tuple[object, Tuple[int, ...]]]:

@@ -191,8 +191,9 @@ class Segmenter:
         """Class probabilities ``(K, X, Y, Z)`` of the preprocessed image, on the CPU (resampled runs)."""
         with self._out_of_memory(scan), torch.inference_mode():
             batch = image.as_tensor()[None].float().to(self.device)
-            out = self.run.probabilities(batch)
-            out = out[0].float().cpu()
+            with self._measured(tensor_bytes(batch)):  # as labels(): what the inference adds is reported
+                out = self.run.probabilities(batch)
+                out = out[0].float().cpu()
         return out.clone()
 
     @contextlib.contextmanager
