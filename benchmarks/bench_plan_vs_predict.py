@@ -7,10 +7,13 @@ in another folder (which must reuse it). The calibration is fitted on U-Nets of 
 
 Inference: for each width list, one run of every variant is trained for one step (the weights do not change the
 memory); for each scan shape a random float32 NIfTI scan is written (the small grid uses a case of the embedded
-default itself). Every (widths, shape, variant) is segmented by ``medseg-mem predict`` in its own process, exactly
-as a user runs it (CPU), which prints the peak resident memory of its whole process, its plan, and what its
-inference added; GNU ``time`` gives the process's maximum resident set on top. The benchmark also plans the
-prediction itself with ``plan_variant`` (``predict``'s defaults, ``input_on_disk``) and the cached calibration.
+default itself; the deep rows, patch and cascade on 1x512x512x300, an int16 CT-like scan stored LPS, where loading
+and preprocessing the scan whole is the peak). Every (widths, shape, variant) is segmented by ``medseg-mem predict``
+in its own process, exactly as a user runs it (CPU), which prints the peak resident memory of its whole process, its
+plan, and what its inference added; GNU ``time``'s maximum resident set is printed beside it (the peak since predict
+last reset the kernel's high-water mark, not the whole run's). The benchmark also plans the prediction itself with
+``plan_variant`` (``predict``'s defaults, ``input_on_disk``, the scan's whole-scan preprocessing as predict's guard
+plans it) and the cached calibration.
 
 Training: ``run --variant all --steps 2 --val-every 1`` on prepared datasets (the embedded default at two width
 lists, a larger rods task, a 4-channel BraTS-like task at the spec widths); each run files, per variant, the
@@ -22,6 +25,8 @@ every row, both modes. The increments (what the work added to the process) are r
 
 Usage:
     python benchmarks/bench_plan_vs_predict.py [--out benchmarks/results/plan_vs_predict_cpu.csv] [--quick]
+
+``--quick``: the small grid, the deep rows and the embedded default's training only.
 """
 
 from __future__ import annotations
@@ -36,10 +41,13 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_streaming's write_ct
+
 SMALL = ((4, 8, 16, 32, 64, 128), (8, 16, 32, 64, 128))  # on the embedded default's own 1x32x32x96 case
 WIDTHS = ((12, 24, 48, 96, 192), (16, 32, 64), (16, 32, 64, 128, 256))
 SHAPES = ((1, 200, 176, 72), (1, 320, 320, 64), (1, 160, 192, 112))
 LIVER = ((32, 64, 128, 256, 512), (1, 512, 512, 48))
+DEEP = ((8, 16, 32, 64, 128), (1, 512, 512, 300), ("patch", "cascade"))  # an int16 CT stored LPS: loading it is the peak
 TRAINING = (  # (name, prepare options, run options)
     ("embedded 8-128", (), ()),
     ("embedded 4-128", (), ("--channels", "4,8,16,32,64,128")),
@@ -117,15 +125,17 @@ def measured(work: Path, run: Path, scan: Path):
     return size(found.group(1)), size(found.group(2)), size(found.group(3)), rss, seconds
 
 
-def planned(trained, shape):
-    """The planner's figures (whole process, and what the inference adds) for ``predict`` on ``shape``."""
+def planned(trained, shape, scan: Path):
+    """The planner's figures (whole process, and what the inference adds) for ``predict`` on ``scan`` of ``shape``."""
     from medseg_mem.core.config import InferenceConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
+    from medseg_mem.predict.guard import whole_scan_bytes
 
     calibration = cached_calibration(None, "cpu", allow_measuring=False, channels_last=True)
     plan = plan_variant(trained.variant, shape, trained.num_classes, trained.model, calibration=calibration,
-                        inference=InferenceConfig(), input_on_disk=True)  # fmt: skip
+                        inference=InferenceConfig(), input_on_disk=True,
+                        preprocessing=whole_scan_bytes(trained, [scan]))  # fmt: skip
     return plan.process_bytes, plan.predicted_bytes
 
 
@@ -136,7 +146,7 @@ def verdict(error: float) -> str:
 def inference_rows(work: Path, grid) -> list:
     """Train the runs of each width list once, predict every (shape, variant) and compare."""
     rows, trained_widths = [], set()
-    for widths, shapes in grid:
+    for widths, shapes, variants in grid:
         if widths not in trained_widths:
             cli("run", "--variant", "all", "--steps", "1", "--val-every", "1", "--channels",
                 ",".join(map(str, widths)), "--quiet", cwd=work)  # fmt: skip
@@ -144,10 +154,10 @@ def inference_rows(work: Path, grid) -> list:
         runs = runs_with_widths(work, widths)
         for shape in shapes:
             scan = scan_for(work, shape)
-            for variant in VARIANTS:
+            for variant in variants:
                 run, trained = runs[variant]
                 process, its_plan, added, rss, seconds = measured(work, run, scan)
-                plan, plan_added = planned(trained, shape)
+                plan, plan_added = planned(trained, shape, scan)
                 rows.append(row("inference", widths, shape, variant, process, plan, added, plan_added, rss, seconds))
                 rows[-1]["predict_planned_bytes"] = int(its_plan)
     return rows
@@ -157,6 +167,11 @@ def scan_for(work: Path, shape) -> Path:
     """The embedded default's first case for its own shape, else a random scan of ``shape``."""
     if tuple(shape) == (1, 32, 32, 96):
         return sorted((work / "medseg-work" / "Task00_SyntheticRods" / "imagesTr").glob("*.nii.gz"))[0]
+    if tuple(shape) == DEEP[1]:
+        from bench_streaming import write_ct
+
+        path = work / f"ct_{'x'.join(map(str, shape[1:]))}.nii.gz"
+        return path if path.exists() else write_ct(path, shape[1:])
     path = work / f"scan_{'x'.join(map(str, shape[1:]))}.nii.gz"
     return path if path.exists() else write_scan(path, shape)
 
@@ -221,9 +236,9 @@ def main(argv=None) -> None:
         os.environ["MEDSEG_MEM_CACHE"] = str(work / "calibration-cache")  # this benchmark measures its own
         timings = timed_plans(work)
         cli("prepare", cwd=work)
-        grid = [(widths, [(1, 32, 32, 96)]) for widths in SMALL]
+        grid = [(widths, [(1, 32, 32, 96)], VARIANTS) for widths in SMALL] + [(DEEP[0], [DEEP[1]], DEEP[2])]
         if not args.quick:
-            grid += [(widths, SHAPES) for widths in WIDTHS] + [(LIVER[0], [LIVER[1]])]
+            grid += [(widths, SHAPES, VARIANTS) for widths in WIDTHS] + [(LIVER[0], [LIVER[1]], VARIANTS)]
         rows = inference_rows(work, grid)
         rows += training_rows(work, TRAINING[:1] if args.quick else TRAINING)
     args.out.parent.mkdir(parents=True, exist_ok=True)

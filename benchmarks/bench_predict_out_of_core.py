@@ -132,19 +132,21 @@ def measure(work: Path, run: Path, path: Path, mode: str, limit: float) -> dict:
     return found
 
 
-def planned(work: Path, run: Path, depth: int, out_of_core: bool) -> int:
-    """The planner's whole-process figure for ``predict`` on 1x512x512xdepth with the work folder's calibration."""
+def planned(work: Path, run: Path, scan_path: Path, depth: int, out_of_core: bool) -> int:
+    """The planner's whole-process figure for ``predict`` on 1x512x512xdepth with the work folder's calibration (in
+    memory: the larger of the inference and loading ``scan_path`` whole, as predict's guard plans it)."""
     os.environ["MEDSEG_MEM_CACHE"] = str(work / "cache")
     from medseg_mem.core.config import InferenceConfig
     from medseg_mem.memory.calibration import cached_calibration
     from medseg_mem.memory.planner import plan_variant
+    from medseg_mem.predict.guard import whole_scan_bytes
     from medseg_mem.variants.trained_run import open_trained_run
 
     trained = open_trained_run(run)
     calibration = cached_calibration(None, "cpu", allow_measuring=False, channels_last=True)
     return plan_variant(trained.variant, (1, 512, 512, depth), trained.num_classes, trained.model,
                         calibration=calibration, inference=InferenceConfig(), input_on_disk=True,
-                        out_of_core=out_of_core).process_bytes  # fmt: skip
+                        out_of_core=out_of_core, preprocessing=whole_scan_bytes(trained, [scan_path])).process_bytes
 
 
 def describe(job: str, found: dict, plan: int) -> str:
@@ -186,7 +188,7 @@ def main() -> None:
         depth, suffix, variant, mode = job.split(":")
         path = scan(args.work, int(depth), suffix)
         found = measure(args.work, runs[variant], path, mode, args.limit)
-        line = describe(job, found, planned(args.work, runs[variant], int(depth), mode == "always"))
+        line = describe(job, found, planned(args.work, runs[variant], path, int(depth), mode == "always"))
         line += f"; load average {os.getloadavg()[0]:.2f} at its end"
         print(line, flush=True)
         lines.append(line)
