@@ -28,6 +28,7 @@ LOWEST_MULTIPLIER = 0.8  # the smallest multiplier a calibration may fit (calibr
 HIGHEST_MULTIPLIER = 2.0  # the largest (calibration.MULTIPLIER_RANGE)
 UPPER_OFFSET = 256 * 2**20  # above every first-call offset measured (13-60 MiB)
 UPPER_PROCESS = 768 * 2**20  # above every process baseline measured (340-400 MiB on the development CPU)
+LOWER_PREPROCESSING = 0.9  # the whole-scan preprocessing's plan was 1.2-8.7 % over the pipeline's measured peak
 
 
 class MemoryGuardError(MedsegError):
@@ -151,7 +152,8 @@ class MemoryCheck:
         options = {**options, "traces": self._traces}
         if calibration is not None:
             return plan_variant(*args, calibration=calibration, **options)
-        bound = plan_variant(*args, calibration=self.lower_bound_calibration(), **options)
+        lower = {**options, "preprocessing": int(options.get("preprocessing", 0) * LOWER_PREPROCESSING)}
+        bound = plan_variant(*args, calibration=self.lower_bound_calibration(), **lower)
         if not bound.fits:
             return bound
         if self.upper_bound_first and self.cached(*setting) is None:

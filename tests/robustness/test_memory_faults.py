@@ -10,6 +10,8 @@ traceback, and no calibration measured where the answer did not need one.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, List
@@ -23,8 +25,9 @@ from test_predict import bright_scan, make_run, save_tilted
 
 @dataclass(frozen=True)
 class Row:
-    """One fault: ``build(tmp_path, monkeypatch)`` returns the command's arguments; ``expect`` must be in the
-    error line, ``refuse`` must not; ``measures``: whether a calibration may be measured on the way."""
+    """One fault: ``build(tmp_path, monkeypatch)`` returns the command's arguments; ``expect`` (a regular expression)
+    must match in the error line, ``refuse`` must not be in it; ``measures``: whether a calibration may be measured
+    on the way."""
 
     name: str
     build: Callable
@@ -70,12 +73,13 @@ def auto_with_a_tiny_budget(tmp_path: Path, monkeypatch) -> List[str]:
 
 ROWS = [
     Row("predict: calibration cache is a folder", predict_with_folder_cache,
-        "calibration.json: cannot be read: it is a folder, not a file; delete it to measure again, or set "
+        r"calibration\.json: cannot be read: it is a folder, not a file; delete it to measure again, or set "
         "MEDSEG_MEM_CACHE to another folder", refuse="--calibration"),
     Row("run: calibration cache is a folder", run_with_folder_cache,
-        "calibration.json: cannot be read: it is a folder, not a file", refuse="--calibration"),
+        r"calibration\.json: cannot be read: it is a folder, not a file", refuse="--calibration"),
+    # on this tiny scan every variant's bound is the process, one network's weights and loading the scan: a tie
     Row("predict --variant auto --budget 1KB", auto_with_a_tiny_budget,
-        "--budget 1000 B: no variant fits; the smallest, patch, needs at least"),
+        "--budget 1000 B: no variant fits; the smallest, (full|patch|cascade), needs at least"),
 ]  # fmt: skip
 
 
@@ -88,6 +92,6 @@ def test_memory_fault(tmp_path, monkeypatch, row):
     result = CliRunner().invoke(main, row.build(tmp_path, monkeypatch))
     assert result.exit_code != 0 and "Traceback" not in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
-    assert len(errors) == 1 and row.expect in errors[0], result.output
+    assert len(errors) == 1 and re.search(row.expect, errors[0]), result.output
     assert not row.refuse or row.refuse not in errors[0]
     assert row.measures or not measured
