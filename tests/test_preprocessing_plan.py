@@ -177,14 +177,14 @@ def test_a_resampling_run_is_planned_on_its_resampled_grid_with_its_probabilitie
     from medseg_mem.core.config import InferenceConfig
     from medseg_mem.data.transforms import make_settings
     from medseg_mem.memory.planner import plan_variant
-    from medseg_mem.predict.guard import scans_to_plan
+    from medseg_mem.predict.guard import scan_layouts, scans_to_plan
     from medseg_mem.variants.trained_run import open_trained_run
     from test_predict import make_run
 
     trained = open_trained_run(make_run(tmp_path, "patch", make_settings(["MRI"], spacing=[1.0, 1.0, 1.0])))
     nib.save(nib.Nifti1Image(np.ones((40, 30, 10), np.int16), LPS), str(tmp_path / "thick.nii.gz"))  # 2 mm slices
     nib.save(nib.Nifti1Image(np.ones((50, 30, 12), np.int16), RAS), str(tmp_path / "wide.nii"))  # 2 mm slices
-    scan, shape, whole = scans_to_plan(trained, [tmp_path / "thick.nii.gz", tmp_path / "wide.nii"])
+    scan, shape, whole = scans_to_plan(trained, scan_layouts([tmp_path / "thick.nii.gz", tmp_path / "wide.nii"]))
     assert (scan.name, shape) == ("wide.nii", (1, 50, 30, 24))  # the network's grid: 1 mm, RAS
     assert whole == max(preprocessing_bytes(scan_layout(tmp_path / name), trained.preprocessing)
                         for name in ("thick.nii.gz", "wide.nii"))  # fmt: skip

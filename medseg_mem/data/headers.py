@@ -128,6 +128,8 @@ def scan_layout(path: Path) -> Optional[ScanLayout]:
     import nibabel as nib
     import numpy as np
 
+    from medseg_mem.data.transforms import ras_order, ras_spacing
+
     try:
         image = nib.load(str(path))
     except Exception:  # noqa: BLE001 - unreadable files are reported by the reader, with its reason
@@ -138,15 +140,10 @@ def scan_layout(path: Path) -> Optional[ScanLayout]:
     stored = np.dtype(image.header.get_data_dtype())
     # nibabel moves the header's scl_slope/scl_inter onto the data proxy: a scaled file reads as float64
     scaled = (float(getattr(image.dataobj, "slope", 1.0)), float(getattr(image.dataobj, "inter", 0.0))) != (1.0, 0.0)
-    ornt = nib.orientations.io_orientation(np.asarray(image.affine, dtype=np.float64))
-    ras = [0, 0, 0]
-    spacing = [0.0, 0.0, 0.0]
-    zooms = np.linalg.norm(np.asarray(image.affine, dtype=np.float64)[:3, :3], axis=0)
-    for axis, (target, _flip) in enumerate(ornt):
-        ras[int(target)], spacing[int(target)] = dims[axis], float(zooms[axis])
+    in_ras = (nib.orientations.io_orientation(np.asarray(image.affine, dtype=np.float64)) == [[0, 1], [1, 1], [2, 1]])
     return ScanLayout(
         shape=(dims[3] if len(dims) > 3 else 1, *dims[:3]), stored_itemsize=stored.itemsize,
         value_itemsize=8 if scaled else stored.itemsize, integer=stored.kind in "iub" and not scaled,
-        compressed=str(path).endswith(".gz"), reoriented=bool((ornt != [[0, 1], [1, 1], [2, 1]]).any()),
-        spacing=tuple(spacing), spatial=tuple(ras),
+        compressed=str(path).endswith(".gz"), reoriented=not bool(in_ras.all()),
+        spacing=tuple(ras_spacing(image.affine)), spatial=tuple(int(n) for n in ras_order(dims[:3], image.affine)),
     )  # fmt: skip

@@ -22,7 +22,7 @@ from medseg_mem.core.config import InferenceConfig
 from medseg_mem.core.errors import MedsegError
 from medseg_mem.memory.check import MemoryCheck, resolve_budget
 from medseg_mem.memory.choose import choose
-from medseg_mem.predict.guard import largest_scan_shape, scans_to_plan
+from medseg_mem.predict.guard import largest_scan_shape, scan_layouts, scans_to_plan
 from medseg_mem.report.ranking import accuracy_order
 from medseg_mem.predict.candidates import candidates
 from medseg_mem.variants.trained_run import TrainedRun
@@ -46,7 +46,8 @@ def choose_run(
     shape = largest_scan_shape(scans)
     found = candidates(Path(runs_dir), shape[0], results, dataset)
     check = MemoryCheck(device, resolve_budget(budget, device), echo)
-    plans = {name: planned(check, trained, *scans_to_plan(trained, scans)[1:], inference, out_of_core)
+    layouts = scan_layouts(scans)  # each header read once, planned with each run's preprocessing
+    plans = {name: planned(check, trained, *scans_to_plan(trained, layouts)[1:], inference, out_of_core)
              for name, (_, trained) in found.runs.items()}  # fmt: skip
     needs = {name: plan.process_bytes for name, plan in plans.items()}
     bounds = [name for name, plan in plans.items() if plan.calibration.startswith("lower bound")]

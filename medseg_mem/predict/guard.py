@@ -36,7 +36,7 @@ def check_memory(trained, scans: Sequence, device: str, inference: InferenceConf
     Raises:
         MemoryGuardError: one line with the figures and the levers (unless ``refuse`` is off: said on ``echo``).
     """
-    found = scans_to_plan(trained, scans)
+    found = scans_to_plan(trained, scan_layouts(scans))
     if found is None:
         return None
     scan, shape, whole = found
@@ -71,19 +71,24 @@ def planned_path(check: MemoryCheck, trained, shape, inference: InferenceConfig,
                            probabilities=resamples(trained.preprocessing), **options)  # fmt: skip
 
 
-def scans_to_plan(trained, scans: Sequence) -> Optional[Tuple[object, Tuple[int, ...], int]]:
-    """``(scan, shape, preprocessing)`` for planning ``trained``'s prediction of ``scans``, from their headers: the
-    scan whose image has the most voxels once preprocessed, that image's ``(C, X, Y, Z)`` (RAS order, resampled as
-    the run does: :func:`~medseg_mem.memory.preprocessing.preprocessed_shape`), and the most any scan's whole-scan
-    preprocessing holds (:func:`~medseg_mem.memory.preprocessing.preprocessing_bytes`). Scans whose header cannot
-    be read or declares more than the RAM holds are left out (``predict`` reports each by name); ``None`` when none
-    is left."""
+def scan_layouts(scans: Sequence) -> list:
+    """``(scan, layout)`` (:func:`~medseg_mem.data.headers.scan_layout`) of each scan whose header can be read and
+    declares no more than the RAM holds (``predict`` reports the others by name and goes on)."""
     from medseg_mem.data.headers import header_problems, scan_layout
+
+    layouts = [(scan, scan_layout(scan)) for scan in scans if not header_problems(scan, str(scan))]
+    return [(scan, layout) for scan, layout in layouts if layout is not None]
+
+
+def scans_to_plan(trained, layouts: Sequence) -> Optional[Tuple[object, Tuple[int, ...], int]]:
+    """``(scan, shape, preprocessing)`` for planning ``trained``'s prediction of the scans of ``layouts``
+    (:func:`scan_layouts`): the scan whose image has the most voxels once preprocessed, that image's
+    ``(C, X, Y, Z)`` (RAS order, resampled as the run does:
+    :func:`~medseg_mem.memory.preprocessing.preprocessed_shape`), and the most any scan's whole-scan preprocessing
+    holds (:func:`~medseg_mem.memory.preprocessing.preprocessing_bytes`); ``None`` without a scan."""
     from medseg_mem.memory.preprocessing import preprocessed_shape, preprocessing_bytes
 
     settings = trained.preprocessing
-    layouts = [(scan, scan_layout(scan)) for scan in scans if not header_problems(scan, str(scan))]
-    layouts = [(scan, layout) for scan, layout in layouts if layout is not None]
     if not layouts:
         return None
     shapes = [(scan, preprocessed_shape(layout, settings)) for scan, layout in layouts]
@@ -94,7 +99,7 @@ def scans_to_plan(trained, scans: Sequence) -> Optional[Tuple[object, Tuple[int,
 def whole_scan_bytes(trained, scans: Sequence) -> int:
     """What loading and preprocessing the most demanding of ``scans`` whole holds in memory (:func:`scans_to_plan`;
     0 when no header can be read)."""
-    found = scans_to_plan(trained, scans)
+    found = scans_to_plan(trained, scan_layouts(scans))
     return found[2] if found else 0
 
 
@@ -129,7 +134,7 @@ def refusal(check: MemoryCheck, trained, largest, inference: InferenceConfig, pl
 
 def _whole_scan_note(plan) -> str:
     """`` (loading and preprocessing it whole)`` when that phase, not the inference, is the plan's peak."""
-    return " (loading and preprocessing it whole)" if plan.preprocessing_bytes >= plan.predicted_bytes > 0 else ""
+    return " (loading and preprocessing it whole)" if plan.stage == "preprocessing" else ""
 
 
 def largest_scan_shape(scans: Sequence) -> Tuple[int, ...]:
