@@ -74,6 +74,21 @@ CHILD = textwrap.dedent(
         out[name] = status_bytes("VmHWM") - base
         del data
         release_freed_heap()
+    import torch
+    from pathlib import Path
+    from medseg_mem.predict.restore import restore_grid
+    from medseg_mem.predict.scan import metadata_only
+    path, settings, warm, chunk = json.loads(sys.argv[1])["resampled"]
+    pipeline = build_preprocessing(settings, with_label=False)
+    for scan in (warm, path):  # 3 class maps mapped back onto the scan's grid, as predict does; the first warms up
+        data = preprocess_scan(pipeline, "nibabel", scan, settings["modalities"])
+        grid, data["image"] = data["image"].shape[1:], metadata_only(data["image"])
+        release_freed_heap()
+        base = current_bytes()
+        reset_peak()
+        labels = restore_grid(pipeline, data, torch.rand(3, *grid), Path(scan))
+        out["mapped back"] = status_bytes("VmHWM") - base
+        del data, labels
     print(json.dumps(out))
     """
 )
@@ -94,8 +109,9 @@ def measured(tmp_path_factory):
     monkeypatch.undo()
     done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(cases)], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
-    return {name: (peak, scan_layout(cases[name][0]), cases[name][1], cases[name][3]) for name, peak in
-            json.loads(done.stdout.splitlines()[-1]).items()}  # fmt: skip
+    peaks = json.loads(done.stdout.splitlines()[-1])
+    found = {name: (peaks[name], scan_layout(cases[name][0]), cases[name][1], cases[name][3]) for name in CASES}
+    return {**found, "mapped back": (peaks["mapped back"],)}
 
 
 @pytest.mark.slow
@@ -107,6 +123,15 @@ def test_plan_within_minus_5_plus_15_percent_of_the_pipeline(measured, name, mon
     monkeypatch.setattr(normalize, "CHUNK_VOXELS", chunk)  # as the child
     planned = preprocessing_bytes(layout, settings)
     assert -0.05 <= planned / peak - 1 <= 0.15, f"{name}: planned {planned / 2**20:.1f} MiB, held {peak / 2**20:.1f}"
+
+
+@pytest.mark.slow
+def test_mapping_a_resampling_runs_probabilities_back_within_minus_5_plus_15_percent(measured):
+    from medseg_mem.memory.preprocessing import restore_bytes
+
+    peak, (_, layout, settings, _) = measured["mapped back"][0], measured["resampled"]
+    planned = restore_bytes(layout, settings, 3)
+    assert -0.05 <= planned / peak - 1 <= 0.15, f"planned {planned / 2**20:.1f} MiB, held {peak / 2**20:.1f}"
 
 
 def test_layout_from_the_header(tmp_path):

@@ -85,15 +85,18 @@ def scans_to_plan(trained, layouts: Sequence) -> Optional[Tuple[object, Tuple[in
     (:func:`scan_layouts`): the scan whose image has the most voxels once preprocessed, that image's
     ``(C, X, Y, Z)`` (RAS order, resampled as the run does:
     :func:`~medseg_mem.memory.preprocessing.preprocessed_shape`), and the most any scan's whole-scan preprocessing
-    holds (:func:`~medseg_mem.memory.preprocessing.preprocessing_bytes`); ``None`` without a scan."""
-    from medseg_mem.memory.preprocessing import preprocessed_shape, preprocessing_bytes
+    holds (:func:`~medseg_mem.memory.preprocessing.preprocessing_bytes`; for a resampling run also mapping its
+    probabilities back, :func:`~medseg_mem.memory.preprocessing.restore_bytes`); ``None`` without a scan."""
+    from medseg_mem.memory.preprocessing import preprocessed_shape, preprocessing_bytes, restore_bytes
 
-    settings = trained.preprocessing
+    settings, classes = trained.preprocessing, trained.num_classes
     if not layouts:
         return None
     shapes = [(scan, preprocessed_shape(layout, settings)) for scan, layout in layouts]
     scan, shape = max(shapes, key=lambda item: math.prod(item[1]))
-    return scan, shape, max(preprocessing_bytes(layout, settings) for _, layout in layouts)
+    whole = max(max(preprocessing_bytes(layout, settings), restore_bytes(layout, settings, classes))
+                for _, layout in layouts)  # fmt: skip
+    return scan, shape, whole
 
 
 def whole_scan_bytes(trained, scans: Sequence) -> int:

@@ -147,7 +147,9 @@ class Segmenter:
         """
         data = self.preprocess(scan)
         if resamples(self.trained.preprocessing):
-            return restore_grid(self.pipeline, data, self.probabilities(data["image"], scan), scan)
+            probabilities = self.probabilities(data["image"], scan)
+            data["image"] = metadata_only(data["image"])  # Invertd reads its trace only: the image is freed
+            return restore_grid(self.pipeline, data, probabilities, scan)
         if self.run.variant.reads_slabs_only():
             return restore_labels(self.pipeline, data, self.spilled_labels(data, scan), scan)
         return restore_labels(self.pipeline, data, self.labels(data["image"], scan), scan)
