@@ -20,7 +20,6 @@ from medseg_mem.runner.settings import load_run_record, write_run_record
 from medseg_mem.runner.snapshots import variant_snapshots
 from medseg_mem.training.sampling import StageData
 from medseg_mem.training.wallclock import StageTimes, stage_times
-from fresh_process import train_in_new_process
 from medseg_mem.variants import get_variant
 
 K = 3
@@ -278,11 +277,3 @@ def test_run_help_states_how_the_cascade_shares_the_time_limit():
     assert ("each stage gets an equal share of what the stages before it left (stage 1 half, shared with its fold "
             "models under --stage2-guidance predicted; stage 2 the rest)") in text
     assert "validation included" in text and "poly then decays over the larger of the step and the time" in text
-
-
-@pytest.mark.slow
-def test_a_time_limit_and_snapshots_never_reached_change_no_bit(seed_7_weights, tiny_prepared, tmp_path):
-    """The wall clock only acts when it is reached, so the default run trains exactly as before --time-limit
-    existed (and a run's seed still fixes its weights)."""
-    timed = train_in_new_process(tiny_prepared.root, tmp_path / "timed", 7, "--time-limit", "600", "--snapshots", "300")
-    assert all(torch.equal(seed_7_weights[name], timed[name]) for name in seed_7_weights)
