@@ -24,7 +24,8 @@ SHAPE = (256, 256, 96)  # 6.3 M voxels: 24 MiB a float32 copy, the allocator's M
 
 
 def write(path, dtype, affine, channels=1, scale=False):
-    values = np.random.default_rng(0).integers(1, 8, size=SHAPE + ((channels,) if channels > 1 else ()))  # compresses fast
+    shape = SHAPE + ((channels,) if channels > 1 else ())
+    values = np.random.default_rng(0).integers(1, 8, size=shape)  # few values: compresses fast
     image = nib.Nifti1Image(values.astype(dtype), affine)
     if scale:
         image.header.set_slope_inter(0.5, 10.0)

@@ -45,8 +45,6 @@ from monai.transforms import (
     Spacingd,
 )
 
-import torch
-
 from medseg_mem.data.normalize import LeanNormalizeIntensityd, normalize_nonzero_, slab_views
 from medseg_mem.core.errors import MedsegError
 

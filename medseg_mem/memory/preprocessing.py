@@ -23,8 +23,9 @@ Each coefficient was read off the transforms and measured on this stack (numpy 2
 and uint8 loads 8 and 6 bytes per voxel, float32 8, float64 (.nii.gz) 16, int16 scaled by its header 16; a
 flipped orientation 8; resampling 28 per output voxel; crop 6; normalisation 30 per slab voxel.
 ``tests/test_preprocessing_plan.py`` measures the real pipeline against the model on ten layouts of 6.3 M voxels
-(+1.2 % to +8.7 % over three runs; without the 4 MiB, -5.6 % to +7.5 %), so a library that copies more is caught. A scan read with ITK adds the library itself
-(:data:`ITK_LIBRARY_BYTES`, loaded on its first read and kept: counted for every scan, a bound after the first).
+(+1.2 % to +8.7 % over three runs; without the 4 MiB, -5.6 % to +7.5 %), so a library that copies more is caught.
+A scan read with ITK adds the library itself (:data:`ITK_LIBRARY_BYTES`, loaded on its first read and kept: counted
+for every scan, a bound after the first).
 
 Example:
     >>> from medseg_mem.data.headers import ScanLayout
@@ -37,7 +38,7 @@ Example:
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 FLOAT_BYTES = 4
 RESAMPLE_BYTES = 28  # per output voxel: affine_grid's grid (12) beside its homogeneous base grid (16)
@@ -61,7 +62,7 @@ def preprocessing_bytes(layout, settings: dict) -> int:
     steps = [load_bytes(layout), image * (2 if layout.reoriented else 1)]
     if settings.get("spacing") is not None:
         grid = preprocessed_shape(layout, settings)[1:]
-        steps.append(image + max(RESAMPLE_BYTES, GRID_BYTES + FLOAT_BYTES * channels) * math.prod(grid))
+        steps.append(image + resampling_bytes(channels) * math.prod(grid))
         image = FLOAT_BYTES * channels * math.prod(grid)
     if settings.get("crop_foreground"):
         steps.append(image + CROP_MASK_BYTES * channels * math.prod(grid))
@@ -106,8 +107,14 @@ def restore_bytes(layout, settings: dict, classes: int) -> int:
         return 0
     grid, voxels = math.prod(preprocessed_shape(layout, settings)[1:]), math.prod(layout.spatial)
     k = int(classes)
-    per_voxel = max(RESAMPLE_BYTES, GRID_BYTES + FLOAT_BYTES * k, 2 * FLOAT_BYTES * k, FLOAT_BYTES * k + 9)
+    per_voxel = max(resampling_bytes(k), 2 * FLOAT_BYTES * k, FLOAT_BYTES * k + 9)
     return FLOAT_BYTES * k * grid + per_voxel * voxels + SMALL_ALLOCATIONS
+
+
+def resampling_bytes(channels: int) -> int:
+    """Bytes per output voxel ``Spacingd``/``Invertd`` hold resampling ``channels`` float32 maps: ``affine_grid``'s
+    grid beside its homogeneous base, or the grid beside the output, the larger."""
+    return max(RESAMPLE_BYTES, GRID_BYTES + FLOAT_BYTES * int(channels))
 
 
 def load_bytes(layout) -> int:
@@ -142,7 +149,7 @@ def slab_voxels(grid: Sequence[int]) -> int:
     return plane * min(int(grid[2]), max(1, CHUNK_VOXELS // plane))
 
 
-def assumed_layout(shape: Sequence[int], compressed: bool = True) -> Optional[object]:
+def assumed_layout(shape: Sequence[int], compressed: bool = True):
     """The layout ``plan`` assumes for a scan it knows only by its shape: float32 or integer (the two load at 8 bytes
     per voxel), not stored in RAS order (the usual LPS of scanners: orientation copies), 1 mm voxels."""
     from medseg_mem.data.headers import ScanLayout

@@ -1,7 +1,8 @@
 """``predict``'s memory guard: before the networks are loaded, the plan of the run's inference on the largest
 input scan (the grid its header declares, resampled as the run does: :func:`scans_to_plan`), at the prediction's
 settings, against ``--budget`` (default: the free memory less 10 %). In memory the plan is the larger of the
-inference and loading and preprocessing the most demanding scan whole (:mod:`~medseg_mem.memory.preprocessing`, from each header's types, file and axes).
+inference and loading and preprocessing the most demanding scan whole (:mod:`~medseg_mem.memory.preprocessing`,
+from each header's types, file and axes).
 
 A plan over the budget stops with one line: the run's variant, the planned whole-process peak, the budget and the
 levers with their planned figures (``--precision bf16``, ``--sw-batch-size 1``, ``--overlap 0``, no ``--tta``,
